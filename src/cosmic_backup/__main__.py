@@ -1,0 +1,3 @@
+from cosmic_backup.cli.main import run
+
+run()

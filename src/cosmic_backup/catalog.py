@@ -1,0 +1,285 @@
+"""The repository of backups: layout, ids, the lock, leftovers, listing and selection.
+
+The backup folder is the single source of truth. Each backup is an artifact
+``<component>/<id>.<payload>.gz.enc`` and its manifest ``<component>/<id>.manifest.json``,
+written in that order, each atomically, so a manifest only exists for a finished artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+from cosmic_backup.clock import parse_iso
+from cosmic_backup.errors import IntegrityError, Locked, NotFound, UsageError
+from cosmic_backup.format.keys import Key
+from cosmic_backup.format.manifest import (
+    Manifest,
+    check_manifest_mac,
+    dump_manifest,
+    parse_manifest,
+)
+from cosmic_backup.storage.local import LocalStore
+
+COMPONENTS = ("database", "files", "config")
+ARTIFACT_SUFFIX = ".gz.enc"
+MANIFEST_SUFFIX = ".manifest.json"
+LOCK_FILE = ".lock"
+ID_PATTERN = re.compile(r"^(?P<component>database|files|config)-(?P<stamp>\d{8}T\d{6}Z)(?:-\d{2,})?$")
+DATE_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+KeyLookup = Callable[[str], Key | None]
+
+TRUST_VERIFIED = "verified"
+TRUST_NO_KEY = "unverified"
+TRUST_TAMPERED = "tampered"
+TRUST_UNSIGNED = "unsigned"
+
+_held_locks: set[Path] = set()
+
+
+@dataclass
+class Entry:
+    """One backup as listed: its manifest and whether the manifest checked out."""
+
+    manifest: Manifest
+    trust: str
+    problem: str | None = None
+
+    @property
+    def id(self) -> str:
+        return self.manifest.id
+
+    @property
+    def started(self) -> datetime:
+        return parse_iso(self.manifest.started_at)
+
+    @property
+    def local_day(self) -> date:
+        return self.started.astimezone().date()
+
+    @property
+    def selectable(self) -> bool:
+        """A good backup that `latest` or a date may pick."""
+        return self.manifest.ok and not self.manifest.is_pre_restore
+
+
+def make_id(component: str, started: datetime, attempt: int) -> str:
+    base = f"{component}-{started:%Y%m%dT%H%M%SZ}"
+    return base if attempt == 0 else f"{base}-{attempt + 1:02d}"
+
+
+class Catalog:
+    def __init__(self, root: Path, key_lookup: KeyLookup) -> None:
+        self.root = root
+        self.store = LocalStore(root)
+        self._key_lookup = key_lookup
+
+    # -- layout -----------------------------------------------------------------------
+    def ensure_layout(self) -> None:
+        self.store.ensure_folder()
+        for component in COMPONENTS:
+            self.store.ensure_folder(component)
+
+    @staticmethod
+    def manifest_name(component: str, backup_id: str) -> str:
+        return f"{component}/{backup_id}{MANIFEST_SUFFIX}"
+
+    @staticmethod
+    def artifact_name(component: str, backup_id: str, payload: str) -> str:
+        return f"{component}/{backup_id}.{payload}{ARTIFACT_SUFFIX}"
+
+    def new_id(self, component: str, started: datetime) -> str:
+        """A fresh id; unique because it is taken under the lock and checked against the folder."""
+        taken = {info.name.split("/")[-1].split(".")[0] for info in self.store.list(f"{component}/")}
+        attempt = 0
+        while (candidate := make_id(component, started, attempt)) in taken:
+            attempt += 1
+        return candidate
+
+    # -- the lock ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, command: str, *, wait: bool = False, wait_seconds: float = 3600) -> Iterator[None]:
+        """Hold the backup root's lock; refuse (or wait) when another run holds it."""
+        self.store.ensure_folder()
+        path = self.root / LOCK_FILE
+        if path in _held_locks:  # a pre-restore backup inside a restore: already ours
+            yield
+            return
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            self._acquire(fd, path, wait=wait, wait_seconds=wait_seconds)
+            holder = {"pid": os.getpid(), "command": command, "started": time.time()}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+            _held_locks.add(path)
+            try:
+                yield
+            finally:
+                _held_locks.discard(path)
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def _acquire(self, fd: int, path: Path, *, wait: bool, wait_seconds: float) -> None:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if not wait or time.monotonic() > deadline:
+                    raise Locked(self._holder_sentence(path, waited=wait)) from None
+                time.sleep(0.2)
+
+    def _holder_sentence(self, path: Path, *, waited: bool) -> str:
+        try:
+            holder = json.loads(path.read_text() or "{}")
+        except (OSError, ValueError):
+            holder = {}
+        who = "another cosmic-backup run"
+        if holder.get("pid"):
+            started = datetime.fromtimestamp(holder["started"]).astimezone()
+            who = (
+                f"another cosmic-backup run (pid {holder['pid']}, "
+                f"'{holder.get('command', '?')}', started {started:%Y-%m-%d %H:%M:%S %Z})"
+            )
+        advice = "it did not finish in time" if waited else "wait for it to finish or pass --wait"
+        return f"The backup folder {self.root} is locked by {who}; {advice}."
+
+    # -- leftovers --------------------------------------------------------------------
+    def remove_leftovers(self) -> list[str]:
+        """Delete what interrupted runs left: temp files, artifacts that never got a manifest.
+
+        Call only while holding the lock, so nothing here can be a write in progress.
+        """
+        removed: list[str] = []
+        for component in COMPONENTS:
+            for leftover in self.store.partial_leftovers(component):
+                leftover.unlink(missing_ok=True)
+                removed.append(f"{component}/{leftover.name}")
+            names = {info.name for info in self.store.list(f"{component}/")}
+            for name in sorted(names):
+                if name.endswith(ARTIFACT_SUFFIX):
+                    backup_id = name.split("/")[-1].split(".")[0]
+                    if self.manifest_name(component, backup_id) not in names:
+                        self.store.delete(name)
+                        removed.append(name)
+        return removed
+
+    # -- writing ----------------------------------------------------------------------
+    def write_manifest(self, manifest: Manifest, key: Key | None) -> None:
+        name = self.manifest_name(manifest.component, manifest.id)
+        self.store.write_bytes(name, dump_manifest(manifest, key))
+
+    def delete_backup(self, entry: Entry) -> None:
+        """Remove a backup: manifest first, so a crash never leaves a listed backup without data."""
+        manifest = entry.manifest
+        self.store.delete(self.manifest_name(manifest.component, manifest.id))
+        if manifest.artifact:
+            self.store.delete(f"{manifest.component}/{manifest.artifact}")
+
+    # -- reading ----------------------------------------------------------------------
+    def entries(self, component: str | None = None) -> list[Entry]:
+        """Every backup of `component` (or of all), oldest first, each with its trust."""
+        found: list[Entry] = []
+        for name in COMPONENTS if component is None else (component,):
+            for info in self.store.list(f"{name}/"):
+                if info.name.endswith(MANIFEST_SUFFIX):
+                    found.append(self._load(info.name))
+        return sorted(found, key=lambda entry: (entry.manifest.started_at, entry.id))
+
+    def _load(self, name: str) -> Entry:
+        component, file_name = name.split("/", 1)
+        expected_id = file_name.removesuffix(MANIFEST_SUFFIX)
+        try:
+            manifest, body = parse_manifest(self.store.read_bytes(name), name)
+        except IntegrityError as exc:
+            stub = Manifest(expected_id, component, "failed", "?", [], "1970-01-01T00:00:00.000000Z",
+                            "1970-01-01T00:00:00.000000Z", "?")
+            return Entry(stub, TRUST_TAMPERED, exc.message)
+        if manifest.id != expected_id or manifest.component != component:
+            return Entry(manifest, TRUST_TAMPERED, f"The manifest {name} names another backup.")
+        if body.get("mac") is None:
+            if manifest.ok:
+                return Entry(manifest, TRUST_TAMPERED, f"The manifest {name} has no MAC.")
+            return Entry(manifest, TRUST_UNSIGNED)
+        key = self._key_lookup(manifest.key_fingerprint or "")
+        if key is None:
+            return Entry(manifest, TRUST_NO_KEY, f"key {manifest.key_fingerprint} is not available")
+        try:
+            check_manifest_mac(body, key, name)
+        except IntegrityError as exc:
+            return Entry(manifest, TRUST_TAMPERED, exc.message)
+        return Entry(manifest, TRUST_VERIFIED)
+
+    def artifact_path(self, entry: Entry) -> Path:
+        if not entry.manifest.artifact:
+            raise NotFound(f"The backup {entry.id} has no artifact: it is a failure record.")
+        return self.store.path(f"{entry.manifest.component}/{entry.manifest.artifact}")
+
+    # -- selection --------------------------------------------------------------------
+    def select(self, component: str, selector: str) -> Entry:
+        """Pick a backup by ``latest``, a local calendar day ``YYYY-MM-DD``, or an id."""
+        entries = self.entries(component)
+        if selector == "latest":
+            return self._newest(entries, component, "no good backup")
+        if DATE_PATTERN.match(selector):
+            return self._by_day(entries, component, _parse_day(selector))
+        if ID_PATTERN.match(selector):
+            return self._by_id(entries, component, selector)
+        raise UsageError(
+            f"'{selector}' is not 'latest', a date (YYYY-MM-DD) or a backup id such as "
+            f"{component}-20261123T020000Z; run 'cosmic-backup list {component}' to see them."
+        )
+
+    @staticmethod
+    def _newest(entries: list[Entry], component: str, what: str) -> Entry:
+        candidates = [entry for entry in entries if entry.selectable]
+        if not candidates:
+            hint = f"{len(entries)} backup(s) listed, none good" if entries else "none at all"
+            raise NotFound(
+                f"There is {what} of the {component} to restore ({hint}); run "
+                f"'cosmic-backup backup {component}' first or check 'cosmic-backup list'."
+            )
+        return candidates[-1]
+
+    def _by_day(self, entries: list[Entry], component: str, day: date) -> Entry:
+        same_day = [entry for entry in entries if entry.local_day == day and entry.selectable]
+        if same_day:
+            return same_day[-1]
+        days = sorted({entry.local_day.isoformat() for entry in entries if entry.selectable})
+        shown = ", ".join(days[-10:]) if days else "none"
+        raise NotFound(
+            f"There is no good {component} backup from {day.isoformat()} (local time). "
+            f"Days with one: {shown}."
+        )
+
+    @staticmethod
+    def _by_id(entries: list[Entry], component: str, backup_id: str) -> Entry:
+        for entry in entries:
+            if entry.id == backup_id:
+                if not entry.manifest.ok:
+                    raise NotFound(
+                        f"The backup {backup_id} is a failure record ({entry.manifest.error}); "
+                        "it holds nothing to restore. Pick another with 'cosmic-backup list'."
+                    )
+                return entry
+        recent = ", ".join(entry.id for entry in entries[-5:] if entry.manifest.ok) or "none"
+        raise NotFound(f"There is no {component} backup with id {backup_id}. Recent ones: {recent}.")
+
+
+def _parse_day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"'{text}' is not a real date; write it as YYYY-MM-DD.") from None

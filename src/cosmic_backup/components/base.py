@@ -1,0 +1,93 @@
+"""What every component (database, files, config) provides to the pipeline.
+
+A component produces a plain byte stream for a backup and consumes one for a restore,
+and describes its source. It knows nothing of keys, encryption or storage: the
+operations wrap its stream in the sealing pipeline and hand it a verified plaintext
+reader.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, ClassVar
+
+from cosmic_backup.format.manifest import MODE_FULL, TAG_MANUAL, Manifest
+from cosmic_backup.settings import Settings
+
+
+@dataclass(frozen=True)
+class BackupRequest:
+    """What the operator asked of one backup."""
+
+    mode: str | None = None  # "full", "schema-only", or None for the component's default
+    tags: tuple[str, ...] = (TAG_MANUAL,)
+    # For a pre-restore backup: back up the restore's target (a URL or folder) instead of
+    # the configured source. None means the configured source.
+    source_override: str | None = None
+
+
+@dataclass
+class Produced:
+    """What a component tells the manifest about the stream it produced."""
+
+    mode: str = MODE_FULL
+    source: dict[str, Any] = field(default_factory=dict)  # never a secret
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """What the operator asked of one restore."""
+
+    target: str | None = None  # --into URL (database) or --target-dir DIR (files, config)
+    safety_backup: bool = True  # False with --no-safety-backup
+
+
+@dataclass
+class RestorePlan:
+    """What a restore is about to do, shown before the operator confirms."""
+
+    target_description: str
+    notes: list[str] = field(default_factory=list)
+    # What to back up before restoring; None when nothing live is overwritten.
+    safety_backup: BackupRequest | None = None
+    private: dict[str, Any] = field(default_factory=dict)  # the component's own state
+
+
+@dataclass
+class RestoreReport:
+    """What a restore did, for the operator (lines) and for --json (details)."""
+
+    lines: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Component(ABC):
+    name: ClassVar[str]
+    payload: ClassVar[str]  # the plaintext's kind, in the artifact's name: "dump", "tar"
+
+    def __init__(self, settings: Settings, log: logging.Logger) -> None:
+        self.settings = settings
+        self.log = log
+
+    @abstractmethod
+    def check_configured(self) -> None:
+        """Raise `NotConfigured` (with its sentence) when there is nothing to back up."""
+
+    @abstractmethod
+    def produce(self, out: BinaryIO, request: BackupRequest) -> Produced:
+        """Write the plain backup stream into `out` (which seals it); describe the source."""
+
+    @abstractmethod
+    def plan_restore(self, manifest: Manifest, request: RestoreRequest) -> RestorePlan:
+        """Check the target (connection, folders) and say what the restore will do."""
+
+    @abstractmethod
+    def consume(self, payload: BinaryIO, manifest: Manifest, plan: RestorePlan) -> RestoreReport:
+        """Restore from `payload`, a reader of the verified plaintext."""
+
+    @abstractmethod
+    def check_payload(self, payload: BinaryIO, manifest: Manifest) -> dict[str, Any]:
+        """Read the whole plaintext and check its structure (for verify); return figures."""

@@ -1,0 +1,100 @@
+"""Key files and the keyring on disk: private files, one passphrase line each.
+
+The key file is what ``openssl enc -pass file:PATH`` reads. The keyring is a private
+folder of retired keys, each in ``<fingerprint>.key``, so a backup made before a rotation
+finds its key by the fingerprint its manifest records.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from cosmic_backup.errors import KeyProblem
+from cosmic_backup.format.keys import Key, generate_passphrase, passphrase_from_text
+
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
+
+
+def _insecure_bits(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode) & 0o077
+
+
+def read_key_file(path: Path, *, allow_insecure: bool = False) -> tuple[Key, str | None]:
+    """Read a key file; refuse one that group or others can read unless allowed.
+
+    Returns the key and, when an insecure file was allowed, the warning to show.
+    """
+    try:
+        insecure = _insecure_bits(path)
+        text = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise KeyProblem(
+            f"The key file {path} does not exist. Restore it from your safe copy, or set "
+            "BACKUP_KEY_FILE, BACKUP_KEY or BACKUP_KEY_COMMAND."
+        ) from exc
+    except PermissionError as exc:
+        raise KeyProblem(f"The key file {path} cannot be read: check its owner.") from exc
+    warning = None
+    if insecure:
+        message = (
+            f"The key file {path} can be read by other users (mode "
+            f"{stat.S_IMODE(path.stat().st_mode):o}); run: chmod 600 {path}"
+        )
+        if not allow_insecure:
+            raise KeyProblem(message + " (or pass --allow-insecure-key to go on anyway).")
+        warning = message
+    return Key(passphrase_from_text(text)), warning
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Create `path` with mode 0600 from the start; refuse to replace an existing file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def create_key_file(path: Path) -> Key:
+    """Generate a new key into `path`, which must not exist yet."""
+    passphrase = generate_passphrase()
+    try:
+        write_private_file(path, passphrase.encode() + b"\n")
+    except FileExistsError as exc:
+        raise KeyProblem(f"The key file {path} already exists; it was left untouched.") from exc
+    return Key(passphrase.encode())
+
+
+class Keyring:
+    """Retired keys, found by fingerprint."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def path_for(self, fingerprint: str) -> Path:
+        return self.folder / f"{fingerprint}.key"
+
+    def find(self, fingerprint: str, *, allow_insecure: bool = False) -> Key | None:
+        path = self.path_for(fingerprint)
+        if not path.exists():
+            return None
+        key, _ = read_key_file(path, allow_insecure=allow_insecure)
+        return key if key.fingerprint == fingerprint else None
+
+    def add(self, key: Key) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.folder, PRIVATE_DIR)
+        path = self.path_for(key.fingerprint)
+        if not path.exists():
+            write_private_file(path, key.passphrase + b"\n")
+        return path
+
+    def fingerprints(self) -> list[str]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(p.stem for p in self.folder.glob("*.key"))

@@ -1,0 +1,121 @@
+"""Manifests: the authenticated catalog entry of one backup.
+
+A manifest is JSON. Its ``mac`` field is an HMAC-SHA256, under the key's manifest MAC key,
+of the canonical JSON of every other field, so an edited manifest is detected. Failure
+records made when no key could be had carry no MAC; they are never restorable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cosmic_backup.errors import IntegrityError
+from cosmic_backup.format.keys import Key
+
+FORMAT_VERSION = 1
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+MODE_FULL = "full"
+MODE_SCHEMA_ONLY = "schema-only"
+TAG_PRE_RESTORE = "pre-restore"
+TAG_SCHEDULED = "scheduled"
+TAG_MANUAL = "manual"
+MAC_DOMAIN = b"cosmic-backup manifest v1\n"
+CIPHER_DESCRIPTION = "aes-256-cbc, openssl enc -pbkdf2 -md sha256 format"
+
+
+@dataclass
+class Manifest:
+    """Every field the catalog keeps of a backup; none of them a secret."""
+
+    id: str
+    component: str
+    status: str
+    mode: str
+    tags: list[str]
+    started_at: str
+    finished_at: str
+    tool_version: str
+    source: dict[str, Any] = field(default_factory=dict)
+    artifact: str | None = None
+    plaintext_size: int | None = None
+    stored_size: int | None = None
+    plaintext_sha256: str | None = None
+    artifact_mac: str | None = None
+    kdf: dict[str, Any] | None = None
+    key_fingerprint: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+    log_file: str | None = None
+    verified_at: str | None = None
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_OK
+
+    @property
+    def is_pre_restore(self) -> bool:
+        return TAG_PRE_RESTORE in self.tags
+
+    @property
+    def iterations(self) -> int:
+        if not self.kdf or "iterations" not in self.kdf:
+            raise IntegrityError(f"The manifest of {self.id} records no key-derivation iterations.")
+        return int(self.kdf["iterations"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def kdf_description(iterations: int) -> dict[str, Any]:
+    return {
+        "algorithm": "pbkdf2-hmac-sha256",
+        "iterations": iterations,
+        "salt": "per file, openssl 'Salted__' header",
+        "cipher": CIPHER_DESCRIPTION,
+        "mac": "hmac-sha256 over the stored bytes",
+    }
+
+
+def _canonical(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _mac(body: dict[str, Any], key: Key) -> str:
+    return hmac.new(key.manifest_mac_key, MAC_DOMAIN + _canonical(body), hashlib.sha256).hexdigest()
+
+
+def dump_manifest(manifest: Manifest, key: Key | None) -> bytes:
+    """The manifest's JSON text, with its MAC when a key is given."""
+    body = manifest.to_dict()
+    body["mac"] = _mac(body, key) if key is not None else None
+    return json.dumps(body, indent=2, sort_keys=True).encode() + b"\n"
+
+
+def parse_manifest(text: bytes, name: str) -> tuple[Manifest, dict[str, Any]]:
+    """Parse a manifest (not yet authenticated); returns it and its raw JSON body."""
+    try:
+        body = json.loads(text)
+        if not isinstance(body, dict):
+            raise TypeError("not an object")
+        fields = {k: v for k, v in body.items() if k != "mac"}
+        return Manifest(**fields), body
+    except (ValueError, TypeError) as exc:
+        raise IntegrityError(
+            f"The manifest {name} is not valid JSON of a cosmic-backup manifest: it is damaged."
+        ) from exc
+
+
+def check_manifest_mac(body: dict[str, Any], key: Key, name: str) -> None:
+    expected = body.get("mac")
+    fields = {k: v for k, v in body.items() if k != "mac"}
+    if not isinstance(expected, str) or not hmac.compare_digest(_mac(fields, key), expected):
+        raise IntegrityError(
+            f"The manifest {name} fails its integrity check: it was edited or damaged. "
+            "Do not trust this backup; use another one."
+        )

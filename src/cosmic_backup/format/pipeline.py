@@ -1,0 +1,247 @@
+"""The streaming pipeline: plaintext -> gzip -> AES-256-CBC -> HMAC (encrypt-then-MAC), and back.
+
+Memory is bounded by the chunk size whatever the payload's size. Sizes and digests are
+computed on the way through. On the way back the MAC of the whole stored artifact is
+checked, in constant time, before a single decrypted byte is handed out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from cosmic_backup.errors import IntegrityError
+from cosmic_backup.format.cipher import HEADER_LEN, Decryptor, Encryptor, read_salt
+from cosmic_backup.format.compression import DEFAULT_LEVEL, Decompressor, compressor
+from cosmic_backup.format.keys import Key
+
+CHUNK_SIZE = 1024 * 1024
+MAC_ALGORITHM = "hmac-sha256"
+
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class SealedArtifact:
+    """What the manifest records of a sealed artifact."""
+
+    plaintext_size: int
+    plaintext_sha256: str
+    stored_size: int
+    mac: str
+    iterations: int
+
+
+class SealingWriter(io.RawIOBase):
+    """A writable stream: what is written is compressed, encrypted and MACed into `sink`.
+
+    `close()` (or leaving the ``with`` block without an error) finishes the stream and
+    sets `result`. After an error, call `abort()`: nothing more is written.
+    """
+
+    def __init__(
+        self,
+        sink: BinaryIO,
+        key: Key,
+        iterations: int,
+        *,
+        level: int = DEFAULT_LEVEL,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        super().__init__()
+        self._sink = sink
+        self._compressor = compressor(level)
+        self._encryptor = Encryptor(key.passphrase, iterations)
+        self._mac = hmac.new(key.artifact_mac_key, digestmod=hashlib.sha256)
+        self._sha256 = hashlib.sha256()
+        self._plaintext_size = 0
+        self._stored_size = 0
+        self._iterations = iterations
+        self._on_progress = on_progress
+        self._aborted = False
+        self.result: SealedArtifact | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        if self.closed:
+            raise ValueError("write to a closed SealingWriter")
+        view = memoryview(data).cast("B")
+        size = len(view)
+        if not size:
+            return 0
+        self._sha256.update(view)
+        self._plaintext_size += size
+        self._store(self._encryptor.update(self._compressor.compress(view)))
+        if self._on_progress is not None:
+            self._on_progress(size)
+        return size
+
+    def _store(self, data: bytes) -> None:
+        if data:
+            self._mac.update(data)
+            self._sink.write(data)
+            self._stored_size += len(data)
+
+    def abort(self) -> None:
+        """Close without finishing the stream (after an error upstream)."""
+        self._aborted = True
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            if not self._aborted:
+                self._store(self._encryptor.update(self._compressor.flush()))
+                self._store(self._encryptor.finalize())
+                self.result = SealedArtifact(
+                    plaintext_size=self._plaintext_size,
+                    plaintext_sha256=self._sha256.hexdigest(),
+                    stored_size=self._stored_size,
+                    mac=self._mac.hexdigest(),
+                    iterations=self._iterations,
+                )
+        finally:
+            super().close()
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
+
+
+def compute_mac(source: BinaryIO, key: Key, chunk_size: int = CHUNK_SIZE) -> tuple[str, int]:
+    """The HMAC of every stored byte of `source`, and how many bytes there were."""
+    mac = hmac.new(key.artifact_mac_key, digestmod=hashlib.sha256)
+    size = 0
+    while chunk := source.read(chunk_size):
+        mac.update(chunk)
+        size += len(chunk)
+    return mac.hexdigest(), size
+
+
+def check_mac(source: BinaryIO, key: Key, expected_mac: str, expected_size: int | None) -> None:
+    """Raise `IntegrityError` unless `source`, read to its end, has the expected MAC."""
+    actual, size = compute_mac(source, key)
+    if expected_size is not None and size != expected_size:
+        raise IntegrityError(
+            f"The backup file has {size} bytes where its manifest records {expected_size}: "
+            "it is truncated or damaged. Use another backup."
+        )
+    if not hmac.compare_digest(actual, expected_mac):
+        raise IntegrityError(
+            "The backup file fails its integrity check (MAC mismatch): it was damaged or "
+            "tampered with. Use another backup."
+        )
+
+
+class UnsealingReader(io.RawIOBase):
+    """A readable stream of the plaintext of an artifact whose MAC has already been checked.
+
+    Use `open_verified` to make one. At the end of the stream the plaintext's size and
+    SHA-256 are compared with the manifest's, as a second line of defence.
+    """
+
+    def __init__(
+        self,
+        source: BinaryIO,
+        key: Key,
+        iterations: int,
+        *,
+        expected_sha256: str | None = None,
+        expected_size: int | None = None,
+        on_progress: ProgressCallback | None = None,
+        chunk_size: int = CHUNK_SIZE,
+    ) -> None:
+        super().__init__()
+        self._source = source
+        self._decryptor = Decryptor(key.passphrase, iterations)
+        self._decompressor = Decompressor()
+        self._sha256 = hashlib.sha256()
+        self._size = 0
+        self._expected_sha256 = expected_sha256
+        self._expected_size = expected_size
+        self._on_progress = on_progress
+        self._chunk_size = chunk_size
+        self._buffer = bytearray()
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self) -> None:
+        while not self._buffer and not self._eof:
+            stored = self._source.read(self._chunk_size)
+            if stored:
+                out = self._decompressor.decompress(self._decryptor.update(stored))
+            else:
+                out = self._decompressor.decompress(self._decryptor.finalize())
+                out += self._decompressor.finish()
+                self._eof = True
+            self._account(out)
+            self._buffer += out
+        if self._eof and not self._buffer:
+            self._check_totals()
+
+    def _account(self, out: bytes) -> None:
+        if out:
+            self._sha256.update(out)
+            self._size += len(out)
+            if self._on_progress is not None:
+                self._on_progress(len(out))
+
+    def _check_totals(self) -> None:
+        if self._expected_size is not None and self._size != self._expected_size:
+            raise IntegrityError(
+                f"The backup decrypted to {self._size} bytes where its manifest records "
+                f"{self._expected_size}: it is damaged."
+            )
+        sha = self._sha256.hexdigest()
+        if self._expected_sha256 is not None and not hmac.compare_digest(
+            sha, self._expected_sha256
+        ):
+            raise IntegrityError(
+                "The backup's content does not match the SHA-256 in its manifest: it is damaged."
+            )
+
+    def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
+        self._fill()
+        count = min(len(target), len(self._buffer))
+        target[:count] = self._buffer[:count]
+        del self._buffer[:count]
+        return count
+
+
+def open_verified(
+    source: BinaryIO,
+    key: Key,
+    *,
+    expected_mac: str,
+    iterations: int,
+    expected_stored_size: int | None = None,
+    expected_sha256: str | None = None,
+    expected_plaintext_size: int | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> UnsealingReader:
+    """Check the MAC of the whole (seekable) `source`, then return a plaintext reader on it."""
+    start = source.tell()
+    check_mac(source, key, expected_mac, expected_stored_size)
+    source.seek(start)
+    header = source.read(HEADER_LEN)
+    read_salt(header)
+    source.seek(start)
+    return UnsealingReader(
+        source,
+        key,
+        iterations,
+        expected_sha256=expected_sha256,
+        expected_size=expected_plaintext_size,
+        on_progress=on_progress,
+    )

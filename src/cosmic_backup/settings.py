@@ -1,0 +1,228 @@
+"""Every setting: its default, its `cosmic-backup.toml` key, its environment variable, and
+where the effective value came from (defaults < toml < environment < flags)."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cosmic_backup.errors import UsageError
+
+CONFIG_FILE_NAME = "cosmic-backup.toml"
+MIN_KDF_ITERATIONS = 600_000
+
+DEFAULT_ENV_EXCLUDE = (
+    "PATH,PWD,OLDPWD,HOME,USER,LOGNAME,SHELL,SHLVL,TERM,TERM_*,COLORTERM,HOSTNAME,LANG,"
+    "LANGUAGE,LC_*,TZ,_,PS1,PS2,DISPLAY,SSH_*,TMUX,TMUX_*,STY,COLUMNS,LINES,MAIL,XDG_*,"
+    "EDITOR,VISUAL,PAGER,LESS*,LS_COLORS,HIST*,MOTD_SHOWN,DBUS_*,OLDPWD,VIRTUAL_ENV,"
+    "PYTHON*,PIP_*,CI,BACKUP_KEY,BACKUP_KEY_COMMAND,PGPASSWORD,PGPASSFILE"
+)
+
+
+def _text(value: Any) -> str:
+    return str(value)
+
+
+def _optional_text(value: Any) -> str | None:
+    text = str(value).strip()
+    return text or None
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(str(value).strip())
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a whole number") from exc
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
+def _list(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    return tuple(str(item).strip() for item in items if str(item).strip())
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    env: str | None
+    default: Any
+    parse: Callable[[Any], Any]
+    help: str
+    secret: bool = False
+    in_toml: bool = True
+    is_path: bool = False
+
+
+SPECS: tuple[Spec, ...] = (
+    Spec("database_url", "DATABASE_URL", None, _optional_text,
+         "PostgreSQL connection URL", secret=True),
+    Spec("backup_dir", "BACKUP_DIR", "./tmp/backups", _text, "backup root", is_path=True),
+    Spec("key_file", "BACKUP_KEY_FILE", "./.backup_key", _text, "key file", is_path=True),
+    Spec("keyring_dir", "BACKUP_KEYRING_DIR", "./.backup_keyring", _text,
+         "folder of retired keys", is_path=True),
+    Spec("key", "BACKUP_KEY", None, _optional_text, "the passphrase itself",
+         secret=True, in_toml=False),
+    Spec("key_command", "BACKUP_KEY_COMMAND", None, _optional_text,
+         "command that prints the passphrase"),
+    Spec("allow_insecure_key", "BACKUP_ALLOW_INSECURE_KEY", False, _bool,
+         "accept a key file others can read (with a warning)"),
+    Spec("log_dir", "BACKUP_LOG_DIR", "./logs", _text, "log folder", is_path=True),
+    Spec("log_format", "BACKUP_LOG_FORMAT", "text", _choice("text", "json"), "log line format"),
+    Spec("files_dirs", "BACKUP_FILES_DIRS", "static,uploads", _list, "file folders"),
+    Spec("config_paths", "BACKUP_CONFIG_PATHS", ".env,config", _list, "config files and folders"),
+    Spec("env_include", "BACKUP_ENV_INCLUDE", "*", _list,
+         "environment variables to snapshot (glob patterns)"),
+    Spec("env_exclude", "BACKUP_ENV_EXCLUDE", DEFAULT_ENV_EXCLUDE, _list,
+         "environment variables never snapshotted (glob patterns)"),
+    Spec("retention_days", "RETENTION_DAYS", 30, _int, "days backups are kept"),
+    Spec("remote", "BACKUP_REMOTE", None, _optional_text, "off-site location (s3://...)"),
+    Spec("kdf_iterations", "BACKUP_KDF_ITERATIONS", MIN_KDF_ITERATIONS, _int,
+         "PBKDF2 iterations for new backups"),
+    Spec("pg_bin_dir", "BACKUP_PG_BIN_DIR", None, _optional_text,
+         "folder holding pg_dump, pg_restore and psql"),
+    Spec("timeout", "BACKUP_TIMEOUT", 3600, _int, "overall time limit of one operation (s)"),
+    Spec("connect_timeout", "BACKUP_CONNECT_TIMEOUT", 10, _int, "database connect timeout (s)"),
+    Spec("connect_retries", "BACKUP_CONNECT_RETRIES", 3, _int, "connection attempts"),
+    Spec("lock_wait_timeout", "BACKUP_LOCK_WAIT_TIMEOUT", 60, _int,
+         "longest wait for a table lock during a dump (s)"),
+    Spec("neon_full", "BACKUP_NEON_FULL", False, _bool,
+         "take full (not schema-only) backups of Neon databases"),
+    Spec("app_version", "APP_VERSION", None, _optional_text, "the app's version"),
+    Spec("notify_url", "BACKUP_NOTIFY_URL", None, _optional_text,
+         "webhook called after each run", secret=True),
+    Spec("metrics_file", "BACKUP_METRICS_FILE", None, _optional_text,
+         "Prometheus textfile to write"),
+)
+SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Effective settings of one run, with where each value came from."""
+
+    project_root: Path
+    values: Mapping[str, Any]
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def path(self, name: str) -> Path:
+        """A path setting, resolved against the project root."""
+        raw = self.values[name]
+        path = Path(os.path.expanduser(str(raw)))
+        return path if path.is_absolute() else self.project_root / path
+
+    def optional_path(self, name: str) -> Path | None:
+        return self.path(name) if self.values[name] is not None else None
+
+    def shown(self, name: str) -> str:
+        """The value as it may be printed: secrets masked."""
+        value = self.values[name]
+        if value is None:
+            return "(not set)"
+        if SPEC_BY_NAME[name].secret:
+            return mask_secret_setting(name, str(value))
+        if isinstance(value, tuple):
+            return ",".join(value)
+        return str(value)
+
+    def with_overrides(self, overrides: Mapping[str, Any], source: str) -> Settings:
+        values = dict(self.values)
+        sources = dict(self.sources)
+        for name, raw in overrides.items():
+            values[name] = _parse(SPEC_BY_NAME[name], raw, source)
+            sources[name] = source
+        return Settings(self.project_root, values, sources)
+
+
+def mask_secret_setting(name: str, value: str) -> str:
+    if name == "database_url":
+        from cosmic_backup.redact import mask_url_password
+
+        return mask_url_password(value)
+    return "********"
+
+
+def _parse(spec: Spec, raw: Any, source: str) -> Any:
+    try:
+        value = spec.parse(raw)
+    except ValueError as exc:
+        raise UsageError(f"The setting {spec.name} from {source} is invalid: {exc}.") from exc
+    if spec.name == "kdf_iterations" and value < MIN_KDF_ITERATIONS:
+        raise UsageError(
+            f"The setting kdf_iterations from {source} is {value}; it must be at least "
+            f"{MIN_KDF_ITERATIONS}."
+        )
+    if spec.name in {"retention_days", "timeout", "connect_timeout", "lock_wait_timeout"} and (
+        value < 1
+    ):
+        raise UsageError(f"The setting {spec.name} from {source} must be at least 1.")
+    return value
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"The settings file {path} cannot be read ({exc.strerror}).") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"The settings file {path} is not valid TOML: {exc}.") from exc
+    unknown = sorted(set(data) - {spec.name for spec in SPECS if spec.in_toml})
+    if unknown:
+        raise UsageError(
+            f"The settings file {path} has unknown settings: {', '.join(unknown)}. "
+            f"Known: {', '.join(spec.name for spec in SPECS if spec.in_toml)}."
+        )
+    return data
+
+
+def load_settings(
+    project_root: Path,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge defaults, the project's `cosmic-backup.toml`, the environment and flags."""
+    environ = os.environ if environ is None else environ
+    toml_path = project_root / CONFIG_FILE_NAME
+    from_toml = _read_toml(toml_path) if toml_path.is_file() else {}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for spec in SPECS:
+        raw, source = spec.default, "default"
+        if spec.name in from_toml:
+            raw, source = from_toml[spec.name], CONFIG_FILE_NAME
+        if spec.env and environ.get(spec.env, "") != "":
+            raw, source = environ[spec.env], f"environment {spec.env}"
+        if flags and flags.get(spec.name) is not None:
+            raw, source = flags[spec.name], "command line"
+        values[spec.name] = None if raw is None else _parse(spec, raw, source)
+        sources[spec.name] = source
+    return Settings(project_root.resolve(), values, sources)

@@ -1,0 +1,114 @@
+"""A local folder as a `Store`: private modes, atomic writes (temp name, fsync, rename)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from cosmic_backup.errors import OperationFailed
+from cosmic_backup.storage.base import ObjectInfo, StoreNotFound
+
+PARTIAL_MARK = ".partial-"
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _disk_error(path: Path, exc: OSError) -> OperationFailed:
+    return OperationFailed(
+        f"Could not write {path}: {exc.strerror or exc}. Free some space or fix the folder's "
+        "permissions, then run the backup again; nothing partial was kept."
+    )
+
+
+class LocalStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, name: str) -> Path:
+        if name.startswith("/") or ".." in name.split("/"):
+            raise ValueError(f"unsafe object name {name!r}")
+        return self.root / name
+
+    def ensure_folder(self, relative: str = "") -> Path:
+        folder = self.root / relative if relative else self.root
+        folder.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+        os.chmod(folder, PRIVATE_DIR)
+        return folder
+
+    @contextlib.contextmanager
+    def open_write(self, name: str) -> Iterator[BinaryIO]:
+        final = self.path(name)
+        self.ensure_folder(str(Path(name).parent) if "/" in name else "")
+        temp = final.with_name(f".{final.name}{PARTIAL_MARK}{os.getpid()}")
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, PRIVATE_FILE)
+        except OSError as exc:
+            raise _disk_error(temp, exc) from exc
+        try:
+            with os.fdopen(fd, "wb", buffering=1024 * 1024) as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, final)
+            fsync_dir(final.parent)
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            raise _disk_error(final, exc) from exc
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        with self.open_write(name) as handle:
+            handle.write(data)
+
+    def open_read(self, name: str) -> BinaryIO:
+        try:
+            return open(self.path(name), "rb")  # noqa: SIM115 - the caller closes it
+        except FileNotFoundError as exc:
+            raise StoreNotFound(name) from exc
+
+    def read_bytes(self, name: str) -> bytes:
+        with self.open_read(name) as handle:
+            return handle.read()
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        folder_name, _, stem = prefix.rpartition("/")
+        folder = self.root / folder_name if folder_name else self.root
+        if not folder.is_dir():
+            return []
+        found = []
+        for entry in os.scandir(folder):
+            if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                continue
+            if entry.name.startswith(stem):
+                name = f"{folder_name}/{entry.name}" if folder_name else entry.name
+                found.append(ObjectInfo(name, entry.stat(follow_symlinks=False).st_size))
+        return sorted(found, key=lambda info: info.name)
+
+    def delete(self, name: str) -> None:
+        self.path(name).unlink(missing_ok=True)
+
+    def stat(self, name: str) -> ObjectInfo:
+        try:
+            return ObjectInfo(name, self.path(name).stat().st_size)
+        except FileNotFoundError as exc:
+            raise StoreNotFound(name) from exc
+
+    def partial_leftovers(self, folder: str) -> list[Path]:
+        """Temporary files of writes that never finished (a crash, a kill, a full disk)."""
+        base = self.root / folder
+        if not base.is_dir():
+            return []
+        return sorted(p for p in base.iterdir() if p.name.startswith(".") and PARTIAL_MARK in p.name)
