@@ -1,0 +1,93 @@
+"""Shared fixtures: an isolated project root and a way to run the real CLI in it.
+
+The CLI runs as a subprocess (``python -m cosmic_backup``) so tests see exactly what an
+operator sees: exit codes, stdout, stderr, files on disk. Servers (PostgreSQL, S3) are
+started by fixtures of their own test packages.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+# Environment variables of the developer's shell that must never leak into a test run.
+_SCRUBBED_PREFIXES = ("BACKUP_", "DATABASE_URL", "PG", "RETENTION_DAYS", "APP_VERSION")
+
+
+def clean_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class Project:
+    """A temporary app project root, with the environment the CLI runs under."""
+
+    root: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def backups(self) -> Path:
+        return self.root / "tmp" / "backups"
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "cosmic_backup", "-C", str(self.root), *args]
+
+    def run(
+        self,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        input: str | None = None,
+        timeout: float = 300,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the CLI to completion; never raises on a non-zero exit."""
+        return subprocess.run(
+            self.command(*args),
+            env=clean_environ({**self.env, **(env or {})}),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.root,
+            check=False,
+        )
+
+    def popen(self, *args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.command(*args),
+            env=clean_environ({**self.env, **(env or {})}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.root,
+        )
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    root = tmp_path / "app"
+    root.mkdir()
+    return Project(root=root)
+
+
+ProjectFactory = Callable[[], Project]
+
+
+@pytest.fixture
+def make_project(tmp_path: Path) -> ProjectFactory:
+    counter = iter(range(1000))
+
+    def make() -> Project:
+        root = tmp_path / f"app{next(counter)}"
+        root.mkdir()
+        return Project(root=root)
+
+    return make
