@@ -33,7 +33,9 @@ COMPONENTS = ("database", "files", "config")
 ARTIFACT_SUFFIX = ".gz.enc"
 MANIFEST_SUFFIX = ".manifest.json"
 LOCK_FILE = ".lock"
-ID_PATTERN = re.compile(r"^(?P<component>database|files|config)-(?P<stamp>\d{8}T\d{6}Z)(?:-\d{2,})?$")
+ID_PATTERN = re.compile(
+    r"^(?P<component>database|files|config)-(?P<stamp>\d{8}T\d{6}Z)(?:-\d{2,})?$"
+)
 DATE_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 KeyLookup = Callable[[str], Key | None]
@@ -99,7 +101,9 @@ class Catalog:
 
     def new_id(self, component: str, started: datetime) -> str:
         """A fresh id; unique because it is taken under the lock and checked against the folder."""
-        taken = {info.name.split("/")[-1].split(".")[0] for info in self.store.list(f"{component}/")}
+        taken = {
+            info.name.split("/")[-1].split(".")[0] for info in self.store.list(f"{component}/")
+        }
         attempt = 0
         while (candidate := make_id(component, started, attempt)) in taken:
             attempt += 1
@@ -107,7 +111,9 @@ class Catalog:
 
     # -- the lock ---------------------------------------------------------------------
     @contextlib.contextmanager
-    def lock(self, command: str, *, wait: bool = False, wait_seconds: float = 3600) -> Iterator[None]:
+    def lock(
+        self, command: str, *, wait: bool = False, wait_seconds: float = 3600
+    ) -> Iterator[None]:
         """Hold the backup root's lock; refuse (or wait) when another run holds it."""
         self.store.ensure_folder()
         path = self.root / LOCK_FILE
@@ -204,8 +210,16 @@ class Catalog:
         try:
             manifest, body = parse_manifest(self.store.read_bytes(name), name)
         except IntegrityError as exc:
-            stub = Manifest(expected_id, component, "failed", "?", [], "1970-01-01T00:00:00.000000Z",
-                            "1970-01-01T00:00:00.000000Z", "?")
+            stub = Manifest(
+                expected_id,
+                component,
+                "failed",
+                "?",
+                [],
+                "1970-01-01T00:00:00.000000Z",
+                "1970-01-01T00:00:00.000000Z",
+                "?",
+            )
             return Entry(stub, TRUST_TAMPERED, exc.message)
         if manifest.id != expected_id or manifest.component != component:
             return Entry(manifest, TRUST_TAMPERED, f"The manifest {name} names another backup.")
@@ -275,7 +289,9 @@ class Catalog:
                     )
                 return entry
         recent = ", ".join(entry.id for entry in entries[-5:] if entry.manifest.ok) or "none"
-        raise NotFound(f"There is no {component} backup with id {backup_id}. Recent ones: {recent}.")
+        raise NotFound(
+            f"There is no {component} backup with id {backup_id}. Recent ones: {recent}."
+        )
 
 
 def _parse_day(text: str) -> date:

@@ -25,6 +25,4 @@ def create_component(name: str, settings: Settings, log: logging.Logger) -> Comp
         from cosmic_backup.components.database import DatabaseComponent
 
         return DatabaseComponent(settings, log)
-    raise UsageError(
-        f"'{name}' is not a component; use one of: all, {', '.join(COMPONENT_NAMES)}."
-    )
+    raise UsageError(f"'{name}' is not a component; use one of: all, {', '.join(COMPONENT_NAMES)}.")

@@ -69,6 +69,8 @@ class SealingWriter(io.RawIOBase):
         return True
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._aborted:  # a buffer flushing into an aborted stream: drop, do not raise
+            return len(data)
         if self.closed:
             raise ValueError("write to a closed SealingWriter")
         view = memoryview(data).cast("B")
@@ -168,7 +170,7 @@ class UnsealingReader(io.RawIOBase):
         self._size = 0
         self._expected_sha256 = expected_sha256
         self._expected_size = expected_size
-        self._on_progress = on_progress
+        self.on_progress = on_progress
         self._chunk_size = chunk_size
         self._buffer = bytearray()
         self._eof = False
@@ -194,8 +196,8 @@ class UnsealingReader(io.RawIOBase):
         if out:
             self._sha256.update(out)
             self._size += len(out)
-            if self._on_progress is not None:
-                self._on_progress(len(out))
+            if self.on_progress is not None:
+                self.on_progress(len(out))
 
     def _check_totals(self) -> None:
         if self._expected_size is not None and self._size != self._expected_size:

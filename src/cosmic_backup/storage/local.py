@@ -75,7 +75,7 @@ class LocalStore:
 
     def open_read(self, name: str) -> BinaryIO:
         try:
-            return open(self.path(name), "rb")  # noqa: SIM115 - the caller closes it
+            return open(self.path(name), "rb")
         except FileNotFoundError as exc:
             raise StoreNotFound(name) from exc
 
@@ -111,4 +111,6 @@ class LocalStore:
         base = self.root / folder
         if not base.is_dir():
             return []
-        return sorted(p for p in base.iterdir() if p.name.startswith(".") and PARTIAL_MARK in p.name)
+        return sorted(
+            p for p in base.iterdir() if p.name.startswith(".") and PARTIAL_MARK in p.name
+        )

@@ -1,0 +1,101 @@
+"""What every command shares: global options, settings, the runtime, output helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from cosmic_backup.operations.context import Advance, Runtime, no_progress, open_runtime
+from cosmic_backup.settings import Settings, load_settings
+
+stdout = Console(highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@dataclass
+class CliState:
+    root: Path
+    debug: bool = False
+    json: bool = False
+    log_format: str | None = None
+    wait: bool = False
+
+
+def state(ctx: typer.Context) -> CliState:
+    found = ctx.find_root().obj
+    assert isinstance(found, CliState)
+    return found
+
+
+def settings_for(ctx: typer.Context, **flags: Any) -> Settings:
+    """Effective settings: defaults < cosmic-backup.toml < environment < these flags."""
+    cli = state(ctx)
+    return load_settings(cli.root, flags={"log_format": cli.log_format, **flags})
+
+
+def say(message: str) -> None:
+    """A notice for the operator; stderr, so stdout stays clean for --json and pipes."""
+    stderr.print(message, markup=False)
+
+
+@contextlib.contextmanager
+def _terminal_progress(description: str, total: int | None) -> Iterator[Advance]:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, console=stderr, transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+def open_cli_runtime(ctx: typer.Context, settings: Settings) -> Runtime:
+    cli = state(ctx)
+    interactive = sys.stderr.isatty() and not cli.json
+    return open_runtime(
+        settings,
+        say=say,
+        progress=_terminal_progress if interactive else no_progress,
+        wait=cli.wait,
+    )
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def exit_with(code: int) -> None:
+    """End the command with a documented exit code (typer ignores return values)."""
+    if code:
+        raise typer.Exit(code)

@@ -1,0 +1,86 @@
+"""`cosmic-backup list [COMPONENT]`: the catalog as a table or JSON."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from cosmic_backup.catalog import Entry
+from cosmic_backup.cli.common import emit_json, human_size, open_cli_runtime, settings_for, state
+from cosmic_backup.cli.common import stdout as console
+from cosmic_backup.clock import parse_iso
+from cosmic_backup.components import COMPONENT_NAMES
+from cosmic_backup.errors import UsageError
+
+
+def list_backups(
+    ctx: typer.Context,
+    what: Annotated[
+        str | None, typer.Argument(help="database, files or config (default: all).")
+    ] = None,
+) -> None:
+    """List backups, oldest first, with status, mode, size and verification."""
+    if what is not None and what not in COMPONENT_NAMES:
+        raise UsageError(f"'{what}' is not a component; use one of: {', '.join(COMPONENT_NAMES)}.")
+    runtime = open_cli_runtime(ctx, settings_for(ctx))
+    entries = runtime.catalog.entries(what)
+    if state(ctx).json:
+        emit_json([entry_json(entry) for entry in entries])
+    else:
+        console.print(_table(entries))
+
+
+def entry_json(entry: Entry) -> dict[str, Any]:
+    return {**entry.manifest.to_dict(), "trust": entry.trust, "problem": entry.problem}
+
+
+def _status(entry: Entry) -> str:
+    if entry.trust == "tampered":
+        return "TAMPERED"
+    if not entry.manifest.ok:
+        return "FAILED"
+    return "ok, warnings" if entry.manifest.warnings else "ok"
+
+
+def _source_summary(entry: Entry) -> str:
+    source = entry.manifest.source
+    if not entry.manifest.ok:
+        return entry.manifest.error or entry.problem or ""
+    parts = []
+    for key in ("database", "migration_head", "app_version"):
+        if source.get(key):
+            parts.append(
+                f"{key.replace('_', ' ')} {source[key]}" if key != "database" else str(source[key])
+            )
+    if "files" in source:
+        parts.append(f"{source['files']} files")
+    return ", ".join(parts)
+
+
+def _table(entries: list[Entry]) -> Table | str:
+    if not entries:
+        return "No backups yet. Take one with: cosmic-backup backup all"
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("id", "taken (local)", "status", "mode", "tags", "size", "verified", "source"):
+        table.add_column(column, overflow="fold")
+    for entry in entries:
+        manifest = entry.manifest
+        taken = parse_iso(manifest.started_at).astimezone()
+        verified = manifest.verified_at[:10] if manifest.verified_at else "-"
+        table.add_row(
+            manifest.id,
+            f"{taken:%Y-%m-%d %H:%M}",
+            _status(entry),
+            manifest.mode,
+            ",".join(manifest.tags),
+            human_size(manifest.stored_size),
+            verified,
+            _source_summary(entry),
+        )
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    app.command("list")(list_backups)

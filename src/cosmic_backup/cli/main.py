@@ -1,0 +1,110 @@
+"""The `cosmic-backup` command: global options, command registration, error rendering.
+
+Each command group lives in its own module exposing ``register(app)``; add new modules
+to COMMAND_MODULES. Errors are rendered here only: a `CosmicError` becomes its one
+sentence and exit code; anything else is a bug, shown with a traceback under --debug.
+"""
+
+from __future__ import annotations
+
+import importlib
+import signal
+import sys
+import traceback
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from cosmic_backup import __version__
+from cosmic_backup.cli.common import CliState, stderr
+from cosmic_backup.errors import CosmicError, ExitCode, Interrupted
+from cosmic_backup.redact import redact
+
+COMMAND_MODULES = (
+    "backup_cmd",
+    "restore_cmd",
+    "list_cmd",
+    "verify_cmd",
+    "key_cmd",
+    "doctor_cmd",
+    "init_cmd",
+)
+
+app = typer.Typer(
+    name="cosmic-backup",
+    help="Encrypted, compressed backups and safe restores of a web app's PostgreSQL "
+    "database, files and configuration. Run it from the app's project root.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"cosmic-backup {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    root: Annotated[
+        Path, typer.Option("--root", "-C", help="The app's project root (default: here).")
+    ] = Path(),
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Machine-readable output on stdout.")
+    ] = False,
+    log_format: Annotated[str | None, typer.Option(help="Log line format: text or json.")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for another run's lock instead of refusing.")
+    ] = False,
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = None,
+) -> None:
+    ctx.obj = CliState(root.resolve(), debug, json_output, log_format, wait)
+
+
+for _module in COMMAND_MODULES:
+    importlib.import_module(f"cosmic_backup.cli.{_module}").register(app)
+
+
+def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
+    raise Interrupted(
+        f"Stopped by {signal.Signals(signum).name}; nothing half-done was kept as a backup."
+    )
+
+
+def run() -> None:
+    """The console entry point: run the app, turn errors into sentences and exit codes.
+
+    Usage errors are rendered by typer itself (exit code 2). Interrupts become our own
+    `Interrupted` error so they get exit code 130 and the clean-up of every `finally`.
+    """
+    debug = "--debug" in sys.argv[1:]
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    signal.signal(signal.SIGINT, _raise_interrupted)
+    try:
+        app(prog_name="cosmic-backup")
+    except CosmicError as exc:
+        if debug:
+            traceback.print_exc()
+        stderr.print(f"error: {redact(exc.message)}", markup=False)
+        sys.exit(int(exc.exit_code))
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        stderr.print(
+            f"error: unexpected {exc.__class__.__name__}: {redact(str(exc))}. This is a bug; "
+            "run again with --debug and report the output.",
+            markup=False,
+        )
+        sys.exit(int(ExitCode.FAILURE))

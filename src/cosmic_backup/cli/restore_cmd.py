@@ -1,0 +1,82 @@
+"""`cosmic-backup restore database|files|config latest|YYYY-MM-DD|ID`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from cosmic_backup.cli.common import emit_json, open_cli_runtime, say, settings_for, state, stdout
+from cosmic_backup.clock import parse_iso
+from cosmic_backup.components import COMPONENT_NAMES
+from cosmic_backup.components.base import RestoreRequest
+from cosmic_backup.errors import UsageError
+from cosmic_backup.operations.restore import RestorePreview, restore_component
+
+
+def restore(
+    ctx: typer.Context,
+    what: Annotated[str, typer.Argument(help="database, files or config.")],
+    selector: Annotated[
+        str, typer.Argument(help="latest, a local date YYYY-MM-DD, or a backup id.")
+    ] = "latest",
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask; needed when not on a terminal.")
+    ] = False,
+    into: Annotated[
+        str | None, typer.Option(help="Database: restore into this database URL instead.")
+    ] = None,
+    target_dir: Annotated[
+        str | None, typer.Option(help="Files, config: restore into this folder instead.")
+    ] = None,
+    no_safety_backup: Annotated[
+        bool, typer.Option("--no-safety-backup", help="Restore without a pre-restore backup.")
+    ] = False,
+) -> None:
+    """Restore a backup (./scripts/restore.sh database|files|config latest|DATE|ID)."""
+    if what not in COMPONENT_NAMES:
+        raise UsageError(
+            f"'{what}' is not something to restore; use one of: {', '.join(COMPONENT_NAMES)}."
+        )
+    if into and what != "database":
+        raise UsageError("--into is for the database; use --target-dir for files and config.")
+    if target_dir and what == "database":
+        raise UsageError("--target-dir is for files and config; use --into for the database.")
+    request = RestoreRequest(target=into or target_dir, safety_backup=not no_safety_backup)
+    runtime = open_cli_runtime(ctx, settings_for(ctx))
+    outcome = restore_component(runtime, what, selector, request, _confirmer(yes))
+    if state(ctx).json:
+        emit_json(outcome.to_dict())
+    else:
+        for line in outcome.report.lines:
+            stdout.print(line, markup=False)
+        stdout.print(f"Restored {outcome.manifest.id} in {outcome.duration:.1f}s.", markup=False)
+
+
+def _confirmer(yes: bool):
+    def confirm(preview: RestorePreview) -> bool:
+        manifest = preview.manifest
+        taken = parse_iso(manifest.started_at).astimezone()
+        say(f"Backup: {manifest.id} ({manifest.mode}), taken {taken:%Y-%m-%d %H:%M:%S %Z}.")
+        say(f"Target: {preview.plan.target_description}")
+        for note in preview.plan.notes:
+            say(f"  {note}")
+        if preview.plan.safety_backup is None or yes:  # nothing live is overwritten
+            return True
+        if not sys.stdin.isatty():
+            raise UsageError(
+                f"This restore overwrites {preview.plan.target_description}; run it on a "
+                "terminal to confirm, or pass --yes for unattended runs."
+            )
+        safety = "after a pre-restore backup" if preview.safety_backup else "WITHOUT a safety copy"
+        return typer.confirm(
+            f"Replace {preview.plan.target_description} with {manifest.id} ({safety})?",
+            default=False,
+        )
+
+    return confirm
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(restore)

@@ -1,0 +1,223 @@
+"""Take backups: one component, or several in a row (``backup all``).
+
+The artifact is streamed through the sealing pipeline into a temporary file that is
+fsynced and renamed; the manifest is written last. Any failure after the lock is taken
+leaves a failure record (the seed's "placeholder"), signed when a key is at hand.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cosmic_backup import __version__
+from cosmic_backup.clock import iso
+from cosmic_backup.components import create_component
+from cosmic_backup.components.base import BackupRequest, Component, Produced
+from cosmic_backup.errors import CosmicError, Interrupted, Locked, NotConfigured, OperationFailed
+from cosmic_backup.format.keys import Key
+from cosmic_backup.format.manifest import STATUS_FAILED, STATUS_OK, Manifest, kdf_description
+from cosmic_backup.format.pipeline import SealedArtifact, SealingWriter
+from cosmic_backup.operations.appversion import app_version
+from cosmic_backup.operations.context import Runtime
+
+WRITE_BUFFER = 1024 * 1024  # coalesce small writes (tar's 512-byte blocks) before sealing
+
+OUTCOME_OK = "ok"
+OUTCOME_FAILED = "failed"
+OUTCOME_SKIPPED = "skipped"
+
+
+@dataclass
+class BackupOutcome:
+    """What became of one component's backup in this run."""
+
+    component: str
+    status: str  # ok, failed, skipped
+    message: str = ""
+    manifest: Manifest | None = None
+    duration: float = 0.0
+    error: CosmicError | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        manifest = self.manifest
+        return {
+            "component": self.component,
+            "status": self.status,
+            "message": self.message,
+            "id": manifest.id if manifest else None,
+            "mode": manifest.mode if manifest else None,
+            "stored_size": manifest.stored_size if manifest else None,
+            "warnings": manifest.warnings if manifest else [],
+            "duration_seconds": round(self.duration, 3),
+        }
+
+
+def backup_component(rt: Runtime, name: str, request: BackupRequest) -> Manifest:
+    """Back up one component; raise its error after leaving a failure record."""
+    component = create_component(name, rt.settings, rt.log)
+    if request.source_override is None:
+        component.check_configured()
+    with rt.catalog.lock(f"backup {name}", wait=rt.wait):
+        removed = rt.catalog.remove_leftovers()
+        if removed:
+            rt.log.info("removed leftovers of interrupted runs: %s", ", ".join(removed))
+        return _backup_locked(rt, component, request)
+
+
+def _backup_locked(rt: Runtime, component: Component, request: BackupRequest) -> Manifest:
+    started = rt.clock.now()
+    backup_id = rt.catalog.new_id(component.name, started)
+    rt.log.info("backup %s started (tags: %s)", backup_id, ",".join(request.tags))
+    key: Key | None = None
+    try:
+        key = rt.keys.current(create=True).key
+        produced, sealed, artifact = _write_artifact(rt, component, request, backup_id, key)
+    except BaseException as exc:
+        error = _as_cosmic_error(exc)
+        _record_failure(rt, component, request, backup_id, started, key, error)
+        if error is exc:
+            raise
+        raise error from exc
+    manifest = Manifest(
+        id=backup_id,
+        component=component.name,
+        status=STATUS_OK,
+        mode=produced.mode,
+        tags=list(request.tags),
+        started_at=iso(started),
+        finished_at=iso(rt.clock.now()),
+        tool_version=__version__,
+        source={**produced.source, **_app_version_source(rt)},
+        artifact=artifact,
+        plaintext_size=sealed.plaintext_size,
+        stored_size=sealed.stored_size,
+        plaintext_sha256=sealed.plaintext_sha256,
+        artifact_mac=sealed.mac,
+        kdf=kdf_description(sealed.iterations),
+        key_fingerprint=key.fingerprint,
+        warnings=list(produced.warnings),
+        log_file=rt.relative(rt.log_file),
+    )
+    rt.catalog.write_manifest(manifest, key)
+    for warning in produced.warnings:
+        rt.log.warning("%s: %s", backup_id, warning)
+    rt.log.info(
+        "backup %s done: %s, %d bytes stored (%d plain)",
+        backup_id,
+        manifest.mode,
+        sealed.stored_size,
+        sealed.plaintext_size,
+    )
+    return manifest
+
+
+def _write_artifact(
+    rt: Runtime, component: Component, request: BackupRequest, backup_id: str, key: Key
+) -> tuple[Produced, SealedArtifact, str]:
+    name = rt.catalog.artifact_name(component.name, backup_id, component.payload)
+    iterations = rt.settings.kdf_iterations
+    with (
+        rt.progress(f"{component.name} backup", None) as advance,
+        rt.catalog.store.open_write(name) as sink,
+    ):
+        writer = SealingWriter(sink, key, iterations, on_progress=advance)
+        buffered = io.BufferedWriter(writer, WRITE_BUFFER)
+        try:
+            produced = component.produce(buffered, request)  # type: ignore[arg-type]
+            buffered.close()  # flushes, then finishes the gzip, AES and MAC streams
+        except BaseException:
+            writer.abort()
+            raise
+    assert writer.result is not None
+    return produced, writer.result, name.split("/", 1)[1]
+
+
+def _app_version_source(rt: Runtime) -> dict[str, str]:
+    version = app_version(rt.root, rt.settings.app_version)
+    return {"app_version": version} if version else {}
+
+
+def _as_cosmic_error(exc: BaseException) -> CosmicError:
+    if isinstance(exc, CosmicError):
+        return exc
+    if isinstance(exc, KeyboardInterrupt):
+        return Interrupted("The backup was interrupted; nothing was kept of it.")
+    if isinstance(exc, OSError):
+        return OperationFailed(
+            f"The backup failed: {exc.strerror or exc} ({getattr(exc, 'filename', '') or ''}); "
+            "check free space and permissions of the backup folder."
+        )
+    return OperationFailed(
+        f"The backup failed unexpectedly ({exc.__class__.__name__}: {exc}); run again with "
+        "--debug and report it."
+    )
+
+
+def _record_failure(
+    rt: Runtime,
+    component: Component,
+    request: BackupRequest,
+    backup_id: str,
+    started: Any,
+    key: Key | None,
+    error: CosmicError,
+) -> None:
+    """Leave the failure record: listed, counted by status, never restorable."""
+    rt.log.error("backup %s failed: %s", backup_id, error.message)
+    signing_key = key or rt.keys.current_if_any()
+    manifest = Manifest(
+        id=backup_id,
+        component=component.name,
+        status=STATUS_FAILED,
+        mode=request.mode or "?",
+        tags=list(request.tags),
+        started_at=iso(started),
+        finished_at=iso(rt.clock.now()),
+        tool_version=__version__,
+        key_fingerprint=signing_key.fingerprint if signing_key else None,
+        error=error.message,
+        log_file=rt.relative(rt.log_file),
+    )
+    try:
+        rt.catalog.remove_leftovers()
+        rt.catalog.write_manifest(manifest, signing_key)
+    except (OSError, CosmicError) as exc:  # e.g. the disk is full: the log still says it
+        rt.log.error("could not write the failure record of %s: %s", backup_id, exc)
+
+
+def backup_components(rt: Runtime, names: list[str], request: BackupRequest) -> list[BackupOutcome]:
+    """Back up each component in turn, going on past failures; "not configured" is a skip."""
+    outcomes: list[BackupOutcome] = []
+    for name in names:
+        began = time.monotonic()
+        try:
+            manifest = backup_component(rt, name, request)
+        except NotConfigured as exc:
+            rt.log.info("%s skipped: %s", name, exc.message)
+            outcomes.append(BackupOutcome(name, OUTCOME_SKIPPED, exc.message, error=exc))
+            continue
+        except (Interrupted, Locked):
+            raise
+        except CosmicError as exc:
+            outcomes.append(
+                BackupOutcome(
+                    name, OUTCOME_FAILED, exc.message, None, time.monotonic() - began, exc
+                )
+            )
+            continue
+        warnings = f" ({len(manifest.warnings)} warning(s))" if manifest.warnings else ""
+        outcomes.append(
+            BackupOutcome(
+                name, OUTCOME_OK, f"{manifest.id}{warnings}", manifest, time.monotonic() - began
+            )
+        )
+    after_run(rt, outcomes)
+    return outcomes
+
+
+def after_run(rt: Runtime, outcomes: list[BackupOutcome]) -> None:
+    """Hook run once after every backup run: retention, notifications, metrics (issue 5)."""
+    return None

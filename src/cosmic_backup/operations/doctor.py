@@ -1,0 +1,151 @@
+"""`doctor`: checks as data (name, state, detail, hint), rendered by the CLI as text or JSON."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cosmic_backup.errors import CosmicError
+from cosmic_backup.operations.keys import KeySource
+from cosmic_backup.settings import SPECS, Settings
+
+OK, WARN, FAIL = "ok", "warning", "failed"
+LOW_DISK_BYTES = 1024**3
+TOOL_NAMES = ("pg_dump", "pg_restore", "psql")
+
+
+@dataclass
+class Check:
+    name: str
+    state: str  # ok, warning, failed
+    detail: str
+    hint: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def settings_report(settings: Settings) -> list[dict[str, str]]:
+    return [
+        {
+            "name": spec.name,
+            "env": spec.env or "",
+            "value": settings.shown(spec.name),
+            "source": settings.sources.get(spec.name, "default"),
+        }
+        for spec in SPECS
+    ]
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    return [
+        check_key(settings),
+        check_backup_dir(settings),
+        check_disk(settings),
+        *check_tools(settings),
+        check_openssl(),
+    ]
+
+
+def check_key(settings: Settings) -> Check:
+    keys = KeySource(settings, lambda _message: None)
+    if not settings.key and not settings.key_command and not keys.key_file.exists():
+        return Check(
+            "key",
+            WARN,
+            f"no key yet: {keys.key_file} is created by the first backup",
+            "keep a copy of it somewhere safe once it exists",
+        )
+    try:
+        loaded = keys.current()
+    except CosmicError as exc:
+        return Check("key", FAIL, exc.message)
+    detail = f"fingerprint {loaded.key.fingerprint} from {loaded.source}"
+    if keys.key_file.exists() and stat.S_IMODE(keys.key_file.stat().st_mode) & 0o077:
+        return Check("key", WARN, detail + " (readable by others)", f"chmod 600 {keys.key_file}")
+    retired = keys.keyring.fingerprints()
+    if retired:
+        detail += f"; keyring holds {len(retired)} retired key(s)"
+    return Check("key", OK, detail)
+
+
+def check_backup_dir(settings: Settings) -> Check:
+    folder = settings.path("backup_dir")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".cosmic-doctor-"):
+            pass
+    except OSError as exc:
+        return Check(
+            "backup folder",
+            FAIL,
+            f"{existing} is not writable ({exc.strerror})",
+            "fix its permissions or set BACKUP_DIR",
+        )
+    if folder.exists() and stat.S_IMODE(folder.stat().st_mode) & 0o077:
+        return Check(
+            "backup folder", WARN, f"{folder} can be read by other users", f"chmod 700 {folder}"
+        )
+    return Check("backup folder", OK, f"{folder} is writable")
+
+
+def check_disk(settings: Settings) -> Check:
+    folder = settings.path("backup_dir")
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    detail = f"{free / 1024**3:.1f} GiB free at {folder}"
+    if free < LOW_DISK_BYTES:
+        return Check("disk space", WARN, detail, "free space or move BACKUP_DIR")
+    return Check("disk space", OK, detail)
+
+
+def _tool_version(path: str, flag: str = "--version") -> str:
+    result = subprocess.run([path, flag], capture_output=True, text=True, timeout=10, check=False)
+    return result.stdout.strip() or result.stderr.strip()
+
+
+def find_tool(name: str, settings: Settings) -> str | None:
+    if settings.pg_bin_dir:
+        candidate = Path(settings.pg_bin_dir) / name
+        return str(candidate) if os.access(candidate, os.X_OK) else None
+    return shutil.which(name)
+
+
+def check_tools(settings: Settings) -> list[Check]:
+    checks = []
+    for name in TOOL_NAMES:
+        path = find_tool(name, settings)
+        if path is None:
+            state = FAIL if settings.database_url else WARN
+            checks.append(
+                Check(
+                    name,
+                    state,
+                    "not found",
+                    "install the PostgreSQL client (e.g. apt install postgresql-client)",
+                )
+            )
+        else:
+            checks.append(Check(name, OK, f"{_tool_version(path)} ({path})"))
+    return checks
+
+
+def check_openssl() -> Check:
+    path = shutil.which("openssl")
+    if path is None:
+        return Check(
+            "openssl",
+            WARN,
+            "not found",
+            "not needed by cosmic-backup, but by-hand recovery uses it",
+        )
+    return Check("openssl", OK, _tool_version(path, "version").split(" (")[0])

@@ -1,0 +1,184 @@
+"""Where the backup key comes from, and finding the key an older backup was made with.
+
+Precedence: ``BACKUP_KEY`` (the passphrase itself) > ``BACKUP_KEY_COMMAND`` (a command
+that prints it) > the key file. Only a backup may create the key file; a restore never
+does, since a fresh key could not open any existing backup.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cosmic_backup.errors import KeyProblem, UsageError
+from cosmic_backup.format.keyfile import Keyring, create_key_file, read_key_file, write_private_file
+from cosmic_backup.format.keys import Key, generate_passphrase, passphrase_from_text
+from cosmic_backup.redact import register_secret
+from cosmic_backup.settings import Settings
+
+KEY_COMMAND_TIMEOUT = 60
+SOURCE_ENV = "environment BACKUP_KEY"
+SOURCE_COMMAND = "BACKUP_KEY_COMMAND"
+
+
+@dataclass(frozen=True)
+class LoadedKey:
+    key: Key
+    source: str  # "environment BACKUP_KEY", "BACKUP_KEY_COMMAND" or the key file's path
+    created: bool = False
+
+
+class KeySource:
+    """The current key of this project, and the keyring of retired ones."""
+
+    def __init__(self, settings: Settings, say: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.say = say
+        self.key_file = settings.path("key_file")
+        self.keyring = Keyring(settings.path("keyring_dir"))
+        self._loaded: LoadedKey | None = None
+
+    # -- the current key --------------------------------------------------------------
+    def current(self, *, create: bool = False) -> LoadedKey:
+        """The key for new backups; with `create`, generate the key file when there is none."""
+        if self._loaded is None:
+            self._loaded = self._load(create=create)
+            register_secret(self._loaded.key.passphrase)
+        return self._loaded
+
+    def current_if_any(self) -> Key | None:
+        """The current key, or None when none is configured (never creates one)."""
+        try:
+            return self.current().key
+        except KeyProblem:
+            return None
+
+    def _load(self, *, create: bool) -> LoadedKey:
+        if self.settings.key:
+            return LoadedKey(Key(self.settings.key.encode()), SOURCE_ENV)
+        if self.settings.key_command:
+            return LoadedKey(self._run_key_command(self.settings.key_command), SOURCE_COMMAND)
+        if not self.key_file.exists() and create:
+            return self._create_key_file()
+        key, warning = read_key_file(self.key_file, allow_insecure=self.settings.allow_insecure_key)
+        if warning:
+            self.say(f"warning: {warning}")
+        return LoadedKey(key, str(self.key_file))
+
+    def _create_key_file(self) -> LoadedKey:
+        key = create_key_file(self.key_file)
+        self.say(
+            "\n".join(
+                [
+                    "=" * 72,
+                    f"A NEW BACKUP KEY was created: {self.key_file}",
+                    f"(fingerprint {key.fingerprint}). Every backup is encrypted with it:",
+                    "WITHOUT THIS FILE NO BACKUP CAN BE RESTORED.",
+                    "Copy it now to a safe place away from the backups (a password manager,",
+                    "a secrets vault), and never commit it.",
+                    "=" * 72,
+                ]
+            )
+        )
+        return LoadedKey(key, str(self.key_file), created=True)
+
+    @staticmethod
+    def _run_key_command(command: str) -> Key:
+        try:
+            result = subprocess.run(
+                shlex.split(command),
+                capture_output=True,
+                timeout=KEY_COMMAND_TIMEOUT,
+                check=False,
+            )
+        except (OSError, ValueError) as exc:
+            raise KeyProblem(
+                f"BACKUP_KEY_COMMAND could not be run ({exc.__class__.__name__}: "
+                f"{getattr(exc, 'strerror', None) or exc}); check the command."
+            ) from None
+        except subprocess.TimeoutExpired:
+            raise KeyProblem(
+                f"BACKUP_KEY_COMMAND did not answer within {KEY_COMMAND_TIMEOUT} s."
+            ) from None
+        if result.returncode != 0:
+            raise KeyProblem(
+                f"BACKUP_KEY_COMMAND failed with exit code {result.returncode}; run it by hand "
+                "to see why."
+            )
+        passphrase = passphrase_from_text(result.stdout.strip())
+        if not passphrase:
+            raise KeyProblem("BACKUP_KEY_COMMAND printed nothing; it must print the passphrase.")
+        return Key(passphrase)
+
+    # -- keys of existing backups -----------------------------------------------------
+    def lookup(self, fingerprint: str) -> Key | None:
+        """The key with this fingerprint: the current one or one from the keyring."""
+        current = self.current_if_any()
+        if current is not None and current.fingerprint == fingerprint:
+            return current
+        if not fingerprint:
+            return None
+        key = self.keyring.find(fingerprint, allow_insecure=self.settings.allow_insecure_key)
+        if key is not None:
+            register_secret(key.passphrase)
+        return key
+
+    def for_backup(self, backup_id: str, fingerprint: str | None) -> Key:
+        """The key `backup_id` was made with, or a sentence naming both fingerprints."""
+        key = self.lookup(fingerprint or "")
+        if key is not None:
+            return key
+        current = self.current().key  # raises the "no key" sentence when there is none
+        raise KeyProblem(
+            f"The backup {backup_id} was made with key {fingerprint}; your key is "
+            f"{current.fingerprint} and the keyring ({self.keyring.folder}) does not hold "
+            f"{fingerprint}. Put that key file at {self.keyring.path_for(fingerprint or '?')} "
+            "or point BACKUP_KEY_FILE at it."
+        )
+
+    # -- administration ---------------------------------------------------------------
+    def init(self) -> LoadedKey:
+        """`key init`: create the key file; refuse when a key already exists anywhere."""
+        if self.settings.key or self.settings.key_command:
+            raise UsageError(
+                "The key comes from BACKUP_KEY or BACKUP_KEY_COMMAND; no key file is needed."
+            )
+        if self.key_file.exists():
+            existing = self.current().key
+            raise UsageError(
+                f"The key file {self.key_file} already exists (fingerprint "
+                f"{existing.fingerprint}); it was left untouched."
+            )
+        return self.current(create=True)
+
+    def rotate(self) -> Rotation:
+        """`key rotate`: retire the current key into the keyring and start a new key file.
+
+        With BACKUP_KEY or BACKUP_KEY_COMMAND the old key is kept in the keyring but the new
+        secret must be set where it lives, since we cannot write there: `new` is None then.
+        """
+        old = self.current().key
+        retired = self.keyring.add(old)
+        if self._loaded is not None and self._loaded.source in (SOURCE_ENV, SOURCE_COMMAND):
+            return Rotation(old, None, retired, self._loaded.source)
+        passphrase = generate_passphrase()
+        new = Key(passphrase.encode())
+        staging = self.key_file.with_name(self.key_file.name + ".new")
+        staging.unlink(missing_ok=True)
+        write_private_file(staging, passphrase.encode() + b"\n")
+        os.replace(staging, self.key_file)  # atomic: the key file is always one whole key
+        self._loaded = LoadedKey(new, str(self.key_file))
+        register_secret(new.passphrase)
+        return Rotation(old, new, retired, str(self.key_file))
+
+
+@dataclass(frozen=True)
+class Rotation:
+    old: Key
+    new: Key | None  # None when the key lives in BACKUP_KEY / BACKUP_KEY_COMMAND
+    retired_to: Path
+    source: str

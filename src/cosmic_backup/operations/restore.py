@@ -1,0 +1,148 @@
+"""Restore a backup: select it, prove it intact, confirm, take a safety copy, then restore.
+
+The order is the safety argument: nothing is touched until the key is the right one and
+the artifact's MAC checks out; nothing live is overwritten before a pre-restore backup
+of it exists (unless the operator insists).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from cosmic_backup.catalog import TRUST_NO_KEY, TRUST_VERIFIED, Entry
+from cosmic_backup.components import create_component
+from cosmic_backup.components.base import Component, RestorePlan, RestoreReport, RestoreRequest
+from cosmic_backup.errors import CosmicError, IntegrityError, Interrupted, OperationFailed
+from cosmic_backup.format.keys import Key
+from cosmic_backup.format.manifest import Manifest
+from cosmic_backup.format.pipeline import UnsealingReader, open_verified
+from cosmic_backup.operations.backup import backup_component
+from cosmic_backup.operations.context import Runtime
+
+READ_BUFFER = 1024 * 1024
+
+
+@dataclass
+class RestorePreview:
+    """What the operator confirms: which backup, where it goes, what to know."""
+
+    manifest: Manifest
+    plan: RestorePlan
+    safety_backup: bool
+
+
+@dataclass
+class RestoreOutcome:
+    manifest: Manifest
+    plan: RestorePlan
+    report: RestoreReport
+    safety: Manifest | None
+    duration: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "restored": self.manifest.id,
+            "component": self.manifest.component,
+            "mode": self.manifest.mode,
+            "target": self.plan.target_description,
+            "pre_restore_backup": self.safety.id if self.safety else None,
+            "duration_seconds": round(self.duration, 3),
+            "report": self.report.lines,
+            "details": self.report.details,
+        }
+
+
+Confirm = Callable[[RestorePreview], bool]
+
+
+def restore_component(
+    rt: Runtime, name: str, selector: str, request: RestoreRequest, confirm: Confirm
+) -> RestoreOutcome:
+    component = create_component(name, rt.settings, rt.log)
+    began = time.monotonic()
+    with rt.catalog.lock(f"restore {name} {selector}", wait=rt.wait):
+        rt.catalog.remove_leftovers()
+        entry = rt.catalog.select(name, selector)
+        manifest = entry.manifest
+        key = _key_for(rt, entry)
+        path = rt.catalog.artifact_path(entry)
+        rt.log.info("restore of %s requested (%s)", manifest.id, selector)
+        with open(path, "rb") as artifact:
+            reader = _verified_reader(rt, artifact, manifest, key)
+            plan = component.plan_restore(manifest, request)
+            wants_safety = plan.safety_backup is not None and request.safety_backup
+            if not confirm(RestorePreview(manifest, plan, wants_safety)):
+                raise OperationFailed("Nothing was restored: the restore was not confirmed.")
+            safety = _safety_backup(rt, name, plan) if wants_safety else None
+            if plan.safety_backup is not None and not request.safety_backup:
+                rt.log.warning(
+                    "restore of %s without a pre-restore backup (--no-safety-backup)", manifest.id
+                )
+            report = _consume(rt, component, reader, manifest, plan)
+    rt.log.info("restore of %s done: %s", manifest.id, "; ".join(report.lines))
+    return RestoreOutcome(manifest, plan, report, safety, time.monotonic() - began)
+
+
+def _key_for(rt: Runtime, entry: Entry) -> Key:
+    manifest = entry.manifest
+    if entry.trust not in (TRUST_VERIFIED, TRUST_NO_KEY):
+        raise IntegrityError(
+            f"The backup {manifest.id} cannot be trusted: {entry.problem} Pick another one "
+            f"with 'cosmic-backup list {manifest.component}'."
+        )
+    # TRUST_NO_KEY: for_backup raises the sentence naming both fingerprints.
+    key = rt.keys.for_backup(manifest.id, manifest.key_fingerprint)
+    if entry.trust != TRUST_VERIFIED:  # the key appeared after listing: check again
+        raise IntegrityError(f"The manifest of {manifest.id} could not be verified.")
+    return key
+
+
+def _verified_reader(
+    rt: Runtime, artifact: BinaryIO, manifest: Manifest, key: Key
+) -> UnsealingReader:
+    """Check the whole artifact's MAC before returning a reader of its plaintext."""
+    if manifest.artifact_mac is None:
+        raise IntegrityError(f"The manifest of {manifest.id} records no MAC; it cannot be trusted.")
+    with rt.progress(f"checking {manifest.id}", manifest.stored_size):
+        return open_verified(
+            artifact,
+            key,
+            expected_mac=manifest.artifact_mac,
+            iterations=manifest.iterations,
+            expected_stored_size=manifest.stored_size,
+            expected_sha256=manifest.plaintext_sha256,
+            expected_plaintext_size=manifest.plaintext_size,
+        )
+
+
+def _safety_backup(rt: Runtime, name: str, plan: RestorePlan) -> Manifest:
+    assert plan.safety_backup is not None
+    rt.say(f"Taking a pre-restore backup of {plan.target_description} first...")
+    try:
+        safety = backup_component(rt, name, plan.safety_backup)
+    except Interrupted:
+        raise
+    except CosmicError as exc:
+        raise OperationFailed(
+            f"The pre-restore backup failed ({exc.message.rstrip('.')}); nothing was restored. "
+            "Fix the cause, or pass --no-safety-backup to restore without one."
+        ) from exc
+    rt.say(f"Pre-restore backup {safety.id} taken.")
+    return safety
+
+
+def _consume(
+    rt: Runtime,
+    component: Component,
+    reader: UnsealingReader,
+    manifest: Manifest,
+    plan: RestorePlan,
+) -> RestoreReport:
+    with rt.progress(f"restoring {manifest.id}", manifest.plaintext_size) as advance:
+        reader.on_progress = advance
+        payload = io.BufferedReader(reader, READ_BUFFER)
+        return component.consume(payload, manifest, plan)  # type: ignore[arg-type]
