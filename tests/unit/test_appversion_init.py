@@ -1,0 +1,64 @@
+"""The app version read from .git, and `init` never overwriting anything."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from cosmic_backup.operations.appversion import app_version, git_commit
+from cosmic_backup.operations.init import GITIGNORE_ENTRIES, init_project
+
+
+def test_git_commit_of_a_real_repository(tmp_path: Path) -> None:
+    run = {"cwd": tmp_path, "check": True, "capture_output": True}
+    subprocess.run(["git", "init", "-q"], **run)
+    (tmp_path / "a").write_text("a")
+    subprocess.run(["git", "add", "a"], **run)
+    subprocess.run(
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "a"], **run
+    )
+    head = subprocess.run(["git", "rev-parse", "HEAD"], text=True, **run).stdout.strip()
+    assert git_commit(tmp_path) == head
+    assert app_version(tmp_path, None) == f"git:{head[:12]}"
+    assert app_version(tmp_path, "v1.2.3") == "v1.2.3"
+    subprocess.run(["git", "pack-refs", "--all"], **run)  # the ref now lives in packed-refs
+    assert git_commit(tmp_path) == head
+
+
+def test_no_git_no_version(tmp_path: Path) -> None:
+    assert app_version(tmp_path, None) is None
+
+
+def test_init_keeps_existing_files_and_adds_missing_gitignore_lines(tmp_path: Path) -> None:
+    (tmp_path / ".gitignore").write_text("node_modules\n.backup_key")
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "backup.sh").write_text("# mine\n")
+    steps = {Path(s.path).name: s.action for s in init_project(tmp_path)}
+    assert steps == {
+        "backup.sh": "kept",
+        "restore.sh": "created",
+        "cosmic-backup.toml": "created",
+        ".gitignore": "updated",
+    }
+    assert (tmp_path / "scripts" / "backup.sh").read_text() == "# mine\n"
+    lines = (tmp_path / ".gitignore").read_text().splitlines()
+    assert lines[:2] == ["node_modules", ".backup_key"]
+    assert all(lines.count(entry) == 1 for entry in GITIGNORE_ENTRIES)
+    assert (tmp_path / "scripts" / "restore.sh").stat().st_mode & 0o111
+    again = {Path(s.path).name: s.action for s in init_project(tmp_path)}
+    assert set(again.values()) == {"kept"}
+
+
+def test_the_settings_template_uncommented_is_valid_and_changes_nothing(tmp_path: Path) -> None:
+    from cosmic_backup.operations.init import settings_template
+    from cosmic_backup.settings import CONFIG_FILE_NAME, load_settings
+
+    lines = [
+        line[2:]
+        for line in settings_template().splitlines()
+        if line.startswith("# ") and " = " in line and not line.endswith(" =")
+    ]
+    (tmp_path / CONFIG_FILE_NAME).write_text("\n".join(lines) + "\n")
+    from_file = load_settings(tmp_path, environ={})
+    assert from_file.values == load_settings(tmp_path / "elsewhere", environ={}).values
+    assert from_file.sources["retention_days"] == CONFIG_FILE_NAME

@@ -1,0 +1,71 @@
+"""Pure parts of the configuration component: the environment snapshot and the diffs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cosmic_backup.components.config import (
+    compare_env,
+    compare_trees,
+    environment_snapshot,
+    format_env,
+    parse_env,
+)
+from cosmic_backup.settings import DEFAULT_ENV_EXCLUDE
+
+
+def test_snapshot_filters_shell_noise_and_the_key() -> None:
+    environ = {
+        "PATH": "/bin",
+        "PWD": "/x",
+        "LC_ALL": "C",
+        "BACKUP_KEY": "k",
+        "SECRET": "v",
+        "DATABASE_URL": "postgres://u:p@h/d",
+        "TERM_PROGRAM": "t",
+    }
+    snapshot = environment_snapshot(environ, ("*",), tuple(DEFAULT_ENV_EXCLUDE.split(",")))
+    assert snapshot == {"DATABASE_URL": "postgres://u:p@h/d", "SECRET": "v"}
+
+
+def test_snapshot_include_patterns() -> None:
+    environ = {"APP_A": "1", "APP_B": "2", "OTHER": "3"}
+    assert environment_snapshot(environ, ("APP_*",), ()) == {"APP_A": "1", "APP_B": "2"}
+
+
+names = st.from_regex(r"[A-Z_][A-Z0-9_]{0,20}", fullmatch=True)
+values = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=60)
+
+
+@given(st.dictionaries(names, values, max_size=12))
+def test_env_file_round_trips_any_value(environment: dict[str, str]) -> None:
+    assert parse_env(format_env(environment)) == environment
+
+
+def test_compare_env_names_only() -> None:
+    diff = compare_env({"A": "1", "B": "2", "C": "3"}, {"B": "2", "C": "changed", "D": "4"})
+    assert diff == {"added": ["A"], "changed": ["C"], "removed": ["D"]}
+
+
+def test_compare_trees(tmp_path: Path) -> None:
+    saved = tmp_path / "saved"
+    live = tmp_path / "live"
+    (saved / "config").mkdir(parents=True)
+    (live / "config").mkdir(parents=True)
+    (saved / "config" / "same.yaml").write_text("x")
+    (live / "config" / "same.yaml").write_text("x")
+    (saved / "config" / "changed.yaml").write_text("old")
+    (live / "config" / "changed.yaml").write_text("new")
+    (saved / "config" / "gone.yaml").write_text("g")
+    (live / "config" / "new.yaml").write_text("n")
+    (saved / ".env").write_text("A=1\n")
+    paths = [(live / "config", "config"), (live / ".env", ".env")]
+    diff = compare_trees(saved, live, paths)
+    assert diff == {
+        "added": [".env", "config/gone.yaml"],
+        "changed": ["config/changed.yaml"],
+        "removed": ["config/new.yaml"],
+    }
