@@ -12,7 +12,7 @@ from cosmic_backup.clock import parse_iso
 from cosmic_backup.components import COMPONENT_NAMES
 from cosmic_backup.components.base import RestoreRequest
 from cosmic_backup.errors import UsageError
-from cosmic_backup.operations.restore import RestorePreview, restore_component
+from cosmic_backup.operations.restore import Confirm, RestorePreview, restore_component
 
 
 def restore(
@@ -54,7 +54,7 @@ def restore(
         stdout.print(f"Restored {outcome.manifest.id} in {outcome.duration:.1f}s.", markup=False)
 
 
-def _confirmer(yes: bool):
+def _confirmer(yes: bool) -> Confirm:
     def confirm(preview: RestorePreview) -> bool:
         manifest = preview.manifest
         taken = parse_iso(manifest.started_at).astimezone()

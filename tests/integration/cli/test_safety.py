@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -201,7 +202,7 @@ def test_two_concurrent_backups_one_refuses_naming_the_holder(project: Project) 
     while not (lock.exists() and lock.read_text()) and time.monotonic() < deadline:
         time.sleep(0.05)
     second = project.run("backup", "config")
-    out, err = first.communicate(timeout=300)
+    _out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     assert second.returncode == 7, second.stderr
     assert f"pid {first.pid}" in second.stderr and "'backup config'" in second.stderr
@@ -209,7 +210,7 @@ def test_two_concurrent_backups_one_refuses_naming_the_holder(project: Project) 
     assert waited.returncode == 0, waited.stderr
 
 
-def _kill_when(project: Project, ready) -> None:  # noqa: ANN001 - a predicate on the project
+def _kill_when(project: Project, ready: Callable[[], bool]) -> None:
     process = project.popen("backup", "config")
     deadline = time.monotonic() + 60
     while not ready() and process.poll() is None and time.monotonic() < deadline:
