@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from cosmic_backup import __version__
@@ -75,13 +76,40 @@ def _backup_locked(rt: Runtime, component: Component, request: BackupRequest) ->
     try:
         key = rt.keys.current(create=True).key
         produced, sealed, artifact = _write_artifact(rt, component, request, backup_id, key)
+        manifest = _good_manifest(
+            rt, component, request, backup_id, started, key, produced, sealed, artifact
+        )
+        rt.catalog.write_manifest(manifest, key)  # last: only now is the backup listed as good
     except BaseException as exc:
         error = _as_cosmic_error(exc)
         _record_failure(rt, component, request, backup_id, started, key, error)
         if error is exc:
             raise
         raise error from exc
-    manifest = Manifest(
+    for warning in produced.warnings:
+        rt.log.warning("%s: %s", backup_id, warning)
+    rt.log.info(
+        "backup %s done: %s, %d bytes stored (%d plain)",
+        backup_id,
+        manifest.mode,
+        sealed.stored_size,
+        sealed.plaintext_size,
+    )
+    return manifest
+
+
+def _good_manifest(
+    rt: Runtime,
+    component: Component,
+    request: BackupRequest,
+    backup_id: str,
+    started: datetime,
+    key: Key,
+    produced: Produced,
+    sealed: SealedArtifact,
+    artifact: str,
+) -> Manifest:
+    return Manifest(
         id=backup_id,
         component=component.name,
         status=STATUS_OK,
@@ -101,17 +129,6 @@ def _backup_locked(rt: Runtime, component: Component, request: BackupRequest) ->
         warnings=list(produced.warnings),
         log_file=rt.relative(rt.log_file),
     )
-    rt.catalog.write_manifest(manifest, key)
-    for warning in produced.warnings:
-        rt.log.warning("%s: %s", backup_id, warning)
-    rt.log.info(
-        "backup %s done: %s, %d bytes stored (%d plain)",
-        backup_id,
-        manifest.mode,
-        sealed.stored_size,
-        sealed.plaintext_size,
-    )
-    return manifest
 
 
 def _write_artifact(
@@ -161,7 +178,7 @@ def _record_failure(
     component: Component,
     request: BackupRequest,
     backup_id: str,
-    started: Any,
+    started: datetime,
     key: Key | None,
     error: CosmicError,
 ) -> None:
