@@ -194,7 +194,7 @@ def compare_trees(
                 saved_root / rel if rel else saved_root, live / rel if rel else live
             ):
                 changed.append(shown)
-    return {"added": added, "changed": changed, "removed": removed}
+    return {"added": sorted(added), "changed": sorted(changed), "removed": sorted(removed)}
 
 
 def _same_file(a: Path, b: Path) -> bool:
