@@ -16,7 +16,8 @@ from rich.console import Console
 from cosmic_backup.operations.context import Advance, Runtime, no_progress, open_runtime
 from cosmic_backup.settings import Settings, load_settings
 
-stdout = Console(highlight=False, soft_wrap=True)
+# Off a terminal, tables must not wrap at rich's default 80 columns: pipes and logs read them.
+stdout = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

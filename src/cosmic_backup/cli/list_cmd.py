@@ -63,8 +63,9 @@ def _table(entries: list[Entry]) -> Table | str:
     if not entries:
         return "No backups yet. Take one with: cosmic-backup backup all"
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("id", "taken (local)", "status", "mode", "tags", "size", "verified", "source"):
-        table.add_column(column, overflow="fold")
+    for column in ("id", "taken (local)", "status", "mode", "tags", "size", "verified"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("source", overflow="fold")
     for entry in entries:
         manifest = entry.manifest
         taken = parse_iso(manifest.started_at).astimezone()
