@@ -33,25 +33,39 @@ def compressor(level: int = DEFAULT_LEVEL) -> Compressor:
 
 
 class Decompressor:
-    """A gzip decompressor that refuses trailing garbage and a missing end."""
+    """A gzip decompressor with bounded output per step; refuses trailing data and a missing end.
+
+    Input is fed with `feed`; `read(max_length)` returns at most that much plaintext, so a
+    highly compressible stream (a sparse file, a table of zeros) never balloons in memory.
+    """
 
     def __init__(self) -> None:
         self._inner = _zlib.decompressobj(GZIP_WBITS)
+        self._pending = b""
 
-    def decompress(self, data: bytes) -> bytes:
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            return
         if self._inner.eof:
-            if data:
-                raise IntegrityError("The backup payload has data after its gzip end.")
+            raise IntegrityError("The backup payload has data after its gzip end.")
+        self._pending = self._pending + data if self._pending else data
+
+    def read(self, max_length: int) -> bytes:
+        if not self._pending:
             return b""
         try:
-            out = self._inner.decompress(data)
+            out = self._inner.decompress(self._pending, max_length)
         except _zlib.error as exc:
             raise IntegrityError(f"The backup payload is not valid gzip data ({exc}).") from exc
-        if self._inner.eof and self._inner.unused_data:
+        self._pending = self._inner.unconsumed_tail
+        if self._inner.eof and (self._inner.unused_data or self._pending):
             raise IntegrityError("The backup payload has data after its gzip end.")
         return out
 
-    def finish(self) -> bytes:
+    def finish(self) -> None:
         if not self._inner.eof:
             raise IntegrityError("The backup payload ends before its gzip stream does.")
-        return b""

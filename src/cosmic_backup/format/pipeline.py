@@ -173,20 +173,29 @@ class UnsealingReader(io.RawIOBase):
         self.on_progress = on_progress
         self._chunk_size = chunk_size
         self._buffer = bytearray()
+        self._input_done = False
         self._eof = False
 
     def readable(self) -> bool:
         return True
 
     def _fill(self) -> None:
+        """Decrypt and decompress until some plaintext is buffered or the stream ends."""
         while not self._buffer and not self._eof:
-            stored = self._source.read(self._chunk_size)
-            if stored:
-                out = self._decompressor.decompress(self._decryptor.update(stored))
+            if self._decompressor.has_pending:
+                out = self._decompressor.read(self._chunk_size)
+            elif not self._input_done:
+                stored = self._source.read(self._chunk_size)
+                if stored:
+                    self._decompressor.feed(self._decryptor.update(stored))
+                else:
+                    self._decompressor.feed(self._decryptor.finalize())
+                    self._input_done = True
+                continue
             else:
-                out = self._decompressor.decompress(self._decryptor.finalize())
-                out += self._decompressor.finish()
+                self._decompressor.finish()
                 self._eof = True
+                out = b""
             self._account(out)
             self._buffer += out
         if self._eof and not self._buffer:
