@@ -250,19 +250,36 @@ def check_member(member: tarfile.TarInfo) -> PurePosixPath:
     _check_kind(member)
     if member.issym():
         _check_link_target(member, relative)
-    if member.islnk():
-        _safe_relative(tarfile.TarInfo(member.linkname))
     return relative
 
 
 def list_members(source: BinaryIO) -> ExtractStats:
     """Read the whole archive, checking every member is safe (for verify)."""
     stats = ExtractStats()
+    files: set[PurePosixPath] = set()
     with tarfile.open(fileobj=source, mode="r|") as tar:
         for member in tar:
-            check_member(member)
+            relative = check_member(member)
+            if member.islnk():
+                _hard_link_source(member, files)
+            elif member.isreg():
+                files.add(relative)
             _count(stats, member)
     return stats
+
+
+def _hard_link_source(member: tarfile.TarInfo, files: set[PurePosixPath]) -> PurePosixPath:
+    """A hard link may only point at a regular file extracted before it."""
+    try:
+        source = _safe_relative(tarfile.TarInfo(member.linkname))
+    except UnsafeArchive:
+        source = None
+    if source is None or source not in files:
+        raise _refuse(
+            member,
+            f"it is a hard link to '{member.linkname}', which is not a file extracted before it",
+        )
+    return source
 
 
 def _count(stats: ExtractStats, member: tarfile.TarInfo) -> None:
@@ -334,13 +351,7 @@ class _Extractor:
                 raise _refuse(member, f"its parent '{part}' is not a folder")
 
     def _hard_link(self, member: tarfile.TarInfo, target: Path) -> None:
-        source = _safe_relative(tarfile.TarInfo(member.linkname))
-        if source not in self._files:
-            raise _refuse(
-                member,
-                f"it is a hard link to '{member.linkname}', which is not a "
-                "file extracted before it",
-            )
+        source = _hard_link_source(member, self._files)
         os.link(self.dest.joinpath(*source.parts), target, follow_symlinks=False)
 
     def _write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
