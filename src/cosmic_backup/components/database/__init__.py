@@ -1,0 +1,219 @@
+"""The database component: PostgreSQL through pg_dump, pg_restore and psql."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from typing import Any, BinaryIO
+
+import psycopg
+
+from cosmic_backup.components.base import (
+    BackupRequest,
+    Component,
+    Produced,
+    RestorePlan,
+    RestoreReport,
+    RestoreRequest,
+)
+from cosmic_backup.components.database.connection import ServerInfo, check_connection, connect
+from cosmic_backup.components.database.dump import DumpSettings, take_dump
+from cosmic_backup.components.database.migrations import migration_head
+from cosmic_backup.components.database.restore import current_row_counts, restore_dump
+from cosmic_backup.components.database.tools import find_tool
+from cosmic_backup.components.database.url import Target, parse_database_url
+from cosmic_backup.errors import NotConfigured, OperationFailed
+from cosmic_backup.format.manifest import MODE_FULL, MODE_SCHEMA_ONLY, TAG_PRE_RESTORE, Manifest
+from cosmic_backup.process import Child, pump, running
+from cosmic_backup.redact import redact
+
+__all__ = ["DatabaseComponent"]
+
+
+class DatabaseComponent(Component):
+    name = "database"
+    payload = "dump"
+
+    # -- settings -----------------------------------------------------------------------
+    def check_configured(self) -> None:
+        if not self.settings.database_url:
+            raise NotConfigured(
+                "DATABASE_URL is not set, so there is no database to back up; set it to "
+                "the app's PostgreSQL URL."
+            )
+
+    def _target(self, url: str | None) -> Target:
+        if not url:
+            self.check_configured()
+        target = parse_database_url(url or self.settings.database_url)
+        for note in target.notes:
+            self.log.info("%s", note)
+        return target
+
+    def _connect_checked(self, target: Target) -> ServerInfo:
+        return check_connection(
+            target,
+            timeout=self.settings.connect_timeout,
+            attempts=self.settings.connect_retries,
+            log=self.log,
+        )
+
+    def default_mode(self, target: Target) -> str:
+        """Neon backups are schema-only by default (the seed's choice); --full overrides."""
+        if target.is_neon and not self.settings.neon_full:
+            return MODE_SCHEMA_ONLY
+        return MODE_FULL
+
+    # -- backup -------------------------------------------------------------------------
+    def produce(self, out: BinaryIO, request: BackupRequest) -> Produced:
+        target = self._target(request.source_override)
+        mode = request.mode or self.default_mode(target)
+        server = self._connect_checked(target)
+        pg_dump = find_tool("pg_dump", server.major, self.settings.pg_bin_dir)
+        self.log.info(
+            "dumping %s (%s) with %s %s", target.describe(), mode, pg_dump.path, pg_dump.version
+        )
+        limits = DumpSettings(
+            self.settings.connect_timeout, self.settings.lock_wait_timeout, self.settings.timeout
+        )
+        try:
+            source = take_dump(
+                out, target, mode=mode, server=server, pg_dump=pg_dump, limits=limits, log=self.log
+            )
+        except psycopg.Error as exc:
+            raise OperationFailed(
+                f"Reading {target.describe()} failed: {_first_line(exc)}."
+            ) from None
+        source["neon"] = target.is_neon
+        source["pooler_switched"] = bool(target.notes)
+        warnings = []
+        if target.is_neon and mode == MODE_SCHEMA_ONLY and request.mode is None:
+            warnings.append("Neon database: schema-only by default; pass --full for the data")
+        return Produced(mode=mode, source=source, warnings=warnings)
+
+    # -- restore ------------------------------------------------------------------------
+    def plan_restore(self, manifest: Manifest, request: RestoreRequest) -> RestorePlan:
+        target = self._target(request.target)
+        server = self._connect_checked(target)
+        notes = [
+            f"Everything in {target.describe()} is replaced by the backup, in one "
+            "transaction: if anything fails, the database stays as it is."
+        ]
+        notes += self._migration_note(manifest, target)
+        if manifest.mode == MODE_SCHEMA_ONLY:
+            notes.append("This is a schema-only backup: structure only, no data.")
+        safety = None
+        if request.safety_backup:
+            safety = BackupRequest(
+                mode=MODE_FULL, tags=(TAG_PRE_RESTORE,), source_override=request.target
+            )
+        return RestorePlan(target.describe(), notes, safety, {"target": target, "server": server})
+
+    def _migration_note(self, manifest: Manifest, target: Target) -> list[str]:
+        saved = manifest.source.get("migration_head")
+        try:
+            with connect(target, self.settings.connect_timeout, autocommit=True) as conn:
+                now = migration_head(conn)
+        except psycopg.Error:
+            now = None
+        if not saved and not now:
+            return []
+        return [
+            f"The backup was taken at migration {saved or 'unknown'}; the database is now "
+            f"at {now or 'unknown'}."
+        ]
+
+    def consume(self, payload: BinaryIO, manifest: Manifest, plan: RestorePlan) -> RestoreReport:
+        target: Target = plan.private["target"]
+        server: ServerInfo = plan.private["server"]
+        dump_major = int(str(manifest.source.get("pg_dump_version", "0")).split(".")[0])
+        pg_restore = find_tool(
+            "pg_restore", max(server.major, dump_major), self.settings.pg_bin_dir
+        )
+        psql = find_tool("psql", server.major, self.settings.pg_bin_dir)
+        began = time.monotonic()
+        try:
+            outcome = restore_dump(
+                payload,
+                target,
+                schemas=list(manifest.source.get("schemas", [])),
+                pg_restore=pg_restore,
+                psql=psql,
+                connect_timeout=self.settings.connect_timeout,
+                lock_wait_timeout=self.settings.lock_wait_timeout,
+                timeout=self.settings.timeout,
+                log=self.log,
+            )
+            return self._report(manifest, target, outcome.notes, time.monotonic() - began)
+        except psycopg.Error as exc:
+            raise OperationFailed(
+                f"The restore into {target.describe()} failed: {_first_line(exc)}; the "
+                "database is unchanged."
+            ) from None
+
+    def _report(
+        self, manifest: Manifest, target: Target, notes: list[str], seconds: float
+    ) -> RestoreReport:
+        tables = list(manifest.source.get("tables", []))
+        lines = [
+            f"Restored {len(tables)} table(s) into {target.describe()} from {manifest.id} "
+            f"({manifest.mode}) in {seconds:.1f}s.",
+            *notes,
+        ]
+        details: dict[str, Any] = {"tables": tables, "seconds": round(seconds, 3)}
+        if manifest.mode == MODE_SCHEMA_ONLY:
+            lines.append("Schema-only backup: the structure was restored, no data.")
+            return RestoreReport(lines, details)
+        expected: dict[str, int] = manifest.source.get("row_counts", {})
+        now = current_row_counts(target, list(expected), self.settings.connect_timeout)
+        mismatched = {
+            name: (count, now.get(name))
+            for name, count in expected.items()
+            if now.get(name) != count
+        }
+        details["row_counts"] = now
+        if mismatched:
+            shown = ", ".join(
+                f"{n} {got} rows (backup had {want})"
+                for n, (want, got) in sorted(mismatched.items())
+            )
+            lines.append(f"Row counts differ from the backup: {shown}.")
+            details["row_count_mismatches"] = sorted(mismatched)
+        else:
+            lines.append(
+                f"Row counts match the backup: {sum(expected.values())} rows in "
+                f"{len(expected)} table(s)."
+            )
+        return RestoreReport(lines, details)
+
+    # -- verify -------------------------------------------------------------------------
+    def check_payload(self, payload: BinaryIO, manifest: Manifest) -> dict[str, Any]:
+        """`pg_restore --list` must parse the dump's table of contents."""
+        dump_major = int(str(manifest.source.get("pg_dump_version", "0")).split(".")[0])
+        pg_restore = find_tool("pg_restore", dump_major, self.settings.pg_bin_dir)
+        with tempfile.TemporaryFile() as listing:
+            child = Child(
+                [pg_restore.path, "--list"],
+                env={},
+                timeout=self.settings.timeout,
+                log=self.log,
+                stdin=subprocess.PIPE,
+                stdout=listing,
+            )
+            assert child.process.stdin is not None
+            with running(child):
+                pump(payload, child.process.stdin)
+                code = child.wait()
+            if code != 0:
+                raise OperationFailed(
+                    f"pg_restore --list cannot read the dump: {child.stderr_tail()}."
+                )
+            listing.seek(0)
+            entries = sum(1 for line in listing if line.strip() and not line.startswith(b";"))
+        return {"toc_entries": entries}
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return redact(text.splitlines()[0] if text else type(exc).__name__).rstrip(".")

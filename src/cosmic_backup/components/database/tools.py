@@ -1,0 +1,100 @@
+"""Finding pg_dump, pg_restore and psql whose major version suits the server.
+
+Candidates, in order: the configured folder (only it, when set), the versioned folders
+``/usr/lib/postgresql/*/bin``, PATH, and the binaries of an installed ``pgserver``.
+Among those at least as new as the server, the closest major version wins: a newer
+pg_restore may write SQL an older server does not understand.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from cosmic_backup.errors import OperationFailed
+
+TOOLS = ("pg_dump", "pg_restore", "psql")
+_VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    path: str
+    version: str  # e.g. "15.18"
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+
+def _candidate_dirs(configured: str | None) -> list[str]:
+    if configured:
+        return [configured]
+    versioned = sorted(
+        (str(p) for p in Path("/usr/lib/postgresql").glob("*/bin")),
+        key=lambda folder: (
+            int(Path(folder).parent.name) if Path(folder).parent.name.isdigit() else 0
+        ),
+        reverse=True,
+    )
+    path_dirs = os.environ.get("PATH", "").split(os.pathsep)
+    return [*versioned, *path_dirs, *_pgserver_dirs()]
+
+
+def _pgserver_dirs() -> list[str]:
+    """The binaries bundled with the `pgserver` package, found without importing it."""
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return [str(Path(folder) / "pginstall" / "bin") for folder in spec.submodule_search_locations]
+
+
+def tool_version(path: str) -> str | None:
+    try:
+        result = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = _VERSION.search(result.stdout)
+    if not match:
+        return None
+    return f"{match.group(1)}.{match.group(2) or 0}"
+
+
+def candidates(name: str, configured: str | None) -> list[Tool]:
+    found: list[Tool] = []
+    seen: set[str] = set()
+    for folder in _candidate_dirs(configured):
+        path = Path(folder) / name
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            continue
+        real = str(path.resolve())
+        if real in seen:
+            continue
+        seen.add(real)
+        version = tool_version(str(path))
+        if version:
+            found.append(Tool(name, str(path), version))
+    return found
+
+
+def find_tool(name: str, server_major: int, configured: str | None) -> Tool:
+    """The tool to use with a server of `server_major`, or a sentence saying what to install."""
+    found = candidates(name, configured)
+    suitable = [tool for tool in found if tool.major >= server_major]
+    if suitable:
+        return min(suitable, key=lambda tool: tool.major - server_major)
+    seen = ", ".join(f"{t.version} ({t.path})" for t in found) or "none"
+    where = f"in BACKUP_PG_BIN_DIR={configured}" if configured else "on this machine"
+    raise OperationFailed(
+        f"No {name} of version {server_major} or newer was found {where} (found: {seen}); the "
+        f"server runs PostgreSQL {server_major}. Install postgresql-client-{server_major} "
+        f"(e.g. apt install postgresql-client-{server_major}) or set BACKUP_PG_BIN_DIR to its "
+        "bin folder."
+    )

@@ -1,0 +1,115 @@
+"""The one place that starts subprocesses (pg_dump, pg_restore, psql).
+
+Each child runs in its own process group, so a timeout or an interrupt kills it and
+anything it started; its stderr is collected in the background (bounded) for the error
+message; secrets go in its environment, never its argument list, and what is logged is
+redacted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import threading
+from collections import deque
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+from cosmic_backup.redact import redact
+
+STDERR_LINES_KEPT = 20
+PUMP_CHUNK = 1024 * 1024
+
+
+class Child:
+    """A running subprocess with a deadline and its stderr's last lines."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        env: Mapping[str, str],
+        timeout: float,
+        log: logging.Logger,
+        stdin: int | IO[Any] | None = None,
+        stdout: int | IO[Any] | None = subprocess.PIPE,
+    ) -> None:
+        self.name = Path(argv[0]).name
+        self.timed_out = False
+        self._stderr: deque[str] = deque(maxlen=STDERR_LINES_KEPT)
+        log.info("running %s", redact(" ".join(argv)))
+        self.process = subprocess.Popen(
+            argv,
+            env={**os.environ, **env},
+            stdin=stdin,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: killed as one
+        )
+        self._reader = threading.Thread(target=self._collect_stderr, daemon=True)
+        self._reader.start()
+        self._timer = threading.Timer(timeout, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _collect_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for raw in self.process.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                self._stderr.append(redact(line))
+
+    def _expire(self) -> None:
+        self.timed_out = True
+        self.kill()
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+    def wait(self) -> int:
+        code = self.process.wait()
+        self._timer.cancel()
+        self._reader.join(timeout=5)
+        return code
+
+    def stderr_tail(self, lines: int = 3) -> str:
+        kept = list(self._stderr)[-lines:]
+        return " | ".join(kept) if kept else "no error output"
+
+    @property
+    def stderr_text(self) -> str:
+        return "\n".join(self._stderr)
+
+
+@contextlib.contextmanager
+def running(*children: Child) -> Iterator[None]:
+    """Kill every child if the block fails, so nothing is left running after an error."""
+    try:
+        yield
+    except BaseException:
+        for child in children:
+            child.kill()
+        for child in children:
+            child.wait()
+        raise
+
+
+def pump(source: BinaryIO, sink: IO[bytes]) -> None:
+    """Copy `source` into a child's stdin, then close it.
+
+    A child that stops reading early is not an error here: its exit code and stderr say
+    why, and the caller checks them.
+    """
+    try:
+        while chunk := source.read(PUMP_CHUNK):
+            sink.write(chunk)
+    except BrokenPipeError:
+        pass
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            sink.close()
