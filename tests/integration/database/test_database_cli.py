@@ -1,0 +1,362 @@
+"""Database backup and restore through the real CLI, against a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.conftest import Project
+from tests.integration.database.conftest import PostgresServer
+
+KEY = "database tests passphrase 0123456789"
+
+APP_SCHEMA = r"""
+CREATE EXTENSION IF NOT EXISTS citext;
+CREATE SCHEMA billing;
+CREATE SCHEMA audit;
+CREATE TYPE mood AS ENUM ('happy', 'sad', 'meh');
+CREATE TABLE users (
+    id bigserial PRIMARY KEY,
+    email citext UNIQUE NOT NULL,
+    mood mood,
+    profile jsonb,
+    avatar bytea,
+    tags text[],
+    balance numeric(12, 4),
+    created_at timestamptz DEFAULT now()
+);
+CREATE SEQUENCE billing.invoice_no START 1000000 INCREMENT 5;
+CREATE TABLE billing.invoices (
+    id integer PRIMARY KEY DEFAULT nextval('billing.invoice_no'),
+    user_id bigint REFERENCES users(id) ON DELETE CASCADE,
+    amount numeric(12, 2) NOT NULL,
+    lines jsonb
+);
+CREATE TABLE audit.log (id serial PRIMARY KEY, what text, at timestamptz DEFAULT now());
+CREATE FUNCTION audit.note() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO audit.log (what) VALUES (TG_OP || ' ' || NEW.id); RETURN NEW; END $$;
+CREATE TRIGGER invoices_audit AFTER INSERT ON billing.invoices
+    FOR EACH ROW EXECUTE FUNCTION audit.note();
+CREATE VIEW billing.totals AS
+    SELECT u.email, sum(i.amount) AS total FROM users u JOIN billing.invoices i
+    ON i.user_id = u.id GROUP BY u.email;
+CREATE TABLE django_migrations (id serial PRIMARY KEY, app text, name text,
+    applied timestamptz DEFAULT now());
+INSERT INTO django_migrations (app, name) VALUES ('core', '0001_initial'), ('core', '0002_more');
+INSERT INTO users (email, mood, profile, avatar, tags, balance, created_at)
+SELECT 'user' || g || '@Example.com', (ARRAY['happy','sad','meh'])[1 + g % 3]::mood,
+       jsonb_build_object('n', g, 'nested', jsonb_build_object('ok', g % 2 = 0)),
+       decode(md5(g::text), 'hex'), ARRAY['t' || g, 'x'], g * 1.2345,
+       '2026-01-01 00:00:00+00'::timestamptz + g * interval '1 hour'
+FROM generate_series(1, 500) g;
+INSERT INTO billing.invoices (user_id, amount, lines)
+SELECT 1 + g % 500, g * 10.5, jsonb_build_array(g, 'line') FROM generate_series(1, 800) g;
+SELECT setval('users_id_seq', 123456789);
+SELECT lo_from_bytea(424242, convert_to('large object content', 'UTF8') || '\x0001ff'::bytea);
+"""
+
+
+def table_contents(url: str) -> dict[str, list[str]]:
+    """Every user table's rows as text, sorted: equal dicts mean equal content."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT schemaname, tablename FROM pg_tables "
+            "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2"
+        ).fetchall()
+        result = {}
+        for schema, table in tables:
+            query = sql.SQL("SELECT t::text FROM {} t").format(sql.Identifier(schema, table))
+            rows = conn.execute(query).fetchall()
+            result[f"{schema}.{table}"] = sorted(row[0] for row in rows)
+        return result
+
+
+def sequence_state(url: str) -> dict[str, tuple]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT schemaname || '.' || sequencename, last_value, increment_by "
+            "FROM pg_sequences ORDER BY 1"
+        ).fetchall()
+        return {name: (last, step) for name, last, step in rows}
+
+
+def objects(url: str) -> dict[str, object]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return {
+            "views": conn.execute(
+                "SELECT schemaname, viewname, definition FROM pg_views "
+                "WHERE schemaname NOT IN ('pg_catalog','information_schema') ORDER BY 1, 2"
+            ).fetchall(),
+            "triggers": conn.execute(
+                "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1"
+            ).fetchall(),
+            "enum": conn.execute("SELECT enum_range(NULL::mood)::text").fetchone(),
+            "extensions": conn.execute("SELECT extname FROM pg_extension ORDER BY 1").fetchall(),
+            "large_object": conn.execute(
+                "SELECT lo_get(oid) FROM pg_largeobject_metadata WHERE oid = 424242"
+            ).fetchall(),
+            "fks": conn.execute(
+                "SELECT conname FROM pg_constraint WHERE contype = 'f' ORDER BY 1"
+            ).fetchall(),
+        }
+
+
+def full_state(url: str) -> tuple:
+    return table_contents(url), sequence_state(url), objects(url)
+
+
+@pytest.fixture
+def app_db(postgres: PostgresServer) -> str:
+    name = postgres.create_database()
+    url = postgres.url(name)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(APP_SCHEMA)
+    return url
+
+
+@pytest.fixture
+def db_project(project: Project, app_db: str) -> Project:
+    project.env.update({"DATABASE_URL": app_db, "BACKUP_KEY": KEY})
+    return project
+
+
+def listed(project: Project) -> list[dict]:
+    result = project.run("--json", "list", "database")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_app_database_round_trip_after_destructive_changes(
+    db_project: Project, app_db: str
+) -> None:
+    original = full_state(app_db)
+    backup = db_project.run("backup", "database")
+    assert backup.returncode == 0, backup.stderr
+    [entry] = listed(db_project)
+    source = entry["source"]
+    assert source["row_counts"]["public.users"] == 500
+    assert source["row_counts"]["billing.invoices"] == 800
+    assert source["migration_head"] == "django_migrations: core.0002_more"
+    assert source["server_version"].startswith("15") or source["server_version"][0].isdigit()
+    assert entry["mode"] == "full"
+
+    with psycopg.connect(app_db, autocommit=True) as conn:
+        conn.execute("DROP VIEW billing.totals")
+        conn.execute("DROP TABLE audit.log CASCADE")
+        conn.execute("DELETE FROM users WHERE id > 100")
+        conn.execute("ALTER TABLE users ALTER COLUMN balance TYPE text")
+        conn.execute("CREATE TABLE public.added_later (x int)")
+        conn.execute("SELECT lo_unlink(424242)")
+        conn.execute("INSERT INTO django_migrations (app, name) VALUES ('core', '0003_oops')")
+    changed = full_state(app_db)
+
+    restore = db_project.run("restore", "database", "latest", "--yes")
+    assert restore.returncode == 0, restore.stderr
+    assert "Row counts match the backup" in restore.stdout
+    assert (
+        "migration django_migrations: core.0002_more; the database is now at "
+        "django_migrations: core.0003_oops" in restore.stderr
+    )
+    restored = full_state(app_db)
+    assert restored[0] == original[0]  # every table, row by row
+    assert restored[1] == original[1]  # sequences continue where they were
+    assert restored[2] == original[2]  # views, triggers, enum, extension, large object, FKs
+    with psycopg.connect(app_db, autocommit=True) as conn:
+        assert conn.execute("SELECT nextval('users_id_seq')").fetchone()[0] == 123456790
+        conn.execute("INSERT INTO billing.invoices (user_id, amount) VALUES (1, 1)")
+        assert conn.execute("SELECT count(*) FROM audit.log").fetchone()[0] == 801
+
+    # The pre-restore backup holds the changed state and restores it.
+    safety = [e for e in listed(db_project) if "pre-restore" in e["tags"]]
+    assert len(safety) == 1
+    back = db_project.run("restore", "database", safety[0]["id"], "--yes", "--no-safety-backup")
+    assert back.returncode == 0, back.stderr
+    assert table_contents(app_db) == changed[0]
+    assert db_project.run("verify", "database").returncode == 0
+
+
+def test_a_failing_restore_leaves_the_database_exactly_as_it_was(
+    db_project: Project, app_db: str
+) -> None:
+    assert db_project.run("backup", "database").returncode == 0
+    with psycopg.connect(app_db, autocommit=True) as conn:
+        conn.execute("DELETE FROM billing.invoices WHERE id % 2 = 0")
+        # An event trigger whose function lives in a schema the backup does not hold (so
+        # the reset keeps it) refuses to create views: the restore fails after the tables
+        # and their data were already loaded.
+        conn.execute("CREATE SCHEMA guard")
+        conn.execute(
+            "CREATE FUNCTION guard.no_views() RETURNS event_trigger LANGUAGE plpgsql AS $$ "
+            "BEGIN IF tg_tag = 'CREATE VIEW' THEN RAISE EXCEPTION 'views are frozen'; END IF; "
+            "END $$"
+        )
+        conn.execute(
+            "CREATE EVENT TRIGGER freeze_views ON ddl_command_end EXECUTE FUNCTION guard.no_views()"
+        )
+    before = full_state(app_db)
+    result = db_project.run("restore", "database", "latest", "--yes", "--no-safety-backup")
+    assert result.returncode == 1, result.stderr
+    assert "rolled back; the database is unchanged" in result.stderr
+    assert "views are frozen" in result.stderr
+    assert full_state(app_db) == before
+
+
+def test_schema_only_backup_and_restore(db_project: Project, postgres: PostgresServer) -> None:
+    result = db_project.run("backup", "database", "--schema-only")
+    assert result.returncode == 0, result.stderr
+    [entry] = listed(db_project)
+    assert entry["mode"] == "schema-only" and entry["source"]["row_counts"] == {}
+    empty = postgres.url(postgres.create_database("empty"))
+    restore = db_project.run("restore", "database", "latest", "--into", empty, "--yes")
+    assert restore.returncode == 0, restore.stderr
+    assert "no data" in restore.stdout
+    contents = table_contents(empty)
+    assert "public.users" in contents and "billing.invoices" in contents
+    assert all(rows == [] for rows in contents.values())
+    listing = db_project.run("list", "database")
+    assert "schema-only" in listing.stdout
+
+
+def test_the_password_never_appears_in_argv_logs_or_manifests(
+    project: Project, postgres: PostgresServer
+) -> None:
+    password = "Zr9-secret-of-app-role"
+    name = postgres.create_database()
+    with postgres.admin(name) as conn:
+        conn.execute(f"CREATE ROLE app_owner LOGIN PASSWORD '{password}'")
+        conn.execute(f'ALTER DATABASE "{name}" OWNER TO app_owner')
+    url = postgres.url(name, "app_owner", password)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE big AS SELECT g AS id, repeat('x', 200) AS pad "
+            "FROM generate_series(1, 400000) g"
+        )
+    project.env.update({"DATABASE_URL": url, "BACKUP_KEY": KEY})
+    process = project.popen("backup", "database")
+    seen_pg_dump = False
+    while process.poll() is None:
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            assert password.encode() not in cmdline
+            seen_pg_dump |= b"pg_dump" in cmdline and b"--snapshot" in cmdline
+        time.sleep(0.005)
+    _, err = process.communicate()
+    assert process.returncode == 0, err
+    assert seen_pg_dump, "the dump ended before it could be observed"
+    texts = [p.read_text() for p in (project.root / "logs").iterdir()]
+    texts += [p.read_text() for p in project.backups.rglob("*.json")]
+    texts += [project.run("--json", "list").stdout, project.run("doctor").stdout, err]
+    assert all(password not in text for text in texts)
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("wrong password", "Authentication failed for user postgres"),
+        ("missing database", "does not exist"),
+        ("closed port", "connection refused"),
+        ("unresolvable host", "cannot be resolved"),
+    ],
+)
+def test_connection_failures_are_one_sentence_and_a_failure_record(
+    project: Project, postgres: PostgresServer, case: str, expected: str
+) -> None:
+    from tests.integration.database.conftest import free_port
+
+    urls = {
+        "wrong password": postgres.url("postgres", "postgres", "not-the-password"),
+        "missing database": postgres.url("no_such_db"),
+        "closed port": f"postgresql://postgres:x@127.0.0.1:{free_port()}/postgres",
+        "unresolvable host": "postgresql://postgres:x@no-such-host.invalid/postgres",
+    }
+    project.env.update(
+        {
+            "DATABASE_URL": urls[case],
+            "BACKUP_KEY": KEY,
+            "BACKUP_CONNECT_RETRIES": "2",
+            "BACKUP_CONNECT_TIMEOUT": "2",
+        }
+    )
+    began = time.monotonic()
+    result = project.run("backup", "database")
+    assert time.monotonic() - began < 20
+    assert result.returncode == 1, result.stderr
+    assert expected in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    [record] = listed(project)
+    assert record["status"] == "failed" and expected in record["error"]
+    assert "not-the-password" not in json.dumps(record)
+
+
+def test_a_locked_table_fails_within_the_lock_wait_timeout(
+    db_project: Project, app_db: str
+) -> None:
+    db_project.env["BACKUP_LOCK_WAIT_TIMEOUT"] = "1"
+    with psycopg.connect(app_db) as blocker:
+        blocker.execute("LOCK TABLE billing.invoices IN ACCESS EXCLUSIVE MODE")
+        began = time.monotonic()
+        result = db_project.run("backup", "database")
+        elapsed = time.monotonic() - began
+        blocker.rollback()
+    assert elapsed < 15
+    assert result.returncode == 1, result.stderr
+    assert "billing.invoices is locked by another session" in result.stderr
+    entries = listed(db_project)
+    assert [e["status"] for e in entries] == ["failed"]
+    names = [p.name for p in (db_project.backups / "database").iterdir()]
+    assert not [n for n in names if n.endswith(".gz.enc") or ".partial-" in n]
+
+
+def test_a_pg_dump_older_than_the_server_names_the_version_to_install(
+    db_project: Project, tmp_path: Path, postgres: PostgresServer
+) -> None:
+    shims = tmp_path / "old-client"
+    shims.mkdir()
+    for tool in ("pg_dump", "pg_restore", "psql"):  # only their --version is ever run
+        shim = shims / tool
+        shim.write_text(f"#!/bin/sh\necho '{tool} (PostgreSQL) 12.0'\n")
+        shim.chmod(0o755)
+    db_project.env["BACKUP_PG_BIN_DIR"] = str(shims)
+    result = db_project.run("backup", "database")
+    assert result.returncode == 1
+    assert f"install postgresql-client-{postgres.major}" in result.stderr.lower()
+    assert "12.0" in result.stderr
+
+
+def test_restore_by_date_and_id_and_latest_skips_safety_copies(
+    db_project: Project, app_db: str
+) -> None:
+    assert db_project.run("backup", "database").returncode == 0
+    with psycopg.connect(app_db, autocommit=True) as conn:
+        conn.execute("DELETE FROM users WHERE id > 250")
+    assert db_project.run("backup", "database").returncode == 0
+    first, second = (e["id"] for e in listed(db_project))
+    by_id = db_project.run("restore", "database", first, "--yes")
+    assert by_id.returncode == 0, by_id.stderr
+    with psycopg.connect(app_db, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 500
+    # latest is `second`, not the pre-restore copy taken just now
+    latest = db_project.run("restore", "database", "latest", "--yes", "--no-safety-backup")
+    assert f"from {second}" in latest.stdout
+    today = time.strftime("%Y-%m-%d")
+    by_date = db_project.run("restore", "database", today, "--yes", "--no-safety-backup")
+    assert by_date.returncode == 0 and f"from {second}" in by_date.stdout
+    missing = db_project.run("restore", "database", "2001-02-03", "--yes")
+    assert missing.returncode == 4 and today in missing.stderr
+
+
+def test_backup_all_includes_the_database(db_project: Project) -> None:
+    result = db_project.run("backup", "all")
+    assert result.returncode == 0, result.stderr
+    assert "database  ok" in result.stdout

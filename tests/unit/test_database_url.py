@@ -1,0 +1,84 @@
+"""DATABASE_URL handling: Neon's pooled hosts, default modes, masking, failure sentences."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from cosmic_backup.components.database import DatabaseComponent
+from cosmic_backup.components.database.connection import explain
+from cosmic_backup.components.database.url import parse_database_url
+from cosmic_backup.errors import UsageError
+from cosmic_backup.logs import get_logger
+from cosmic_backup.redact import redact
+from cosmic_backup.settings import load_settings
+
+NEON_POOLED = (
+    "postgresql://alex:AbC123dEf@ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech"
+    "/dbname?sslmode=require"
+)
+
+
+def test_neon_pooled_host_is_switched_to_the_direct_host() -> None:
+    target = parse_database_url(NEON_POOLED)
+    assert target.is_neon
+    assert target.host == "ep-cool-darkness-123456.us-east-2.aws.neon.tech"
+    assert target.params["sslmode"] == "require"
+    assert "switched from the pooled host" in target.notes[0]
+    assert "AbC123dEf" not in target.conninfo() and "AbC123dEf" not in target.notes[0]
+
+
+def test_neon_direct_host_and_other_hosts_are_left_alone() -> None:
+    direct = parse_database_url(NEON_POOLED.replace("-pooler", ""))
+    assert direct.is_neon and direct.notes == []
+    plain = parse_database_url("postgresql://u:p@db-pooler.example.com/app")
+    assert not plain.is_neon and plain.host == "db-pooler.example.com" and plain.notes == []
+
+
+def component(tmp_path: Path, **environ: str) -> DatabaseComponent:
+    return DatabaseComponent(load_settings(tmp_path, environ=environ), get_logger())
+
+
+def test_neon_defaults_to_schema_only_unless_full_is_asked(tmp_path: Path) -> None:
+    neon = parse_database_url(NEON_POOLED)
+    assert component(tmp_path).default_mode(neon) == "schema-only"
+    assert component(tmp_path, BACKUP_NEON_FULL="1").default_mode(neon) == "full"
+    other = parse_database_url("postgresql://u:p@db.example.com/app")
+    assert component(tmp_path).default_mode(other) == "full"
+
+
+def test_the_password_is_registered_as_a_secret() -> None:
+    parse_database_url("postgresql://u:Very-Secret-77@h/app")
+    assert "Very-Secret-77" not in redact("error near Very-Secret-77 in a message")
+
+
+def test_a_malformed_url_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="not a valid PostgreSQL connection URL"):
+        parse_database_url("postgresql://u:p@h/db?bogus_option=1")
+
+
+def test_tools_get_the_password_only_in_their_environment() -> None:
+    target = parse_database_url("postgresql://u:pw-123@h:6543/app?sslmode=require")
+    assert "pw-123" not in target.conninfo()
+    assert "sslmode=require" in target.conninfo() and "port=6543" in target.conninfo()
+    assert target.tool_environment()["PGPASSWORD"] == "pw-123"
+
+
+@pytest.mark.parametrize(
+    ("server_says", "sentence"),
+    [
+        ('FATAL:  password authentication failed for user "u"', "Authentication failed"),
+        ('FATAL:  database "x" does not exist', "does not exist"),
+        ("FATAL:  no pg_hba.conf entry for host, no encryption", "requires SSL"),
+        ("server does not support SSL, but SSL was required", "requires SSL"),
+        ("timeout expired", "timed out after 5 s"),
+        ('could not translate host name "h" to address', "cannot be resolved"),
+        ("connection refused", "connection refused"),
+    ],
+)
+def test_each_connection_failure_has_its_sentence(server_says: str, sentence: str) -> None:
+    target = parse_database_url("postgresql://u:p@h/x")
+    error = explain(psycopg.OperationalError(server_says), target, 5)
+    assert sentence in error.message
