@@ -122,6 +122,13 @@ SPECS: tuple[Spec, ...] = (
     Spec("log_dir", "BACKUP_LOG_DIR", "./logs", _text, "log folder", is_path=True),
     Spec("log_format", "BACKUP_LOG_FORMAT", "text", _choice("text", "json"), "log line format"),
     Spec("files_dirs", "BACKUP_FILES_DIRS", "static,uploads", _list, "file folders"),
+    Spec(
+        "files_restore_owner",
+        "BACKUP_FILES_RESTORE_OWNER",
+        False,
+        _bool,
+        "restore files' owners too (only when running as root)",
+    ),
     Spec("config_paths", "BACKUP_CONFIG_PATHS", ".env,config", _list, "config files and folders"),
     Spec(
         "env_include",

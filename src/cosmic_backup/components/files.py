@@ -155,7 +155,7 @@ class FilesComponent(Component):
     def consume(self, payload: BinaryIO, manifest: Manifest, plan: RestorePlan) -> RestoreReport:
         if "target_dir" in plan.private:
             target: Path = plan.private["target_dir"]
-            stats = safe_extract(payload, target)
+            stats = safe_extract(payload, target, restore_owner=self._restore_owner)
             return RestoreReport(
                 [f"Extracted {stats.files} file(s) and {stats.links} link(s) into {target}."],
                 {"target_dir": str(target), "files": stats.files, "bytes": stats.bytes},
@@ -164,7 +164,7 @@ class FilesComponent(Component):
         swapper = _Swapper(self._journal_path(), manifest.id)
         staging = swapper.begin(folders)
         try:
-            stats = safe_extract(payload, staging)
+            stats = safe_extract(payload, staging, restore_owner=self._restore_owner)
         except BaseException:
             swapper.recover()  # still extracting: only the staging folder goes
             raise
@@ -187,6 +187,10 @@ class FilesComponent(Component):
             "links": stats.links,
             "bytes": stats.bytes,
         }
+
+    @property
+    def _restore_owner(self) -> bool:
+        return bool(self.settings.files_restore_owner)
 
     # -- interrupted restores -------------------------------------------------------------
     def _journal_path(self) -> Path:
