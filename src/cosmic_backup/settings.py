@@ -189,6 +189,40 @@ SPECS: tuple[Spec, ...] = (
     Spec(
         "metrics_file", "BACKUP_METRICS_FILE", None, _optional_text, "Prometheus textfile to write"
     ),
+    Spec("keep_last", "BACKUP_KEEP_LAST", 0, _int, "always keep the N newest backups (0: off)"),
+    Spec("keep_daily", "BACKUP_KEEP_DAILY", 0, _int, "keep the newest backup of each of N days"),
+    Spec("keep_weekly", "BACKUP_KEEP_WEEKLY", 0, _int, "keep the newest backup of each of N weeks"),
+    Spec(
+        "keep_monthly", "BACKUP_KEEP_MONTHLY", 0, _int, "keep the newest backup of each of N months"
+    ),
+    Spec(
+        "database_interval_days",
+        "BACKUP_DATABASE_INTERVAL_DAYS",
+        1,
+        _int,
+        "status: a database backup is expected every N days",
+    ),
+    Spec(
+        "files_interval_days",
+        "BACKUP_FILES_INTERVAL_DAYS",
+        7,
+        _int,
+        "status: a files backup is expected every N days",
+    ),
+    Spec(
+        "config_interval_days",
+        "BACKUP_CONFIG_INTERVAL_DAYS",
+        31,
+        _int,
+        "status: a config backup is expected every N days",
+    ),
+    Spec(
+        "status_grace_hours",
+        "BACKUP_STATUS_GRACE_HOURS",
+        6,
+        _int,
+        "status: hours of grace before a backup counts as overdue",
+    ),
 )
 SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
 
@@ -254,9 +288,17 @@ def _parse(spec: Spec, raw: Any, source: str) -> Any:
             f"The setting kdf_iterations from {source} is {value}; it must be at least "
             f"{MIN_KDF_ITERATIONS}."
         )
-    if spec.name in {"retention_days", "timeout", "connect_timeout", "lock_wait_timeout"} and (
-        value < 1
-    ):
+    if spec.name.startswith("keep_") and value < 0:
+        raise UsageError(f"The setting {spec.name} from {source} must be 0 (off) or more.")
+    if spec.name in {
+        "retention_days",
+        "timeout",
+        "connect_timeout",
+        "lock_wait_timeout",
+        "database_interval_days",
+        "files_interval_days",
+        "config_interval_days",
+    } and (value < 1):
         raise UsageError(f"The setting {spec.name} from {source} must be at least 1.")
     return value
 

@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "key_cmd",
     "doctor_cmd",
     "init_cmd",
+    "operations_cmd",
 )
 
 app = typer.Typer(

@@ -15,7 +15,7 @@ from typing import Any
 
 from cosmic_backup import __version__
 from cosmic_backup.clock import iso
-from cosmic_backup.components import create_component
+from cosmic_backup.components import COMPONENT_NAMES, create_component
 from cosmic_backup.components.base import BackupRequest, Component, Produced
 from cosmic_backup.errors import CosmicError, Interrupted, Locked, NotConfigured, OperationFailed
 from cosmic_backup.format.keys import Key
@@ -23,6 +23,10 @@ from cosmic_backup.format.manifest import STATUS_FAILED, STATUS_OK, Manifest, kd
 from cosmic_backup.format.pipeline import SealedArtifact, SealingWriter
 from cosmic_backup.operations.appversion import app_version
 from cosmic_backup.operations.context import Runtime
+from cosmic_backup.operations.metrics import component_values, render, write_atomically
+from cosmic_backup.operations.notify import send, summary
+from cosmic_backup.operations.prune import prune
+from cosmic_backup.operations.retention import Policy
 
 WRITE_BUFFER = 1024 * 1024  # coalesce small writes (tar's 512-byte blocks) before sealing
 
@@ -236,5 +240,41 @@ def backup_components(rt: Runtime, names: list[str], request: BackupRequest) -> 
 
 
 def after_run(rt: Runtime, outcomes: list[BackupOutcome]) -> None:
-    """Hook run once after every backup run: retention, notifications, metrics (issue 5)."""
-    return None
+    """After every backup run: retention for what succeeded, then metrics and the webhook.
+
+    None of these may fail the backup that just succeeded: their problems are logged.
+    """
+    succeeded = [o.component for o in outcomes if o.status == OUTCOME_OK]
+    if succeeded:
+        try:
+            prune(rt, succeeded, Policy.from_settings(rt.settings), dry_run=False)
+        except (CosmicError, OSError) as exc:
+            rt.log.warning("retention after the backup failed: %s", exc)
+            rt.say(f"warning: retention after the backup failed: {exc}")
+    if rt.settings.metrics_file:
+        _write_metrics(rt)
+    if rt.settings.notify_url:
+        payload = summary(
+            run_status(outcomes),
+            rt.run_id,
+            str(rt.root),
+            [o.to_dict() for o in outcomes],
+            rt.relative(rt.log_file),
+        )
+        send(rt.settings.notify_url, payload, rt.log)
+
+
+def run_status(outcomes: list[BackupOutcome]) -> str:
+    statuses = {o.status for o in outcomes if o.status != OUTCOME_SKIPPED}
+    if statuses <= {OUTCOME_OK}:
+        return "ok"
+    return "failed" if statuses == {OUTCOME_FAILED} else "partial"
+
+
+def _write_metrics(rt: Runtime) -> None:
+    path = rt.settings.path("metrics_file")
+    values = {name: component_values(rt.catalog.entries(name)) for name in COMPONENT_NAMES}
+    try:
+        write_atomically(path, render(values))
+    except OSError as exc:
+        rt.log.warning("the metrics file %s could not be written: %s", path, exc.strerror)

@@ -1,0 +1,147 @@
+"""`cosmic-backup prune`, `status` and `schedule`."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cosmic_backup.cli.common import (
+    emit_json,
+    exit_with,
+    human_size,
+    open_cli_runtime,
+    settings_for,
+    state,
+    stdout,
+)
+from cosmic_backup.components import COMPONENT_NAMES
+from cosmic_backup.errors import UsageError
+from cosmic_backup.operations.prune import prune
+from cosmic_backup.operations.retention import Policy
+from cosmic_backup.operations.schedule import crontab, install_systemd, kubernetes, systemd_units
+from cosmic_backup.operations.status import collect, exit_code
+
+
+def prune_command(
+    ctx: typer.Context,
+    what: Annotated[
+        str | None, typer.Argument(help="database, files or config (default: all).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; remove nothing.")
+    ] = False,
+    retention_days: Annotated[int | None, typer.Option(help="Override RETENTION_DAYS.")] = None,
+    keep_last: Annotated[int | None, typer.Option(help="Always keep the N newest.")] = None,
+    keep_daily: Annotated[int | None, typer.Option(help="Newest of each of N days.")] = None,
+    keep_weekly: Annotated[int | None, typer.Option(help="Newest of each of N weeks.")] = None,
+    keep_monthly: Annotated[int | None, typer.Option(help="Newest of each of N months.")] = None,
+) -> None:
+    """Remove backups older than the retention period (never the newest good one)."""
+    if what is not None and what not in COMPONENT_NAMES:
+        raise UsageError(f"'{what}' is not a component; use one of: {', '.join(COMPONENT_NAMES)}.")
+    flags = {
+        "retention_days": retention_days,
+        "keep_last": keep_last,
+        "keep_daily": keep_daily,
+        "keep_weekly": keep_weekly,
+        "keep_monthly": keep_monthly,
+    }
+    runtime = open_cli_runtime(ctx, settings_for(ctx, **flags))
+    policy = Policy.from_settings(runtime.settings)
+    results = prune(runtime, [what] if what else list(COMPONENT_NAMES), policy, dry_run=dry_run)
+    if state(ctx).json:
+        emit_json(
+            {
+                "dry_run": dry_run,
+                "policy": dataclasses.asdict(policy),
+                "components": [r.to_dict() for r in results],
+            }
+        )
+        return
+    verb = "would remove" if dry_run else "removed"
+    done = "would be removed" if dry_run else "removed"
+    for result in results:
+        for decision in result.plan.decisions:
+            why = "; ".join(decision.reasons) if decision.keep else f"older than {policy.days} days"
+            stdout.print(
+                f"{'keep' if decision.keep else verb:<12} {decision.entry.id:<32} {why}",
+                markup=False,
+            )
+    total = sum(len(r.removed) for r in results)
+    stdout.print(f"{total} backup(s) {done}.", markup=False)
+
+
+def status(ctx: typer.Context) -> None:
+    """Health of every component; exit code 8 when any configured one is not OK."""
+    runtime = open_cli_runtime(ctx, settings_for(ctx))
+    statuses = collect(runtime)
+    code = exit_code(statuses)
+    if state(ctx).json:
+        emit_json({"healthy": code == 0, "components": [s.to_dict() for s in statuses]})
+    else:
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for column in ("component", "health", "last good", "size", "backups", "total", "note"):
+            table.add_column(column, no_wrap=column != "note", overflow="fold")
+        for s in statuses:
+            good = s.last_good
+            table.add_row(
+                s.component,
+                s.health,
+                good["id"] if good else "-",
+                human_size(good["stored_size"]) if good else "-",
+                str(s.backups),
+                human_size(s.total_size),
+                s.message,
+            )
+        stdout.print(table)
+    exit_with(code)
+
+
+def schedule(
+    ctx: typer.Context,
+    cron: Annotated[bool, typer.Option("--cron", help="crontab lines (the default).")] = False,
+    systemd: Annotated[
+        bool, typer.Option("--systemd", help="systemd services and timers.")
+    ] = False,
+    k8s: Annotated[bool, typer.Option("--kubernetes", help="Kubernetes CronJobs.")] = False,
+    install: Annotated[
+        Path | None, typer.Option(help="With --systemd: write the units here.")
+    ] = None,
+    image: Annotated[str, typer.Option(help="With --kubernetes: the app's image.")] = (
+        "registry.example.com/your-app:latest"
+    ),
+    workdir: Annotated[
+        str, typer.Option(help="With --kubernetes: the project root inside the image.")
+    ] = "/app",
+) -> None:
+    """Print entries for the recommended schedule: database daily, files weekly, config monthly."""
+    if sum((cron, systemd, k8s)) > 1:
+        raise UsageError("Choose one of --cron, --systemd and --kubernetes.")
+    if install is not None and not systemd:
+        raise UsageError("--install goes with --systemd.")
+    root = state(ctx).root
+    if systemd and install is not None:
+        for path in install_systemd(root, install):
+            stdout.print(f"wrote {path}", markup=False)
+        stdout.print(
+            "Then: systemctl daemon-reload && systemctl enable --now "
+            "cosmic-backup-{database,files,config,status}.timer",
+            markup=False,
+        )
+    elif systemd:
+        for name, text in systemd_units(root).items():
+            print(f"# --- {name}\n{text}")
+    elif k8s:
+        print(kubernetes(workdir, image), end="")
+    else:
+        print(crontab(root), end="")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("prune")(prune_command)
+    app.command()(status)
+    app.command()(schedule)

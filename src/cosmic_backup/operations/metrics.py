@@ -1,0 +1,63 @@
+"""Prometheus textfile metrics per component, for node_exporter's textfile collector.
+
+Computed from the catalog, so they describe every backup, not just this run's; written
+to a temporary file in the same folder and renamed, so the collector never reads half a
+file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cosmic_backup.catalog import Entry
+from cosmic_backup.clock import parse_iso
+
+METRICS = (
+    ("cosmic_backup_last_success_timestamp_seconds", "Unix time the last good backup finished."),
+    ("cosmic_backup_last_duration_seconds", "Duration of the last backup attempt."),
+    ("cosmic_backup_last_size_bytes", "Stored size of the last good backup."),
+    ("cosmic_backup_last_status", "1 when the last backup attempt succeeded, 0 when it failed."),
+    ("cosmic_backup_backups", "Number of backups kept (including failure records)."),
+)
+
+
+def component_values(entries: list[Entry]) -> dict[str, float]:
+    attempts = [e for e in entries if not e.manifest.is_pre_restore]
+    good = [e for e in attempts if e.manifest.ok]
+    values: dict[str, float] = {"cosmic_backup_backups": float(len(entries))}
+    if good:
+        last_good = good[-1].manifest
+        values["cosmic_backup_last_success_timestamp_seconds"] = parse_iso(
+            last_good.finished_at
+        ).timestamp()
+        values["cosmic_backup_last_size_bytes"] = float(last_good.stored_size or 0)
+    if attempts:
+        last = attempts[-1].manifest
+        values["cosmic_backup_last_duration_seconds"] = (
+            parse_iso(last.finished_at) - parse_iso(last.started_at)
+        ).total_seconds()
+        values["cosmic_backup_last_status"] = 1.0 if last.ok else 0.0
+    return values
+
+
+def render(per_component: dict[str, dict[str, float]]) -> str:
+    lines = []
+    for name, help_text in METRICS:
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} gauge")
+        for component, values in per_component.items():
+            if name in values:
+                lines.append(f'{name}{{component="{component}"}} {values[name]:.3f}')
+    return "\n".join(lines) + "\n"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(temp, 0o644)  # the collector runs as another user; metrics hold no secret
+    os.replace(temp, path)

@@ -1,0 +1,164 @@
+"""`schedule`: ready-to-use entries for the recommended schedule.
+
+Database daily, files weekly, configuration monthly (the original guide's schedule), and
+a daily `status` check whose non-zero exit makes cron mail, systemd or Kubernetes alert.
+Entries run from the project root and use the seed's wrappers.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str  # e.g. "database"
+    argv: list[str]  # relative to the project root
+    cron: str  # minute hour day-of-month month day-of-week
+    on_calendar: str  # systemd OnCalendar
+    description: str
+
+
+def jobs(status_command: list[str] | None = None) -> list[Job]:
+    status = status_command or [sys.executable, "-m", "cosmic_backup", "status"]
+    return [
+        Job(
+            "database",
+            ["./scripts/backup.sh", "database", "--tag", "scheduled"],
+            "15 2 * * *",
+            "*-*-* 02:15:00",
+            "daily database backup",
+        ),
+        Job(
+            "files",
+            ["./scripts/backup.sh", "files", "--tag", "scheduled"],
+            "15 3 * * 0",
+            "Sun *-*-* 03:15:00",
+            "weekly files backup",
+        ),
+        Job(
+            "config",
+            ["./scripts/backup.sh", "config", "--tag", "scheduled"],
+            "15 4 1 * *",
+            "*-*-01 04:15:00",
+            "monthly configuration backup",
+        ),
+        Job(
+            "status",
+            status,
+            "0 9 * * *",
+            "*-*-* 09:00:00",
+            "daily check that every backup is recent (non-zero exit when not)",
+        ),
+    ]
+
+
+def crontab(root: Path) -> str:
+    lines = [
+        f"# cosmic-backup: recommended schedule for {root} (install with crontab -e)",
+        "# Output is mailed by cron (set MAILTO); details are in the project's ./logs.",
+    ]
+    for job in jobs():
+        command = " ".join(shlex.quote(part) for part in job.argv)
+        lines.append(f"# {job.description}")
+        lines.append(f"{job.cron} cd {shlex.quote(str(root))} && {command}")
+    return "\n".join(lines) + "\n"
+
+
+def systemd_units(root: Path) -> dict[str, str]:
+    """File name -> content of a oneshot service and a timer per job."""
+    units = {}
+    for job in jobs():
+        unit = f"cosmic-backup-{job.name}"
+        exec_start = " ".join(
+            _systemd_quote(part if not part.startswith("./") else str(root / part[2:]))
+            for part in job.argv
+        )
+        units[f"{unit}.service"] = (
+            "[Unit]\n"
+            f"Description=cosmic-backup: {job.description}\n"
+            "Wants=network-online.target\n"
+            "After=network-online.target\n\n"
+            "[Service]\n"
+            "Type=oneshot\n"
+            f"WorkingDirectory={root}\n"
+            f"ExecStart={exec_start}\n"
+            "# Put DATABASE_URL and the key settings in this file (mode 0600):\n"
+            f"EnvironmentFile=-{root}/.env.backup\n"
+        )
+        units[f"{unit}.timer"] = (
+            "[Unit]\n"
+            f"Description=cosmic-backup: {job.description}\n\n"
+            "[Timer]\n"
+            f"OnCalendar={job.on_calendar}\n"
+            "Persistent=true\n"
+            "RandomizedDelaySec=300\n\n"
+            "[Install]\n"
+            "WantedBy=timers.target\n"
+        )
+    return units
+
+
+def _systemd_quote(part: str) -> str:
+    return f'"{part}"' if any(c.isspace() for c in part) else part
+
+
+def install_systemd(root: Path, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in systemd_units(root).items():
+        path = folder / name
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+def kubernetes(workdir: str = "/app", image: str = "registry.example.com/your-app:latest") -> str:
+    """One CronJob per job; the app's image must contain cosmic-backup and the wrappers."""
+    backups = PurePosixPath(workdir) / "tmp" / "backups"
+    logs = PurePosixPath(workdir) / "logs"
+    documents = []
+    for job in jobs(["cosmic-backup", "status"]):
+        command = ", ".join(f'"{part}"' for part in job.argv)
+        documents.append(f"""apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: cosmic-backup-{job.name}
+  labels:
+    app.kubernetes.io/name: cosmic-backup
+spec:
+  schedule: "{job.cron}"
+  concurrencyPolicy: Forbid
+  successfulJobsHistoryLimit: 3
+  failedJobsHistoryLimit: 5
+  jobTemplate:
+    spec:
+      backoffLimit: 1
+      template:
+        spec:
+          restartPolicy: Never
+          containers:
+            - name: cosmic-backup
+              image: {image}
+              workingDir: {workdir}
+              command: [{command}]
+              envFrom:
+                - secretRef:
+                    name: cosmic-backup  # DATABASE_URL, BACKUP_KEY
+              volumeMounts:
+                - name: backups
+                  mountPath: {backups}
+                - name: logs
+                  mountPath: {logs}
+          volumes:
+            - name: backups
+              persistentVolumeClaim:
+                claimName: cosmic-backup-backups
+            - name: logs
+              persistentVolumeClaim:
+                claimName: cosmic-backup-logs
+""")
+    return "---\n".join(documents)

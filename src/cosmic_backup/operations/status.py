@@ -1,0 +1,146 @@
+"""`status`: per component, the last good backup, the last failure, and its health.
+
+Health is OK, OVERDUE (no good backup within the expected interval plus grace), FAILING
+(the latest attempt failed), NEVER (no good backup at all) or NOT CONFIGURED (nothing to
+back up, and never backed up: not counted as unhealthy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from cosmic_backup.catalog import Entry
+from cosmic_backup.clock import parse_iso
+from cosmic_backup.components import COMPONENT_NAMES, create_component
+from cosmic_backup.errors import ExitCode, NotConfigured
+from cosmic_backup.operations.context import Runtime
+
+OK, OVERDUE, FAILING, NEVER, NOT_CONFIGURED = "OK", "OVERDUE", "FAILING", "NEVER", "NOT CONFIGURED"
+
+
+@dataclass
+class ComponentStatus:
+    component: str
+    configured: bool
+    health: str
+    expected_interval_seconds: int
+    backups: int
+    total_size: int
+    last_good: dict[str, Any] | None
+    last_failure: dict[str, Any] | None
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def component_status(
+    entries: list[Entry],
+    component: str,
+    now: datetime,
+    *,
+    interval: timedelta,
+    grace: timedelta,
+    configured: bool,
+) -> ComponentStatus:
+    ordered = sorted(entries, key=lambda e: (e.manifest.started_at, e.id))
+    attempts = [e for e in ordered if not e.manifest.is_pre_restore]
+    good = [e for e in attempts if e.manifest.ok and e.trust != "tampered"]
+    failures = [e for e in attempts if not e.manifest.ok]
+    last_good = good[-1] if good else None
+    last_failure = failures[-1] if failures else None
+    health, message = _health(attempts, last_good, now, interval + grace, configured)
+    return ComponentStatus(
+        component=component,
+        configured=configured,
+        health=health,
+        expected_interval_seconds=int(interval.total_seconds()),
+        backups=len(ordered),
+        total_size=sum(e.manifest.stored_size or 0 for e in ordered),
+        last_good=_good_summary(last_good, now),
+        last_failure=_failure_summary(last_failure),
+        message=message,
+    )
+
+
+def _health(
+    attempts: list[Entry],
+    last_good: Entry | None,
+    now: datetime,
+    allowed: timedelta,
+    configured: bool,
+) -> tuple[str, str]:
+    if not attempts and not configured:
+        return NOT_CONFIGURED, "nothing to back up is configured"
+    if attempts and not attempts[-1].manifest.ok:
+        return FAILING, f"the latest backup failed: {attempts[-1].manifest.error}"
+    if last_good is None:
+        return NEVER, "there is no good backup yet"
+    age = now - parse_iso(last_good.manifest.finished_at)
+    if age > allowed:
+        return OVERDUE, f"the last good backup is {_age(age)} old (expected within {_age(allowed)})"
+    return OK, f"last good backup {_age(age)} ago"
+
+
+def _age(delta: timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"
+
+
+def _good_summary(entry: Entry | None, now: datetime) -> dict[str, Any] | None:
+    if entry is None:
+        return None
+    manifest = entry.manifest
+    age = now - parse_iso(manifest.finished_at)
+    return {
+        "id": manifest.id,
+        "finished_at": manifest.finished_at,
+        "age_seconds": int(age.total_seconds()),
+        "stored_size": manifest.stored_size,
+        "mode": manifest.mode,
+    }
+
+
+def _failure_summary(entry: Entry | None) -> dict[str, Any] | None:
+    if entry is None:
+        return None
+    return {
+        "id": entry.manifest.id,
+        "at": entry.manifest.finished_at,
+        "error": entry.manifest.error,
+    }
+
+
+def exit_code(statuses: list[ComponentStatus]) -> int:
+    healthy = all(s.health in (OK, NOT_CONFIGURED) for s in statuses)
+    return int(ExitCode.OK) if healthy else int(ExitCode.UNHEALTHY)
+
+
+def collect(rt: Runtime) -> list[ComponentStatus]:
+    """The status of every component, from the catalog and the settings."""
+    now = rt.clock.now()
+    grace = timedelta(hours=rt.settings.status_grace_hours)
+    statuses = []
+    for name in COMPONENT_NAMES:
+        interval = timedelta(days=getattr(rt.settings, f"{name}_interval_days"))
+        statuses.append(
+            component_status(
+                rt.catalog.entries(name),
+                name,
+                now,
+                interval=interval,
+                grace=grace,
+                configured=is_configured(rt, name),
+            )
+        )
+    return statuses
+
+
+def is_configured(rt: Runtime, name: str) -> bool:
+    try:
+        create_component(name, rt.settings, rt.log).check_configured()
+    except NotConfigured:
+        return False
+    return True

@@ -1,0 +1,116 @@
+"""Retention as a pure function: the issue's cases, safety rules, and GFS against a model."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cosmic_backup.catalog import TRUST_TAMPERED, Entry
+from cosmic_backup.operations.retention import Policy, old_log_files, plan_retention
+from tests.unit.operations.helpers import NOW, entry
+
+
+def ages(entries: list[Entry]) -> list[float]:
+    return sorted(round((NOW - e.started).total_seconds() / 86400) for e in entries)
+
+
+def test_older_than_the_retention_period_goes() -> None:
+    backups = [entry(a) for a in (40, 35, 29, 1)]
+    plan = plan_retention(backups, Policy(days=30), NOW)
+    assert ages(plan.remove) == [35, 40]
+    assert ages(plan.keep) == [1, 29]
+
+
+def test_the_newest_good_backup_is_kept_whatever_its_age() -> None:
+    plan = plan_retention([entry(60)], Policy(days=30), NOW)
+    assert plan.remove == [] and plan.decisions[0].reasons == ["newest good backup"]
+    # ...also when newer failure records exist (they are not good backups)
+    plan = plan_retention(
+        [entry(60), entry(50, ok=False), entry(45, ok=False), entry(1)], Policy(days=30), NOW
+    )
+    assert ages(plan.remove) == [45, 50, 60]
+
+
+def test_nothing_goes_while_the_latest_backup_failed() -> None:
+    backups = [entry(90), entry(60), entry(40, ok=False), entry(1, ok=False)]
+    plan = plan_retention(backups, Policy(days=30), NOW)
+    assert plan.remove == []
+    assert all("latest backup failed" in d.reasons[0] for d in plan.decisions)
+
+
+def test_pre_restore_copies_follow_the_same_rules() -> None:
+    backups = [entry(40, tags=("pre-restore",)), entry(10, tags=("pre-restore",)), entry(5)]
+    plan = plan_retention(backups, Policy(days=30), NOW)
+    assert ages(plan.remove) == [40]
+
+
+def test_untrusted_manifests_are_never_removed_automatically() -> None:
+    backups = [entry(90, trust=TRUST_TAMPERED), entry(1)]
+    plan = plan_retention(backups, Policy(days=30), NOW)
+    assert plan.remove == []
+
+
+def test_each_kept_backup_names_its_rules() -> None:
+    backups = [entry(a) for a in (100, 70, 40, 2, 1)]
+    plan = plan_retention(backups, Policy(days=30, keep_last=2, keep_monthly=3), NOW)
+    reasons = {round((NOW - d.entry.started).days): d.reasons for d in plan.decisions}
+    assert reasons[1] == ["newest good backup", "within 30 days", "keep_last", "keep_monthly"]
+    assert reasons[40] == ["keep_monthly"] and reasons[70] == ["keep_monthly"]
+    assert reasons[100] == []
+
+
+def reference(days_old: list[int], policy: Policy) -> set[int]:
+    """The simplest model of the rules, on whole days (one backup a day at noon UTC)."""
+
+    def day(age: int) -> date:
+        return (NOW - timedelta(days=age)).astimezone().date()
+
+    newest_first = sorted(days_old)
+    kept = {newest_first[0]} | {a for a in days_old if a <= policy.days}
+    kept |= set(newest_first[: policy.keep_last])
+    for count, key in (
+        (policy.keep_daily, lambda a: day(a)),
+        (policy.keep_weekly, lambda a: day(a).isocalendar()[:2]),
+        (policy.keep_monthly, lambda a: (day(a).year, day(a).month)),
+    ):
+        periods: list[object] = []
+        for age in newest_first:
+            if key(age) not in periods:
+                if len(periods) == count:
+                    break
+                periods.append(key(age))
+                kept.add(age)
+    return kept
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    missing=st.sets(st.integers(1, 364), max_size=120),
+    policy=st.builds(
+        Policy,
+        days=st.integers(1, 60),
+        keep_last=st.integers(0, 10),
+        keep_daily=st.integers(0, 14),
+        keep_weekly=st.integers(0, 8),
+        keep_monthly=st.integers(0, 12),
+    ),
+)
+def test_gfs_on_a_year_of_daily_backups_matches_the_reference(
+    missing: set[int], policy: Policy
+) -> None:
+    days_old = [a for a in range(365) if a not in missing]
+    backups = [entry(a) for a in days_old]
+    plan = plan_retention(backups, policy, NOW)
+    kept = {round((NOW - e.started).total_seconds() / 86400) for e in plan.keep}
+    assert kept == reference(days_old, policy)
+    assert len(plan.keep) + len(plan.remove) == len(backups)
+
+
+def test_old_log_files(tmp_path: Path) -> None:
+    for name in ("cosmic-backup-2026-09-01.log", "cosmic-backup-2026-11-20.log", "other.log"):
+        (tmp_path / name).write_text("x")
+    old = old_log_files(tmp_path, 30, date(2026, 11, 24))
+    assert [p.name for p in old] == ["cosmic-backup-2026-09-01.log"]

@@ -1,0 +1,194 @@
+"""Status health, the schedule's formats, the metrics textfile and the webhook."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+import yaml
+from croniter import croniter
+from prometheus_client.parser import text_string_to_metric_families
+
+from cosmic_backup.logs import get_logger
+from cosmic_backup.operations.metrics import component_values, render, write_atomically
+from cosmic_backup.operations.notify import send, summary
+from cosmic_backup.operations.schedule import crontab, jobs, kubernetes, systemd_units
+from cosmic_backup.operations.status import (
+    FAILING,
+    NEVER,
+    NOT_CONFIGURED,
+    OK,
+    OVERDUE,
+    component_status,
+    exit_code,
+)
+from tests.unit.operations.helpers import NOW, entry
+
+DAY = timedelta(days=1)
+GRACE = timedelta(hours=6)
+
+
+@pytest.mark.parametrize(
+    ("entries", "configured", "health"),
+    [
+        ([entry(0.5)], True, OK),
+        ([entry(2)], True, OVERDUE),
+        ([entry(0.5), entry(0.1, ok=False)], True, FAILING),
+        ([entry(0.1, ok=False)], True, FAILING),
+        ([], True, NEVER),
+        ([], False, NOT_CONFIGURED),
+        ([entry(3), entry(0.1, tags=("pre-restore",))], True, OVERDUE),  # copies don't count
+    ],
+)
+def test_each_health_state(entries: list, configured: bool, health: str) -> None:
+    status = component_status(
+        entries, "database", NOW, interval=DAY, grace=GRACE, configured=configured
+    )
+    assert status.health == health
+    assert exit_code([status]) == (0 if health in (OK, NOT_CONFIGURED) else 8)
+
+
+def test_status_json_shape_is_stable() -> None:
+    status = component_status(
+        [entry(3, size=10), entry(0.1, ok=False)],
+        "files",
+        NOW,
+        interval=7 * DAY,
+        grace=GRACE,
+        configured=True,
+    )
+    data = status.to_dict()
+    assert sorted(data) == [
+        "backups",
+        "component",
+        "configured",
+        "expected_interval_seconds",
+        "health",
+        "last_failure",
+        "last_good",
+        "message",
+        "total_size",
+    ]
+    assert sorted(data["last_good"]) == ["age_seconds", "finished_at", "id", "mode", "stored_size"]
+    assert sorted(data["last_failure"]) == ["at", "error", "id"]
+    assert data["total_size"] == 10 and data["backups"] == 2
+    json.dumps(data)
+
+
+def test_crontab_lines_parse_and_follow_the_recommended_schedule() -> None:
+    text = crontab(Path("/srv/my app"))
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert len(lines) == 4
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        assert croniter.is_valid(" ".join(fields[:5]))
+        assert "cd '/srv/my app' && " in line
+    start = NOW.replace(tzinfo=None)
+    database, files, _config, _status = (
+        croniter(" ".join(line.split()[:5]), start) for line in lines
+    )
+    first, second = database.get_next(), database.get_next()
+    assert second - first == 86400
+    first, second = files.get_next(), files.get_next()
+    assert second - first == 7 * 86400
+    assert croniter(" ".join(lines[2].split()[:5]), start).get_next(datetime).day == 1
+    assert "./scripts/backup.sh database --tag scheduled" in lines[0]
+
+
+def test_systemd_units(tmp_path: Path) -> None:
+    units = systemd_units(Path("/srv/app"))
+    assert len(units) == 8
+    service = units["cosmic-backup-database.service"]
+    assert "ExecStart=/srv/app/scripts/backup.sh database --tag scheduled" in service
+    assert "Type=oneshot" in service and "WorkingDirectory=/srv/app" in service
+    assert "OnCalendar=*-*-* 02:15:00" in units["cosmic-backup-database.timer"]
+    for name, text in units.items():
+        sections = [line for line in text.splitlines() if line.startswith("[")]
+        assert sections == (
+            ["[Unit]", "[Service]"]
+            if name.endswith(".service")
+            else ["[Unit]", "[Timer]", "[Install]"]
+        )
+    analyze = shutil.which("systemd-analyze")
+    if analyze:
+        for name, text in units.items():
+            (tmp_path / name).write_text(text)
+        result = subprocess.run(
+            [analyze, "calendar", "*-*-* 02:15:00", "Sun *-*-* 03:15:00", "*-*-01 04:15:00"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+
+
+def test_kubernetes_cronjobs_parse() -> None:
+    documents = list(yaml.safe_load_all(kubernetes("/app", "example/app:1")))
+    assert [d["metadata"]["name"] for d in documents] == [
+        f"cosmic-backup-{job.name}" for job in jobs()
+    ]
+    for document in documents:
+        assert document["kind"] == "CronJob" and document["apiVersion"] == "batch/v1"
+        assert croniter.is_valid(document["spec"]["schedule"])
+        spec = document["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        assert container["image"] == "example/app:1" and container["workingDir"] == "/app"
+        assert document["spec"]["concurrencyPolicy"] == "Forbid"
+    assert documents[0]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0][
+        "command"
+    ] == ["./scripts/backup.sh", "database", "--tag", "scheduled"]
+
+
+def test_metrics_textfile_parses_and_is_written_atomically(tmp_path: Path) -> None:
+    values = {
+        "database": component_values([entry(1, size=123), entry(0.5, ok=False)]),
+        "files": component_values([]),
+    }
+    text = render(values)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    status = {s.labels["component"]: s.value for s in families["cosmic_backup_last_status"].samples}
+    assert status == {"database": 0.0}
+    size = families["cosmic_backup_last_size_bytes"].samples[0]
+    assert size.value == 123
+    stamp = families["cosmic_backup_last_success_timestamp_seconds"].samples[0].value
+    assert abs(stamp - (NOW - DAY + timedelta(minutes=2)).timestamp()) < 1
+    target = tmp_path / "textfile" / "cosmic_backup.prom"
+    write_atomically(target, text)
+    write_atomically(target, text)
+    assert target.read_text() == text
+    assert sorted(p.name for p in target.parent.iterdir()) == ["cosmic_backup.prom"]
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: ClassVar[list[dict]] = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers["Content-Length"])
+        _Receiver.received.append(json.loads(self.rfile.read(length)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+def test_webhook_delivery_and_an_unreachable_webhook() -> None:
+    server = HTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/hook/token-123"
+        payload = summary("ok", "run1", "/srv/app", [{"component": "config"}], "logs/x.log")
+        assert send(url, payload, get_logger()) is True
+        assert _Receiver.received[-1]["status"] == "ok"
+        assert _Receiver.received[-1]["components"] == [{"component": "config"}]
+    finally:
+        server.shutdown()
+    assert send(f"http://127.0.0.1:{server.server_port}/gone", payload, get_logger()) is False
