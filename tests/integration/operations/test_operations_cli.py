@@ -1,0 +1,162 @@
+"""prune, status, the webhook and the metrics file through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Project, clean_environ
+
+KEY = "operations passphrase 0123456789abc"
+
+
+def aged_copy(project: Project, days: float) -> str:
+    """Re-date the newest config backup by `days`, re-signing its manifest with the key."""
+    from cosmic_backup.catalog import Catalog
+    from cosmic_backup.clock import iso
+    from cosmic_backup.format.keys import Key
+
+    key = Key(KEY.encode())
+    catalog = Catalog(project.backups, lambda fp: key)
+    newest = catalog.entries("config")[-1]
+    manifest = newest.manifest
+    started = datetime.now(UTC) - timedelta(days=days)
+    new_id = f"config-{started:%Y%m%dT%H%M%S}Z"
+    artifact = f"{new_id}.tar.gz.enc"
+    (project.backups / "config" / manifest.artifact).rename(project.backups / "config" / artifact)
+    catalog.store.delete(catalog.manifest_name("config", manifest.id))
+    manifest.id, manifest.artifact = new_id, artifact
+    manifest.started_at = manifest.finished_at = iso(started)
+    catalog.write_manifest(manifest, key)
+    return new_id
+
+
+def listed(project: Project) -> list[dict]:
+    return json.loads(project.run("--json", "list").stdout)
+
+
+def make(project: Project, *ages: float) -> list[str]:
+    project.env["BACKUP_KEY"] = KEY
+    (project.root / ".env").write_text("A=1\n")
+    ids = []
+    for age in ages:
+        # a long retention while building the history, so the backups do not prune it
+        assert project.run("backup", "config", env={"RETENTION_DAYS": "1000"}).returncode == 0
+        ids.append(aged_copy(project, age))
+    return ids
+
+
+def test_prune_dry_run_removes_nothing_then_prune_removes_the_old(project: Project) -> None:
+    old, older, recent = make(project, 40, 35, 1)
+    dry = project.run("prune", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    removing = [line for line in dry.stdout.splitlines() if line.startswith("would remove")]
+    assert sorted(line.split()[2] for line in removing) == sorted([old, older])
+    assert f"{recent}" in dry.stdout and "newest good backup" in dry.stdout
+    assert len(listed(project)) == 3
+    plan = json.loads(project.run("--json", "prune", "--dry-run").stdout)
+    removed = plan["components"][2]["removed"]
+    assert sorted(removed) == sorted([old, older])
+    real = project.run("prune")
+    assert real.returncode == 0, real.stderr
+    assert [e["id"] for e in listed(project)] == [recent]
+    assert not list((project.backups / "config").glob(f"{old}*"))
+
+
+def test_retention_runs_after_a_successful_backup(project: Project) -> None:
+    make(project, 45)
+    assert project.run("backup", "config").returncode == 0
+    assert len(listed(project)) == 1  # the 45-day-old one went, the new one stays
+
+
+def test_status_exit_codes_and_json(project: Project) -> None:
+    project.env["BACKUP_KEY"] = KEY
+    never = project.run("--json", "status")
+    assert never.returncode == 8
+    data = json.loads(never.stdout)
+    health = {c["component"]: c["health"] for c in data["components"]}
+    assert health == {"database": "NOT CONFIGURED", "files": "NOT CONFIGURED", "config": "NEVER"}
+    (project.root / ".env").write_text("A=1\n")
+    assert project.run("backup", "config").returncode == 0
+    assert project.run("status").returncode == 0
+    failing = project.run("backup", "config", env={"BACKUP_KEY_COMMAND": "false", "BACKUP_KEY": ""})
+    assert failing.returncode == 5
+    result = project.run("--json", "status")
+    assert result.returncode == 8
+    assert {c["component"]: c["health"] for c in json.loads(result.stdout)["components"]}[
+        "config"
+    ] == "FAILING"
+    assert project.run("backup", "config").returncode == 0
+    assert project.run("status").returncode == 0  # a good backup after the failure: OK again
+
+
+def test_status_overdue(project: Project) -> None:
+    make(project, 40)  # the only backup is 40 days old
+    overdue = project.run("--json", "status", env={"BACKUP_CONFIG_INTERVAL_DAYS": "31"})
+    assert overdue.returncode == 8
+    assert "OVERDUE" in overdue.stdout
+
+
+class _Hook(BaseHTTPRequestHandler):
+    bodies: ClassVar[list[dict]] = []
+
+    def do_POST(self) -> None:
+        _Hook.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+def test_webhook_and_metrics_after_a_real_backup(project: Project, tmp_path: Path) -> None:
+    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    metrics = tmp_path / "textfile" / "cosmic_backup.prom"
+    project.env.update(
+        {
+            "BACKUP_KEY": KEY,
+            "BACKUP_METRICS_FILE": str(metrics),
+            "BACKUP_NOTIFY_URL": f"http://127.0.0.1:{server.server_port}/h/tok",
+        }
+    )
+    (project.root / ".env").write_text("A=1\n")
+    try:
+        result = project.run("backup", "all")
+    finally:
+        server.shutdown()
+    assert result.returncode == 0, result.stderr
+    [body] = _Hook.bodies
+    assert body["status"] == "ok"
+    assert {c["component"]: c["status"] for c in body["components"]} == {
+        "database": "skipped",
+        "files": "skipped",
+        "config": "ok",
+    }
+    families = {f.name: f for f in text_string_to_metric_families(metrics.read_text())}
+    [sample] = families["cosmic_backup_last_status"].samples
+    assert sample.labels == {"component": "config"} and sample.value == 1.0
+    # An unreachable webhook does not fail the backup; it is logged.
+    again = project.run("backup", "config")
+    assert again.returncode == 0, again.stderr
+    log = next((project.root / "logs").iterdir()).read_text()
+    assert "the webhook could not be called" in log
+    assert "/h/tok" not in log
+
+
+def test_schedule_prints_each_format(project: Project) -> None:
+    cron = project.run("schedule")
+    assert cron.returncode == 0 and "./scripts/backup.sh files --tag scheduled" in cron.stdout
+    systemd = project.run("schedule", "--systemd", "--install", str(project.root / "units"))
+    assert systemd.returncode == 0
+    assert len(list((project.root / "units").glob("cosmic-backup-*.timer"))) == 4
+    k8s = project.run("schedule", "--kubernetes")
+    assert k8s.returncode == 0 and k8s.stdout.count("kind: CronJob") == 4
+    assert project.run("schedule", "--cron", "--systemd").returncode == 2
+    assert clean_environ() is not None
