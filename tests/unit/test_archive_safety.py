@@ -17,6 +17,7 @@ from cosmic_backup.components.archive import (
     list_members,
     safe_extract,
 )
+from tests.trees import tree_snapshot
 
 LOG = logging.getLogger("test")
 
@@ -41,34 +42,13 @@ def archive_of(root: Path, name: str = "tree") -> bytes:
     return out.getvalue()
 
 
-def snapshot(root: Path) -> dict[str, tuple]:
-    result = {}
-    for dirpath, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(dirpath) / name
-            info = path.lstat()
-            rel = str(path.relative_to(root))
-            if path.is_symlink():
-                result[rel] = ("link", os.readlink(path))
-            elif path.is_dir():
-                result[rel] = ("dir", stat.S_IMODE(info.st_mode))
-            else:
-                result[rel] = (
-                    "file",
-                    stat.S_IMODE(info.st_mode),
-                    int(info.st_mtime),
-                    path.read_bytes(),
-                )
-    return result
-
-
 def test_round_trip_keeps_content_modes_times_and_links(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
     make_tree(source)
     data = archive_of(source)
     stats = safe_extract(io.BytesIO(data), tmp_path / "out")
-    assert snapshot(tmp_path / "out" / "tree") == snapshot(source)
+    assert tree_snapshot(tmp_path / "out" / "tree") == tree_snapshot(source)
     assert stats.links == 2 and stats.files == 3
     assert list_members(io.BytesIO(data)).files == 3
 

@@ -13,6 +13,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from cosmic_backup.errors import UsageError
 from cosmic_backup.operations.context import Advance, Runtime, no_progress, open_runtime
 from cosmic_backup.settings import Settings, load_settings
 
@@ -100,3 +101,11 @@ def exit_with(code: int) -> None:
     """End the command with a documented exit code (typer ignores return values)."""
     if code:
         raise typer.Exit(code)
+
+
+def check_component(what: str | None, action: str = "a component") -> None:
+    """Refuse a component name that does not exist (None means all of them)."""
+    from cosmic_backup.components import COMPONENT_NAMES
+
+    if what is not None and what not in COMPONENT_NAMES:
+        raise UsageError(f"'{what}' is not {action}; use one of: {', '.join(COMPONENT_NAMES)}.")

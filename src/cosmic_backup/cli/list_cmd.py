@@ -8,11 +8,16 @@ import typer
 from rich.table import Table
 
 from cosmic_backup.catalog import Entry
-from cosmic_backup.cli.common import emit_json, human_size, open_cli_runtime, settings_for, state
+from cosmic_backup.cli.common import (
+    check_component,
+    emit_json,
+    human_size,
+    open_cli_runtime,
+    settings_for,
+    state,
+)
 from cosmic_backup.cli.common import stdout as console
 from cosmic_backup.clock import parse_iso
-from cosmic_backup.components import COMPONENT_NAMES
-from cosmic_backup.errors import UsageError
 
 
 def list_backups(
@@ -22,8 +27,7 @@ def list_backups(
     ] = None,
 ) -> None:
     """List backups, oldest first, with status, mode, size and verification."""
-    if what is not None and what not in COMPONENT_NAMES:
-        raise UsageError(f"'{what}' is not a component; use one of: {', '.join(COMPONENT_NAMES)}.")
+    check_component(what)
     runtime = open_cli_runtime(ctx, settings_for(ctx))
     entries = runtime.catalog.entries(what)
     if state(ctx).json:

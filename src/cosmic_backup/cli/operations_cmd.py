@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from cosmic_backup.cli.common import (
+    check_component,
     emit_json,
     exit_with,
     human_size,
@@ -41,8 +42,7 @@ def prune_command(
     keep_monthly: Annotated[int | None, typer.Option(help="Newest of each of N months.")] = None,
 ) -> None:
     """Remove backups older than the retention period (never the newest good one)."""
-    if what is not None and what not in COMPONENT_NAMES:
-        raise UsageError(f"'{what}' is not a component; use one of: {', '.join(COMPONENT_NAMES)}.")
+    check_component(what)
     flags = {
         "retention_days": retention_days,
         "keep_last": keep_last,

@@ -7,9 +7,16 @@ from typing import Annotated
 
 import typer
 
-from cosmic_backup.cli.common import emit_json, open_cli_runtime, say, settings_for, state, stdout
+from cosmic_backup.cli.common import (
+    check_component,
+    emit_json,
+    open_cli_runtime,
+    say,
+    settings_for,
+    state,
+    stdout,
+)
 from cosmic_backup.clock import parse_iso
-from cosmic_backup.components import COMPONENT_NAMES
 from cosmic_backup.components.base import RestoreRequest
 from cosmic_backup.errors import UsageError
 from cosmic_backup.operations.restore import Confirm, RestorePreview, restore_component
@@ -35,10 +42,7 @@ def restore(
     ] = False,
 ) -> None:
     """Restore a backup (./scripts/restore.sh database|files|config latest|DATE|ID)."""
-    if what not in COMPONENT_NAMES:
-        raise UsageError(
-            f"'{what}' is not something to restore; use one of: {', '.join(COMPONENT_NAMES)}."
-        )
+    check_component(what, "something to restore")
     if into and what != "database":
         raise UsageError("--into is for the database; use --target-dir for files and config.")
     if target_dir and what == "database":

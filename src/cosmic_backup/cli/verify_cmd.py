@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from cosmic_backup.cli.common import (
+    check_component,
     emit_json,
     exit_with,
     open_cli_runtime,
@@ -14,8 +15,7 @@ from cosmic_backup.cli.common import (
     state,
     stdout,
 )
-from cosmic_backup.components import COMPONENT_NAMES
-from cosmic_backup.errors import ExitCode, UsageError
+from cosmic_backup.errors import ExitCode
 from cosmic_backup.operations.verify import verify_backups
 
 
@@ -27,8 +27,7 @@ def verify(
     ] = None,
 ) -> None:
     """Prove backups restorable: MAC, decryption, SHA-256 and structure."""
-    if what is not None and what not in COMPONENT_NAMES:
-        raise UsageError(f"'{what}' is not a component; use one of: {', '.join(COMPONENT_NAMES)}.")
+    check_component(what)
     runtime = open_cli_runtime(ctx, settings_for(ctx))
     results = verify_backups(runtime, what, selector)
     if state(ctx).json:

@@ -6,7 +6,6 @@ import io
 import json
 import os
 import signal
-import stat
 import subprocess
 import tarfile
 import time
@@ -16,27 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Project
+from tests.trees import tree_snapshot
 
 PASSPHRASE = "files test passphrase 0123456789abcdef"
-
-
-def tree_snapshot(root: Path) -> dict[str, tuple]:
-    """Everything a restore must bring back: content, modes, times, links."""
-    result = {}
-    for dirpath, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(dirpath) / name
-            info = path.lstat()
-            rel = str(path.relative_to(root))
-            if stat.S_ISLNK(info.st_mode):
-                result[rel] = ("link", os.readlink(path))
-            elif stat.S_ISDIR(info.st_mode):
-                result[rel] = ("dir", stat.S_IMODE(info.st_mode), int(info.st_mtime))
-            else:
-                with path.open("rb") as handle:
-                    digest = __import__("hashlib").file_digest(handle, "sha256").hexdigest()
-                result[rel] = ("file", stat.S_IMODE(info.st_mode), int(info.st_mtime), digest)
-    return result
 
 
 def build_uploads(root: Path, big_mib: int = 0) -> None:
