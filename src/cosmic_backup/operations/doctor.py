@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
+import logging
 import shutil
 import stat
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from cosmic_backup.errors import CosmicError
@@ -17,7 +16,6 @@ from cosmic_backup.settings import SPECS, Settings
 
 OK, WARN, FAIL = "ok", "warning", "failed"
 LOW_DISK_BYTES = 1024**3
-TOOL_NAMES = ("pg_dump", "pg_restore", "psql")
 
 
 @dataclass
@@ -50,6 +48,7 @@ def run_checks(settings: Settings) -> list[Check]:
         check_disk(settings),
         *check_tools(settings),
         check_openssl(),
+        check_database(settings),
     ]
 
 
@@ -113,29 +112,24 @@ def _tool_version(path: str, flag: str = "--version") -> str:
     return result.stdout.strip() or result.stderr.strip()
 
 
-def find_tool(name: str, settings: Settings) -> str | None:
-    if settings.pg_bin_dir:
-        candidate = Path(settings.pg_bin_dir) / name
-        return str(candidate) if os.access(candidate, os.X_OK) else None
-    return shutil.which(name)
-
-
 def check_tools(settings: Settings) -> list[Check]:
+    """The PostgreSQL client tools found, newest first (the database check says which fits)."""
+    from cosmic_backup.components.database.tools import TOOLS, candidates
+
     checks = []
-    for name in TOOL_NAMES:
-        path = find_tool(name, settings)
-        if path is None:
-            state = FAIL if settings.database_url else WARN
+    for name in TOOLS:
+        found = sorted(candidates(name, settings.pg_bin_dir), key=lambda tool: -tool.major)
+        if not found:
             checks.append(
                 Check(
                     name,
-                    state,
+                    FAIL if settings.database_url else WARN,
                     "not found",
                     "install the PostgreSQL client (e.g. apt install postgresql-client)",
                 )
             )
-        else:
-            checks.append(Check(name, OK, f"{_tool_version(path)} ({path})"))
+            continue
+        checks.append(Check(name, OK, ", ".join(f"{t.version} ({t.path})" for t in found)))
     return checks
 
 
@@ -149,3 +143,28 @@ def check_openssl() -> Check:
             "not needed by cosmic-backup, but by-hand recovery uses it",
         )
     return Check("openssl", OK, _tool_version(path, "version").split(" (")[0])
+
+
+def check_database(settings: Settings) -> Check:
+    """One connection attempt to DATABASE_URL, when it is set."""
+    if not settings.database_url:
+        return Check(
+            "database",
+            WARN,
+            "DATABASE_URL is not set: no database backups",
+            "set DATABASE_URL to back up the database",
+        )
+    from cosmic_backup.components.database.connection import check_connection
+    from cosmic_backup.components.database.url import parse_database_url
+
+    quiet = logging.getLogger("cosmic_backup.doctor")  # doctor reports; it does not log
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+    try:
+        target = parse_database_url(settings.database_url)
+        server = check_connection(
+            target, timeout=settings.connect_timeout, attempts=1, log=quiet
+        )
+    except CosmicError as exc:
+        return Check("database", FAIL, exc.message)
+    return Check("database", OK, f"{target.describe()}: PostgreSQL {server.version}")

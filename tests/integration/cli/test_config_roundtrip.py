@@ -170,3 +170,20 @@ def test_a_failed_backup_leaves_a_failure_record_never_restored(project: Project
     restore = project.run("restore", "config", "latest")
     assert restore.returncode == 0
     assert entries[0]["id"] in restore.stdout
+
+
+def test_logs_carry_the_run_id_and_json_lines_parse(project: Project) -> None:
+    make_config(project)
+    assert project.run("backup", "config").returncode == 0
+    assert project.run("--log-format", "json", "backup", "config").returncode == 0
+    [log] = list((project.root / "logs").iterdir())
+    assert (log.stat().st_mode & 0o777) == 0o600
+    assert ((project.root / "logs").stat().st_mode & 0o777) == 0o700
+    lines = log.read_text().splitlines()
+    text_lines = [line for line in lines if not line.startswith("{")]
+    json_lines = [json.loads(line) for line in lines if line.startswith("{")]
+    assert text_lines and json_lines
+    text_ids = {line.split("[", 1)[1].split("]", 1)[0] for line in text_lines}
+    assert len(text_ids) == 1  # one run, one id on every line
+    assert {entry["run_id"] for entry in json_lines} - text_ids
+    assert all({"time", "level", "run_id", "message"} <= set(entry) for entry in json_lines)

@@ -360,3 +360,44 @@ def test_backup_all_includes_the_database(db_project: Project) -> None:
     result = db_project.run("backup", "all")
     assert result.returncode == 0, result.stderr
     assert "database  ok" in result.stdout
+
+
+def test_doctor_checks_the_database(db_project: Project, postgres: PostgresServer) -> None:
+    good = db_project.run("doctor")
+    assert good.returncode == 0, good.stdout
+    assert f"PostgreSQL {postgres.major}" in good.stdout
+    bad = db_project.run(
+        "doctor", env={"DATABASE_URL": postgres.url("postgres", "postgres", "wrong-pw-doctor")}
+    )
+    assert bad.returncode == 1
+    assert "Authentication failed" in bad.stdout and "wrong-pw-doctor" not in bad.stdout
+
+
+def test_restore_falls_back_when_the_schema_reset_is_not_permitted(
+    project: Project, postgres: PostgresServer
+) -> None:
+    """A role that owns its tables but not the public schema (as on managed databases)."""
+    name = postgres.create_database()
+    with postgres.admin(name) as conn:
+        conn.execute("CREATE ROLE limited LOGIN PASSWORD 'limited-pw-1'")
+        conn.execute("GRANT ALL ON SCHEMA public TO limited")
+    url = postgres.url(name, "limited", "limited-pw-1")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        conn.execute("INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 50) g")
+    project.env.update({"DATABASE_URL": url, "BACKUP_KEY": KEY})
+    assert project.run("backup", "database").returncode == 0
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM notes WHERE id > 5")
+    result = project.run("restore", "database", "latest", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "may not drop and recreate the schemas" in result.stdout
+    assert "Row counts match the backup: 50 rows" in result.stdout
+
+
+def test_the_app_version_is_recorded_and_listed(db_project: Project) -> None:
+    assert db_project.run("backup", "database", env={"APP_VERSION": "v9.8.7"}).returncode == 0
+    [entry] = listed(db_project)
+    assert entry["source"]["app_version"] == "v9.8.7"
+    assert "app version v9.8.7" in db_project.run("list").stdout
+    assert "migration head django_migrations: core.0002_more" in db_project.run("list").stdout

@@ -63,10 +63,14 @@ def test_prune_dry_run_removes_nothing_then_prune_removes_the_old(project: Proje
     plan = json.loads(project.run("--json", "prune", "--dry-run").stdout)
     removed = plan["components"][2]["removed"]
     assert sorted(removed) == sorted([old, older])
+    logs = project.root / "logs"
+    (logs / "cosmic-backup-2020-01-01.log").write_text("an old day")
     real = project.run("prune")
     assert real.returncode == 0, real.stderr
     assert [e["id"] for e in listed(project)] == [recent]
     assert not list((project.backups / "config").glob(f"{old}*"))
+    assert not (logs / "cosmic-backup-2020-01-01.log").exists()  # logs follow retention
+    assert list(logs.glob("cosmic-backup-*.log"))  # today's stays
 
 
 def test_retention_runs_after_a_successful_backup(project: Project) -> None:
