@@ -72,6 +72,12 @@ class Component(ABC):
         self.settings = settings
         self.log = log
 
+    def recover(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """Finish or undo what an interrupted run of this component left behind.
+
+        Called under the backup root's lock, before anything else reads the sources.
+        """
+
     @abstractmethod
     def check_configured(self) -> None:
         """Raise `NotConfigured` (with its sentence) when there is nothing to back up."""

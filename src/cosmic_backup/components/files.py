@@ -70,7 +70,8 @@ class FilesComponent(Component):
         return found
 
     def check_configured(self) -> None:
-        self.recover_interrupted_restore()
+        # No recovery here: this also runs outside the lock (status, doctor), where a
+        # restore may be in progress; recover() runs under the lock.
         if not any(folder.path.is_dir() for folder in self.folders()):
             shown = ", ".join(folder.shown for folder in self.folders()) or "(none)"
             raise NotConfigured(
@@ -80,7 +81,6 @@ class FilesComponent(Component):
 
     # -- backup -------------------------------------------------------------------------
     def produce(self, out: BinaryIO, request: BackupRequest) -> Produced:
-        self.recover_interrupted_restore()
         present = [folder for folder in self.folders() if folder.path.is_dir()]
         missing = [folder.shown for folder in self.folders() if not folder.path.is_dir()]
         if not present:
@@ -116,7 +116,6 @@ class FilesComponent(Component):
 
     # -- restore ------------------------------------------------------------------------
     def plan_restore(self, manifest: Manifest, request: RestoreRequest) -> RestorePlan:
-        self.recover_interrupted_restore()
         if request.target is not None:
             target = Path(request.target).expanduser()
             target = target if target.is_absolute() else self.settings.project_root / target
@@ -196,7 +195,7 @@ class FilesComponent(Component):
     def _journal_path(self) -> Path:
         return self.settings.path("backup_dir") / JOURNAL_NAME
 
-    def recover_interrupted_restore(self) -> None:
+    def recover(self) -> None:
         """Finish or undo a restore that was killed, before anything reads the folders."""
         message = _Swapper(self._journal_path(), "").recover()
         if message:

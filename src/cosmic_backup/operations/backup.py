@@ -63,12 +63,13 @@ class BackupOutcome:
 def backup_component(rt: Runtime, name: str, request: BackupRequest) -> Manifest:
     """Back up one component; raise its error after leaving a failure record."""
     component = create_component(name, rt.settings, rt.log)
-    if request.source_override is None:
-        component.check_configured()
     with rt.catalog.lock(f"backup {name}", wait=rt.wait):
         removed = rt.catalog.remove_leftovers()
         if removed:
             rt.log.info("removed leftovers of interrupted runs: %s", ", ".join(removed))
+        component.recover()
+        if request.source_override is None:
+            component.check_configured()
         return _backup_locked(rt, component, request)
 
 

@@ -66,6 +66,7 @@ def restore_component(
     began = time.monotonic()
     with rt.catalog.lock(f"restore {name} {selector}", wait=rt.wait):
         rt.catalog.remove_leftovers()
+        component.recover()
         entry = rt.catalog.select(name, selector)
         manifest = entry.manifest
         key = _key_for(rt, entry)
