@@ -94,6 +94,10 @@ class TarWriter:
         if exc_type is None:
             self._tar.close()  # writes the end-of-archive blocks; leaves `out` open
 
+    def _addfile(self, member: tarfile.TarInfo, content: object = None) -> None:
+        self._tar.addfile(member, content)  # type: ignore[arg-type]
+        self._tar.members.clear()  # tarfile keeps every member otherwise: memory per file
+
     def add_bytes(self, arcname: str, data: bytes, mode: int = 0o600) -> None:
         import io
         import time
@@ -102,7 +106,7 @@ class TarWriter:
         info.size = len(data)
         info.mode = mode
         info.mtime = int(time.time())
-        self._tar.addfile(info, io.BytesIO(data))
+        self._addfile(info, io.BytesIO(data))
 
     def add_tree(self, source: Path, arcname: str) -> None:
         """Add a file, a link or a whole folder (sorted, depth first) under `arcname`."""
@@ -144,11 +148,11 @@ class TarWriter:
     def _add_link(self, path: Path, name: str, info: os.stat_result) -> None:
         member = self._tarinfo(name, info, tarfile.SYMTYPE)
         member.linkname = os.readlink(path)
-        self._tar.addfile(member)
+        self._addfile(member)
         self.stats.links += 1
 
     def _add_folder(self, path: Path, name: str, info: os.stat_result) -> list[tuple[Path, str]]:
-        self._tar.addfile(self._tarinfo(name, info, tarfile.DIRTYPE))
+        self._addfile(self._tarinfo(name, info, tarfile.DIRTYPE))
         self.stats.folders += 1
         try:
             with os.scandir(path) as entries:
@@ -184,7 +188,7 @@ class TarWriter:
             member = self._tarinfo(name, before, tarfile.REGTYPE)
             member.size = before.st_size
             reader = _ExactReader(handle, before.st_size)
-            self._tar.addfile(member, reader)  # type: ignore[arg-type]
+            self._addfile(member, reader)
             after = os.fstat(fd)
         if reader.changed or (after.st_size, after.st_mtime_ns) != (
             before.st_size,
@@ -256,25 +260,26 @@ def check_member(member: tarfile.TarInfo) -> PurePosixPath:
 def list_members(source: BinaryIO) -> ExtractStats:
     """Read the whole archive, checking every member is safe (for verify)."""
     stats = ExtractStats()
-    files: set[PurePosixPath] = set()
+    files: set[str] = set()  # names of regular files so far, for hard links
     with tarfile.open(fileobj=source, mode="r|") as tar:
         for member in tar:
             relative = check_member(member)
             if member.islnk():
                 _hard_link_source(member, files)
             elif member.isreg():
-                files.add(relative)
+                files.add(str(relative))
             _count(stats, member)
+            tar.members.clear()  # streamed: do not keep every member in memory
     return stats
 
 
-def _hard_link_source(member: tarfile.TarInfo, files: set[PurePosixPath]) -> PurePosixPath:
+def _hard_link_source(member: tarfile.TarInfo, files: set[str]) -> PurePosixPath:
     """A hard link may only point at a regular file extracted before it."""
     try:
         source = _safe_relative(tarfile.TarInfo(member.linkname))
     except UnsafeArchive:
         source = None
-    if source is None or source not in files:
+    if source is None or str(source) not in files:
         raise _refuse(
             member,
             f"it is a hard link to '{member.linkname}', which is not a file extracted before it",
@@ -301,6 +306,7 @@ def safe_extract(source: BinaryIO, dest: Path, *, restore_owner: bool = False) -
     with tarfile.open(fileobj=source, mode="r|") as tar:
         for member in tar:
             extractor.extract(tar, member)
+            tar.members.clear()  # streamed: do not keep every member in memory
     extractor.finish()
     while source.read(COPY_CHUNK):  # read to the end, so the stream's checks run
         pass
@@ -313,7 +319,7 @@ class _Extractor:
         self.restore_owner = restore_owner
         self.stats = ExtractStats()
         self._folders: list[tuple[Path, tarfile.TarInfo]] = []
-        self._files: set[PurePosixPath] = set()
+        self._files: set[str] = set()
 
     def extract(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         relative = check_member(member)
@@ -332,7 +338,7 @@ class _Extractor:
             self._hard_link(member, target)
         else:
             self._write_file(tar, member, target)
-            self._files.add(relative)
+            self._files.add(str(relative))
         _count(self.stats, member)
 
     def _prepare_parents(self, member: tarfile.TarInfo, relative: PurePosixPath) -> None:

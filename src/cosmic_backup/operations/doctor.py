@@ -162,9 +162,7 @@ def check_database(settings: Settings) -> Check:
     quiet.propagate = False
     try:
         target = parse_database_url(settings.database_url)
-        server = check_connection(
-            target, timeout=settings.connect_timeout, attempts=1, log=quiet
-        )
+        server = check_connection(target, timeout=settings.connect_timeout, attempts=1, log=quiet)
     except CosmicError as exc:
         return Check("database", FAIL, exc.message)
     return Check("database", OK, f"{target.describe()}: PostgreSQL {server.version}")
