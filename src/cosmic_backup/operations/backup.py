@@ -212,6 +212,13 @@ def _record_failure(
 
 def backup_components(rt: Runtime, names: list[str], request: BackupRequest) -> list[BackupOutcome]:
     """Back up each component in turn, going on past failures; "not configured" is a skip."""
+    if rt.settings.remote:  # never let an operator believe copies go off-site when they do not
+        message = (
+            "BACKUP_REMOTE is set, but off-site copies are not implemented in this version: "
+            "backups stay in the local backup folder only; copy that folder off-site yourself."
+        )
+        rt.log.warning("%s", message)
+        rt.say(f"warning: {message}")
     outcomes: list[BackupOutcome] = []
     for name in names:
         began = time.monotonic()

@@ -187,3 +187,10 @@ def test_logs_carry_the_run_id_and_json_lines_parse(project: Project) -> None:
     assert len(text_ids) == 1  # one run, one id on every line
     assert {entry["run_id"] for entry in json_lines} - text_ids
     assert all({"time", "level", "run_id", "message"} <= set(entry) for entry in json_lines)
+
+
+def test_an_unimplemented_remote_is_not_silently_ignored(project: Project) -> None:
+    make_config(project)
+    result = project.run("backup", "config", env={"BACKUP_REMOTE": "s3://bucket/prefix"})
+    assert result.returncode == 0, result.stderr
+    assert "off-site copies are not implemented" in result.stderr
