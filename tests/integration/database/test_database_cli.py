@@ -401,3 +401,46 @@ def test_the_app_version_is_recorded_and_listed(db_project: Project) -> None:
     assert entry["source"]["app_version"] == "v9.8.7"
     assert "app version v9.8.7" in db_project.run("list").stdout
     assert "migration head django_migrations: core.0002_more" in db_project.run("list").stdout
+
+
+def test_the_overall_time_limit_stops_the_dump_and_records_a_failure(
+    db_project: Project, app_db: str
+) -> None:
+    db_project.env.update({"BACKUP_TIMEOUT": "2", "BACKUP_LOCK_WAIT_TIMEOUT": "60"})
+    for mode in (["--schema-only"], []):  # pg_dump waiting, and our row counts waiting
+        with psycopg.connect(app_db) as blocker:
+            blocker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+            began = time.monotonic()
+            result = db_project.run("backup", "database", *mode)
+            elapsed = time.monotonic() - began
+            blocker.rollback()
+        assert result.returncode == 1, result.stderr
+        assert "did not finish within 2 s (BACKUP_TIMEOUT)" in result.stderr
+        assert elapsed < 20
+    assert [e["status"] for e in listed(db_project)] == ["failed", "failed"]
+    assert not [
+        p
+        for p in (db_project.backups / "database").iterdir()
+        if p.name.endswith(".gz.enc") or ".partial-" in p.name
+    ]
+
+
+def test_backup_all_goes_on_past_a_failed_component(
+    project: Project, postgres: PostgresServer
+) -> None:
+    (project.root / ".env").write_text("A=1\n")
+    project.env.update(
+        {
+            "BACKUP_KEY": KEY,
+            "BACKUP_CONNECT_RETRIES": "1",
+            "DATABASE_URL": postgres.url("postgres", "postgres", "wrong"),
+        }
+    )
+    result = project.run("backup", "all")
+    assert result.returncode == 3, result.stderr
+    assert "database  failed   Authentication failed" in result.stdout
+    assert "config    ok" in result.stdout and "Details are in logs/" in result.stdout
+    statuses = {
+        e["component"]: e["status"] for e in json.loads(project.run("--json", "list").stdout)
+    }
+    assert statuses == {"database": "failed", "config": "ok"}

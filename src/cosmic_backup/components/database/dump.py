@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -62,6 +63,17 @@ def lock_message(what: str, seconds: int) -> str:
     )
 
 
+def timeout_message(seconds: int) -> str:
+    return (
+        f"The dump did not finish within {seconds} s (BACKUP_TIMEOUT) and was stopped; raise "
+        "the limit, or take a --schema-only backup at a quieter time."
+    )
+
+
+def _remaining_ms(deadline: float) -> int:
+    return max(1, int((deadline - time.monotonic()) * 1000))
+
+
 def list_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
     return [(str(s), str(t)) for s, t in conn.execute(TABLES_QUERY).fetchall()]
 
@@ -90,7 +102,12 @@ def take_dump(
     limits: DumpSettings,
     log: logging.Logger,
 ) -> dict[str, Any]:
-    """Dump `target` into `out`; return what the manifest records of the source."""
+    """Dump `target` into `out`; return what the manifest records of the source.
+
+    BACKUP_TIMEOUT bounds the whole of it: the row counts run under a statement timeout
+    of what is left, and pg_dump gets the rest.
+    """
+    deadline = time.monotonic() + limits.timeout
     with connect(target, limits.connect_timeout) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
@@ -103,10 +120,20 @@ def take_dump(
         tables = list_tables(conn)
         counts = {}
         if mode != MODE_SCHEMA_ONLY:
-            counts = count_rows(conn, tables, limits.lock_wait_timeout)
+            conn.execute(
+                sql.SQL("SET statement_timeout = {}").format(
+                    sql.Literal(f"{_remaining_ms(deadline)}ms")
+                )
+            )
+            try:
+                counts = count_rows(conn, tables, limits.lock_wait_timeout)
+            except psycopg.errors.QueryCanceled:
+                raise OperationFailed(timeout_message(limits.timeout)) from None
+            conn.execute("SET statement_timeout = 0")
         schemas = [str(row[0]) for row in conn.execute(SCHEMAS_QUERY).fetchall()]
         head = migration_head(conn)
-        _run_pg_dump(out, target, snapshot, mode, pg_dump, limits, log)
+        remaining = max(1.0, deadline - time.monotonic())
+        _run_pg_dump(out, target, snapshot, mode, pg_dump, limits, log, remaining)
         conn.rollback()
     return {
         "database": target.dbname,
@@ -128,6 +155,7 @@ def _run_pg_dump(
     pg_dump: Tool,
     limits: DumpSettings,
     log: logging.Logger,
+    seconds_left: float,
 ) -> None:
     argv = [
         pg_dump.path,
@@ -141,17 +169,14 @@ def _run_pg_dump(
     if mode == MODE_SCHEMA_ONLY:
         argv.append("--schema-only")
     env = {**target.tool_environment(), "PGOPTIONS": "-c statement_timeout=0"}
-    child = Child(argv, env=env, timeout=limits.timeout, log=log)
+    child = Child(argv, env=env, timeout=seconds_left, log=log)
     assert child.process.stdout is not None
     with running(child):
         while chunk := child.process.stdout.read(COPY_CHUNK):
             out.write(chunk)
         code = child.wait()
     if child.timed_out:
-        raise OperationFailed(
-            f"pg_dump did not finish within {limits.timeout} s (BACKUP_TIMEOUT) and was "
-            "stopped; raise the limit, or take a --schema-only backup at a quieter time."
-        )
+        raise OperationFailed(timeout_message(limits.timeout))
     if code != 0:
         raise OperationFailed(_pg_dump_error(child, limits.lock_wait_timeout))
 
