@@ -93,6 +93,11 @@ class TarWriter:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
             self._tar.close()  # writes the end-of-archive blocks; leaves `out` open
+        else:
+            # After an error nothing more may be written: mark the stream closed, or
+            # tarfile's finaliser would try to flush it into the broken output later.
+            self._tar.closed = True
+            self._tar.fileobj.closed = True  # type: ignore[union-attr]
 
     def _addfile(self, member: tarfile.TarInfo, content: object = None) -> None:
         self._tar.addfile(member, content)  # type: ignore[arg-type]

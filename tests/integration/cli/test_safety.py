@@ -274,3 +274,35 @@ def test_sigterm_interrupts_cleanly_with_exit_130(project: Project) -> None:
     assert not [n for n in names if ".partial-" in n or n.endswith(".gz.enc")]
     [record] = json.loads(project.run("--json", "list").stdout)
     assert record["status"] == "failed" and "SIGTERM" in record["error"]
+
+
+def test_a_full_disk_leaves_a_clear_sentence_and_no_half_written_backup(
+    project: Project, tmp_path: Path
+) -> None:
+    import subprocess
+
+    small = tmp_path / "small-disk"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        project.env.update({"BACKUP_DIR": str(small), "BACKUP_KEY": PASSPHRASE})
+        (project.root / "config").mkdir()
+        (project.root / "config" / "big.bin").write_bytes(os.urandom(6 * 1024 * 1024))
+        result = project.run("backup", "config")
+        assert result.returncode == 1, result.stderr
+        assert "No space left on device" in result.stderr or "space" in result.stderr
+        assert "Traceback" not in result.stderr
+        names = [p.name for p in (small / "config").iterdir()]
+        assert not [n for n in names if n.endswith(".gz.enc") or ".partial-" in n]
+        listed = json.loads(project.run("--json", "list").stdout)
+        assert [e["status"] for e in listed] == ["failed"]
+        (project.root / "config" / "big.bin").write_bytes(b"small now")
+        assert project.run("backup", "config").returncode == 0  # space came back
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
