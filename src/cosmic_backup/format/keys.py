@@ -65,6 +65,9 @@ def generate_passphrase() -> str:
 
 
 def passphrase_from_text(text: bytes) -> bytes:
-    """Take the passphrase as ``openssl -pass file:`` does: the first line, without its end."""
-    first_line = text.split(b"\n", 1)[0]
-    return first_line.removesuffix(b"\r")
+    """Take the passphrase as ``openssl -pass file:`` does: the bytes before the first newline.
+
+    openssl keeps the ``\r`` of a CRLF line in the passphrase, so we keep it too: otherwise
+    the by-hand recovery would derive another key from the same file.
+    """
+    return text.split(b"\n", 1)[0]
