@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cosmic_backup.catalog import TRUST_NO_KEY, TRUST_TAMPERED, Entry
+from cosmic_backup.catalog import TRUST_NO_KEY, TRUST_TAMPERED, TRUST_VERIFIED, Entry
 from cosmic_backup.settings import Settings
 
 RULE_NEWEST_GOOD = "newest good backup"
@@ -111,11 +111,14 @@ def plan_retention(entries: list[Entry], policy: Policy, now: datetime) -> Reten
     decisions = [Decision(entry) for entry in ordered]
     if not ordered:
         return RetentionPlan(decisions)
-    if not ordered[-1].manifest.ok:
+    if _latest_failed(ordered):
         for decision in decisions:
             decision.reasons.append(RULE_LATEST_FAILED)
         return RetentionPlan(decisions)
-    good = [e for e in ordered if e.manifest.ok and e.trust != TRUST_TAMPERED]
+    # Only a backup whose manifest checks out can be restored, so only such a backup may
+    # stand for "the newest good one" or fill a daily/weekly/monthly slot; the others are
+    # kept anyway as untrusted.
+    good = [e for e in ordered if e.manifest.ok and e.trust == TRUST_VERIFIED]
     regular = [e for e in good if not e.manifest.is_pre_restore]
     newest_good = (regular or good)[-1].id if good else None
     rules: list[tuple[str, set[str]]] = [
@@ -141,6 +144,16 @@ def plan_retention(entries: list[Entry], policy: Policy, now: datetime) -> Reten
             decision.reasons.append(f"within {policy.days} days")
         decision.reasons += [name for name, ids in rules if entry.id in ids]
     return RetentionPlan(decisions)
+
+
+def _latest_failed(ordered: list[Entry]) -> bool:
+    """The latest attempt failed: the newest backup, or the newest regular one.
+
+    A pre-restore copy taken after a failed scheduled backup must not hide that failure
+    (`status` still says FAILING), so both are looked at.
+    """
+    regular = [e for e in ordered if not e.manifest.is_pre_restore]
+    return not ordered[-1].manifest.ok or bool(regular and not regular[-1].manifest.ok)
 
 
 def old_log_files(log_dir: Path, days: int, today: date) -> list[Path]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cosmic_backup.catalog import TRUST_TAMPERED, Entry
+from cosmic_backup.catalog import TRUST_NO_KEY, TRUST_TAMPERED, Entry
 from cosmic_backup.operations.retention import Policy, old_log_files, plan_retention
 from tests.unit.operations.helpers import NOW, entry
 
@@ -47,10 +47,27 @@ def test_pre_restore_copies_follow_the_same_rules() -> None:
     assert ages(plan.remove) == [40]
 
 
-def test_untrusted_manifests_are_never_removed_automatically() -> None:
-    backups = [entry(90, trust=TRUST_TAMPERED), entry(1)]
+def test_a_pre_restore_copy_does_not_hide_a_failed_backup() -> None:
+    backups = [entry(90), entry(40, ok=False), entry(39, tags=("pre-restore",))]
     plan = plan_retention(backups, Policy(days=30), NOW)
     assert plan.remove == []
+    assert all(d.reasons == ["latest backup failed: nothing is removed"] for d in plan.decisions)
+
+
+def test_untrusted_manifests_are_never_removed_automatically() -> None:
+    backups = [entry(90, trust=TRUST_TAMPERED), entry(80, trust=TRUST_NO_KEY), entry(1)]
+    plan = plan_retention(backups, Policy(days=30), NOW)
+    assert plan.remove == []
+    assert plan.decisions[1].reasons == ["manifest not verified: never removed automatically"]
+
+
+def test_the_newest_restorable_backup_is_kept_when_newer_ones_cannot_be_verified() -> None:
+    # A backup made with a key that is no longer at hand cannot be restored: it must not
+    # count as "the newest good backup" and let the last restorable one go.
+    backups = [entry(70), entry(60), entry(50, trust=TRUST_NO_KEY)]
+    plan = plan_retention(backups, Policy(days=30), NOW)
+    assert ages(plan.remove) == [70]
+    assert plan.decisions[1].reasons == ["newest good backup"]
 
 
 def test_each_kept_backup_names_its_rules() -> None:
