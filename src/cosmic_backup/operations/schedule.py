@@ -7,10 +7,13 @@ Entries run from the project root and use the seed's wrappers.
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from cosmic_backup.errors import OperationFailed
 
 
 @dataclass(frozen=True)
@@ -60,11 +63,14 @@ def crontab(root: Path) -> str:
     lines = [
         f"# cosmic-backup: recommended schedule for {root} (install with crontab -e)",
         "# Output is mailed by cron (set MAILTO); details are in the project's ./logs.",
+        "# cron's environment is almost empty: DATABASE_URL (and BACKUP_KEY, unless the key",
+        "# file is used) must come from cosmic-backup.toml (chmod 600) or be set above.",
     ]
     for job in jobs():
         command = " ".join(shlex.quote(part) for part in job.argv)
+        line = f"cd {shlex.quote(str(root))} && {command}"
         lines.append(f"# {job.description}")
-        lines.append(f"{job.cron} cd {shlex.quote(str(root))} && {command}")
+        lines.append(f"{job.cron} {line.replace('%', chr(92) + '%')}")  # cron: % is a newline
     return "\n".join(lines) + "\n"
 
 
@@ -74,7 +80,7 @@ def systemd_units(root: Path) -> dict[str, str]:
     for job in jobs():
         unit = f"cosmic-backup-{job.name}"
         exec_start = " ".join(
-            _systemd_quote(part if not part.startswith("./") else str(root / part[2:]))
+            _systemd_word(part if not part.startswith("./") else str(root / part[2:]))
             for part in job.argv
         )
         units[f"{unit}.service"] = (
@@ -84,10 +90,10 @@ def systemd_units(root: Path) -> dict[str, str]:
             "After=network-online.target\n\n"
             "[Service]\n"
             "Type=oneshot\n"
-            f"WorkingDirectory={root}\n"
+            f"WorkingDirectory={_systemd_path(root)}\n"
             f"ExecStart={exec_start}\n"
             "# Put DATABASE_URL and the key settings in this file (mode 0600):\n"
-            f"EnvironmentFile=-{root}/.env.backup\n"
+            f"EnvironmentFile=-{_systemd_path(root / '.env.backup')}\n"
         )
         units[f"{unit}.timer"] = (
             "[Unit]\n"
@@ -102,17 +108,33 @@ def systemd_units(root: Path) -> dict[str, str]:
     return units
 
 
-def _systemd_quote(part: str) -> str:
-    return f'"{part}"' if any(c.isspace() for c in part) else part
+def _systemd_path(path: Path) -> str:
+    """A path as a unit file value: % starts a specifier, so it is doubled."""
+    return str(path).replace("%", "%%")
+
+
+def _systemd_word(part: str) -> str:
+    """One ExecStart word: specifiers and $ escaped, quoted when it holds blanks or quotes."""
+    part = part.replace("%", "%%").replace("$", "$$")
+    if any(c.isspace() or c in "\"'\\;" for c in part):
+        return '"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return part
 
 
 def install_systemd(root: Path, folder: Path) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write the units into `folder` (e.g. /etc/systemd/system)."""
     written = []
-    for name, text in systemd_units(root).items():
-        path = folder / name
-        path.write_text(text)
-        written.append(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in systemd_units(root).items():
+            path = folder / name
+            path.write_text(text)
+            written.append(path)
+    except OSError as exc:
+        raise OperationFailed(
+            f"Could not write the systemd units into {folder}: {exc.strerror or exc}; "
+            "run as root for /etc/systemd/system, or pick a folder you can write."
+        ) from exc
     return written
 
 
@@ -122,7 +144,7 @@ def kubernetes(workdir: str = "/app", image: str = "registry.example.com/your-ap
     logs = PurePosixPath(workdir) / "logs"
     documents = []
     for job in jobs(["cosmic-backup", "status"]):
-        command = ", ".join(f'"{part}"' for part in job.argv)
+        command = ", ".join(_yaml(part) for part in job.argv)
         documents.append(f"""apiVersion: batch/v1
 kind: CronJob
 metadata:
@@ -142,17 +164,17 @@ spec:
           restartPolicy: Never
           containers:
             - name: cosmic-backup
-              image: {image}
-              workingDir: {workdir}
+              image: {_yaml(image)}
+              workingDir: {_yaml(workdir)}
               command: [{command}]
               envFrom:
                 - secretRef:
                     name: cosmic-backup  # DATABASE_URL, BACKUP_KEY
               volumeMounts:
                 - name: backups
-                  mountPath: {backups}
+                  mountPath: {_yaml(str(backups))}
                 - name: logs
-                  mountPath: {logs}
+                  mountPath: {_yaml(str(logs))}
           volumes:
             - name: backups
               persistentVolumeClaim:
@@ -162,3 +184,8 @@ spec:
                 claimName: cosmic-backup-logs
 """)
     return "---\n".join(documents)
+
+
+def _yaml(text: str) -> str:
+    """A YAML scalar that stays one string whatever it holds (JSON strings are valid YAML)."""
+    return json.dumps(text)

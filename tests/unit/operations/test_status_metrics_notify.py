@@ -1,25 +1,20 @@
-"""Status health, the schedule's formats, the metrics textfile and the webhook."""
+"""Status health, the metrics textfile and the webhook."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import threading
-from datetime import datetime, timedelta
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
-import yaml
-from croniter import croniter
 from prometheus_client.parser import text_string_to_metric_families
 
 from cosmic_backup.logs import get_logger
 from cosmic_backup.operations.metrics import component_values, render, write_atomically
 from cosmic_backup.operations.notify import send, summary
-from cosmic_backup.operations.schedule import crontab, jobs, kubernetes, systemd_units
 from cosmic_backup.operations.status import (
     FAILING,
     NEVER,
@@ -80,70 +75,6 @@ def test_status_json_shape_is_stable() -> None:
     assert sorted(data["last_failure"]) == ["at", "error", "id"]
     assert data["total_size"] == 10 and data["backups"] == 2
     json.dumps(data)
-
-
-def test_crontab_lines_parse_and_follow_the_recommended_schedule() -> None:
-    text = crontab(Path("/srv/my app"))
-    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
-    assert len(lines) == 4
-    for line in lines:
-        fields = line.split(maxsplit=5)
-        assert croniter.is_valid(" ".join(fields[:5]))
-        assert "cd '/srv/my app' && " in line
-    start = NOW.replace(tzinfo=None)
-    database, files, _config, _status = (
-        croniter(" ".join(line.split()[:5]), start) for line in lines
-    )
-    first, second = database.get_next(), database.get_next()
-    assert second - first == 86400
-    first, second = files.get_next(), files.get_next()
-    assert second - first == 7 * 86400
-    assert croniter(" ".join(lines[2].split()[:5]), start).get_next(datetime).day == 1
-    assert "./scripts/backup.sh database --tag scheduled" in lines[0]
-
-
-def test_systemd_units(tmp_path: Path) -> None:
-    units = systemd_units(Path("/srv/app"))
-    assert len(units) == 8
-    service = units["cosmic-backup-database.service"]
-    assert "ExecStart=/srv/app/scripts/backup.sh database --tag scheduled" in service
-    assert "Type=oneshot" in service and "WorkingDirectory=/srv/app" in service
-    assert "OnCalendar=*-*-* 02:15:00" in units["cosmic-backup-database.timer"]
-    for name, text in units.items():
-        sections = [line for line in text.splitlines() if line.startswith("[")]
-        assert sections == (
-            ["[Unit]", "[Service]"]
-            if name.endswith(".service")
-            else ["[Unit]", "[Timer]", "[Install]"]
-        )
-    analyze = shutil.which("systemd-analyze")
-    if analyze:
-        for name, text in units.items():
-            (tmp_path / name).write_text(text)
-        result = subprocess.run(
-            [analyze, "calendar", "*-*-* 02:15:00", "Sun *-*-* 03:15:00", "*-*-01 04:15:00"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
-
-
-def test_kubernetes_cronjobs_parse() -> None:
-    documents = list(yaml.safe_load_all(kubernetes("/app", "example/app:1")))
-    assert [d["metadata"]["name"] for d in documents] == [
-        f"cosmic-backup-{job.name}" for job in jobs()
-    ]
-    for document in documents:
-        assert document["kind"] == "CronJob" and document["apiVersion"] == "batch/v1"
-        assert croniter.is_valid(document["spec"]["schedule"])
-        spec = document["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-        container = spec["containers"][0]
-        assert container["image"] == "example/app:1" and container["workingDir"] == "/app"
-        assert document["spec"]["concurrencyPolicy"] == "Forbid"
-    assert documents[0]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0][
-        "command"
-    ] == ["./scripts/backup.sh", "database", "--tag", "scheduled"]
 
 
 def test_metrics_textfile_parses_and_is_written_atomically(tmp_path: Path) -> None:
