@@ -282,7 +282,9 @@ class Catalog:
     def _by_id(entries: list[Entry], component: str, backup_id: str) -> Entry:
         for entry in entries:
             if entry.id == backup_id:
-                if not entry.manifest.ok:
+                # A manifest that does not parse is listed as a failed stub: hand it back
+                # flagged, so restore and verify say it is damaged, not a failure record.
+                if not entry.manifest.ok and entry.trust != TRUST_TAMPERED:
                     raise NotFound(
                         f"The backup {backup_id} is a failure record ({entry.manifest.error}); "
                         "it holds nothing to restore. Pick another with 'cosmic-backup list'."
