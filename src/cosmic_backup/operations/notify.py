@@ -6,10 +6,11 @@ webhooks carry their token in it), so it is masked everywhere.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import socket
-import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -22,21 +23,45 @@ TIMEOUT_SECONDS = 10
 def summary(
     status: str, run_id: str, project: str, components: list[dict[str, Any]], log_file: str
 ) -> dict[str, Any]:
-    return {
-        "tool": "cosmic-backup",
-        "version": __version__,
-        "host": socket.gethostname(),
-        "project": project,
-        "run_id": run_id,
-        "status": status,  # ok, partial, failed
-        "components": components,
-        "log_file": log_file,
-    }
+    host = socket.gethostname()
+    outcomes = "; ".join(
+        f"{c.get('component')} {c.get('status')}"
+        + (f": {c['message']}" if c.get("message") else "")
+        for c in components
+    )
+    return _masked(
+        {
+            "tool": "cosmic-backup",
+            "version": __version__,
+            "host": host,
+            "project": project,
+            "run_id": run_id,
+            "status": status,  # ok, partial, failed
+            "components": components,
+            "log_file": log_file,
+            # Slack and Mattermost incoming webhooks show "text" as the message as it is
+            "text": f"cosmic-backup {status} on {host} ({project}): {outcomes}",
+        }
+    )
+
+
+def _masked(value: Any) -> Any:
+    """Every string in `value` through `redact`: a webhook is outside our trust boundary."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: _masked(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_masked(item) for item in value]
+    return value
 
 
 def send(url: str, payload: dict[str, Any], log: logging.Logger) -> bool:
     """POST `payload`; True when the server accepted it. Never raises."""
     register_secret(url)
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        log.warning("BACKUP_NOTIFY_URL is not an http:// or https:// URL; no webhook was called")
+        return False
     request = urllib.request.Request(  # noqa: S310 - the operator's own webhook URL
         url,
         data=json.dumps(payload).encode(),
@@ -46,9 +71,11 @@ def send(url: str, payload: dict[str, Any], log: logging.Logger) -> bool:
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:  # noqa: S310
             accepted = 200 <= response.status < 300
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError is an OSError
         log.warning("the webhook could not be called: %s", redact(str(exc)))
         return False
-    if not accepted:
+    if accepted:
+        log.info("the webhook accepted the summary (HTTP %s)", response.status)
+    else:
         log.warning("the webhook answered with HTTP %s", response.status)
     return accepted

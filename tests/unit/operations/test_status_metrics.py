@@ -1,20 +1,15 @@
-"""Status health, the metrics textfile and the webhook."""
+"""Status health and the metrics textfile, from catalog entries made in memory."""
 
 from __future__ import annotations
 
 import json
-import threading
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cosmic_backup.logs import get_logger
 from cosmic_backup.operations.metrics import component_values, render, write_atomically
-from cosmic_backup.operations.notify import send, summary
 from cosmic_backup.operations.status import (
     FAILING,
     NEVER,
@@ -95,31 +90,3 @@ def test_metrics_textfile_parses_and_is_written_atomically(tmp_path: Path) -> No
     write_atomically(target, text)
     assert target.read_text() == text
     assert sorted(p.name for p in target.parent.iterdir()) == ["cosmic_backup.prom"]
-
-
-class _Receiver(BaseHTTPRequestHandler):
-    received: ClassVar[list[dict]] = []
-
-    def do_POST(self) -> None:
-        length = int(self.headers["Content-Length"])
-        _Receiver.received.append(json.loads(self.rfile.read(length)))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        return None
-
-
-def test_webhook_delivery_and_an_unreachable_webhook() -> None:
-    server = HTTPServer(("127.0.0.1", 0), _Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/hook/token-123"
-        payload = summary("ok", "run1", "/srv/app", [{"component": "config"}], "logs/x.log")
-        assert send(url, payload, get_logger()) is True
-        assert _Receiver.received[-1]["status"] == "ok"
-        assert _Receiver.received[-1]["components"] == [{"component": "config"}]
-    finally:
-        server.shutdown()
-    assert send(f"http://127.0.0.1:{server.server_port}/gone", payload, get_logger()) is False
