@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cosmic_backup.catalog import Entry
+from cosmic_backup.catalog import TRUST_TAMPERED, Entry
 from cosmic_backup.clock import parse_iso
 
 METRICS = (
@@ -23,8 +23,10 @@ METRICS = (
 
 
 def component_values(entries: list[Entry]) -> dict[str, float]:
-    attempts = [e for e in entries if not e.manifest.is_pre_restore]
-    good = [e for e in attempts if e.manifest.ok]
+    """The gauges of one component; pre-restore copies are not attempts of the schedule."""
+    ordered = sorted(entries, key=lambda e: (e.manifest.started_at, e.id))
+    attempts = [e for e in ordered if not e.manifest.is_pre_restore]
+    good = [e for e in attempts if e.manifest.ok and e.trust != TRUST_TAMPERED]
     values: dict[str, float] = {"cosmic_backup_backups": float(len(entries))}
     if good:
         last_good = good[-1].manifest
@@ -53,11 +55,19 @@ def render(per_component: dict[str, dict[str, float]]) -> str:
 
 
 def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` in one step; the temporary name ends in .tmp, which the collector skips."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(temp, 0o644)  # the collector runs as another user; metrics hold no secret
-    os.replace(temp, path)
+    temp.unlink(missing_ok=True)  # a leftover of a killed run with the same pid
+    # O_EXCL and O_NOFOLLOW: the textfile folder is often shared; never write through a link
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fchmod(handle.fileno(), 0o644)  # the collector runs as another user; no secrets
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from cosmic_backup.catalog import Entry
+from cosmic_backup.catalog import TRUST_TAMPERED, Entry
 from cosmic_backup.clock import parse_iso
 from cosmic_backup.components import COMPONENT_NAMES, create_component
 from cosmic_backup.errors import ExitCode, NotConfigured
@@ -47,7 +47,7 @@ def component_status(
 ) -> ComponentStatus:
     ordered = sorted(entries, key=lambda e: (e.manifest.started_at, e.id))
     attempts = [e for e in ordered if not e.manifest.is_pre_restore]
-    good = [e for e in attempts if e.manifest.ok and e.trust != "tampered"]
+    good = [e for e in attempts if e.manifest.ok and e.trust != TRUST_TAMPERED]
     failures = [e for e in attempts if not e.manifest.ok]
     last_good = good[-1] if good else None
     last_failure = failures[-1] if failures else None

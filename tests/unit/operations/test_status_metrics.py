@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cosmic_backup.catalog import TRUST_TAMPERED
 from cosmic_backup.operations.metrics import component_values, render, write_atomically
 from cosmic_backup.operations.status import (
     FAILING,
@@ -87,6 +89,31 @@ def test_metrics_textfile_parses_and_is_written_atomically(tmp_path: Path) -> No
     assert abs(stamp - (NOW - DAY + timedelta(minutes=2)).timestamp()) < 1
     target = tmp_path / "textfile" / "cosmic_backup.prom"
     write_atomically(target, text)
+    first = target.stat().st_ino
     write_atomically(target, text)
+    assert target.stat().st_ino != first  # replaced by a rename, never rewritten in place
     assert target.read_text() == text
+    assert target.stat().st_mode & 0o777 == 0o644  # node_exporter runs as another user
     assert sorted(p.name for p in target.parent.iterdir()) == ["cosmic_backup.prom"]
+
+
+def test_metrics_never_write_through_a_planted_link(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    target = tmp_path / "cosmic_backup.prom"
+    (tmp_path / f".cosmic_backup.prom.{os.getpid()}.tmp").symlink_to(victim)
+    write_atomically(target, "# nothing\n")
+    assert victim.read_text() == "precious"
+    assert target.read_text() == "# nothing\n" and not target.is_symlink()
+
+
+def test_metrics_ignore_tampered_backups_and_pre_restore_copies() -> None:
+    values = component_values(
+        [
+            entry(3, size=5),
+            entry(2, size=7, trust=TRUST_TAMPERED),
+            entry(1, size=9, tags=("pre-restore",)),
+        ]
+    )
+    assert values["cosmic_backup_last_size_bytes"] == 5
+    assert values["cosmic_backup_backups"] == 3
