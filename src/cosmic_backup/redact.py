@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 import threading
 
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)(?P<pw>[^@\s/]+)@")
+# The password runs to the last "@" of the word: a raw "/" or "@" in it (an AWS-style
+# secret, a password nobody percent-encoded) must not leave its tail visible.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)(?P<pw>\S+)@")
 _KEYWORD_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'[^']*'|\S+)", re.IGNORECASE)
 _MIN_SECRET_LENGTH = 4
 
