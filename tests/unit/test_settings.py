@@ -1,0 +1,119 @@
+"""Settings: defaults < cosmic-backup.toml < environment < flags, where each value came
+from, the key kept out of the file, secrets masked, and one sentence for a bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cosmic_backup.errors import UsageError
+from cosmic_backup.settings import CONFIG_FILE_NAME, MIN_KDF_ITERATIONS, SPECS, load_settings
+
+SECRET = "hunter2-very-secret"
+
+
+def write_toml(root: Path, text: str) -> None:
+    (root / CONFIG_FILE_NAME).write_text(text)
+
+
+def test_each_layer_overrides_the_one_below_and_says_so(tmp_path: Path) -> None:
+    defaults = load_settings(tmp_path, environ={})
+    assert (defaults.retention_days, defaults.sources["retention_days"]) == (30, "default")
+
+    write_toml(tmp_path, "retention_days = 10\nfiles_dirs = ['media', 'public']\n")
+    from_file = load_settings(tmp_path, environ={})
+    assert (from_file.retention_days, from_file.sources["retention_days"]) == (10, CONFIG_FILE_NAME)
+    assert from_file.files_dirs == ("media", "public")
+
+    environ = {"RETENTION_DAYS": "20", "BACKUP_FILES_DIRS": "uploads, static"}
+    from_env = load_settings(tmp_path, environ=environ)
+    assert (from_env.retention_days, from_env.sources["retention_days"]) == (
+        20,
+        "environment RETENTION_DAYS",
+    )
+    assert from_env.files_dirs == ("uploads", "static")
+
+    flags = {"retention_days": 40, "files_dirs": None}  # a flag not given is None
+    from_flags = load_settings(tmp_path, environ=environ, flags=flags)
+    assert (from_flags.retention_days, from_flags.sources["retention_days"]) == (
+        40,
+        "command line",
+    )
+    assert from_flags.sources["files_dirs"] == "environment BACKUP_FILES_DIRS"
+    assert from_flags.sources["log_dir"] == "default"
+    assert set(from_flags.sources) == {spec.name for spec in SPECS}
+
+
+def test_an_empty_environment_variable_does_not_override(tmp_path: Path) -> None:
+    write_toml(tmp_path, "retention_days = 10\n")
+    settings = load_settings(tmp_path, environ={"RETENTION_DAYS": ""})
+    assert (settings.retention_days, settings.sources["retention_days"]) == (10, CONFIG_FILE_NAME)
+
+
+def test_overrides_after_loading_record_their_source(tmp_path: Path) -> None:
+    settings = load_settings(tmp_path, environ={}).with_overrides(
+        {"log_format": "JSON"}, "--log-format"
+    )
+    assert (settings.log_format, settings.sources["log_format"]) == ("json", "--log-format")
+
+
+def test_paths_resolve_against_the_project_root(tmp_path: Path) -> None:
+    settings = load_settings(tmp_path, environ={"BACKUP_LOG_DIR": "/var/log/app"})
+    assert settings.path("backup_dir") == tmp_path.resolve() / "tmp" / "backups"
+    assert settings.path("key_file") == tmp_path.resolve() / ".backup_key"
+    assert settings.path("log_dir") == Path("/var/log/app")
+    assert settings.optional_path("remote") is None
+
+
+@pytest.mark.parametrize("name", ["key", "BACKUP_KEY"])
+def test_the_key_is_refused_in_the_settings_file_without_echoing_it(
+    tmp_path: Path, name: str
+) -> None:
+    write_toml(tmp_path, f'{name} = "{SECRET}"\n')
+    with pytest.raises(UsageError) as refused:
+        load_settings(tmp_path, environ={})
+    assert f"has unknown settings: {name}." in refused.value.message
+    assert SECRET not in refused.value.message
+
+
+def test_secrets_are_masked_when_shown(tmp_path: Path) -> None:
+    settings = load_settings(
+        tmp_path,
+        environ={
+            "DATABASE_URL": f"postgresql://app:{SECRET}@db.internal:5432/app?sslmode=require",
+            "BACKUP_KEY": SECRET,
+            "BACKUP_NOTIFY_URL": f"https://hooks.example.com/services/{SECRET}",
+        },
+    )
+    assert settings.key == SECRET  # the value itself is there to be used...
+    shown = {spec.name: settings.shown(spec.name) for spec in SPECS}
+    assert not any(SECRET in text for text in shown.values())  # ...never to be shown
+    assert shown["database_url"] == "postgresql://app:***@db.internal:5432/app?sslmode=require"
+    assert shown["key"] == shown["notify_url"] == "********"
+    assert shown["remote"] == "(not set)"
+    assert shown["files_dirs"] == "static,uploads"
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"BACKUP_KDF_ITERATIONS": "1000"}, f"is 1000; it must be at least {MIN_KDF_ITERATIONS}"),
+        ({"RETENTION_DAYS": "soon"}, "retention_days from environment RETENTION_DAYS is invalid"),
+        ({"RETENTION_DAYS": "0"}, "must be at least 1"),
+        ({"BACKUP_KEEP_DAILY": "-1"}, "must be 0 \\(off\\) or more"),
+        ({"BACKUP_LOG_FORMAT": "xml"}, "'xml' is not one of text, json"),
+        ({"BACKUP_ALLOW_INSECURE_KEY": "perhaps"}, "'perhaps' is not true or false"),
+    ],
+)
+def test_a_bad_value_is_one_sentence_naming_setting_and_source(
+    tmp_path: Path, environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        load_settings(tmp_path, environ=environ)
+
+
+def test_a_broken_settings_file_is_named(tmp_path: Path) -> None:
+    write_toml(tmp_path, "retention_days = \n")
+    with pytest.raises(UsageError, match=f"{CONFIG_FILE_NAME} is not valid TOML"):
+        load_settings(tmp_path, environ={})
