@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -19,12 +20,20 @@ from cosmic_backup.cli.common import (
     state,
     stdout,
 )
+from cosmic_backup.clock import parse_iso
 from cosmic_backup.components import COMPONENT_NAMES
 from cosmic_backup.errors import UsageError
 from cosmic_backup.operations.prune import prune
 from cosmic_backup.operations.retention import Policy
 from cosmic_backup.operations.schedule import crontab, install_systemd, kubernetes, systemd_units
-from cosmic_backup.operations.status import collect, exit_code
+from cosmic_backup.operations.status import (
+    FAILING,
+    OK,
+    ComponentStatus,
+    collect,
+    exit_code,
+    human_age,
+)
 
 
 def prune_command(
@@ -83,22 +92,40 @@ def status(ctx: typer.Context) -> None:
     if state(ctx).json:
         emit_json({"healthy": code == 0, "components": [s.to_dict() for s in statuses]})
     else:
-        table = Table(box=None, header_style="bold", pad_edge=False)
-        for column in ("component", "health", "last good", "size", "backups", "total", "note"):
-            table.add_column(column, no_wrap=column != "note", overflow="fold")
-        for s in statuses:
-            good = s.last_good
-            table.add_row(
-                s.component,
-                s.health,
-                good["id"] if good else "-",
-                human_size(good["stored_size"]) if good else "-",
-                str(s.backups),
-                human_size(s.total_size),
-                s.message,
-            )
-        stdout.print(table)
+        _print_status(statuses)
     exit_with(code)
+
+
+def _print_status(statuses: list[ComponentStatus]) -> None:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("component", "health", "last good", "age", "mode", "size", "backups", "total"):
+        table.add_column(column, no_wrap=True)
+    for s in statuses:
+        good = s.last_good or {}
+        table.add_row(
+            s.component,
+            s.health,
+            _local_time(good.get("finished_at")),
+            human_age(timedelta(seconds=good["age_seconds"])) if good else "-",
+            good.get("mode", "-"),
+            human_size(good.get("stored_size")),
+            str(s.backups),
+            human_size(s.total_size),
+        )
+    stdout.print(table)
+    for s in statuses:
+        if s.health != OK:
+            stdout.print(f"{s.component}: {s.message}", markup=False)
+        failure = s.last_failure
+        if failure and s.health != FAILING:  # FAILING's message already gives the reason
+            stdout.print(
+                f"{s.component}: last failure {_local_time(failure['at'])}: {failure['error']}",
+                markup=False,
+            )
+
+
+def _local_time(stamp: str | None) -> str:
+    return parse_iso(stamp).astimezone().strftime("%Y-%m-%d %H:%M") if stamp else "-"
 
 
 def schedule(

@@ -80,12 +80,19 @@ def _health(
         return NEVER, "there is no good backup yet"
     age = now - parse_iso(last_good.manifest.finished_at)
     if age > allowed:
-        return OVERDUE, f"the last good backup is {_age(age)} old (expected within {_age(allowed)})"
-    return OK, f"last good backup {_age(age)} ago"
+        return (
+            OVERDUE,
+            f"the last good backup is {human_age(age)} old (expected within {human_age(allowed)})",
+        )
+    return OK, f"last good backup {human_age(age)} ago"
 
 
-def _age(delta: timedelta) -> str:
-    hours = delta.total_seconds() / 3600
+def human_age(delta: timedelta) -> str:
+    """A duration as an operator reads it: minutes, hours, then days."""
+    seconds = max(delta.total_seconds(), 0)
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    hours = seconds / 3600
     return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"
 
 

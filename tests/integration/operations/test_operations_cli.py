@@ -97,7 +97,11 @@ def test_status_exit_codes_and_json(project: Project) -> None:
         "config"
     ] == "FAILING"
     assert project.run("backup", "config").returncode == 0
-    assert project.run("status").returncode == 0  # a good backup after the failure: OK again
+    healthy = project.run("status")
+    assert healthy.returncode == 0  # a good backup after the failure: OK again
+    [row] = [line.split() for line in healthy.stdout.splitlines() if line.startswith("config ")]
+    assert row[1] == "OK" and "min" in row and "full" in row  # health, age, mode
+    assert "config: last failure " in healthy.stdout and "BACKUP_KEY_COMMAND" in healthy.stdout
 
 
 def test_status_overdue(project: Project) -> None:
