@@ -131,3 +131,17 @@ def test_old_log_files(tmp_path: Path) -> None:
         (tmp_path / name).write_text("x")
     old = old_log_files(tmp_path, 30, date(2026, 11, 24))
     assert [p.name for p in old] == ["cosmic-backup-2026-09-01.log"]
+
+
+def test_gfs_on_a_year_of_daily_backups_keeps_the_expected_days() -> None:
+    # Written out by hand, independently of the reference model: NOW is Tuesday 2026-11-24.
+    backups = [entry(age) for age in range(365)]
+    policy = Policy(days=1, keep_daily=7, keep_weekly=4, keep_monthly=12)
+    kept = sorted(e.local_day.isoformat() for e in plan_retention(backups, policy, NOW).keep)
+    daily = [f"2026-11-{day}" for day in range(18, 25)]  # the last 7 days (and the 1-day rule)
+    weekly = ["2026-11-08", "2026-11-15", "2026-11-22"]  # Sundays; this week's is the 24th
+    monthly = ["2025-12-31", "2026-01-31", "2026-02-28", "2026-03-31", "2026-04-30"]
+    monthly += ["2026-05-31", "2026-06-30", "2026-07-31", "2026-08-31", "2026-09-30"]
+    monthly += ["2026-10-31"]  # and November's is the 24th
+    assert kept == sorted(set(daily + weekly + monthly))
+    assert len(kept) == 7 + 2 + 11
