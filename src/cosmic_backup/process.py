@@ -1,9 +1,10 @@
-"""The one place that starts subprocesses (pg_dump, pg_restore, psql).
+"""The one place that starts subprocesses (pg_dump, pg_restore, psql, initdb...).
 
 Each child runs in its own process group, so a timeout or an interrupt kills it and
 anything it started; its stderr is collected in the background (bounded) for the error
 message; secrets go in its environment, never its argument list, and what is logged is
-redacted.
+redacted. The program is looked up before anything starts, so a missing one is a
+sentence, not a traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -19,10 +21,24 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+from cosmic_backup.errors import OperationFailed
 from cosmic_backup.redact import redact
 
 STDERR_LINES_KEPT = 20
 PUMP_CHUNK = 1024 * 1024
+
+
+def require_program(program: str) -> str:
+    """The path of `program` (a path, or a name looked up in PATH), or one sentence."""
+    found = program if os.sep in program else shutil.which(program)
+    if found and Path(found).is_file() and os.access(found, os.X_OK):
+        return found
+    raise OperationFailed(f"The program {program} was not found or is not executable.")
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 class Child:
@@ -41,6 +57,7 @@ class Child:
         self.name = Path(argv[0]).name
         self.timed_out = False
         self._stderr: deque[str] = deque(maxlen=STDERR_LINES_KEPT)
+        argv = [require_program(argv[0]), *argv[1:]]
         log.info("running %s", redact(" ".join(argv)))
         self.process = subprocess.Popen(
             argv,
@@ -68,8 +85,7 @@ class Child:
         self.kill()
 
     def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        _kill_group(self.process.pid)
 
     def wait(self) -> int:
         code = self.process.wait()
@@ -88,7 +104,7 @@ class Child:
 
 @contextlib.contextmanager
 def running(*children: Child) -> Iterator[None]:
-    """Kill every child if the block fails, so nothing is left running after an error."""
+    """Kill every child if the block fails (or is interrupted), so nothing is left running."""
     try:
         yield
     except BaseException:
@@ -100,7 +116,7 @@ def running(*children: Child) -> Iterator[None]:
 
 
 def pump(source: BinaryIO, sink: IO[bytes]) -> None:
-    """Copy `source` into a child's stdin, then close it.
+    """Copy `source` into a child's stdin in bounded chunks, then close it.
 
     A child that stops reading early is not an error here: its exit code and stderr say
     why, and the caller checks them.
@@ -113,3 +129,34 @@ def pump(source: BinaryIO, sink: IO[bytes]) -> None:
     finally:
         with contextlib.suppress(BrokenPipeError):
             sink.close()
+
+
+def run_captured(
+    argv: list[str], *, timeout: float, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a short command to completion (a --version, initdb, pg_ctl) and keep its output.
+
+    Past `timeout` its whole process group is killed and the sentence says so.
+    """
+    argv = [require_program(argv[0]), *argv[1:]]
+    with subprocess.Popen(
+        argv,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as process:
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(process.pid)
+            process.communicate()
+            raise OperationFailed(
+                f"{Path(argv[0]).name} did not finish within {timeout:g} s and was stopped."
+            ) from None
+        except BaseException:
+            _kill_group(process.pid)
+            raise
+    return subprocess.CompletedProcess(argv, process.returncode, out, err)

@@ -63,7 +63,7 @@ def test_tools_get_the_password_only_in_their_environment() -> None:
     target = parse_database_url("postgresql://u:pw-123@h:6543/app?sslmode=require")
     assert "pw-123" not in target.conninfo()
     assert "sslmode=require" in target.conninfo() and "port=6543" in target.conninfo()
-    assert target.tool_environment()["PGPASSWORD"] == "pw-123"
+    assert target.tool_environment(7) == {"PGPASSWORD": "pw-123", "PGCONNECT_TIMEOUT": "7"}
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,11 @@ from cosmic_backup.components.base import (
 from cosmic_backup.components.database.connection import ServerInfo, check_connection, connect
 from cosmic_backup.components.database.dump import DumpSettings, take_dump
 from cosmic_backup.components.database.migrations import migration_head
-from cosmic_backup.components.database.restore import current_row_counts, restore_dump
+from cosmic_backup.components.database.restore import (
+    RestoreLimits,
+    current_row_counts,
+    restore_dump,
+)
 from cosmic_backup.components.database.tools import find_tool
 from cosmic_backup.components.database.url import Target, parse_database_url
 from cosmic_backup.errors import NotConfigured, OperationFailed
@@ -140,9 +144,11 @@ class DatabaseComponent(Component):
                 schemas=list(manifest.source.get("schemas", [])),
                 pg_restore=pg_restore,
                 psql=psql,
-                connect_timeout=self.settings.connect_timeout,
-                lock_wait_timeout=self.settings.lock_wait_timeout,
-                timeout=self.settings.timeout,
+                limits=RestoreLimits(
+                    self.settings.connect_timeout,
+                    self.settings.lock_wait_timeout,
+                    self.settings.timeout,
+                ),
                 log=self.log,
             )
             return self._report(manifest, target, outcome.notes, time.monotonic() - began)

@@ -7,6 +7,7 @@ retried; a wrong password or a missing database is not, since waiting cannot fix
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 
@@ -35,57 +36,92 @@ class ConnectionFailed(OperationFailed):
         self.permanent = permanent
 
 
+# (phrases in libpq's message, permanent?, the sentence); the first match wins.
+_DIAGNOSES: tuple[tuple[tuple[str, ...], bool, str], ...] = (
+    (
+        ("password authentication failed", "authentication failed", 'role "" does not exist'),
+        True,
+        "Authentication failed for user {user} ({where}): check the user and password in "
+        "DATABASE_URL.",
+    ),
+    (
+        ("no password supplied", "password is required"),
+        True,
+        "The server asks for a password and DATABASE_URL has none ({where}).",
+    ),
+    (
+        ('database "" does not exist',),
+        True,
+        "The database {dbname} does not exist on {host}: check the name in DATABASE_URL.",
+    ),
+    (
+        ("invalid response to ssl negotiation", "received invalid response"),
+        True,
+        "Something answers at {where}, but it is not a PostgreSQL server: check the host "
+        "and the port in DATABASE_URL.",
+    ),
+    (
+        ("ssl", "no encryption"),
+        True,
+        "The server requires SSL (or refused the SSL settings) for {where}: add "
+        "?sslmode=require to DATABASE_URL.",
+    ),
+    (
+        ("timeout expired", "timed out"),
+        False,
+        "Connecting to {where} timed out after {timeout} s: check the host, the port and the "
+        "firewall (a serverless database may need longer: BACKUP_CONNECT_TIMEOUT).",
+    ),
+    (
+        ("could not translate host name", "name or service not known", "name resolution"),
+        True,
+        "The host {host} cannot be resolved: check the host name in DATABASE_URL.",
+    ),
+    (
+        ("connection refused", "no such file or directory"),
+        False,
+        "Nothing accepts connections at {where} (connection refused): is the server running "
+        "and the port right?",
+    ),
+    (
+        ("no route to host", "network is unreachable", "host is unreachable"),
+        False,
+        "The host {host} is unreachable from here: check the network and the firewall.",
+    ),
+    (
+        ("too many connections", "remaining connection slots"),
+        False,
+        "The server at {where} has no free connection slot (too many connections); try again "
+        "later or raise max_connections.",
+    ),
+    (
+        ("server closed the connection unexpectedly",),
+        False,
+        "The server at {where} closed the connection before it was established: it may be "
+        "restarting or overloaded.",
+    ),
+)
+# libpq quotes the names it mentions (host, user, database): they are taken out before
+# matching, so a host called "ssl-db" or a database called "timeout" cannot steer it.
+_QUOTED = re.compile(r'"[^"]*"')
+
+
 def explain(exc: Exception, target: Target, timeout: int) -> ConnectionFailed:
     """One sentence for a connection failure, and whether retrying could help."""
     text = str(exc)
-    lowered = text.lower()
-    where = target.describe()
-    user = target.params.get("user", "?")
-    if "password authentication failed" in lowered or "authentication failed" in lowered:
-        return ConnectionFailed(
-            f"Authentication failed for user {user} ({where}): check the user and password "
-            "in DATABASE_URL.",
-            permanent=True,
-        )
-    if "no password supplied" in lowered:
-        return ConnectionFailed(
-            f"The server asks for a password and DATABASE_URL has none ({where}).", permanent=True
-        )
-    if "does not exist" in lowered and "database" in lowered:
-        return ConnectionFailed(
-            f"The database {target.dbname} does not exist on {target.host}: check the name "
-            "in DATABASE_URL.",
-            permanent=True,
-        )
-    if "ssl" in lowered or "no encryption" in lowered:
-        return ConnectionFailed(
-            f"The server requires SSL (or refused the SSL settings) for {where}: add "
-            "?sslmode=require to DATABASE_URL.",
-            permanent=True,
-        )
-    if "timeout expired" in lowered or "timed out" in lowered:
-        return ConnectionFailed(
-            f"Connecting to {where} timed out after {timeout} s: check the host, the port and "
-            "the firewall (a serverless database may need longer: BACKUP_CONNECT_TIMEOUT).",
-            permanent=False,
-        )
-    if "could not translate host name" in lowered or "name or service not known" in lowered:
-        return ConnectionFailed(
-            f"The host {target.host} cannot be resolved: check the host name in DATABASE_URL.",
-            permanent=True,
-        )
-    if "connection refused" in lowered:
-        return ConnectionFailed(
-            f"Nothing accepts connections at {where} (connection refused): is the server "
-            "running and the port right?",
-            permanent=False,
-        )
-    if "no route to host" in lowered or "network is unreachable" in lowered:
-        return ConnectionFailed(
-            f"The host {target.host} is unreachable from here.", permanent=False
-        )
+    lowered = _QUOTED.sub('""', text).lower()
+    names = {
+        "where": target.describe(),
+        "user": target.params.get("user", "?"),
+        "dbname": target.dbname,
+        "host": target.host,
+        "timeout": timeout,
+    }
+    for phrases, permanent, sentence in _DIAGNOSES:
+        if any(phrase in lowered for phrase in phrases):
+            return ConnectionFailed(sentence.format(**names), permanent=permanent)
     first_line = redact(text.strip().splitlines()[0] if text.strip() else type(exc).__name__)
-    return ConnectionFailed(f"Cannot connect to {where}: {first_line}.", permanent=False)
+    return ConnectionFailed(f"Cannot connect to {names['where']}: {first_line}.", permanent=False)
 
 
 def connect(target: Target, timeout: int, **kwargs: object) -> psycopg.Connection:

@@ -168,7 +168,7 @@ def _run_pg_dump(
     ]
     if mode == MODE_SCHEMA_ONLY:
         argv.append("--schema-only")
-    env = {**target.tool_environment(), "PGOPTIONS": "-c statement_timeout=0"}
+    env = {**target.tool_environment(limits.connect_timeout), "PGOPTIONS": "-c statement_timeout=0"}
     child = Child(argv, env=env, timeout=seconds_left, log=log)
     assert child.process.stdout is not None
     with running(child):

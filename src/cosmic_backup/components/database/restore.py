@@ -1,18 +1,30 @@
 """Restoring a dump in ONE transaction, so a failure anywhere leaves the database as it was.
 
-pg_restore turns the custom-format dump (read from our verified stream) into SQL, which
-psql runs with --single-transaction and ON_ERROR_STOP, after a prelude that drops the
-schemas the backup recreates and recreates ``public``. When this user may not drop the
-schemas (managed databases), the prelude is left out and ``--clean --if-exists`` replaces
-the backup's objects one by one; the report says so.
+``pg_restore --single-transaction --file=-`` turns the custom-format dump (read from our
+verified stream) into SQL wrapped in one BEGIN ... COMMIT, which we relay to psql
+(ON_ERROR_STOP) after a prelude: our own ``BEGIN`` (pg_restore's then only warns), then
+the reset: drop the schemas the backup recreates (and ``public``) and the large objects,
+recreate ``public``.
+
+The COMMIT is in the last bytes of pg_restore's output, and the relay holds those back
+until pg_restore has ended well and our stream has passed its size and SHA-256 check. If
+anything fails first (a truncated stream, a timeout, an interrupt), psql reaches the end
+of its input inside the open transaction and the server rolls it back. (``psql
+--single-transaction`` would COMMIT whatever had arrived; and without ``-1`` pg_restore
+wraps large objects in a BEGIN/COMMIT of its own, which would commit half a restore.)
+
+When this user may not drop the schemas (managed databases), the reset is left out and
+``--clean --if-exists`` replaces the backup's objects one by one; the report says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
+import threading
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 import psycopg
 from psycopg import sql
@@ -22,7 +34,17 @@ from cosmic_backup.components.database.dump import count_rows
 from cosmic_backup.components.database.tools import Tool
 from cosmic_backup.components.database.url import Target
 from cosmic_backup.errors import OperationFailed
-from cosmic_backup.process import Child, pump, running
+from cosmic_backup.process import PUMP_CHUNK, Child, pump, running
+
+# pg_restore's COMMIT and the comments after it are its last ~200 bytes.
+HELD_BACK = 64 * 1024
+
+# Large objects live outside every schema; the backup brings back its own. Only those
+# this user may unlink (its own, or all for a superuser) are touched.
+UNLINK_LARGE_OBJECTS = (
+    "SELECT count(pg_catalog.lo_unlink(oid)) FROM pg_catalog.pg_largeobject_metadata "
+    "WHERE pg_catalog.pg_has_role(lomowner, 'USAGE');"
+)
 
 
 @dataclass
@@ -31,14 +53,22 @@ class RestoreOutcome:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class RestoreLimits:
+    connect_timeout: int
+    lock_wait_timeout: int
+    timeout: int
+
+
 def reset_statements(schemas: list[str]) -> str:
-    """Drop every schema the backup recreates (and public), then recreate public."""
+    """Drop every schema the backup recreates (and public) and the large objects, then
+    recreate public."""
     names = sorted(set(schemas) | {"public"})
     drops = [
         sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE;").format(sql.Identifier(name)).as_string(None)
         for name in names
     ]
-    return " ".join([*drops, "CREATE SCHEMA public;"])
+    return " ".join([*drops, UNLINK_LARGE_OBJECTS, "CREATE SCHEMA public;"])
 
 
 def can_reset(target: Target, schemas: list[str], timeout: int) -> bool:
@@ -61,12 +91,10 @@ def restore_dump(
     schemas: list[str],
     pg_restore: Tool,
     psql: Tool,
-    connect_timeout: int,
-    lock_wait_timeout: int,
-    timeout: int,
+    limits: RestoreLimits,
     log: logging.Logger,
 ) -> RestoreOutcome:
-    reset = can_reset(target, schemas, connect_timeout)
+    reset = can_reset(target, schemas, limits.connect_timeout)
     outcome = RestoreOutcome(reset)
     if not reset:
         outcome.notes.append(
@@ -74,56 +102,98 @@ def restore_dump(
             "backup's objects one by one; objects created since the backup were left in place."
         )
         log.warning("schema reset not permitted on %s; restoring without it", target.describe())
+    prelude = "BEGIN;\n" + (reset_statements(schemas) + "\n" if reset else "")
+    _run_restore(payload, target, prelude, pg_restore, psql, limits, log)
+    return outcome
+
+
+def _run_restore(
+    payload: BinaryIO,
+    target: Target,
+    prelude: str,
+    pg_restore: Tool,
+    psql: Tool,
+    limits: RestoreLimits,
+    log: logging.Logger,
+) -> None:
     env = {
-        **target.tool_environment(),
-        "PGOPTIONS": f"-c statement_timeout=0 -c lock_timeout={lock_wait_timeout}s",
+        **target.tool_environment(limits.connect_timeout),
+        "PGOPTIONS": f"-c statement_timeout=0 -c lock_timeout={limits.lock_wait_timeout}s",
     }
-    restore_argv = [
-        pg_restore.path,
-        "--file=-",
-        "--no-owner",
-        "--clean",
-        "--if-exists",
-        "--exit-on-error",
-    ]
-    psql_argv = [
-        psql.path,
-        "--no-psqlrc",
-        "--quiet",
-        "--no-password",
-        "--set=ON_ERROR_STOP=1",
-        "--single-transaction",
-        f"--dbname={target.conninfo()}",
-    ]
-    if reset:
-        psql_argv += ["--command", reset_statements(schemas)]
-    psql_argv += ["--file=-"]
-    converter = Child(restore_argv, env=env, timeout=timeout, log=log, stdin=subprocess.PIPE)
-    assert converter.process.stdout is not None and converter.process.stdin is not None
+    restore_argv = [pg_restore.path, "--file=-", "--single-transaction", "--exit-on-error"]
+    restore_argv += ["--no-owner", "--clean", "--if-exists"]
+    psql_argv = [psql.path, "--no-psqlrc", "--quiet", "--no-password", "--set=ON_ERROR_STOP=1"]
+    psql_argv += [f"--dbname={target.conninfo()}", "--file=-"]
+    converter = Child(restore_argv, env=env, timeout=limits.timeout, log=log, stdin=subprocess.PIPE)
     runner = Child(
         psql_argv,
         env=env,
-        timeout=timeout,
+        timeout=limits.timeout,
         log=log,
-        stdin=converter.process.stdout,
+        stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
     )
-    converter.process.stdout.close()  # psql owns it now; pg_restore sees psql exit
+    assert converter.process.stdin and converter.process.stdout and runner.process.stdin
+    relay = _Relay(prelude.encode(), converter.process.stdout, runner.process.stdin)
     with running(converter, runner):
+        relay.start()
         pump(payload, converter.process.stdin)  # its last read checks the size and SHA-256
-        restore_code, psql_code = converter.wait(), runner.wait()
+        restore_code = converter.wait()
+        relay.join()
+        complete = restore_code == 0 and not converter.timed_out and relay.tail is not None
+        _finish(runner.process.stdin, relay.tail if complete else None)
+        runner.wait()
+    _check_outcome(converter, runner, limits.timeout)
+
+
+class _Relay(threading.Thread):
+    """The prelude, then pg_restore's SQL, into psql: all but the last HELD_BACK bytes."""
+
+    def __init__(self, prelude: bytes, source: IO[bytes], sink: IO[bytes]) -> None:
+        super().__init__(daemon=True)
+        self.prelude, self.source, self.sink = prelude, source, sink
+        self.tail: bytes | None = None  # what was held back, once the source has ended
+
+    def run(self) -> None:
+        try:
+            self.sink.write(self.prelude)
+            pending = b""
+            while chunk := self.source.read(PUMP_CHUNK):
+                pending += chunk
+                if len(pending) > HELD_BACK:
+                    self.sink.write(memoryview(pending)[:-HELD_BACK])
+                    pending = pending[-HELD_BACK:]
+            self.tail = pending
+        except BrokenPipeError:
+            pass  # psql stopped: its exit code and stderr say why
+
+
+def _finish(sink: IO[bytes], tail: bytes | None) -> None:
+    """End psql's input: with the tail (and its COMMIT) when all is well, else bare."""
+    with contextlib.suppress(BrokenPipeError):
+        if tail is not None:
+            if b"\nCOMMIT;\n" not in tail:
+                raise OperationFailed(
+                    "pg_restore's output did not end with its COMMIT, so the restore was "
+                    "rolled back; the database is unchanged."
+                )
+            sink.write(tail)
+        sink.close()
+
+
+def _check_outcome(converter: Child, runner: Child, timeout: int) -> None:
     if converter.timed_out or runner.timed_out:
         raise OperationFailed(
             f"The restore did not finish within {timeout} s (BACKUP_TIMEOUT) and was rolled "
             "back; the database is unchanged."
         )
-    if psql_code != 0 or restore_code != 0:
-        failed = runner if psql_code != 0 else converter
-        raise OperationFailed(
-            f"The restore failed and was rolled back; the database is unchanged. "
-            f"{failed.name}: {failed.stderr_tail()}."
-        )
-    return outcome
+    for child in (runner, converter):  # psql's error explains pg_restore's broken pipe
+        if child.process.returncode != 0:
+            tail = child.stderr_tail()  # its lines usually begin with its own name
+            said = tail if tail.startswith(child.name) else f"{child.name}: {tail}"
+            raise OperationFailed(
+                f"The restore failed and was rolled back; the database is unchanged. {said}."
+            )
 
 
 def current_row_counts(target: Target, tables: list[str], timeout: int) -> dict[str, int | None]:

@@ -16,7 +16,6 @@ import pwd
 import secrets
 import shutil
 import socket
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ import psycopg
 from psycopg import sql
 
 from cosmic_backup.errors import OperationFailed
+from cosmic_backup.process import run_captured
 
 
 def server_bin_dir() -> Path:
@@ -111,47 +111,23 @@ def scratch_server(*, fast: bool = True) -> Iterator[ScratchServer]:
         for path in (base, sockets, pwfile):
             os.chown(path, uid, gid)
     port = free_port()
-    run = {"check": True, "capture_output": True, "text": True}
     options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c max_connections=50"
     if fast:
         options += " -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
+    initdb = [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres"]
+    initdb += ["--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C"]
+    pg_ctl = [str(bin_dir / "pg_ctl"), "-D", str(data)]
     try:
-        subprocess.run(
-            [
-                *prefix,
-                str(bin_dir / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "postgres",
-                "--auth=scram-sha-256",
-                f"--pwfile={pwfile}",
-                "-E",
-                "UTF8",
-                "--locale=C",
-            ],
-            **run,
-        )
-        subprocess.run(
-            [
-                *prefix,
-                str(bin_dir / "pg_ctl"),
-                "-D",
-                str(data),
-                "-o",
-                options,
-                "-l",
-                str(base / "server.log"),
-                "-w",
-                "start",
-            ],
-            **run,
-        )
+        _checked([*prefix, *initdb])
+        _checked([*prefix, *pg_ctl, "-o", options, "-l", str(base / "server.log"), "-w", "start"])
         yield ScratchServer(port, bin_dir, password)
     finally:
-        subprocess.run(
-            [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            capture_output=True,
-            check=False,
-        )
+        run_captured([*prefix, *pg_ctl, "-m", "immediate", "stop"], timeout=60)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _checked(argv: list[str]) -> None:
+    result = run_captured(argv, timeout=120)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise OperationFailed(f"The scratch server could not start: {' | '.join(tail)}.")

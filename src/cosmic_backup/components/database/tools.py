@@ -1,7 +1,8 @@
 """Finding pg_dump, pg_restore and psql whose major version suits the server.
 
 Candidates, in order: the configured folder (only it, when set), the versioned folders
-``/usr/lib/postgresql/*/bin``, PATH, and the binaries of an installed ``pgserver``.
+``/usr/lib/postgresql/*/bin``, PATH (without Debian's pg_wrapper links), and the
+binaries of an installed ``pgserver``.
 Among those at least as new as the server, the closest major version wins: a newer
 pg_restore may write SQL an older server does not understand.
 """
@@ -11,13 +12,16 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from cosmic_backup.errors import OperationFailed
+from cosmic_backup.process import run_captured
 
 TOOLS = ("pg_dump", "pg_restore", "psql")
+# Debian's /usr/bin/pg_dump and friends are links to this script, which picks a version
+# by its own rules at run time: the version it reports may not be the one that runs.
+DEBIAN_WRAPPER = "pg_wrapper"
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 
 
@@ -56,10 +60,8 @@ def _pgserver_dirs() -> list[str]:
 
 def tool_version(path: str) -> str | None:
     try:
-        result = subprocess.run(
-            [path, "--version"], capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        result = run_captured([path, "--version"], timeout=10)
+    except OperationFailed:
         return None
     match = _VERSION.search(result.stdout)
     if not match:
@@ -75,7 +77,7 @@ def candidates(name: str, configured: str | None) -> list[Tool]:
         if not (path.is_file() and os.access(path, os.X_OK)):
             continue
         real = str(path.resolve())
-        if real in seen:
+        if real in seen or Path(real).name == DEBIAN_WRAPPER:
             continue
         seen.add(real)
         version = tool_version(str(path))

@@ -52,9 +52,12 @@ class Target:
         user = self.params.get("user")
         return f"database {self.dbname} on {where}" + (f" as {user}" if user else "")
 
-    def tool_environment(self) -> dict[str, str]:
-        """What the PostgreSQL tools need in their environment, beyond --dbname."""
-        env = {"PGCONNECT_TIMEOUT": self.params.get("connect_timeout", "10")}
+    def tool_environment(self, connect_timeout: int) -> dict[str, str]:
+        """What the PostgreSQL tools need in their environment, beyond --dbname.
+
+        A connect_timeout written in the URL itself still wins: it is in --dbname.
+        """
+        env = {"PGCONNECT_TIMEOUT": str(connect_timeout)}
         if self.password:
             env["PGPASSWORD"] = self.password
         return env
