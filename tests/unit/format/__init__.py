@@ -7,13 +7,20 @@ parameter and records it. One test in test_openssl_compat.py runs at the real mi
 
 from __future__ import annotations
 
+import hashlib
 import io
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
 from cosmic_backup.format.keys import Key
-from cosmic_backup.format.pipeline import SealedArtifact, SealingWriter, open_verified
+from cosmic_backup.format.pipeline import (
+    SealedArtifact,
+    SealingWriter,
+    UnsealingReader,
+    compute_mac,
+    open_verified,
+)
 
 FAST = 1000
 PASSPHRASE = b"4f1c0e2b9a7d6c5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e"
@@ -42,9 +49,9 @@ def seal(
     return sink.getvalue(), writer.result
 
 
-def unseal(stored: bytes, sealed: SealedArtifact, *, key: Key = KEY) -> bytes:
-    """Read an artifact back through `open_verified`, checking everything the manifest records."""
-    reader = open_verified(
+def open_sealed(stored: bytes, sealed: SealedArtifact, *, key: Key = KEY) -> UnsealingReader:
+    """`open_verified` checking everything a manifest records, as restore does."""
+    return open_verified(
         io.BytesIO(stored),
         key,
         expected_mac=sealed.mac,
@@ -53,7 +60,18 @@ def unseal(stored: bytes, sealed: SealedArtifact, *, key: Key = KEY) -> bytes:
         expected_sha256=sealed.plaintext_sha256,
         expected_plaintext_size=sealed.plaintext_size,
     )
-    return reader.read()
+
+
+def unseal(stored: bytes, sealed: SealedArtifact, *, key: Key = KEY) -> bytes:
+    return open_sealed(stored, sealed, key=key).read()
+
+
+def recorded_for(stored: bytes, payload: bytes, iterations: int) -> SealedArtifact:
+    """What a manifest would record of an artifact someone else (openssl) encrypted: the
+    MAC is ours alone, so it is computed here."""
+    mac, stored_size = compute_mac(io.BytesIO(stored), KEY)
+    sha256 = hashlib.sha256(payload).hexdigest()
+    return SealedArtifact(len(payload), sha256, stored_size, mac, iterations)
 
 
 def enc_options(iterations: int) -> list[str]:

@@ -3,7 +3,6 @@ commands run exactly as written."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import re
 import shutil
@@ -20,7 +19,7 @@ from cosmic_backup.format.cipher import Decryptor, Encryptor, derive_key_iv
 from cosmic_backup.format.compression import Decompressor
 from cosmic_backup.format.keyfile import read_key_file
 from cosmic_backup.format.manifest import Manifest, dump_manifest, kdf_description
-from cosmic_backup.format.pipeline import CHUNK_SIZE, SealedArtifact, compute_mac, open_verified
+from cosmic_backup.format.pipeline import CHUNK_SIZE
 from cosmic_backup.settings import MIN_KDF_ITERATIONS
 from tests.unit.format import (
     FAST,
@@ -28,6 +27,7 @@ from tests.unit.format import (
     PASSPHRASE,
     enc_options,
     openssl,
+    recorded_for,
     seal,
     unseal,
     write_key_file,
@@ -137,17 +137,7 @@ def test_gzip_and_openssl_output_reads_back_through_open_verified(
     )
     assert made.returncode == 0, made.stderr.decode()
     encrypted = (tmp_path / "enc").read_bytes()
-    mac, stored_size = compute_mac(io.BytesIO(encrypted), KEY)  # the MAC is ours alone
-    reader = open_verified(
-        io.BytesIO(encrypted),
-        KEY,
-        expected_mac=mac,
-        iterations=FAST,
-        expected_stored_size=stored_size,
-        expected_sha256=hashlib.sha256(payload).hexdigest(),
-        expected_plaintext_size=size,
-    )
-    assert reader.read() == payload
+    assert unseal(encrypted, recorded_for(encrypted, payload, FAST)) == payload
 
 
 def test_openssl_output_through_the_bare_decryptor_and_decompressor(key_file: Path) -> None:
@@ -259,8 +249,5 @@ def test_openssl_at_the_real_minimum_reads_back_through_ours(key_file: Path) -> 
     encrypted = openssl(
         "enc", *enc_options(MIN_KDF_ITERATIONS), "-pass", f"file:{key_file}", stdin=gzipped
     )
-    mac, size = compute_mac(io.BytesIO(encrypted), KEY)
-    sealed = SealedArtifact(
-        len(payload), hashlib.sha256(payload).hexdigest(), size, mac, MIN_KDF_ITERATIONS
-    )
+    sealed = recorded_for(encrypted, payload, MIN_KDF_ITERATIONS)
     assert unseal(encrypted, sealed) == payload

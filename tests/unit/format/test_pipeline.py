@@ -23,7 +23,7 @@ from cosmic_backup.format.pipeline import (
     compute_mac,
     open_verified,
 )
-from tests.unit.format import FAST, KEY, OTHER_KEY, seal, unseal
+from tests.unit.format import FAST, KEY, OTHER_KEY, open_sealed, seal, unseal
 
 BLOCK = 16
 # Around the AES block, and around the pipeline's read chunk (and twice it).
@@ -92,16 +92,7 @@ def test_round_trip_of_random_payloads_in_random_write_and_read_sizes(
 ) -> None:
     payload = make_payload(kind, size, seed)
     stored, sealed = seal(payload, write_sizes=write_sizes)
-    reader = open_verified(
-        io.BytesIO(stored),
-        KEY,
-        expected_mac=sealed.mac,
-        iterations=FAST,
-        expected_stored_size=sealed.stored_size,
-        expected_sha256=sealed.plaintext_sha256,
-        expected_plaintext_size=sealed.plaintext_size,
-    )
-    assert read_in_pieces(reader, read_sizes) == payload
+    assert read_in_pieces(open_sealed(stored, sealed), read_sizes) == payload
 
 
 @settings(max_examples=80, deadline=None)
