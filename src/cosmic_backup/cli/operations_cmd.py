@@ -84,14 +84,20 @@ def prune_command(
     stdout.print(f"{total} backup(s) {done}.", markup=False)
 
 
-def status(ctx: typer.Context) -> None:
+def status(
+    ctx: typer.Context,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="Print nothing when healthy (for cron mail)."),
+    ] = False,
+) -> None:
     """Health of every component; exit code 8 when any configured one is not OK."""
     runtime = open_cli_runtime(ctx, settings_for(ctx))
     statuses = collect(runtime)
     code = exit_code(statuses)
     if state(ctx).json:
         emit_json({"healthy": code == 0, "components": [s.to_dict() for s in statuses]})
-    else:
+    elif code or not quiet:
         _print_status(statuses)
     exit_with(code)
 

@@ -66,7 +66,8 @@ def crontab(root: Path) -> str:
         "# cron's environment is almost empty: DATABASE_URL (and BACKUP_KEY, unless the key",
         "# file is used) must come from cosmic-backup.toml (chmod 600) or be set above.",
     ]
-    for job in jobs():
+    # cron mails whatever a job prints: the daily check speaks only when something is wrong
+    for job in jobs([sys.executable, "-m", "cosmic_backup", "status", "--quiet"]):
         command = " ".join(shlex.quote(part) for part in job.argv)
         line = f"cd {shlex.quote(str(root))} && {command}"
         lines.append(f"# {job.description}")

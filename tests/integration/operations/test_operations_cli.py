@@ -86,6 +86,8 @@ def test_status_exit_codes_and_json(project: Project) -> None:
     data = json.loads(never.stdout)
     health = {c["component"]: c["health"] for c in data["components"]}
     assert health == {"database": "NOT CONFIGURED", "files": "NOT CONFIGURED", "config": "NEVER"}
+    unhealthy = project.run("status", "--quiet")  # --quiet speaks only when it matters
+    assert unhealthy.returncode == 8 and "NEVER" in unhealthy.stdout
     (project.root / ".env").write_text("A=1\n")
     assert project.run("backup", "config").returncode == 0
     assert project.run("status").returncode == 0
@@ -102,6 +104,8 @@ def test_status_exit_codes_and_json(project: Project) -> None:
     [row] = [line.split() for line in healthy.stdout.splitlines() if line.startswith("config ")]
     assert row[1] == "OK" and "min" in row and "full" in row  # health, age, mode
     assert "config: last failure " in healthy.stdout and "BACKUP_KEY_COMMAND" in healthy.stdout
+    quiet = project.run("status", "-q")
+    assert (quiet.returncode, quiet.stdout) == (0, "")
 
 
 def test_status_overdue(project: Project) -> None:

@@ -41,6 +41,7 @@ def test_crontab_lines_parse_and_follow_the_recommended_schedule() -> None:
     assert second - first == 7 * 86400
     assert croniter(" ".join(lines[2].split()[:5]), start).get_next(datetime).day == 1
     assert "./scripts/backup.sh database --tag scheduled" in lines[0]
+    assert lines[3].endswith(" -m cosmic_backup status --quiet")  # cron mails any output
 
 
 def test_systemd_units_structure() -> None:
