@@ -37,6 +37,10 @@ GRACE = timedelta(hours=6)
         ([], True, NEVER),
         ([], False, NOT_CONFIGURED),
         ([entry(3), entry(0.1, tags=("pre-restore",))], True, OVERDUE),  # copies don't count
+        ([entry(1.2)], True, OK),  # within the day's interval plus 6 hours' grace
+        ([entry(1.3)], True, OVERDUE),
+        ([entry(3)], False, OVERDUE),  # backed up once, then unconfigured: still watched
+        ([entry(0.5, ok=False, tags=("pre-restore",))], True, NEVER),
     ],
 )
 def test_each_health_state(entries: list, configured: bool, health: str) -> None:
