@@ -1,0 +1,219 @@
+"""The shared tar module: faithful round trips and what the writer reports.
+
+Refusal of crafted archives is in test_archive_safety.py.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import stat
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from cosmic_backup.components.archive import (
+    TarWriter,
+    _ExactReader,
+    list_members,
+    safe_extract,
+)
+from cosmic_backup.errors import IntegrityError
+from tests.trees import tree_snapshot
+
+LOG = logging.getLogger("test")
+
+
+def make_tree(root: Path) -> None:
+    (root / "nested" / "deeper").mkdir(parents=True)
+    (root / "empty").mkdir()
+    (root / "nested" / "deeper" / "b.bin").write_bytes(os.urandom(70_000))
+    (root / "héllo wörld.txt").write_text("unicode and spaces")
+    (root / os.fsdecode(b"not-utf8-\xff.txt")).write_text("bytes a browser sent")
+    private = root / "private.txt"
+    private.write_text("secret")
+    private.chmod(0o600)
+    os.utime(private, (1_000_000_000, 1_000_000_000))
+    (root / "nested" / "deeper").chmod(0o750)
+    os.utime(root / "nested", (1_100_000_000, 1_100_000_000))
+    (root / "link-to-b").symlink_to("nested/deeper/b.bin")
+    (root / "nested" / "up").symlink_to("../private.txt")
+    (root / "dangling").symlink_to("nothing-here")
+
+
+def archive_of(root: Path, name: str = "tree") -> tuple[bytes, TarWriter]:
+    out = io.BytesIO()
+    with TarWriter(out, LOG) as tar:
+        tar.add_tree(root, name)
+    return out.getvalue(), tar
+
+
+def test_round_trip_keeps_content_modes_times_and_links(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    make_tree(source)
+    data, writer = archive_of(source)
+    assert writer.stats.warnings == [] and writer.stats.unreadable == []
+    assert (writer.stats.files, writer.stats.links, writer.stats.folders) == (4, 3, 4)
+    stats = safe_extract(io.BytesIO(data), tmp_path / "out")
+    assert tree_snapshot(tmp_path / "out" / "tree") == tree_snapshot(source)
+    assert (stats.files, stats.links, stats.folders) == (4, 3, 4)
+    assert stats.bytes == writer.stats.bytes == 70_000 + 18 + 20 + 6
+    assert list_members(io.BytesIO(data)) == stats
+
+
+def test_members_are_sorted_and_relative(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    for name in ("b", "a", "c/z", "c/y"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_text(name)
+    data, _ = archive_of(source, "uploads")
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = tar.getnames()
+    assert names == ["uploads", "uploads/a", "uploads/b", "uploads/c", "uploads/c/y", "uploads/c/z"]
+
+
+def test_a_single_file_and_in_memory_bytes(tmp_path: Path) -> None:
+    (tmp_path / "one.txt").write_text("one")
+    out = io.BytesIO()
+    with TarWriter(out, LOG) as tar:
+        tar.add_tree(tmp_path / "one.txt", "files/one.txt")
+        tar.add_bytes("environment.env", b"A=1\n")
+    safe_extract(io.BytesIO(out.getvalue()), tmp_path / "out")
+    assert (tmp_path / "out" / "files" / "one.txt").read_text() == "one"
+    env = tmp_path / "out" / "environment.env"
+    assert env.read_bytes() == b"A=1\n"
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+
+
+def test_links_leaving_the_archive_are_reported_not_stored(tmp_path: Path) -> None:
+    """A restore would refuse them, so storing them would make the backup unrestorable."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "shared").symlink_to("/mnt/shared")
+    (source / "sibling").symlink_to("../static/logo.png")  # the next folder: allowed
+    (source / "far").symlink_to("../../etc/passwd")
+    data, writer = archive_of(source, "uploads")
+    assert writer.stats.links == 1
+    assert sorted(w.split(" ")[0] for w in writer.stats.warnings) == [
+        "uploads/far",
+        "uploads/shared",
+    ]
+    assert all("not stored" in w for w in writer.stats.warnings)
+    safe_extract(io.BytesIO(data), tmp_path / "out")
+    assert os.readlink(tmp_path / "out" / "uploads" / "sibling") == "../static/logo.png"
+
+
+def test_writer_reports_vanished_and_skips_fifos(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    os.mkfifo(source / "pipe")
+    out = io.BytesIO()
+    with TarWriter(out, LOG) as tar:
+        tar.add_tree(source, "tree")
+        tar.add_tree(tmp_path / "missing", "missing")
+    assert any("pipe" in w and "FIFO" in w for w in tar.stats.warnings)
+    assert any("missing vanished" in w for w in tar.stats.warnings)
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as stored:
+        assert stored.getnames() == ["tree"]
+
+
+def test_a_file_that_shrinks_or_grows_keeps_the_stream_well_formed(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100)
+    with path.open("rb", buffering=0) as handle:
+        reader = _ExactReader(handle, 150)  # "stat" said 150, the file now has 100
+        assert reader.read(1000) == b"x" * 100 + b"\0" * 50
+        assert reader.changed
+    with path.open("rb", buffering=0) as handle:
+        reader = _ExactReader(handle, 60)  # it grew past what the header promised
+        assert reader.read(1000) == b"x" * 60 and reader.read(10) == b""
+        assert not reader.changed
+
+
+def test_a_folder_swapped_for_a_link_while_walking_is_not_followed(tmp_path: Path) -> None:
+    source, outside = tmp_path / "src", tmp_path / "outside"
+    (source / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.txt").write_text("must not be backed up")
+
+    class Racing(TarWriter):
+        def _add_folder(
+            self, walk: list, parent: int | None, name: str, arcname: str, info: os.stat_result
+        ) -> None:
+            if arcname == "tree/sub":  # between lstat and open, as an attacker would
+                (source / "sub").rmdir()
+                (source / "sub").symlink_to(outside)
+            super()._add_folder(walk, parent, name, arcname, info)
+
+    out = io.BytesIO()
+    with Racing(out, LOG) as tar:
+        tar.add_tree(source, "tree")
+    assert b"must not be backed up" not in out.getvalue()
+    assert tar.stats.warnings == ["tree/sub changed while it was read; skipped"]
+
+
+def test_hard_linked_sources_become_two_files(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a").write_text("same inode")
+    os.link(source / "a", source / "b")
+    data, _ = archive_of(source)
+    safe_extract(io.BytesIO(data), tmp_path / "out")
+    assert (tmp_path / "out" / "tree" / "b").read_text() == "same inode"
+
+
+def test_read_only_folders_are_restored_with_their_content(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    (source / "locked").mkdir(parents=True)
+    (source / "locked" / "inside.txt").write_text("in")
+    (source / "locked").chmod(0o555)
+    data, _ = archive_of(source)
+    safe_extract(io.BytesIO(data), tmp_path / "out")
+    locked = tmp_path / "out" / "tree" / "locked"
+    assert (locked / "inside.txt").read_text() == "in"
+    assert stat.S_IMODE(locked.stat().st_mode) == 0o555
+
+
+def test_a_damaged_stream_is_an_integrity_error(tmp_path: Path) -> None:
+    garbage = io.BytesIO(b"not a tar archive at all" * 100)
+    with pytest.raises(IntegrityError, match="damaged"):
+        safe_extract(garbage, tmp_path / "out")
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_bytes(os.urandom(5000))
+    data, _ = archive_of(source)
+    with pytest.raises(IntegrityError, match="damaged"):
+        list_members(io.BytesIO(data[:3000]))
+
+
+def test_a_full_disk_while_extracting_is_one_sentence(tmp_path: Path) -> None:
+    """RLIMIT_FSIZE stands in for a full disk: the write fails with EFBIG, in a child."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "big").write_bytes(os.urandom(200_000))
+    data, _ = archive_of(source)
+    (tmp_path / "archive.tar").write_bytes(data)
+    script = f"""
+import resource, signal, sys
+from pathlib import Path
+from cosmic_backup.components.archive import safe_extract
+from cosmic_backup.errors import OperationFailed
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+try:
+    safe_extract(open({str(tmp_path / "archive.tar")!r}, "rb"), Path({str(tmp_path / "out")!r}))
+except OperationFailed as exc:
+    print(exc.message)
+    sys.exit(3)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 3, result.stderr
+    assert "Extracting the backup into" in result.stdout
+    assert "File too large" in result.stdout
