@@ -145,6 +145,13 @@ SPECS: tuple[Spec, ...] = (
         "environment variables never snapshotted (glob patterns)",
     ),
     Spec("retention_days", "RETENTION_DAYS", 30, _int, "days backups are kept"),
+    Spec(
+        "wait",
+        "BACKUP_WAIT",
+        False,
+        _bool,
+        "wait for another run's lock instead of refusing (for scheduled runs)",
+    ),
     Spec("remote", "BACKUP_REMOTE", None, _optional_text, "off-site location (s3://...)"),
     Spec(
         "kdf_iterations",

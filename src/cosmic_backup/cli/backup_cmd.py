@@ -48,6 +48,10 @@ def backup(
     tag: Annotated[
         str, typer.Option(help="Tag recorded in the manifest: manual or scheduled.")
     ] = TAG_MANUAL,
+    metrics_file: Annotated[
+        str | None,
+        typer.Option("--metrics-file", help="Prometheus textfile to rewrite after the run."),
+    ] = None,
 ) -> None:
     """Take encrypted backups (./scripts/backup.sh all|database|files|config)."""
     names = components_for(what)
@@ -56,7 +60,7 @@ def backup(
     if tag not in (TAG_MANUAL, TAG_SCHEDULED):
         raise UsageError(f"--tag must be {TAG_MANUAL} or {TAG_SCHEDULED}, not '{tag}'.")
     mode = MODE_SCHEMA_ONLY if schema_only else MODE_FULL if full else None
-    runtime = open_cli_runtime(ctx, settings_for(ctx))
+    runtime = open_cli_runtime(ctx, settings_for(ctx, metrics_file=metrics_file))
     outcomes = backup_components(runtime, names, BackupRequest(mode=mode, tags=(tag,)))
     _report(ctx, outcomes, runtime.relative(runtime.log_file))
     exit_with(_exit_code(what, outcomes))

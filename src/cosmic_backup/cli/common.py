@@ -78,7 +78,7 @@ def open_cli_runtime(ctx: typer.Context, settings: Settings) -> Runtime:
         settings,
         say=say,
         progress=_terminal_progress if interactive else no_progress,
-        wait=cli.wait,
+        wait=cli.wait or bool(settings.wait),
     )
 
 

@@ -228,7 +228,11 @@ def backup_components(rt: Runtime, names: list[str], request: BackupRequest) -> 
             rt.log.info("%s skipped: %s", name, exc.message)
             outcomes.append(BackupOutcome(name, OUTCOME_SKIPPED, exc.message, error=exc))
             continue
-        except (Interrupted, Locked):
+        except (Interrupted, Locked) as exc:
+            # The run ends here, but monitoring still hears of it: a refused or killed
+            # scheduled backup is exactly what the webhook and the metrics are for.
+            outcomes.append(BackupOutcome(name, OUTCOME_FAILED, exc.message, error=exc))
+            after_run(rt, outcomes, retention=False)
             raise
         except CosmicError as exc:
             outcomes.append(
@@ -247,13 +251,13 @@ def backup_components(rt: Runtime, names: list[str], request: BackupRequest) -> 
     return outcomes
 
 
-def after_run(rt: Runtime, outcomes: list[BackupOutcome]) -> None:
+def after_run(rt: Runtime, outcomes: list[BackupOutcome], *, retention: bool = True) -> None:
     """After every backup run: retention for what succeeded, then metrics and the webhook.
 
     None of these may fail the backup that just succeeded: their problems are logged.
     """
     succeeded = [o.component for o in outcomes if o.status == OUTCOME_OK]
-    if succeeded:
+    if succeeded and retention:
         try:
             prune(rt, succeeded, Policy.from_settings(rt.settings), dry_run=False)
         except (CosmicError, OSError) as exc:

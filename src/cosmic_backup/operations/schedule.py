@@ -65,6 +65,8 @@ def crontab(root: Path) -> str:
         "# Output is mailed by cron (set MAILTO); details are in the project's ./logs.",
         "# cron's environment is almost empty: DATABASE_URL (and BACKUP_KEY, unless the key",
         "# file is used) must come from cosmic-backup.toml (chmod 600) or be set above.",
+        "# A backup that finds another one still running waits for it instead of failing:",
+        "BACKUP_WAIT=1",
     ]
     # cron mails whatever a job prints: the daily check speaks only when something is wrong
     for job in jobs([sys.executable, "-m", "cosmic_backup", "status", "--quiet"]):
@@ -93,6 +95,7 @@ def systemd_units(root: Path) -> dict[str, str]:
             "Type=oneshot\n"
             f"WorkingDirectory={_systemd_path(root)}\n"
             f"ExecStart={exec_start}\n"
+            "Environment=BACKUP_WAIT=1\n"
             "# Put DATABASE_URL and the key settings in this file (mode 0600):\n"
             f"EnvironmentFile=-{_systemd_path(root / '.env.backup')}\n"
         )
@@ -168,6 +171,9 @@ spec:
               image: {_yaml(image)}
               workingDir: {_yaml(workdir)}
               command: [{command}]
+              env:
+                - name: BACKUP_WAIT  # wait for another run's lock instead of failing
+                  value: "1"
               envFrom:
                 - secretRef:
                     name: cosmic-backup  # DATABASE_URL, BACKUP_KEY

@@ -172,3 +172,49 @@ def test_schedule_prints_each_format(project: Project) -> None:
     assert k8s.returncode == 0 and k8s.stdout.count("kind: CronJob") == 4
     assert project.run("schedule", "--cron", "--systemd").returncode == 2
     assert clean_environ() is not None
+
+
+def test_backup_wait_setting_waits_for_the_lock(project: Project) -> None:
+    """Scheduled runs set BACKUP_WAIT=1, since the wrappers cannot pass global options."""
+    import fcntl
+    import os
+    import time
+
+    make(project)
+    project.backups.mkdir(parents=True, exist_ok=True)
+    lock = os.open(project.backups / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    refused = project.run("backup", "config")
+    assert refused.returncode == 7
+    waiting = project.popen("backup", "config", env={"BACKUP_WAIT": "1"})
+    time.sleep(2)
+    assert waiting.poll() is None  # still waiting for the lock
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    os.close(lock)
+    _, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0, err
+
+
+def test_a_refused_run_still_reaches_the_webhook(project: Project) -> None:
+    import fcntl
+    import os
+
+    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    make(project)
+    project.backups.mkdir(parents=True, exist_ok=True)
+    lock = os.open(project.backups / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    before = len(_Hook.bodies)
+    try:
+        result = project.run(
+            "backup",
+            "config",
+            env={"BACKUP_NOTIFY_URL": f"http://127.0.0.1:{server.server_port}/hook"},
+        )
+    finally:
+        server.shutdown()
+        os.close(lock)
+    assert result.returncode == 7
+    body = _Hook.bodies[before]
+    assert body["status"] == "failed" and "locked" in body["components"][0]["message"]

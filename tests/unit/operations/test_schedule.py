@@ -25,7 +25,9 @@ from tests.unit.operations.helpers import NOW
 
 def test_crontab_lines_parse_and_follow_the_recommended_schedule() -> None:
     text = crontab(Path("/srv/my app"))
-    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    entries = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert entries[0] == "BACKUP_WAIT=1"  # an environment line: overlapping runs wait
+    lines = entries[1:]
     assert len(lines) == 4
     for line in lines:
         fields = line.split(maxsplit=5)
