@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -54,13 +55,15 @@ class FilesComponent(Component):
     payload = "tar"
 
     # -- what is configured -------------------------------------------------------------
+    def _resolve(self, raw: str) -> Path:
+        path = Path(raw).expanduser()
+        return path if path.is_absolute() else self.settings.project_root / path
+
     def folders(self) -> list[Folder]:
-        root = self.settings.project_root
         found: list[Folder] = []
         names: set[str] = set()
         for raw in self.settings.files_dirs:
-            path = Path(raw).expanduser()
-            path = path if path.is_absolute() else root / path
+            path = self._resolve(raw)
             name, attempt = path.name or "root", 1
             while name in names:
                 attempt += 1
@@ -117,12 +120,7 @@ class FilesComponent(Component):
     # -- restore ------------------------------------------------------------------------
     def plan_restore(self, manifest: Manifest, request: RestoreRequest) -> RestorePlan:
         if request.target is not None:
-            target = Path(request.target).expanduser()
-            target = target if target.is_absolute() else self.settings.project_root / target
-            if target.exists() and any(target.iterdir()):
-                raise UsageError(
-                    f"The folder {target} is not empty; give --target-dir a new or empty folder."
-                )
+            target = self._target_dir(request.target)
             note = f"The live folders are not touched; the backup is extracted into {target}."
             return RestorePlan(str(target), [note], None, {"target_dir": target})
         pairs = self._live_targets(manifest)
@@ -132,42 +130,59 @@ class FilesComponent(Component):
             for folder, files in pairs
         ]
         notes.append("The new content is extracted beside each folder and swapped in at the end.")
+        notes += [
+            f"{folder.path} is a mount point: its entries are swapped one by one (an "
+            "interrupted swap is finished by the next run)."
+            for folder, _ in pairs
+            if os.path.ismount(folder.real)
+        ]
         safety = None
         if any(folder.path.is_dir() for folder, _ in pairs):
             safety = BackupRequest(tags=(TAG_PRE_RESTORE,))
         return RestorePlan(shown, notes, safety, {"folders": [f for f, _ in pairs]})
 
+    def _target_dir(self, raw: str) -> Path:
+        target = Path(raw).expanduser()
+        target = target if target.is_absolute() else self.settings.project_root / target
+        if target.exists() and not target.is_dir():
+            raise UsageError(f"{target} is not a folder; give --target-dir a new or empty folder.")
+        if target.is_dir() and any(target.iterdir()):
+            raise UsageError(
+                f"The folder {target} is not empty; give --target-dir a new or empty folder."
+            )
+        return target
+
     def _live_targets(self, manifest: Manifest) -> list[tuple[Folder, int]]:
-        """The live folder of each folder in the backup, matched by archive name."""
-        configured = {folder.name: folder for folder in self.folders()}
+        """The live folder of each folder in the backup, matched by its configured path.
+
+        Not by archive name: two folders called uploads are uploads and uploads-2 in the
+        order configured, and that order may have changed since the backup.
+        """
+        configured = {folder.path: folder for folder in self.folders()}
         pairs = []
         for saved in manifest.source.get("folders", []):
-            folder = configured.get(saved["name"])
+            folder = configured.get(self._resolve(saved["path"]))
             if folder is None:
                 raise UsageError(
                     f"The backup holds the folder '{saved['path']}', which BACKUP_FILES_DIRS no "
                     "longer lists; restore it with --target-dir DIR instead."
                 )
-            pairs.append((folder, int(saved.get("files", 0))))
+            pairs.append((replace(folder, name=saved["name"]), int(saved.get("files", 0))))
         return pairs
 
     def consume(self, payload: BinaryIO, manifest: Manifest, plan: RestorePlan) -> RestoreReport:
         if "target_dir" in plan.private:
-            target: Path = plan.private["target_dir"]
-            stats = safe_extract(payload, target, restore_owner=self._restore_owner)
-            return RestoreReport(
-                [f"Extracted {stats.files} file(s) and {stats.links} link(s) into {target}."],
-                {"target_dir": str(target), "files": stats.files, "bytes": stats.bytes},
-            )
+            return self._extract_elsewhere(payload, plan.private["target_dir"])
         folders: list[Folder] = plan.private["folders"]
         swapper = _Swapper(self._journal_path(), manifest.id)
         staging = swapper.begin(folders)
         try:
             stats = safe_extract(payload, staging, restore_owner=self._restore_owner)
+            swapper.stage()
         except BaseException:
-            swapper.recover()  # still extracting: only the staging folder goes
+            swapper.recover()  # not swapping yet: only the staged copies go
             raise
-        swapper.swap(folders)
+        swapper.swap()
         lines = [
             f"Restored {folder.path} ({_count_files(folder.path)} file(s))." for folder in folders
         ]
@@ -177,6 +192,23 @@ class FilesComponent(Component):
             "bytes": stats.bytes,
         }
         return RestoreReport(lines, details)
+
+    def _extract_elsewhere(self, payload: BinaryIO, target: Path) -> RestoreReport:
+        """--target-dir: straight into the new or empty folder, emptied again on failure."""
+        existed = target.exists()
+        try:
+            stats = safe_extract(payload, target, restore_owner=self._restore_owner)
+        except BaseException:
+            if existed:
+                for child in target.iterdir():
+                    _remove(child)
+            else:
+                shutil.rmtree(target, ignore_errors=True)
+            raise
+        return RestoreReport(
+            [f"Extracted {stats.files} file(s) and {stats.links} link(s) into {target}."],
+            {"target_dir": str(target), "files": stats.files, "bytes": stats.bytes},
+        )
 
     def check_payload(self, payload: BinaryIO, manifest: Manifest) -> dict[str, Any]:
         stats = list_members(payload)
@@ -208,19 +240,33 @@ def _count_files(folder: Path) -> int:
     return sum(len(files) for _, _, files in os.walk(folder))
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
 class _Swapper:
-    """Stages a restore beside the live folders and swaps it in, restartably."""
+    """Stages a restore beside the live folders and swaps it in, restartably.
+
+    The journal's phase decides what an interrupted run meant: "extracting" is undone
+    (the live folders were never touched), "swapping" is finished. A live folder is
+    renamed away and the staged one renamed in; a mount point cannot be renamed, so its
+    entries are moved out, then the staged ones in, the journal noting when it is empty.
+    """
 
     def __init__(self, journal: Path, backup_id: str) -> None:
         self.journal = journal
         self.backup_id = backup_id
+        self.state: dict[str, Any] = {}
 
-    def _write(self, state: dict[str, Any]) -> None:
+    def _write(self) -> None:
         self.journal.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         temp = self.journal.with_name(self.journal.name + ".tmp")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
-            json.dump(state, handle)
+            json.dump(self.state, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, self.journal)
@@ -228,68 +274,112 @@ class _Swapper:
 
     def begin(self, folders: list[Folder]) -> Path:
         """Record the plan, then make the staging folder beside the first live folder."""
-        parent = folders[0].real.parent
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = parent / f"{STAGING_PREFIX}{self.backup_id}"
-        swaps = [
-            {
-                "live": str(f.real),
-                "staged": str(staging / f.name),
-                "beside": str(f.real.parent / f"{STAGING_PREFIX}{self.backup_id}-{f.name}"),
-                "old": str(f.real.parent / f"{OLD_PREFIX}{self.backup_id}-{f.name}"),
-            }
-            for f in folders
-        ]
-        self._write({"phase": PHASE_EXTRACTING, "staging": str(staging), "swaps": swaps})
+        tag = f"{STAGING_PREFIX}{self.backup_id}"
+        swaps = []
+        for folder in folders:
+            live = folder.real
+            in_place = os.path.ismount(live)
+            home = live if in_place else live.parent  # where renames stay on one disk
+            home.mkdir(parents=True, exist_ok=True)
+            swaps.append(
+                {
+                    "live": str(live),
+                    "name": folder.name,
+                    "beside": str(home / f"{tag}-{folder.name}"),
+                    "old": str(home / f"{OLD_PREFIX}{self.backup_id}-{folder.name}"),
+                    "in_place": in_place,
+                    "emptied": False,
+                }
+            )
+        staging = Path(swaps[0]["beside"]).parent / tag
+        self.state = {
+            "phase": PHASE_EXTRACTING,
+            "id": self.backup_id,
+            "staging": str(staging),
+            "swaps": swaps,
+        }
+        self._write()
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir(mode=0o700)
         return staging
 
-    def swap(self, folders: list[Folder]) -> None:
-        state = json.loads(self.journal.read_text())
-        for swap in state["swaps"]:  # move each staged folder beside its target (same disk)
-            staged, beside = Path(swap["staged"]), Path(swap["beside"])
+    def stage(self) -> None:
+        """Move each extracted folder beside its target (a copy only across disks)."""
+        staging = Path(self.state["staging"])
+        for swap in self.state["swaps"]:
+            staged, beside = staging / swap["name"], Path(swap["beside"])
             if not staged.exists():  # the backup held no content for it: an empty folder
                 staged.mkdir(mode=0o755)
-            if beside.exists():
-                shutil.rmtree(beside)
+            _remove(beside)
             shutil.move(staged, beside)
-        state["phase"] = PHASE_SWAPPING
-        self._write(state)
-        self._finish(state)
+        # The staged files must be on disk before the old ones are let go.
+        os.sync()
 
-    @staticmethod
-    def _swap_one(swap: dict[str, str]) -> None:
+    def swap(self) -> None:
+        self.state["phase"] = PHASE_SWAPPING
+        self._write()
+        try:
+            self._finish()
+        except OSError as exc:
+            raise OperationFailed(
+                f"Swapping the restored folders in failed ({exc.strerror}: {exc.filename}); "
+                "fix the cause and run cosmic-backup again: it finishes the swap."
+            ) from exc
+
+    def _finish(self) -> None:
+        for swap in self.state["swaps"]:
+            if swap.get("in_place"):
+                self._swap_entries(swap)
+            else:
+                _swap_folder(swap)
+        for swap in self.state["swaps"]:
+            _remove(Path(swap["old"]))
+        shutil.rmtree(self.state["staging"], ignore_errors=True)
+        self.journal.unlink(missing_ok=True)
+
+    def _swap_entries(self, swap: dict[str, Any]) -> None:
         live, beside, old = Path(swap["live"]), Path(swap["beside"]), Path(swap["old"])
         if not beside.exists():
             return  # already swapped in by an earlier, interrupted run
-        if live.exists() or live.is_symlink():
-            if old.exists():
-                shutil.rmtree(old)
-            os.rename(live, old)
-        os.rename(beside, live)
-        fsync_dir(live.parent)
-
-    def _finish(self, state: dict[str, Any]) -> None:
-        for swap in state["swaps"]:
-            self._swap_one(swap)
-        for swap in state["swaps"]:
-            old = Path(swap["old"])
-            if old.exists():
-                shutil.rmtree(old)
-        shutil.rmtree(state["staging"], ignore_errors=True)
-        self.journal.unlink(missing_ok=True)
+        ours = (STAGING_PREFIX + self.state["id"], OLD_PREFIX + self.state["id"])
+        if not swap["emptied"]:
+            old.mkdir(mode=0o700, exist_ok=True)
+            for entry in live.iterdir():
+                if not entry.name.startswith(ours):
+                    entry.rename(old / entry.name)
+            swap["emptied"] = True
+            self._write()
+        for entry in beside.iterdir():
+            entry.rename(live / entry.name)
+        info = beside.stat()
+        os.chmod(live, stat.S_IMODE(info.st_mode))
+        os.utime(live, ns=(info.st_atime_ns, info.st_mtime_ns))
+        beside.rmdir()
+        fsync_dir(live)
 
     def recover(self) -> str | None:
         if not self.journal.exists():
             return None
-        state = json.loads(self.journal.read_text())
-        if state["phase"] == PHASE_SWAPPING:
-            self._finish(state)
+        self.state = json.loads(self.journal.read_text())
+        if self.state["phase"] == PHASE_SWAPPING:
+            self.swap()
             return "finished the swap of a files restore that was interrupted"
-        shutil.rmtree(state["staging"], ignore_errors=True)
-        for swap in state["swaps"]:
-            shutil.rmtree(swap["beside"], ignore_errors=True)
+        shutil.rmtree(self.state["staging"], ignore_errors=True)
+        for swap in self.state["swaps"]:
+            _remove(Path(swap["beside"]))
         self.journal.unlink(missing_ok=True)
+        self.journal.with_name(self.journal.name + ".tmp").unlink(missing_ok=True)
         return "removed the staging folder of a files restore that was interrupted"
+
+
+def _swap_folder(swap: dict[str, Any]) -> None:
+    """Rename the live folder away and the staged one in; each step can be redone."""
+    live, beside, old = Path(swap["live"]), Path(swap["beside"]), Path(swap["old"])
+    if not beside.exists():
+        return  # already swapped in by an earlier, interrupted run
+    if live.exists() or live.is_symlink():
+        _remove(old)
+        os.rename(live, old)
+    os.rename(beside, live)
+    fsync_dir(live.parent)

@@ -182,6 +182,13 @@ HOSTILE = {
     ],
     "hard link to /etc/passwd": [(member("uploads/pw", tarfile.LNKTYPE, "/etc/passwd"), None)],
     "device": [(member("uploads/null", tarfile.CHRTYPE), None)],
+    # Each link stays inside on its own; through s, t reaches the project's parent, and
+    # the folder member t would have carried its mode there.
+    "escaping link chain": [
+        (member("uploads/a/b/s", tarfile.SYMTYPE, "../.."), None),
+        (member("uploads/t", tarfile.SYMTYPE, "a/b/s/../../.."), None),
+        (member("uploads/t", tarfile.DIRTYPE), None),
+    ],
 }
 
 
@@ -191,6 +198,7 @@ def test_hostile_archives_are_refused_and_live_folders_untouched(
 ) -> None:
     live = ("uploads", "static")
     before = [tree_snapshot(files_project.root / name) for name in live]
+    parent_mode = files_project.root.parent.stat().st_mode
     backup_id = seal_malicious_backup(files_project, HOSTILE[case])
     result = files_project.run("restore", "files", backup_id, "--yes", "--no-safety-backup")
     assert result.returncode == 6, result.stderr
@@ -199,6 +207,9 @@ def test_hostile_archives_are_refused_and_live_folders_untouched(
     assert not (files_project.root.parent / "cosmic-evil").exists()
     assert [tree_snapshot(files_project.root / name) for name in live] == before
     assert not [p for p in files_project.root.iterdir() if p.name.startswith(".cosmic-")]
+    assert files_project.root.parent.stat().st_mode == parent_mode
+    verify = files_project.run("verify", "files", backup_id)
+    assert verify.returncode != 0 and "was refused" in verify.stdout + verify.stderr
 
 
 def test_files_changing_and_vanishing_during_backup(files_project: Project) -> None:
