@@ -157,6 +157,38 @@ def test_a_folder_swapped_for_a_link_while_walking_is_not_followed(tmp_path: Pat
     assert tar.stats.warnings == ["tree/sub changed while it was read; skipped"]
 
 
+def test_files_vanishing_or_changing_mid_backup_are_reported(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("a-vanishes", "b-grows", "c-stays"):
+        (source / name).write_bytes(b"x" * 1000)
+
+    class Racing(TarWriter):
+        def _add_entry(
+            self, walk: list, parent: int | None, name: str, arcname: str
+        ) -> None:  # listed, then deleted before it is looked at
+            if name == "a-vanishes":
+                (source / name).unlink()
+            super()._add_entry(walk, parent, name, arcname)
+
+        def _addfile(self, member: tarfile.TarInfo, content: object = None) -> None:
+            if member.name == "tree/b-grows":  # written to while it is being read
+                with (source / "b-grows").open("ab") as handle:
+                    handle.write(b"y" * 500)
+            super()._addfile(member, content)
+
+    out = io.BytesIO()
+    with Racing(out, LOG) as tar:
+        tar.add_tree(source, "tree")
+    assert tar.stats.warnings == [
+        "tree/a-vanishes vanished before it was read",
+        "tree/b-grows changed while it was read; the copy may be inconsistent",
+    ]
+    assert tar.stats.files == 2
+    safe_extract(io.BytesIO(out.getvalue()), tmp_path / "out")
+    assert (tmp_path / "out" / "tree" / "b-grows").read_bytes() == b"x" * 1000  # as stat said
+
+
 def test_hard_linked_sources_become_two_files(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
