@@ -43,10 +43,15 @@ def component(tmp_path: Path, **environ: str) -> DatabaseComponent:
 
 def test_neon_defaults_to_schema_only_unless_full_is_asked(tmp_path: Path) -> None:
     neon = parse_database_url(NEON_POOLED)
-    assert component(tmp_path).default_mode(neon) == "schema-only"
-    assert component(tmp_path, BACKUP_NEON_FULL="1").default_mode(neon) == "full"
+    assert component(tmp_path).mode_for(neon, None) == "schema-only"
+    assert component(tmp_path).mode_for(neon, "full") == "full"  # --full
+    assert component(tmp_path, BACKUP_NEON_FULL="1").mode_for(neon, None) == "full"
+    assert component(tmp_path, BACKUP_NEON_FULL="1").mode_for(neon, "schema-only") == (
+        "schema-only"
+    )
     other = parse_database_url("postgresql://u:p@db.example.com/app")
-    assert component(tmp_path).default_mode(other) == "full"
+    assert component(tmp_path).mode_for(other, None) == "full"
+    assert component(tmp_path).mode_for(other, "schema-only") == "schema-only"
 
 
 def test_the_password_is_registered_as_a_secret() -> None:
@@ -76,9 +81,36 @@ def test_tools_get_the_password_only_in_their_environment() -> None:
         ("timeout expired", "timed out after 5 s"),
         ('could not translate host name "h" to address', "cannot be resolved"),
         ("connection refused", "connection refused"),
+        ('FATAL:  role "bob" does not exist', "Authentication failed"),
+        ("received invalid response to SSL negotiation: H", "not a PostgreSQL server"),
+        ("FATAL:  sorry, too many clients already", "no free connection slot"),
+        ("FATAL:  remaining connection slots are reserved", "no free connection slot"),
+        ("connect: No route to host", "unreachable from here"),
     ],
 )
 def test_each_connection_failure_has_its_sentence(server_says: str, sentence: str) -> None:
     target = parse_database_url("postgresql://u:p@h/x")
     error = explain(psycopg.OperationalError(server_says), target, 5)
     assert sentence in error.message
+
+
+def test_names_in_the_message_do_not_steer_the_diagnosis() -> None:
+    """libpq quotes host and database names; "ssl-db" is a host, not an SSL problem."""
+    target = parse_database_url("postgresql://u:p@ssl-db.example.com/timeout_db")
+    refused = psycopg.OperationalError(
+        'connection to server at "ssl-db.example.com" (10.0.0.5), port 5432 failed: '
+        "Connection refused"
+    )
+    assert "connection refused" in explain(refused, target, 5).message
+    missing = psycopg.OperationalError('FATAL:  database "timeout_db" does not exist')
+    error = explain(missing, target, 5)
+    assert error.message.startswith("The database timeout_db does not exist") and error.permanent
+
+
+def test_neon_pooler_switch_covers_every_host_of_a_multi_host_url() -> None:
+    target = parse_database_url(
+        "postgresql://u:p@ep-a-1-pooler.eu-central-1.aws.neon.tech,"
+        "ep-b-2-pooler.eu-central-1.aws.neon.tech/app"
+    )
+    assert target.host == ("ep-a-1.eu-central-1.aws.neon.tech,ep-b-2.eu-central-1.aws.neon.tech")
+    assert len(target.notes) == 1

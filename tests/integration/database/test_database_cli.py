@@ -9,115 +9,17 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from tests.conftest import Project
+from tests.integration.database.appdb import (
+    DESTRUCTIVE_CHANGES,
+    execute,
+    full_state,
+    table_contents,
+)
 from tests.integration.database.conftest import PostgresServer
 
 KEY = "database tests passphrase 0123456789"
-
-APP_SCHEMA = r"""
-CREATE EXTENSION IF NOT EXISTS citext;
-CREATE SCHEMA billing;
-CREATE SCHEMA audit;
-CREATE TYPE mood AS ENUM ('happy', 'sad', 'meh');
-CREATE TABLE users (
-    id bigserial PRIMARY KEY,
-    email citext UNIQUE NOT NULL,
-    mood mood,
-    profile jsonb,
-    avatar bytea,
-    tags text[],
-    balance numeric(12, 4),
-    created_at timestamptz DEFAULT now()
-);
-CREATE SEQUENCE billing.invoice_no START 1000000 INCREMENT 5;
-CREATE TABLE billing.invoices (
-    id integer PRIMARY KEY DEFAULT nextval('billing.invoice_no'),
-    user_id bigint REFERENCES users(id) ON DELETE CASCADE,
-    amount numeric(12, 2) NOT NULL,
-    lines jsonb
-);
-CREATE TABLE audit.log (id serial PRIMARY KEY, what text, at timestamptz DEFAULT now());
-CREATE FUNCTION audit.note() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN INSERT INTO audit.log (what) VALUES (TG_OP || ' ' || NEW.id); RETURN NEW; END $$;
-CREATE TRIGGER invoices_audit AFTER INSERT ON billing.invoices
-    FOR EACH ROW EXECUTE FUNCTION audit.note();
-CREATE VIEW billing.totals AS
-    SELECT u.email, sum(i.amount) AS total FROM users u JOIN billing.invoices i
-    ON i.user_id = u.id GROUP BY u.email;
-CREATE TABLE django_migrations (id serial PRIMARY KEY, app text, name text,
-    applied timestamptz DEFAULT now());
-INSERT INTO django_migrations (app, name) VALUES ('core', '0001_initial'), ('core', '0002_more');
-INSERT INTO users (email, mood, profile, avatar, tags, balance, created_at)
-SELECT 'user' || g || '@Example.com', (ARRAY['happy','sad','meh'])[1 + g % 3]::mood,
-       jsonb_build_object('n', g, 'nested', jsonb_build_object('ok', g % 2 = 0)),
-       decode(md5(g::text), 'hex'), ARRAY['t' || g, 'x'], g * 1.2345,
-       '2026-01-01 00:00:00+00'::timestamptz + g * interval '1 hour'
-FROM generate_series(1, 500) g;
-INSERT INTO billing.invoices (user_id, amount, lines)
-SELECT 1 + g % 500, g * 10.5, jsonb_build_array(g, 'line') FROM generate_series(1, 800) g;
-SELECT setval('users_id_seq', 123456789);
-SELECT lo_from_bytea(424242, convert_to('large object content', 'UTF8') || '\x0001ff'::bytea);
-"""
-
-
-def table_contents(url: str) -> dict[str, list[str]]:
-    """Every user table's rows as text, sorted: equal dicts mean equal content."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        tables = conn.execute(
-            "SELECT schemaname, tablename FROM pg_tables "
-            "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2"
-        ).fetchall()
-        result = {}
-        for schema, table in tables:
-            query = sql.SQL("SELECT t::text FROM {} t").format(sql.Identifier(schema, table))
-            rows = conn.execute(query).fetchall()
-            result[f"{schema}.{table}"] = sorted(row[0] for row in rows)
-        return result
-
-
-def sequence_state(url: str) -> dict[str, tuple]:
-    with psycopg.connect(url, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT schemaname || '.' || sequencename, last_value, increment_by "
-            "FROM pg_sequences ORDER BY 1"
-        ).fetchall()
-        return {name: (last, step) for name, last, step in rows}
-
-
-def objects(url: str) -> dict[str, object]:
-    with psycopg.connect(url, autocommit=True) as conn:
-        return {
-            "views": conn.execute(
-                "SELECT schemaname, viewname, definition FROM pg_views "
-                "WHERE schemaname NOT IN ('pg_catalog','information_schema') ORDER BY 1, 2"
-            ).fetchall(),
-            "triggers": conn.execute(
-                "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1"
-            ).fetchall(),
-            "enum": conn.execute("SELECT enum_range(NULL::mood)::text").fetchone(),
-            "extensions": conn.execute("SELECT extname FROM pg_extension ORDER BY 1").fetchall(),
-            "large_object": conn.execute(
-                "SELECT lo_get(oid) FROM pg_largeobject_metadata WHERE oid = 424242"
-            ).fetchall(),
-            "fks": conn.execute(
-                "SELECT conname FROM pg_constraint WHERE contype = 'f' ORDER BY 1"
-            ).fetchall(),
-        }
-
-
-def full_state(url: str) -> tuple:
-    return table_contents(url), sequence_state(url), objects(url)
-
-
-@pytest.fixture
-def app_db(postgres: PostgresServer) -> str:
-    name = postgres.create_database()
-    url = postgres.url(name)
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(APP_SCHEMA)
-    return url
 
 
 @pytest.fixture
@@ -146,14 +48,7 @@ def test_app_database_round_trip_after_destructive_changes(
     assert source["server_version"].startswith("15") or source["server_version"][0].isdigit()
     assert entry["mode"] == "full"
 
-    with psycopg.connect(app_db, autocommit=True) as conn:
-        conn.execute("DROP VIEW billing.totals")
-        conn.execute("DROP TABLE audit.log CASCADE")
-        conn.execute("DELETE FROM users WHERE id > 100")
-        conn.execute("ALTER TABLE users ALTER COLUMN balance TYPE text")
-        conn.execute("CREATE TABLE public.added_later (x int)")
-        conn.execute("SELECT lo_unlink(424242)")
-        conn.execute("INSERT INTO django_migrations (app, name) VALUES ('core', '0003_oops')")
+    execute(app_db, *DESTRUCTIVE_CHANGES)
     changed = full_state(app_db)
 
     restore = db_project.run("restore", "database", "latest", "--yes")
@@ -166,7 +61,7 @@ def test_app_database_round_trip_after_destructive_changes(
     restored = full_state(app_db)
     assert restored[0] == original[0]  # every table, row by row
     assert restored[1] == original[1]  # sequences continue where they were
-    assert restored[2] == original[2]  # views, triggers, enum, extension, large object, FKs
+    assert restored[2] == original[2]  # columns, views, triggers, enum, extensions, LOs, FKs
     with psycopg.connect(app_db, autocommit=True) as conn:
         assert conn.execute("SELECT nextval('users_id_seq')").fetchone()[0] == 123456790
         conn.execute("INSERT INTO billing.invoices (user_id, amount) VALUES (1, 1)")
@@ -177,7 +72,7 @@ def test_app_database_round_trip_after_destructive_changes(
     assert len(safety) == 1
     back = db_project.run("restore", "database", safety[0]["id"], "--yes", "--no-safety-backup")
     assert back.returncode == 0, back.stderr
-    assert table_contents(app_db) == changed[0]
+    assert full_state(app_db) == changed
     assert db_project.run("verify", "database").returncode == 0
 
 

@@ -63,8 +63,11 @@ class DatabaseComponent(Component):
             log=self.log,
         )
 
-    def default_mode(self, target: Target) -> str:
-        """Neon backups are schema-only by default (the seed's choice); --full overrides."""
+    def mode_for(self, target: Target, requested: str | None) -> str:
+        """What was asked (--full, --schema-only); else Neon backups are schema-only (the
+        seed's choice, to avoid timeouts) unless BACKUP_NEON_FULL, and others full."""
+        if requested:
+            return requested
         if target.is_neon and not self.settings.neon_full:
             return MODE_SCHEMA_ONLY
         return MODE_FULL
@@ -72,7 +75,7 @@ class DatabaseComponent(Component):
     # -- backup -------------------------------------------------------------------------
     def produce(self, out: BinaryIO, request: BackupRequest) -> Produced:
         target = self._target(request.source_override)
-        mode = request.mode or self.default_mode(target)
+        mode = self.mode_for(target, request.mode)
         server = self._connect_checked(target)
         pg_dump = find_tool("pg_dump", server.major, self.settings.pg_bin_dir)
         self.log.info(
@@ -144,6 +147,7 @@ class DatabaseComponent(Component):
                 schemas=list(manifest.source.get("schemas", [])),
                 pg_restore=pg_restore,
                 psql=psql,
+                server_major=server.major,
                 limits=RestoreLimits(
                     self.settings.connect_timeout,
                     self.settings.lock_wait_timeout,

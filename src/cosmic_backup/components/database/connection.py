@@ -89,7 +89,7 @@ _DIAGNOSES: tuple[tuple[tuple[str, ...], bool, str], ...] = (
         "The host {host} is unreachable from here: check the network and the firewall.",
     ),
     (
-        ("too many connections", "remaining connection slots"),
+        ("too many clients", "too many connections", "remaining connection slots"),
         False,
         "The server at {where} has no free connection slot (too many connections); try again "
         "later or raise max_connections.",

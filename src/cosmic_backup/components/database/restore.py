@@ -38,6 +38,7 @@ from cosmic_backup.process import PUMP_CHUNK, Child, pump, running
 
 # pg_restore's COMMIT and the comments after it are its last ~200 bytes.
 HELD_BACK = 64 * 1024
+CLIENT_CHECK_MS = 1000
 
 # Large objects live outside every schema; the backup brings back its own. Only those
 # this user may unlink (its own, or all for a superuser) are touched.
@@ -71,14 +72,21 @@ def reset_statements(schemas: list[str]) -> str:
     return " ".join([*drops, UNLINK_LARGE_OBJECTS, "CREATE SCHEMA public;"])
 
 
-def can_reset(target: Target, schemas: list[str], timeout: int) -> bool:
+def can_reset(target: Target, schemas: list[str], limits: RestoreLimits) -> bool:
     """Try the reset in a transaction that is always rolled back."""
-    with connect(target, timeout) as conn:
+    wait = min(limits.lock_wait_timeout, limits.timeout)
+    with connect(target, limits.connect_timeout) as conn:
         try:
-            conn.execute("SET lock_timeout = '10s'")
+            conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{wait}s")))
             conn.execute(reset_statements(schemas))
         except psycopg.errors.InsufficientPrivilege:
             return False
+        except psycopg.errors.LockNotAvailable:
+            raise OperationFailed(
+                f"Objects in {target.describe()} are locked by another session and the "
+                f"restore gave up after waiting {wait} s (BACKUP_LOCK_WAIT_TIMEOUT); the "
+                "database is unchanged. Try again when they are free."
+            ) from None
         finally:
             conn.rollback()
     return True
@@ -91,10 +99,11 @@ def restore_dump(
     schemas: list[str],
     pg_restore: Tool,
     psql: Tool,
+    server_major: int,
     limits: RestoreLimits,
     log: logging.Logger,
 ) -> RestoreOutcome:
-    reset = can_reset(target, schemas, limits.connect_timeout)
+    reset = can_reset(target, schemas, limits)
     outcome = RestoreOutcome(reset)
     if not reset:
         outcome.notes.append(
@@ -103,7 +112,12 @@ def restore_dump(
         )
         log.warning("schema reset not permitted on %s; restoring without it", target.describe())
     prelude = "BEGIN;\n" + (reset_statements(schemas) + "\n" if reset else "")
-    _run_restore(payload, target, prelude, pg_restore, psql, limits, log)
+    options = f"-c statement_timeout=0 -c lock_timeout={limits.lock_wait_timeout}s"
+    if server_major >= 14:
+        # When psql is stopped (time limit, interrupt), the server notices within a second
+        # and rolls back, instead of finishing a long CREATE INDEX with the locks held.
+        options += f" -c client_connection_check_interval={CLIENT_CHECK_MS}"
+    _run_restore(payload, target, prelude, options, (pg_restore, psql), limits, log)
     return outcome
 
 
@@ -111,15 +125,13 @@ def _run_restore(
     payload: BinaryIO,
     target: Target,
     prelude: str,
-    pg_restore: Tool,
-    psql: Tool,
+    options: str,
+    tools: tuple[Tool, Tool],
     limits: RestoreLimits,
     log: logging.Logger,
 ) -> None:
-    env = {
-        **target.tool_environment(limits.connect_timeout),
-        "PGOPTIONS": f"-c statement_timeout=0 -c lock_timeout={limits.lock_wait_timeout}s",
-    }
+    pg_restore, psql = tools
+    env = {**target.tool_environment(limits.connect_timeout), "PGOPTIONS": options}
     restore_argv = [pg_restore.path, "--file=-", "--single-transaction", "--exit-on-error"]
     restore_argv += ["--no-owner", "--clean", "--if-exists"]
     psql_argv = [psql.path, "--no-psqlrc", "--quiet", "--no-password", "--set=ON_ERROR_STOP=1"]
