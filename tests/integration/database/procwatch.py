@@ -5,26 +5,33 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 from types import TracebackType
 
 
-def command_lines() -> dict[int, bytes]:
-    """pid -> its NUL-separated argument list, for every live (non-zombie) process."""
-    found = {}
+def command_lines() -> list[bytes]:
+    """The NUL-separated argument list of every live (non-zombie) process."""
+    found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = open(f"/proc/{entry.name}/cmdline", "rb").read()  # noqa: SIM115
+            cmdline = Path(entry.path, "cmdline").read_bytes()
         except OSError:
             continue
         if cmdline:  # a zombie's is empty
-            found[int(entry.name)] = cmdline
+            found.append(cmdline)
     return found
 
 
-def running_with(fragment: bytes) -> list[bytes]:
-    return [line for line in command_lines().values() if fragment in line]
+def is_program(line: bytes, program: str) -> bool:
+    return os.path.basename(line.split(b"\0")[0]) == program.encode()
+
+
+def running(program: str, mentioning: str) -> list[bytes]:
+    """Argument lists of live processes of `program` that mention `mentioning`."""
+    lines = command_lines()
+    return [line for line in lines if mentioning.encode() in line and is_program(line, program)]
 
 
 class CommandLineWatcher(threading.Thread):
@@ -37,7 +44,7 @@ class CommandLineWatcher(threading.Thread):
 
     def run(self) -> None:
         while not self._done.is_set():
-            self.seen.update(command_lines().values())
+            self.seen.update(command_lines())
             time.sleep(0.002)
 
     def __enter__(self) -> CommandLineWatcher:
@@ -53,8 +60,9 @@ class CommandLineWatcher(threading.Thread):
         self._done.set()
         self.join()
 
-    def programs(self, name: str, mentioning: str) -> list[list[bytes]]:
+    def programs(self, name: str, mentioning: str) -> list[bytes]:
         """The argument lists seen of program `name` that mention `mentioning` (a database
         name, say: other test sessions may run the same programs meanwhile)."""
-        lists = [line.split(b"\0") for line in self.seen if mentioning.encode() in line]
-        return [argv for argv in lists if os.path.basename(argv[0]) == name.encode()]
+        return [
+            line for line in self.seen if mentioning.encode() in line and is_program(line, name)
+        ]

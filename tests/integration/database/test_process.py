@@ -1,0 +1,107 @@
+"""The one subprocess runner (cosmic_backup.process), with real processes."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from cosmic_backup.errors import OperationFailed
+from cosmic_backup.process import Child, pump, require_program, run_captured, running
+from cosmic_backup.redact import register_secret
+
+LOG = logging.getLogger("cosmic_backup")
+
+
+def alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for a parent that will never reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_the_time_limit_kills_the_child_and_what_it_started() -> None:
+    child = Child(["/bin/sh", "-c", "sleep 60 & echo $!; wait"], env={}, timeout=0.5, log=LOG)
+    assert child.process.stdout is not None
+    grandchild = int(child.process.stdout.readline())
+    began = time.monotonic()
+    assert child.wait() != 0
+    assert child.timed_out and time.monotonic() - began < 5
+    deadline = time.monotonic() + 5
+    while alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(grandchild)
+
+
+def test_the_last_lines_of_stderr_are_kept_and_redacted() -> None:
+    register_secret("hunter2-process-secret")
+    child = Child(
+        [
+            "/bin/sh",
+            "-c",
+            "for i in 1 2 3 4; do echo line $i >&2; done; "
+            "echo 'auth with hunter2-process-secret' >&2; exit 3",
+        ],
+        env={},
+        timeout=10,
+        log=LOG,
+    )
+    assert child.wait() == 3 and not child.timed_out
+    assert child.stderr_tail() == "line 3 | line 4 | auth with ***"
+
+
+def test_the_environment_reaches_the_child_and_argv_is_logged_redacted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    register_secret("pw-in-env-only")
+    caplog.set_level(logging.INFO, logger="cosmic_backup")
+    child = Child(
+        ["/bin/sh", "-c", 'test "$PGPASSWORD" = pw-in-env-only', "pw-in-env-only"],
+        env={"PGPASSWORD": "pw-in-env-only"},
+        timeout=10,
+        log=LOG,
+    )
+    assert child.wait() == 0
+    assert "running /bin/sh" in caplog.text and "pw-in-env-only" not in caplog.text
+
+
+def test_a_failing_block_kills_every_child() -> None:
+    first = Child(["sleep", "60"], env={}, timeout=60, log=LOG)
+    second = Child(["sleep", "60"], env={}, timeout=60, log=LOG)
+    with pytest.raises(KeyboardInterrupt), running(first, second):
+        raise KeyboardInterrupt
+    assert first.process.returncode is not None and second.process.returncode is not None
+    assert not alive(first.process.pid) and not alive(second.process.pid)
+
+
+def test_a_missing_program_is_one_sentence() -> None:
+    with pytest.raises(OperationFailed, match="was not found or is not executable"):
+        require_program("/nonexistent/pg_dump")
+    with pytest.raises(OperationFailed, match="no-such-program-xyz was not found"):
+        Child(["no-such-program-xyz"], env={}, timeout=1, log=LOG)
+    assert require_program("sh").endswith("/sh")
+
+
+def test_run_captured_returns_output_and_stops_at_its_time_limit() -> None:
+    done = run_captured(["/bin/sh", "-c", "echo out; echo err >&2; exit 4"], timeout=10)
+    assert (done.returncode, done.stdout, done.stderr) == (4, "out\n", "err\n")
+    began = time.monotonic()
+    with pytest.raises(OperationFailed, match=r"sh did not finish within 0.5 s"):
+        run_captured(["/bin/sh", "-c", "sleep 60 & sleep 60"], timeout=0.5)
+    assert time.monotonic() - began < 5
+
+
+def test_a_child_reading_nothing_does_not_block_the_writer(tmp_path: Path) -> None:
+    """pump() tolerates a child that exits without reading its input."""
+    child = Child(["/bin/sh", "-c", "exit 0"], env={}, timeout=10, log=LOG, stdin=subprocess.PIPE)
+    assert child.process.stdin is not None
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (8 * 1024 * 1024))
+    with big.open("rb") as source:
+        pump(source, child.process.stdin)
+    assert child.wait() == 0
