@@ -22,7 +22,7 @@ from cosmic_backup.components.database.connection import ConnectionFailed, check
 from cosmic_backup.components.database.dump import COPY_CHUNK
 from cosmic_backup.components.database.tools import candidates, find_tool
 from cosmic_backup.components.database.url import parse_database_url
-from cosmic_backup.errors import OperationFailed
+from cosmic_backup.errors import IntegrityError, OperationFailed
 from cosmic_backup.format.manifest import Manifest
 from tests.integration.database.appdb import (
     DESTRUCTIVE_CHANGES,
@@ -175,6 +175,28 @@ def test_a_truncated_dump_leaves_the_target_exactly_as_it_was(
     plan = component(app_db).plan_restore(manifest, NO_SAFETY)
     with pytest.raises(OperationFailed, match="rolled back; the database is unchanged"):
         component(app_db).consume(io.BytesIO(dump[: len(dump) * 2 // 3]), manifest, plan)
+    assert full_state(app_db) == before
+
+
+class FailsAtTheEnd(io.BytesIO):
+    """A payload whose final read fails, as our reader does when the SHA-256 differs."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        if not data:
+            raise IntegrityError("The restored stream's SHA-256 differs from the manifest's.")
+        return data
+
+
+def test_nothing_is_committed_before_the_stream_passed_its_final_check(
+    component: ComponentFactory, app_db: str
+) -> None:
+    dump, manifest = dump_into_memory(component, app_db)
+    execute(app_db, "DELETE FROM users WHERE id > 10")
+    before = full_state(app_db)
+    plan = component(app_db).plan_restore(manifest, NO_SAFETY)
+    with pytest.raises(IntegrityError, match="SHA-256 differs"):
+        component(app_db).consume(FailsAtTheEnd(dump), manifest, plan)
     assert full_state(app_db) == before
 
 

@@ -149,7 +149,9 @@ def _run_restore(
     relay = _Relay(prelude.encode(), converter.process.stdout, runner.process.stdin)
     with running(converter, runner):
         relay.start()
-        pump(payload, converter.process.stdin)  # its last read checks the size and SHA-256
+        pump(payload, converter.process.stdin)
+        while payload.read(PUMP_CHUNK):  # pg_restore may stop early; the last read checks
+            pass  # the stream's size and SHA-256, and must happen before any COMMIT
         restore_code = converter.wait()
         relay.join()
         complete = restore_code == 0 and not converter.timed_out and relay.tail is not None
