@@ -1,12 +1,17 @@
 """Database backup and restore times next to plain pg_dump / pg_restore, in the same run.
 
-Usage: python benchmarks/database_throughput.py [--mib 1024] [--runs 3]
+Usage: python benchmarks/database_throughput.py [--size MIB] [--runs 3]
 
-Starts a scratch PostgreSQL server, fills a database with about --mib MiB of app-like
-rows, then alternates, run by run: plain `pg_dump -Fc` to a file, `cosmic-backup backup
-database`, plain `pg_restore --single-transaction` into a fresh database, and
-`cosmic-backup restore database --into` a fresh database. Prints medians and ratios and
-the peak RSS of our process (the server's memory is not ours).
+Starts a scratch PostgreSQL server, fills a database with about --size MiB (default
+1024) of app-like rows (generate_series), then alternates, run by run:
+  1. plain `pg_dump -Fc` (its own zlib compression) into a file,
+  2. `cosmic-backup backup database` (pg_dump -Z0 | gzip | AES | MAC into the artifact),
+  3. plain `pg_restore --single-transaction` of that file into a fresh database,
+  4. `cosmic-backup restore database latest --into` a fresh database (MAC check of the
+     whole artifact first, then decrypt | gunzip | pg_restore | psql in one transaction,
+     then the row-count comparison).
+Prints the medians, the ratios, and the peak RSS of the cosmic-backup process itself
+(sampled from /proc; pg_dump, pg_restore, psql and the server are not ours).
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from psycopg import sql
 
 from cosmic_backup.components.database.scratch import ScratchServer, scratch_server
 
@@ -42,105 +48,131 @@ def fill(server: ScratchServer, dbname: str, mib: int) -> int:
             "FROM generate_series(1, %s) g",
             (rows,),
         )
+        conn.execute("CREATE INDEX events_user ON events (user_id, at)")
         conn.execute("VACUUM ANALYZE events")
-        size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
-    return int(size)
+        size = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    return int(size[0]) if size else 0
+
+
+def peak_rss_kib(pid: int) -> int:
+    """The process's own high-water mark of resident memory (VmHWM), 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def timed(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """Seconds and peak RSS (KiB) of a child process."""
+    """Seconds, and the peak RSS (KiB) of the process itself, sampled until it exits."""
     start = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    process = subprocess.Popen(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    peak = 0
+    while process.poll() is None:
+        peak = max(peak, peak_rss_kib(process.pid))
+        time.sleep(0.05)
     elapsed = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"{argv[0]} failed: {result.stderr}")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return elapsed, max(before, after)
+    if process.returncode != 0:
+        error = process.stderr.read() if process.stderr else ""
+        raise SystemExit(f"{argv} failed ({process.returncode}): {error}")
+    return elapsed, peak
+
+
+def drop(server: ScratchServer, name: str) -> None:
+    with server.admin() as conn:
+        conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+
+
+def one_run(
+    server: ScratchServer, root: Path, source: str, env: dict[str, str]
+) -> tuple[dict[str, float], int]:
+    bin_dir = server.bin_dir
+    conn = ["--host=127.0.0.1", f"--port={server.port}", "--username=postgres"]
+    cli = [sys.executable, "-m", "cosmic_backup", "-C", str(root)]
+    dump = root / "plain.dump"
+    seconds: dict[str, float] = {}
+    seconds["pg_dump"], _ = timed(
+        [str(bin_dir / "pg_dump"), *conn, "-Fc", f"--file={dump}", source], env
+    )
+    seconds["ours_backup"], peak_backup = timed([*cli, "backup", "database"], env)
+    target = server.create_database("plain")
+    seconds["pg_restore"], _ = timed(
+        [
+            str(bin_dir / "pg_restore"),
+            *conn,
+            "--no-owner",
+            "--single-transaction",
+            f"--dbname={target}",
+            str(dump),
+        ],
+        env,
+    )
+    drop(server, target)
+    into = server.create_database("ours")
+    restore = ["restore", "database", "latest", "--into", server.url(into), "--yes"]
+    seconds["ours_restore"], peak_restore = timed([*cli, *restore, "--no-safety-backup"], env)
+    drop(server, into)
+    return seconds, max(peak_backup, peak_restore)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mib", type=int, default=1024)
+    parser.add_argument("--size", "--mib", type=int, default=1024, help="database size in MiB")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     with scratch_server() as server, tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         source = server.create_database("bench")
-        size = fill(server, source, args.mib)
-        bin_dir = server.bin_dir
+        began = time.perf_counter()
+        size = fill(server, source, args.size)
+        print(f"filled {size / 2**20:.0f} MiB in {time.perf_counter() - began:.0f} s", flush=True)
         env = {
             **os.environ,
             "PGPASSWORD": server.password,
             "BACKUP_KEY": "bench key " * 4,
             "DATABASE_URL": server.url(source),
         }
-        conn = ["--host=127.0.0.1", f"--port={server.port}", "--username=postgres"]
-        cli = [sys.executable, "-m", "cosmic_backup", "-C", str(root)]
-        results: dict[str, list[float]] = {
-            k: [] for k in ("pg_dump", "ours_backup", "pg_restore", "ours_restore")
-        }
+        results: dict[str, list[float]] = {}
         peak = 0
-        for _ in range(args.runs):
-            dump = root / "plain.dump"
-            seconds, _ = timed(
-                [str(bin_dir / "pg_dump"), *conn, "-Fc", f"--file={dump}", source], env
-            )
-            results["pg_dump"].append(seconds)
-            seconds, rss = timed([*cli, "backup", "database"], env)
-            results["ours_backup"].append(seconds)
-            peak = max(peak, rss)
-            target = server.create_database("plain")
-            seconds, _ = timed(
-                [
-                    str(bin_dir / "pg_restore"),
-                    *conn,
-                    "--no-owner",
-                    "--single-transaction",
-                    f"--dbname={target}",
-                    str(dump),
-                ],
-                env,
-            )
-            results["pg_restore"].append(seconds)
-            into = server.url(server.create_database("ours"))
-            seconds, rss = timed(
-                [
-                    *cli,
-                    "restore",
-                    "database",
-                    "latest",
-                    "--into",
-                    into,
-                    "--yes",
-                    "--no-safety-backup",
-                ],
-                env,
-            )
-            results["ours_restore"].append(seconds)
-            peak = max(peak, rss)
+        for run in range(args.runs):
+            seconds, run_peak = one_run(server, root, source, env)
+            print(f"run {run + 1}: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
+            for name, value in seconds.items():
+                results.setdefault(name, []).append(value)
+            peak = max(peak, run_peak)
+        cli = [sys.executable, "-m", "cosmic_backup", "-C", str(root), "--json", "list"]
         listing = subprocess.run(
-            [*cli, "--json", "list", "database"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
+            [*cli, "database"], env=env, capture_output=True, text=True, check=True
         )
         stored = json.loads(listing.stdout)[-1]["stored_size"]
         plain_size = (root / "plain.dump").stat().st_size
+    report(size, plain_size, stored, args.runs, results, peak)
+
+
+def report(
+    size: int, plain: int, stored: int, runs: int, results: dict[str, list[float]], peak: int
+) -> None:
     medians = {k: statistics.median(v) for k, v in results.items()}
     print(
-        f"database: {size / 2**20:.0f} MiB on disk, plain pg_dump -Fc {plain_size / 2**20:.0f}"
-        f" MiB, ours stored {stored / 2**20:.0f} MiB (encrypted); {args.runs} runs, medians"
+        f"database: {size / 2**20:.0f} MiB on disk; plain pg_dump -Fc {plain / 2**20:.0f} MiB; "
+        f"ours stored {stored / 2**20:.0f} MiB (gzip + AES); {runs} runs, medians"
     )
+    rows = [
+        ("pg_dump -Fc (zlib, to a file)", "pg_dump"),
+        ("cosmic-backup backup database", "ours_backup"),
+        ("pg_restore --single-transaction", "pg_restore"),
+        ("cosmic-backup restore database --into", "ours_restore"),
+    ]
     print(f"{'operation':<42}{'seconds':>9}")
-    print(f"{'pg_dump -Fc (compressed, to a file)':<42}{medians['pg_dump']:>9.2f}")
-    print(f"{'cosmic-backup backup database':<42}{medians['ours_backup']:>9.2f}")
-    print(f"{'pg_restore --single-transaction':<42}{medians['pg_restore']:>9.2f}")
-    print(f"{'cosmic-backup restore database --into':<42}{medians['ours_restore']:>9.2f}")
+    for label, key in rows:
+        print(f"{label:<42}{medians[key]:>9.2f}")
     print(f"backup ratio ours / pg_dump: {medians['ours_backup'] / medians['pg_dump']:.2f}")
     print(f"restore ratio ours / pg_restore: {medians['ours_restore'] / medians['pg_restore']:.2f}")
-    print(f"peak RSS of cosmic-backup: {peak / 1024:.0f} MiB")
+    print(f"peak RSS of the cosmic-backup process: {peak / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":
