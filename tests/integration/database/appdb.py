@@ -80,11 +80,14 @@ def create_app_database(url: str) -> None:
 
 
 def table_contents(url: str) -> dict[str, list[str]]:
-    """Every user table's rows as text, sorted: equal dicts mean equal content."""
+    """Every user table's rows as text, sorted: equal dicts mean equal content.
+
+    Plain tables and partitions; a partitioned parent holds no rows of its own."""
     with psycopg.connect(url, autocommit=True) as conn:
         tables = conn.execute(
-            "SELECT schemaname, tablename FROM pg_tables "
-            "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2"
+            "SELECT n.nspname, c.relname FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' "
+            "AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2"
         ).fetchall()
         result = {}
         for schema, table in tables:

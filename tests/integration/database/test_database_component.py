@@ -13,9 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from cosmic_backup.components.base import BackupRequest, Produced, RestoreRequest
 from cosmic_backup.components.database.connection import ConnectionFailed, check_connection
@@ -62,22 +60,6 @@ def dump_into_memory(make: ComponentFactory, url: str, **request: Any) -> tuple[
     return out.getvalue(), manifest_of(produced)
 
 
-def exact_row_counts(url: str) -> dict[str, int]:
-    """count(*) of every plain table (partitions, not their partitioned parent)."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        tables = conn.execute(
-            "SELECT n.nspname, c.relname FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' "
-            "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
-            "AND n.nspname NOT LIKE 'pg_toast%'"
-        ).fetchall()
-        counts = {}
-        for schema, table in tables:
-            query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))
-            counts[f"{schema}.{table}"] = conn.execute(query).fetchone()[0]  # type: ignore[index]
-        return counts
-
-
 def test_round_trip_through_a_file(
     component: ComponentFactory, app_db: str, tmp_path: Path
 ) -> None:
@@ -87,7 +69,7 @@ def test_round_trip_through_a_file(
         produced = component(app_db).produce(out, BackupRequest())
     source = produced.source
     assert produced.mode == "full" and produced.warnings == []
-    assert source["row_counts"] == exact_row_counts(app_db)
+    assert source["row_counts"] == {t: len(rows) for t, rows in original[0].items()}
     assert source["row_counts"]["public.users"] == 500
     assert source["migration_head"] == "django_migrations: core.0002_more"
     assert source["host"] == "127.0.0.1" and source["database"] == dbname(app_db)
