@@ -256,6 +256,20 @@ def test_restore_by_date_and_id_and_latest_skips_safety_copies(
     assert missing.returncode == 4 and today in missing.stderr
 
 
+def test_an_unattended_restore_needs_yes_even_without_a_safety_copy(
+    db_project: Project, app_db: str
+) -> None:
+    assert db_project.run("backup", "database").returncode == 0
+    execute(app_db, "DELETE FROM users WHERE id > 10")
+    before = full_state(app_db)
+    for extra in ([], ["--no-safety-backup"]):
+        result = db_project.run("restore", "database", "latest", *extra)
+        assert result.returncode == 2, result.stderr
+        assert "pass --yes for unattended runs" in result.stderr
+    assert full_state(app_db) == before
+    assert [e["tags"] for e in listed(db_project)] == [["manual"]]  # no safety copy either
+
+
 def test_backup_all_includes_the_database(db_project: Project) -> None:
     result = db_project.run("backup", "all")
     assert result.returncode == 0, result.stderr

@@ -109,12 +109,15 @@ class DatabaseComponent(Component):
         ]
         notes += self._migration_note(manifest, target)
         if manifest.mode == MODE_SCHEMA_ONLY:
-            notes.append("This is a schema-only backup: structure only, no data.")
-        safety = None
-        if request.safety_backup:
-            safety = BackupRequest(
-                mode=MODE_FULL, tags=(TAG_PRE_RESTORE,), source_override=request.target
+            notes.append(
+                "This is a schema-only backup: structure only, no data; every table it "
+                "restores will be empty."
             )
+        # The database is overwritten, so a full copy of it comes first; the operation
+        # leaves it out (and logs so) when the operator insists with --no-safety-backup.
+        safety = BackupRequest(
+            mode=MODE_FULL, tags=(TAG_PRE_RESTORE,), source_override=request.target
+        )
         return RestorePlan(target.describe(), notes, safety, {"target": target, "server": server})
 
     def _migration_note(self, manifest: Manifest, target: Target) -> list[str]:
