@@ -113,7 +113,9 @@ def one_run(
     )
     drop(server, target)
     into = server.create_database("ours")
-    restore = ["restore", "database", "latest", "--into", server.url(into), "--yes"]
+    # No password in our argv either: libpq takes it from PGPASSWORD in `env`.
+    url = f"postgresql://postgres@127.0.0.1:{server.port}/{into}"
+    restore = ["restore", "database", "latest", "--into", url, "--yes"]
     seconds["ours_restore"], peak_restore = timed([*cli, *restore, "--no-safety-backup"], env)
     drop(server, into)
     return seconds, max(peak_backup, peak_restore)
