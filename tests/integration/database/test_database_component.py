@@ -359,3 +359,20 @@ def test_restore_counts_that_differ_are_named(component: ComponentFactory, app_d
     report = component(app_db).consume(io.BytesIO(dump), manifest, plan)
     assert "public.users 500 rows (backup had 499)" in "\n".join(report.lines)
     assert report.details["row_count_mismatches"] == ["public.users"]
+
+
+def test_a_url_without_password_uses_pgpassword(
+    component: ComponentFactory,
+    app_db: str,
+    postgres: PostgresServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the docs advise for --into: the password in PGPASSWORD, not in the URL."""
+    monkeypatch.setenv("PGPASSWORD", postgres.password)
+    bare = f"postgresql://postgres@127.0.0.1:{postgres.port}/{dbname(app_db)}"
+    dump, manifest = dump_into_memory(component, bare)
+    assert manifest.source["row_counts"]["public.users"] == 500
+    other = f"postgresql://postgres@127.0.0.1:{postgres.port}/{postgres.create_database('pw')}"
+    plan = component(bare).plan_restore(manifest, RestoreRequest(target=other))
+    component(bare).consume(io.BytesIO(dump), manifest, plan)
+    assert table_contents(other) == table_contents(app_db)
