@@ -376,3 +376,45 @@ def test_a_url_without_password_uses_pgpassword(
     plan = component(bare).plan_restore(manifest, RestoreRequest(target=other))
     component(bare).consume(io.BytesIO(dump), manifest, plan)
     assert table_contents(other) == table_contents(app_db)
+
+
+MIGRATION_TABLES = [
+    (
+        "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY);"
+        "INSERT INTO alembic_version VALUES ('ae1027a6acf')",
+        "alembic_version: ae1027a6acf",
+    ),
+    (
+        "CREATE TABLE _prisma_migrations (id text, migration_name text, finished_at "
+        "timestamptz); INSERT INTO _prisma_migrations VALUES "
+        "('1', '20260101_init', '2026-01-01'), ('2', '20260301_users', '2026-03-01'), "
+        "('3', '20260401_failed', NULL)",
+        "_prisma_migrations: 20260301_users",
+    ),
+    (
+        "CREATE TABLE schema_migrations (version varchar PRIMARY KEY);"
+        "INSERT INTO schema_migrations VALUES ('20250101000000'), ('20260102000000')",
+        "schema_migrations: 20260102000000",
+    ),
+    (
+        "CREATE TABLE knex_migrations (id serial, name text);"
+        "INSERT INTO knex_migrations (name) VALUES ('001_init.js'), ('002_more.js')",
+        "knex_migrations: 002_more.js",
+    ),
+    (
+        "CREATE TABLE flyway_schema_history (installed_rank int, version text, success bool);"
+        "INSERT INTO flyway_schema_history VALUES (1, '1', true), (2, '2.1', true), "
+        "(3, '3', false), (4, NULL, true)",
+        "flyway_schema_history: 2.1",
+    ),
+]
+
+
+@pytest.mark.parametrize(("ddl", "head"), MIGRATION_TABLES)
+def test_the_migration_head_of_each_known_tool(
+    component: ComponentFactory, postgres: PostgresServer, ddl: str, head: str
+) -> None:
+    url = postgres.url(postgres.create_database("migrations"))
+    execute(url, ddl)
+    _, manifest = dump_into_memory(component, url, mode="schema-only")
+    assert manifest.source["migration_head"] == head
