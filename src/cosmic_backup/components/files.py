@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -134,7 +136,7 @@ class FilesComponent(Component):
             f"{folder.path} is a mount point: its entries are swapped one by one (an "
             "interrupted swap is finished by the next run)."
             for folder, _ in pairs
-            if os.path.ismount(folder.real)
+            if is_mount_point(folder.real)
         ]
         safety = None
         if any(folder.path.is_dir() for folder, _ in pairs):
@@ -240,6 +242,21 @@ def _count_files(folder: Path) -> int:
     return sum(len(files) for _, _, files in os.walk(folder))
 
 
+def is_mount_point(path: Path) -> bool:
+    """Is `path` mounted on? Also a bind mount from the same disk, which ismount misses."""
+    if os.path.ismount(path):
+        return True
+    try:
+        table = Path("/proc/self/mountinfo").read_text()
+    except OSError:  # not Linux: ismount is all there is
+        return False
+    unescape = partial(re.sub, r"\\([0-7]{3})", lambda code: chr(int(code.group(1), 8)))
+    return any(
+        len(fields) > 4 and unescape(fields[4]) == str(path)
+        for fields in (line.split(" ") for line in table.splitlines())
+    )
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -278,7 +295,7 @@ class _Swapper:
         swaps = []
         for folder in folders:
             live = folder.real
-            in_place = os.path.ismount(live)
+            in_place = is_mount_point(live)
             home = live if in_place else live.parent  # where renames stay on one disk
             home.mkdir(parents=True, exist_ok=True)
             swaps.append(

@@ -20,7 +20,7 @@ import pytest
 
 from cosmic_backup.components.archive import UnsafeArchive
 from cosmic_backup.components.base import BackupRequest, RestoreRequest
-from cosmic_backup.components.files import FilesComponent
+from cosmic_backup.components.files import FilesComponent, is_mount_point
 from cosmic_backup.errors import NotConfigured, OperationFailed, UsageError
 from cosmic_backup.format.manifest import TAG_PRE_RESTORE, Manifest
 from cosmic_backup.settings import load_settings
@@ -95,6 +95,7 @@ def test_round_trip_of_two_folders(tmp_path: Path) -> None:
     assert leftovers(tmp_path) == []
     assert not (tmp_path / "tmp" / "backups" / ".files-restore.json").exists()
     assert report.details["files"] == 6
+    assert not is_mount_point(tmp_path / "uploads")
     assert component.check_payload(io.BytesIO(data), manifest)["files"] == 6
 
 
@@ -225,30 +226,37 @@ def run_killed_at(step: int, action: Callable[[], None]) -> bool:
     return False
 
 
-@pytest.fixture
-def mount_point(tmp_path: Path) -> Iterator[Path]:
-    """A real tmpfs mounted as the static folder: a folder that cannot be renamed."""
+def mounted(tmp_path: Path, how: list[str]) -> Iterator[Path]:
+    """`static` as a real mount point: a folder that cannot be renamed."""
     static = tmp_path / "static"
     static.mkdir()
     if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a tmpfs needs root")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(static)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+        pytest.skip("mounting needs root")
+    result = subprocess.run(["mount", *how, str(static)], capture_output=True, check=False)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount here: {result.stderr.decode().strip()}")
     yield static
     subprocess.run(["umount", "-l", str(static)], check=True)
 
 
-@pytest.mark.parametrize("static_kind", ["folder", "mount point"])
+@pytest.fixture
+def tmpfs_static(tmp_path: Path) -> Iterator[Path]:
+    yield from mounted(tmp_path, ["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+
+
+@pytest.fixture
+def bind_static(tmp_path: Path) -> Iterator[Path]:
+    """A bind mount from the same disk, which os.path.ismount does not see."""
+    (tmp_path / "volume").mkdir()
+    yield from mounted(tmp_path, ["--bind", str(tmp_path / "volume")])
+
+
+@pytest.mark.parametrize("static_fixture", [None, "tmpfs_static", "bind_static"])
 def test_sigkill_at_any_step_leaves_folders_fully_old_or_fully_new(
-    tmp_path: Path, static_kind: str, request: pytest.FixtureRequest
+    tmp_path: Path, static_fixture: str | None, request: pytest.FixtureRequest
 ) -> None:
-    if static_kind == "mount point":
-        request.getfixturevalue("mount_point")
+    if static_fixture:
+        assert is_mount_point(request.getfixturevalue(static_fixture))
     folders = [tmp_path / "uploads", tmp_path / "static"]
     for folder in folders:
         folder.mkdir(exist_ok=True)
