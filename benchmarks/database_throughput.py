@@ -4,7 +4,8 @@ Usage: python benchmarks/database_throughput.py [--size MIB] [--runs 3]
 
 Starts a scratch PostgreSQL server, fills a database with about --size MiB (default
 1024) of app-like rows (generate_series), then alternates, run by run:
-  1. plain `pg_dump -Fc` (its own zlib compression) into a file,
+  1. plain `pg_dump -Fc` (its own zlib compression) into a file, and `pg_dump -Fc -Z0`
+     (raw: what our backup adds compression, encryption and the MAC to),
   2. `cosmic-backup backup database` (pg_dump -Z0 | gzip | AES | MAC into the artifact),
   3. plain `pg_restore --single-transaction` of that file into a fresh database,
   4. `cosmic-backup restore database latest --into` a fresh database (MAC check of the
@@ -98,6 +99,11 @@ def one_run(
     seconds["pg_dump"], _ = timed(
         [str(bin_dir / "pg_dump"), *conn, "-Fc", f"--file={dump}", source], env
     )
+    raw = root / "raw.dump"
+    seconds["pg_dump_raw"], _ = timed(
+        [str(bin_dir / "pg_dump"), *conn, "-Fc", "-Z0", f"--file={raw}", source], env
+    )
+    raw.unlink()
     seconds["ours_backup"], peak_backup = timed([*cli, "backup", "database"], env)
     target = server.create_database("plain")
     seconds["pg_restore"], _ = timed(
@@ -164,6 +170,7 @@ def report(
         f"ours stored {stored / 2**20:.0f} MiB (gzip + AES); {runs} runs, medians"
     )
     rows = [
+        ("pg_dump -Fc -Z0 (raw, to a file)", "pg_dump_raw"),
         ("pg_dump -Fc (zlib, to a file)", "pg_dump"),
         ("cosmic-backup backup database", "ours_backup"),
         ("pg_restore --single-transaction", "pg_restore"),
@@ -172,7 +179,8 @@ def report(
     print(f"{'operation':<42}{'seconds':>9}")
     for label, key in rows:
         print(f"{label:<42}{medians[key]:>9.2f}")
-    print(f"backup ratio ours / pg_dump: {medians['ours_backup'] / medians['pg_dump']:.2f}")
+    for label, key in (("pg_dump -Fc", "pg_dump"), ("raw pg_dump -Z0", "pg_dump_raw")):
+        print(f"backup ratio ours / {label}: {medians['ours_backup'] / medians[key]:.2f}")
     print(f"restore ratio ours / pg_restore: {medians['ours_restore'] / medians['pg_restore']:.2f}")
     print(f"peak RSS of the cosmic-backup process: {peak / 1024:.0f} MiB")
 
