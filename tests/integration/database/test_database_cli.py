@@ -115,6 +115,7 @@ def test_schema_only_backup_and_restore(db_project: Project, postgres: PostgresS
     restore = db_project.run("restore", "database", "latest", "--into", empty, "--yes")
     assert restore.returncode == 0, restore.stderr
     assert "no data" in restore.stdout
+    assert "--into URL carries a password" in restore.stderr
     contents = table_contents(empty)
     assert "public.users" in contents and "billing.invoices" in contents
     assert all(rows == [] for rows in contents.values())
