@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import shutil
 import stat
-import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from cosmic_backup.errors import CosmicError
 from cosmic_backup.operations.keys import KeySource
+from cosmic_backup.process import run_captured
 from cosmic_backup.settings import SPECS, Settings
 
 OK, WARN, FAIL = "ok", "warning", "failed"
@@ -108,7 +108,10 @@ def check_disk(settings: Settings) -> Check:
 
 
 def _tool_version(path: str, flag: str = "--version") -> str:
-    result = subprocess.run([path, flag], capture_output=True, text=True, timeout=10, check=False)
+    try:
+        result = run_captured([path, flag], timeout=10)
+    except CosmicError as exc:
+        return exc.message
     return result.stdout.strip() or result.stderr.strip()
 
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import shlex
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cosmic_backup.errors import KeyProblem, UsageError
+from cosmic_backup.errors import CosmicError, KeyProblem, UsageError
 from cosmic_backup.format.keyfile import Keyring, create_key_file, read_key_file, write_private_file
 from cosmic_backup.format.keys import Key, generate_passphrase, passphrase_from_text
+from cosmic_backup.process import run_captured
 from cosmic_backup.redact import register_secret
 from cosmic_backup.settings import Settings
 
@@ -89,27 +89,20 @@ class KeySource:
     @staticmethod
     def _run_key_command(command: str) -> Key:
         try:
-            result = subprocess.run(
-                shlex.split(command),
-                capture_output=True,
-                timeout=KEY_COMMAND_TIMEOUT,
-                check=False,
-            )
-        except (OSError, ValueError) as exc:
+            result = run_captured(shlex.split(command), timeout=KEY_COMMAND_TIMEOUT)
+        except ValueError as exc:  # unbalanced quotes in the command
+            raise KeyProblem(f"BACKUP_KEY_COMMAND cannot be parsed ({exc}); check it.") from None
+        except CosmicError as exc:  # missing program, or no answer in time
             raise KeyProblem(
-                f"BACKUP_KEY_COMMAND could not be run ({exc.__class__.__name__}: "
-                f"{getattr(exc, 'strerror', None) or exc}); check the command."
-            ) from None
-        except subprocess.TimeoutExpired:
-            raise KeyProblem(
-                f"BACKUP_KEY_COMMAND did not answer within {KEY_COMMAND_TIMEOUT} s."
+                f"BACKUP_KEY_COMMAND could not be run: {exc.message.rstrip('.')}; "
+                "check the command."
             ) from None
         if result.returncode != 0:
             raise KeyProblem(
                 f"BACKUP_KEY_COMMAND failed with exit code {result.returncode}; run it by hand "
                 "to see why."
             )
-        passphrase = passphrase_from_text(result.stdout.strip())
+        passphrase = passphrase_from_text(result.stdout.strip().encode())
         if not passphrase:
             raise KeyProblem("BACKUP_KEY_COMMAND printed nothing; it must print the passphrase.")
         return Key(passphrase)
