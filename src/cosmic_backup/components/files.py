@@ -31,7 +31,7 @@ from cosmic_backup.components.base import (
 )
 from cosmic_backup.errors import NotConfigured, OperationFailed, UsageError
 from cosmic_backup.format.manifest import TAG_PRE_RESTORE, Manifest
-from cosmic_backup.storage.local import fsync_dir
+from cosmic_backup.storage.local import fsync_dir, replace_file
 
 JOURNAL_NAME = ".files-restore.json"
 STAGING_PREFIX = ".cosmic-restore-"
@@ -280,14 +280,7 @@ class _Swapper:
 
     def _write(self) -> None:
         self.journal.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        temp = self.journal.with_name(self.journal.name + ".tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(self.state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, self.journal)
-        fsync_dir(self.journal.parent)
+        replace_file(self.journal, json.dumps(self.state).encode())
 
     def begin(self, folders: list[Folder]) -> Path:
         """Record the plan, then make the staging folder beside the first live folder."""

@@ -7,18 +7,18 @@ does, since a fresh key could not open any existing backup.
 
 from __future__ import annotations
 
-import os
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cosmic_backup.errors import CosmicError, KeyProblem, UsageError
-from cosmic_backup.format.keyfile import Keyring, create_key_file, read_key_file, write_private_file
+from cosmic_backup.format.keyfile import Keyring, create_key_file, read_key_file
 from cosmic_backup.format.keys import Key, generate_passphrase, passphrase_from_text
 from cosmic_backup.process import run_captured
 from cosmic_backup.redact import register_secret
 from cosmic_backup.settings import Settings
+from cosmic_backup.storage.local import replace_file
 
 KEY_COMMAND_TIMEOUT = 60
 SOURCE_ENV = "environment BACKUP_KEY"
@@ -160,10 +160,8 @@ class KeySource:
             return Rotation(old, None, retired, self._loaded.source)
         passphrase = generate_passphrase()
         new = Key(passphrase.encode())
-        staging = self.key_file.with_name(self.key_file.name + ".new")
-        staging.unlink(missing_ok=True)
-        write_private_file(staging, passphrase.encode() + b"\n")
-        os.replace(staging, self.key_file)  # atomic: the key file is always one whole key
+        # atomic: the key file is always one whole key, 0600 from its first byte
+        replace_file(self.key_file, passphrase.encode() + b"\n")
         self._loaded = LoadedKey(new, str(self.key_file))
         register_secret(new.passphrase)
         return Rotation(old, new, retired, str(self.key_file))

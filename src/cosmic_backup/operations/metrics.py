@@ -7,11 +7,11 @@ file.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cosmic_backup.catalog import TRUST_TAMPERED, Entry
 from cosmic_backup.clock import parse_iso
+from cosmic_backup.storage.local import replace_file
 
 METRICS = (
     ("cosmic_backup_last_success_timestamp_seconds", "Unix time the last good backup finished."),
@@ -55,19 +55,8 @@ def render(per_component: dict[str, dict[str, float]]) -> str:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Replace `path` in one step; the temporary name ends in .tmp, which the collector skips."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.unlink(missing_ok=True)  # a leftover of a killed run with the same pid
-    # O_EXCL and O_NOFOLLOW: the textfile folder is often shared; never write through a link
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fchmod(handle.fileno(), 0o644)  # the collector runs as another user; no secrets
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    """Replace `path` in one step; the temporary name ends in .tmp, which the collector skips.
+
+    Mode 0644: the collector runs as another user, and metrics hold no secret.
+    """
+    replace_file(path, text.encode(), mode=0o644)

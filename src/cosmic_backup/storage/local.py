@@ -24,6 +24,26 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def replace_file(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:
+    """Replace `path` in one step: a temporary file beside it (never through a link),
+    fsynced, renamed over it, and the folder fsynced. Readers see the old or the new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.unlink(missing_ok=True)  # a leftover of a killed run with the same pid
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)  # whatever the umask
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
 def _disk_error(path: Path, exc: OSError) -> OperationFailed:
     return OperationFailed(
         f"Could not write {path}: {exc.strerror or exc}. Free some space or fix the folder's "
