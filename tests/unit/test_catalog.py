@@ -162,7 +162,7 @@ def test_a_tampered_manifest_is_never_taken_for_a_good_backup(
 ) -> None:
     """`latest` does not silently fall back to an older backup when the newest one's
     manifest was edited: it names the newest, flagged, and restore and verify refuse it
-    with the reason (operations/restore.py `_key_for`)."""
+    with the reason (operations/artifacts.py `trusted_key`)."""
     good = backups.add()
     newest = backups.add(after=timedelta(hours=1))
     path = backups.manifest_path(newest)

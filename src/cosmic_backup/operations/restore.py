@@ -11,15 +11,14 @@ import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
-from cosmic_backup.catalog import TRUST_NO_KEY, TRUST_VERIFIED, Entry
 from cosmic_backup.components import create_component
 from cosmic_backup.components.base import Component, RestorePlan, RestoreReport, RestoreRequest
-from cosmic_backup.errors import CosmicError, IntegrityError, Interrupted, OperationFailed
-from cosmic_backup.format.keys import Key
+from cosmic_backup.errors import CosmicError, Interrupted, OperationFailed
 from cosmic_backup.format.manifest import Manifest
-from cosmic_backup.format.pipeline import UnsealingReader, open_verified
+from cosmic_backup.format.pipeline import UnsealingReader
+from cosmic_backup.operations.artifacts import open_plaintext, trusted_key
 from cosmic_backup.operations.backup import backup_component
 from cosmic_backup.operations.context import Runtime
 
@@ -69,11 +68,11 @@ def restore_component(
         component.recover()
         entry = rt.catalog.select(name, selector)
         manifest = entry.manifest
-        key = _key_for(rt, entry)
+        key = trusted_key(rt, entry)
         path = rt.catalog.artifact_path(entry)
         rt.log.info("restore of %s requested (%s)", manifest.id, selector)
         with open(path, "rb") as artifact:
-            reader = _verified_reader(rt, artifact, manifest, key)
+            reader = open_plaintext(rt, artifact, manifest, key)
             plan = component.plan_restore(manifest, request)
             wants_safety = plan.safety_backup is not None and request.safety_backup
             if not confirm(RestorePreview(manifest, plan, wants_safety)):
@@ -86,38 +85,6 @@ def restore_component(
             report = _consume(rt, component, reader, manifest, plan)
     rt.log.info("restore of %s done: %s", manifest.id, "; ".join(report.lines))
     return RestoreOutcome(manifest, plan, report, safety, time.monotonic() - began)
-
-
-def _key_for(rt: Runtime, entry: Entry) -> Key:
-    manifest = entry.manifest
-    if entry.trust not in (TRUST_VERIFIED, TRUST_NO_KEY):
-        raise IntegrityError(
-            f"The backup {manifest.id} cannot be trusted: {entry.problem} Pick another one "
-            f"with 'cosmic-backup list {manifest.component}'."
-        )
-    # TRUST_NO_KEY: for_backup raises the sentence naming both fingerprints.
-    key = rt.keys.for_backup(manifest.id, manifest.key_fingerprint)
-    if entry.trust != TRUST_VERIFIED:  # the key appeared after listing: check again
-        raise IntegrityError(f"The manifest of {manifest.id} could not be verified.")
-    return key
-
-
-def _verified_reader(
-    rt: Runtime, artifact: BinaryIO, manifest: Manifest, key: Key
-) -> UnsealingReader:
-    """Check the whole artifact's MAC before returning a reader of its plaintext."""
-    if manifest.artifact_mac is None:
-        raise IntegrityError(f"The manifest of {manifest.id} records no MAC; it cannot be trusted.")
-    with rt.progress(f"checking {manifest.id}", manifest.stored_size):
-        return open_verified(
-            artifact,
-            key,
-            expected_mac=manifest.artifact_mac,
-            iterations=manifest.iterations,
-            expected_stored_size=manifest.stored_size,
-            expected_sha256=manifest.plaintext_sha256,
-            expected_plaintext_size=manifest.plaintext_size,
-        )
 
 
 def _safety_backup(rt: Runtime, name: str, plan: RestorePlan) -> Manifest:

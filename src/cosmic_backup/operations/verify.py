@@ -15,8 +15,8 @@ from cosmic_backup.catalog import Entry
 from cosmic_backup.clock import iso
 from cosmic_backup.components import create_component
 from cosmic_backup.errors import CosmicError, Interrupted
+from cosmic_backup.operations.artifacts import open_plaintext, trusted_key
 from cosmic_backup.operations.context import Runtime
-from cosmic_backup.operations.restore import _key_for, _verified_reader
 
 DRAIN_CHUNK = 1024 * 1024
 
@@ -46,10 +46,10 @@ def verify_backups(rt: Runtime, component: str | None, selector: str | None) -> 
 def _verify_one(rt: Runtime, entry: Entry) -> VerifyResult:
     manifest = entry.manifest
     try:
-        key = _key_for(rt, entry)
+        key = trusted_key(rt, entry)
         component = create_component(manifest.component, rt.settings, rt.log)
         with open(rt.catalog.artifact_path(entry), "rb") as artifact:
-            reader = _verified_reader(rt, artifact, manifest, key)
+            reader = open_plaintext(rt, artifact, manifest, key)
             payload = io.BufferedReader(reader, DRAIN_CHUNK)
             figures = component.check_payload(payload, manifest)  # type: ignore[arg-type]
             while payload.read(DRAIN_CHUNK):  # the SHA-256 is checked at the very end
