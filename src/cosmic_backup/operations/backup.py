@@ -20,15 +20,13 @@ from cosmic_backup.components.base import BackupRequest, Component, Produced
 from cosmic_backup.errors import CosmicError, Interrupted, Locked, NotConfigured, OperationFailed
 from cosmic_backup.format.keys import Key
 from cosmic_backup.format.manifest import STATUS_FAILED, STATUS_OK, Manifest, kdf_description
-from cosmic_backup.format.pipeline import SealedArtifact, SealingWriter
+from cosmic_backup.format.pipeline import CHUNK_SIZE, SealedArtifact, SealingWriter
 from cosmic_backup.operations.appversion import app_version
 from cosmic_backup.operations.context import Runtime
 from cosmic_backup.operations.metrics import component_values, render, write_atomically
 from cosmic_backup.operations.notify import send, summary
 from cosmic_backup.operations.prune import prune
 from cosmic_backup.operations.retention import Policy
-
-WRITE_BUFFER = 1024 * 1024  # coalesce small writes (tar's 512-byte blocks) before sealing
 
 OUTCOME_OK = "ok"
 OUTCOME_FAILED = "failed"
@@ -146,7 +144,7 @@ def _write_artifact(
         rt.catalog.store.open_write(name) as sink,
     ):
         writer = SealingWriter(sink, key, iterations, on_progress=advance)
-        buffered = io.BufferedWriter(writer, WRITE_BUFFER)
+        buffered = io.BufferedWriter(writer, CHUNK_SIZE)  # coalesce tar's 512-byte writes
         try:
             produced = component.produce(buffered, request)  # type: ignore[arg-type]
             buffered.close()  # flushes, then finishes the gzip, AES and MAC streams

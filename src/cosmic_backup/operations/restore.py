@@ -17,12 +17,10 @@ from cosmic_backup.components import create_component
 from cosmic_backup.components.base import Component, RestorePlan, RestoreReport, RestoreRequest
 from cosmic_backup.errors import CosmicError, Interrupted, OperationFailed
 from cosmic_backup.format.manifest import Manifest
-from cosmic_backup.format.pipeline import UnsealingReader
+from cosmic_backup.format.pipeline import CHUNK_SIZE, UnsealingReader
 from cosmic_backup.operations.artifacts import open_plaintext, trusted_key
 from cosmic_backup.operations.backup import backup_component
 from cosmic_backup.operations.context import Runtime
-
-READ_BUFFER = 1024 * 1024
 
 
 @dataclass
@@ -112,5 +110,5 @@ def _consume(
 ) -> RestoreReport:
     with rt.progress(f"restoring {manifest.id}", manifest.plaintext_size) as advance:
         reader.on_progress = advance
-        payload = io.BufferedReader(reader, READ_BUFFER)
+        payload = io.BufferedReader(reader, CHUNK_SIZE)
         return component.consume(payload, manifest, plan)  # type: ignore[arg-type]

@@ -15,10 +15,9 @@ from cosmic_backup.catalog import Entry
 from cosmic_backup.clock import iso
 from cosmic_backup.components import create_component
 from cosmic_backup.errors import CosmicError, Interrupted
+from cosmic_backup.format.pipeline import CHUNK_SIZE
 from cosmic_backup.operations.artifacts import open_plaintext, trusted_key
 from cosmic_backup.operations.context import Runtime
-
-DRAIN_CHUNK = 1024 * 1024
 
 
 @dataclass
@@ -50,9 +49,9 @@ def _verify_one(rt: Runtime, entry: Entry) -> VerifyResult:
         component = create_component(manifest.component, rt.settings, rt.log)
         with open(rt.catalog.artifact_path(entry), "rb") as artifact:
             reader = open_plaintext(rt, artifact, manifest, key)
-            payload = io.BufferedReader(reader, DRAIN_CHUNK)
+            payload = io.BufferedReader(reader, CHUNK_SIZE)
             figures = component.check_payload(payload, manifest)  # type: ignore[arg-type]
-            while payload.read(DRAIN_CHUNK):  # the SHA-256 is checked at the very end
+            while payload.read(CHUNK_SIZE):  # the SHA-256 is checked at the very end
                 pass
     except Interrupted:
         raise

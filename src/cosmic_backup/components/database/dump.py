@@ -23,9 +23,8 @@ from cosmic_backup.components.database.tools import Tool
 from cosmic_backup.components.database.url import Target
 from cosmic_backup.errors import OperationFailed
 from cosmic_backup.format.manifest import MODE_SCHEMA_ONLY
-from cosmic_backup.process import Child, running
+from cosmic_backup.process import PUMP_CHUNK, Child, running
 
-COPY_CHUNK = 1024 * 1024
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
 
 TABLES_QUERY = """
@@ -172,7 +171,7 @@ def _run_pg_dump(
     child = Child(argv, env=env, timeout=seconds_left, log=log)
     assert child.process.stdout is not None
     with running(child):
-        while chunk := child.process.stdout.read(COPY_CHUNK):
+        while chunk := child.process.stdout.read(PUMP_CHUNK):
             out.write(chunk)
         code = child.wait()
     if child.timed_out:
