@@ -250,8 +250,11 @@ class Settings:
 
     def path(self, name: str) -> Path:
         """A path setting, resolved against the project root."""
-        raw = self.values[name]
-        path = Path(os.path.expanduser(str(raw)))
+        return self.resolve(str(self.values[name]))
+
+    def resolve(self, raw: str) -> Path:
+        """A path as the operator wrote it (``~`` allowed), relative to the project root."""
+        path = Path(raw).expanduser()
         return path if path.is_absolute() else self.project_root / path
 
     def optional_path(self, name: str) -> Path | None:

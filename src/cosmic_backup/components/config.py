@@ -46,8 +46,7 @@ class ConfigComponent(Component):
         root = self.settings.project_root
         resolved = []
         for raw in self.settings.config_paths:
-            path = Path(os.path.expanduser(raw))
-            path = path if path.is_absolute() else root / path
+            path = self.settings.resolve(raw)
             try:
                 arcname = str(path.relative_to(root))
             except ValueError:  # outside the project: keep it apart, by its full path
@@ -88,8 +87,7 @@ class ConfigComponent(Component):
 
     def _review_folder(self, manifest: Manifest, target: str | None) -> Path:
         if target is not None:
-            chosen = Path(target).expanduser()
-            chosen = chosen if chosen.is_absolute() else self.settings.project_root / chosen
+            chosen = self.settings.resolve(target)
             if chosen.exists() and any(chosen.iterdir()):
                 raise UsageError(
                     f"The folder {chosen} is not empty; give --target-dir a new or empty folder."

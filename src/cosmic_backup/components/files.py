@@ -57,15 +57,11 @@ class FilesComponent(Component):
     payload = "tar"
 
     # -- what is configured -------------------------------------------------------------
-    def _resolve(self, raw: str) -> Path:
-        path = Path(raw).expanduser()
-        return path if path.is_absolute() else self.settings.project_root / path
-
     def folders(self) -> list[Folder]:
         found: list[Folder] = []
         names: set[str] = set()
         for raw in self.settings.files_dirs:
-            path = self._resolve(raw)
+            path = self.settings.resolve(raw)
             name, attempt = path.name or "root", 1
             while name in names:
                 attempt += 1
@@ -144,8 +140,7 @@ class FilesComponent(Component):
         return RestorePlan(shown, notes, safety, {"folders": [f for f, _ in pairs]})
 
     def _target_dir(self, raw: str) -> Path:
-        target = Path(raw).expanduser()
-        target = target if target.is_absolute() else self.settings.project_root / target
+        target = self.settings.resolve(raw)
         if target.exists() and not target.is_dir():
             raise UsageError(f"{target} is not a folder; give --target-dir a new or empty folder.")
         if target.is_dir() and any(target.iterdir()):
@@ -163,7 +158,7 @@ class FilesComponent(Component):
         configured = {folder.path: folder for folder in self.folders()}
         pairs = []
         for saved in manifest.source.get("folders", []):
-            folder = configured.get(self._resolve(saved["path"]))
+            folder = configured.get(self.settings.resolve(saved["path"]))
             if folder is None:
                 raise UsageError(
                     f"The backup holds the folder '{saved['path']}', which BACKUP_FILES_DIRS no "
