@@ -17,11 +17,11 @@ import pytest
 
 from cosmic_backup.components.base import BackupRequest, Produced, RestoreRequest
 from cosmic_backup.components.database.connection import ConnectionFailed, check_connection
-from cosmic_backup.components.database.dump import COPY_CHUNK
 from cosmic_backup.components.database.tools import candidates, find_tool
 from cosmic_backup.components.database.url import parse_database_url
 from cosmic_backup.errors import IntegrityError, OperationFailed
 from cosmic_backup.format.manifest import Manifest
+from cosmic_backup.process import PUMP_CHUNK
 from tests.integration.database.appdb import (
     DESTRUCTIVE_CHANGES,
     create_app_database,
@@ -131,7 +131,7 @@ def test_dump_streams_through_a_pipe_into_another_database(
     finally:
         os.close(write_fd)
     reader.join()
-    assert 0 < writer.largest <= COPY_CHUNK
+    assert 0 < writer.largest <= PUMP_CHUNK
     [line] = watcher.programs("pg_dump", dbname(app_db))
     pg_dump = line.split(b"\0")
     assert not [arg for arg in pg_dump if arg.startswith((b"--file", b"-f"))]
