@@ -77,7 +77,18 @@ class Locked(CosmicError):
     exit_code = ExitCode.LOCKED
 
 
-class Interrupted(CosmicError):
-    """The run was interrupted (SIGINT/SIGTERM)."""
+class Interrupted(BaseException):
+    """The run was interrupted (SIGINT/SIGTERM).
+
+    Not a `CosmicError`: the handlers meant for user errors (``except CosmicError``) can
+    never swallow it, so an interrupt always ends the run with exit code 130.
+    """
 
     exit_code = ExitCode.INTERRUPTED
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message

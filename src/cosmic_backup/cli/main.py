@@ -36,7 +36,8 @@ COMMAND_MODULES = (
 app = typer.Typer(
     name="cosmic-backup",
     help="Encrypted, compressed backups and safe restores of a web app's PostgreSQL "
-    "database, files and configuration. Run it from the app's project root.",
+    "database, files and configuration. Run it from the app's project root. "
+    "The options below may also be written after the command (list --json).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -84,18 +85,54 @@ def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
     )
 
 
+# Global options an operator may also write after the command (``list --json``): run()
+# moves them in front, where the callback above reads them. The value-taking ones take
+# the next word (or ``=value``; ``-Cpath`` for the short form).
+GLOBAL_FLAGS = frozenset({"--debug", "--json", "--wait"})
+GLOBAL_VALUED = frozenset({"--root", "-C", "--log-format"})
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """`args` with every global option moved before the command, order otherwise kept.
+
+    Stops at ``--``: what follows it is never an option.
+    """
+    hoisted: list[str] = []
+    rest: list[str] = []
+    index = 0
+    while index < len(args):
+        word = args[index]
+        name = word.split("=", 1)[0]
+        if word == "--":
+            rest.extend(args[index:])
+            break
+        attached = (name in GLOBAL_VALUED and "=" in word) or (
+            word.startswith("-C") and word != "-C"
+        )  # --root=PATH, --log-format=json, -CPATH
+        if word in GLOBAL_FLAGS or attached:
+            hoisted.append(word)
+        elif word in GLOBAL_VALUED:
+            hoisted.extend(args[index : index + 2])
+            index += 1
+        else:
+            rest.append(word)
+        index += 1
+    return hoisted + rest
+
+
 def run() -> None:
     """The console entry point: run the app, turn errors into sentences and exit codes.
 
     Usage errors are rendered by typer itself (exit code 2). Interrupts become our own
     `Interrupted` error so they get exit code 130 and the clean-up of every `finally`.
     """
-    debug = "--debug" in sys.argv[1:]
+    args = hoist_global_options(sys.argv[1:])
+    debug = "--debug" in args
     signal.signal(signal.SIGTERM, _raise_interrupted)
     signal.signal(signal.SIGINT, _raise_interrupted)
     try:
-        app(prog_name="cosmic-backup")
-    except CosmicError as exc:
+        app(args=args, prog_name="cosmic-backup")
+    except (CosmicError, Interrupted) as exc:
         if debug:
             traceback.print_exc()
         stderr.print(f"error: {redact(exc.message)}", markup=False)

@@ -42,7 +42,7 @@ class BackupOutcome:
     message: str = ""
     manifest: Manifest | None = None
     duration: float = 0.0
-    error: CosmicError | None = field(default=None, repr=False)
+    error: CosmicError | Interrupted | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         manifest = self.manifest
@@ -160,8 +160,8 @@ def _app_version_source(rt: Runtime) -> dict[str, str]:
     return {"app_version": version} if version else {}
 
 
-def _as_cosmic_error(exc: BaseException) -> CosmicError:
-    if isinstance(exc, CosmicError):
+def _as_cosmic_error(exc: BaseException) -> CosmicError | Interrupted:
+    if isinstance(exc, CosmicError | Interrupted):
         return exc
     if isinstance(exc, KeyboardInterrupt):
         return Interrupted("The backup was interrupted; nothing was kept of it.")
@@ -183,7 +183,7 @@ def _record_failure(
     backup_id: str,
     started: datetime,
     key: Key | None,
-    error: CosmicError,
+    error: CosmicError | Interrupted,
 ) -> None:
     """Leave the failure record: listed, counted by status, never restorable."""
     rt.log.error("backup %s failed: %s", backup_id, error.message)

@@ -15,7 +15,7 @@ from typing import Any
 
 from cosmic_backup.components import create_component
 from cosmic_backup.components.base import Component, RestorePlan, RestoreReport, RestoreRequest
-from cosmic_backup.errors import CosmicError, Interrupted, OperationFailed
+from cosmic_backup.errors import CosmicError, OperationFailed
 from cosmic_backup.format.manifest import Manifest
 from cosmic_backup.format.pipeline import CHUNK_SIZE, UnsealingReader
 from cosmic_backup.operations.artifacts import open_plaintext, trusted_key
@@ -90,8 +90,6 @@ def _safety_backup(rt: Runtime, name: str, plan: RestorePlan) -> Manifest:
     rt.say(f"Taking a pre-restore backup of {plan.target_description} first...")
     try:
         safety = backup_component(rt, name, plan.safety_backup)
-    except Interrupted:
-        raise
     except CosmicError as exc:
         raise OperationFailed(
             f"The pre-restore backup failed ({exc.message.rstrip('.')}); nothing was restored. "

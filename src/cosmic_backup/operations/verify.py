@@ -14,7 +14,7 @@ from typing import Any
 from cosmic_backup.catalog import Entry
 from cosmic_backup.clock import iso
 from cosmic_backup.components import create_component
-from cosmic_backup.errors import CosmicError, Interrupted
+from cosmic_backup.errors import CosmicError
 from cosmic_backup.format.pipeline import CHUNK_SIZE
 from cosmic_backup.operations.artifacts import open_plaintext, trusted_key
 from cosmic_backup.operations.context import Runtime
@@ -53,8 +53,6 @@ def _verify_one(rt: Runtime, entry: Entry) -> VerifyResult:
             figures = component.check_payload(payload, manifest)  # type: ignore[arg-type]
             while payload.read(CHUNK_SIZE):  # the SHA-256 is checked at the very end
                 pass
-    except Interrupted:
-        raise
     except CosmicError as exc:
         rt.log.error("verify %s failed: %s", manifest.id, exc.message)
         return VerifyResult(manifest.id, manifest.component, False, exc.message)
