@@ -71,6 +71,14 @@ class Project:
         )
 
 
+@pytest.fixture(autouse=True)
+def _no_secrets_from_earlier_tests() -> None:
+    """Each test starts with no registered secret, so none passes thanks to another's."""
+    from cosmic_backup.redact import forget_secrets
+
+    forget_secrets()
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Project:
     root = tmp_path / "app"

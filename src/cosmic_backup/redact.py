@@ -18,11 +18,44 @@ _MIN_SECRET_LENGTH = 4
 _lock = threading.Lock()
 _secrets: set[str] = set()
 
+# One whole connection URL (not free text): its user information runs to the LAST "@",
+# so a password holding "@", "/", "?", "#" or spaces is masked whole, never in part.
+_WHOLE_URL = re.compile(r"^(?P<head>\s*[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>.*)@", re.DOTALL)
+# What may stand unencoded in a URL's user information (RFC 3986 userinfo).
+USERINFO_CHARS = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:]|%[0-9A-Fa-f]{2})*")
+# key=value connection strings: the password runs to the next "word=" (or the end).
+_WHOLE_KEYWORD_PASSWORD = re.compile(
+    r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|.*?)(?=\s+\w+\s*=|\s*$)",
+    re.IGNORECASE | re.DOTALL,
+)
+
 
 def mask_url_password(text: str) -> str:
     """``postgres://u:pw@h/db`` becomes ``postgres://u:***@h/db``; also ``password=...``."""
     text = _URL_PASSWORD.sub(lambda m: m.group("head") + "***@", text)
     return _KEYWORD_PASSWORD.sub(lambda m: m.group("head") + "***", text)
+
+
+def split_url_password(url: str) -> tuple[str, str, str] | None:
+    """(before, password, after) of one whole connection URL, or None when it has none.
+
+    The user ends at the first ":" of the user information, the password at its last "@".
+    """
+    match = _WHOLE_URL.match(url)
+    if match is None or ":" not in match.group("userinfo"):
+        return None
+    user, _, password = match.group("userinfo").partition(":")
+    head = match.group("head") + user + ":"
+    return head, password, url[match.end() - 1 :]
+
+
+def mask_connection_string(value: str) -> str:
+    """One whole DATABASE_URL (URL or key=value form) with its password masked entirely."""
+    parts = split_url_password(value)
+    if parts is not None:
+        head, _password, tail = parts
+        return head + "***" + tail
+    return _WHOLE_KEYWORD_PASSWORD.sub(lambda m: m.group("head") + "***", value)
 
 
 def register_secret(value: str | bytes | None) -> None:
@@ -34,6 +67,12 @@ def register_secret(value: str | bytes | None) -> None:
     if len(text) >= _MIN_SECRET_LENGTH:
         with _lock:
             _secrets.add(text)
+
+
+def forget_secrets() -> None:
+    """Forget every registered secret (for tests: each starts with none)."""
+    with _lock:
+        _secrets.clear()
 
 
 def redact(text: str) -> str:

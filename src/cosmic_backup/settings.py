@@ -282,9 +282,9 @@ class Settings:
 
 def mask_secret_setting(name: str, value: str) -> str:
     if name == "database_url":
-        from cosmic_backup.redact import mask_url_password
+        from cosmic_backup.redact import mask_connection_string
 
-        return mask_url_password(value)
+        return mask_connection_string(value)
     return "********"
 
 

@@ -114,3 +114,80 @@ def test_neon_pooler_switch_covers_every_host_of_a_multi_host_url() -> None:
     )
     assert target.host == ("ep-a-1.eu-central-1.aws.neon.tech,ep-b-2.eu-central-1.aws.neon.tech")
     assert len(target.notes) == 1
+
+
+# Every URL delimiter, and space; each password also has pieces long enough to spot.
+DELIMITERS = [*"@:/?#%[]!$&'()*+,;=", " "]
+
+
+def _pieces(password: str) -> list[str]:
+    """The runs of letters and digits of a password: no output may hold any of them."""
+    import re
+
+    return [piece for piece in re.split(r"[^A-Za-z0-9]+", password) if len(piece) >= 4]
+
+
+@pytest.mark.parametrize("delimiter", DELIMITERS)
+def test_no_fragment_of_an_unencoded_password_reaches_a_message(delimiter: str) -> None:
+    password = f"Kq7vWx{delimiter}Zr2pLm{delimiter}Ht9yQe"
+    url = f"postgresql://app:{password}@127.0.0.1:1/appdb"
+    try:
+        target = parse_database_url(url)
+    except UsageError as exc:
+        shown = exc.message
+    else:  # sub-delimiters may stand unencoded: then the whole password is the password
+        assert target.password == password
+        shown = explain(psycopg.OperationalError("connection refused"), target, 5).message
+        shown += target.describe() + target.conninfo()
+    for piece in _pieces(password):
+        assert piece not in shown
+    assert "127.0.0.1" in shown
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:p@ss:w/rd#1%x@127.0.0.1/db",  # the issue's first example
+        "postgresql://app:hunter@2xyz@127.0.0.1/db",  # and its second
+        "postgresql://app:two words here@127.0.0.1/db",
+        "postgresql://app:Pw0rd/Slash@127.0.0.1/db",
+    ],
+)
+def test_an_unencoded_password_is_refused_with_the_url_masked(url: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_database_url(url)
+    message = caught.value.message
+    assert "postgresql://app:***@127.0.0.1/db" in message and "percent-encode" in message
+    password = url.split("app:", 1)[1].rsplit("@", 1)[0]
+    assert all(
+        piece not in message for piece in password.replace("@", " ").split() if len(piece) > 1
+    )
+    assert redact(f"pg_dump said {password}") == "pg_dump said ***"  # registered as a secret
+
+
+def test_a_percent_encoded_password_with_every_delimiter_is_decoded() -> None:
+    import urllib.parse
+
+    password = "".join(f"x{d}" for d in DELIMITERS) + "end"
+    url = f"postgresql://app:{urllib.parse.quote(password, safe='')}@127.0.0.1/db"
+    target = parse_database_url(url)
+    assert target.password == password and target.host == "127.0.0.1"
+
+
+def test_a_malformed_conninfo_with_a_password_does_not_echo_it() -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_database_url("host=h password=Secret Tail99 user=app")
+    assert "Tail99" not in caught.value.message and "Secret" not in caught.value.message
+
+
+def test_the_host_and_user_from_the_environment_describe_the_source(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """libpq takes PGHOST, PGPORT, PGUSER and PGDATABASE when the URL has none."""
+    monkeypatch.setenv("PGHOST", "db.internal")
+    monkeypatch.setenv("PGPORT", "6432")
+    monkeypatch.setenv("PGUSER", "svc")
+    target = parse_database_url("postgresql:///appdb")
+    assert target.host == "db.internal"
+    assert target.describe() == "database appdb on db.internal:6432 as svc"
+    assert parse_database_url("postgresql://other/appdb").host == "other"  # the URL wins

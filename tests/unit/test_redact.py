@@ -1,13 +1,19 @@
 """What we print, log and record never carries a password or a registered secret.
 
-Registered secrets stay registered for the whole process, so each test uses its own.
+Each test starts with no registered secret (the autouse fixture in tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from cosmic_backup.redact import mask_url_password, redact, register_secret
+from cosmic_backup.redact import (
+    forget_secrets,
+    mask_connection_string,
+    mask_url_password,
+    redact,
+    register_secret,
+)
 
 
 @pytest.mark.parametrize(
@@ -77,3 +83,25 @@ def test_very_short_values_and_none_are_not_registered() -> None:
     register_secret(None)
     assert redact("pg_dump and pg_restore") == "pg_dump and pg_restore"
     assert redact("postgresql://u:pg_@h/db") == "postgresql://u:***@h/db"
+
+
+def test_secrets_can_be_forgotten_and_none_leaks_in_from_another_test() -> None:
+    assert redact("0123456789abcdef-key-under-test") == "0123456789abcdef-key-under-test"
+    register_secret("forget-me-secret-value")
+    assert redact("forget-me-secret-value") == "***"
+    forget_secrets()
+    assert redact("forget-me-secret-value") == "forget-me-secret-value"
+
+
+@pytest.mark.parametrize(
+    ("value", "masked"),
+    [
+        ("postgresql://app:p@ss:w/rd#1%x@db/app", "postgresql://app:***@db/app"),
+        ("postgresql://app:two words@db/app", "postgresql://app:***@db/app"),
+        ("postgresql://app@db/app", "postgresql://app@db/app"),
+        ("host=db password=two words user=app", "host=db password=*** user=app"),
+        ("host=db password='it''s' dbname=x", "host=db password=*** dbname=x"),
+    ],
+)
+def test_a_whole_connection_string_is_masked_entirely(value: str, masked: str) -> None:
+    assert mask_connection_string(value) == masked

@@ -20,7 +20,7 @@ from cosmic_backup.clock import parse_iso
 from cosmic_backup.components.base import RestoreRequest
 from cosmic_backup.errors import UsageError
 from cosmic_backup.operations.restore import Confirm, RestorePreview, restore_component
-from cosmic_backup.redact import mask_url_password
+from cosmic_backup.redact import mask_connection_string
 
 
 def restore(
@@ -48,7 +48,7 @@ def restore(
         raise UsageError("--into is for the database; use --target-dir for files and config.")
     if target_dir and what == "database":
         raise UsageError("--target-dir is for files and config; use --into for the database.")
-    if into and mask_url_password(into) != into:
+    if into and mask_connection_string(into) != into:
         say(
             "warning: the --into URL carries a password, which other users can see in the "
             "process list; give it in PGPASSWORD or ~/.pgpass instead."

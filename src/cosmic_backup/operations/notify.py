@@ -6,6 +6,7 @@ webhooks carry their token in it), so it is masked everywhere.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import logging
@@ -62,11 +63,12 @@ def send(url: str, payload: dict[str, Any], log: logging.Logger) -> bool:
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         log.warning("BACKUP_NOTIFY_URL is not an http:// or https:// URL; no webhook was called")
         return False
+    bare_url, authorization = _basic_auth(url)
+    headers = {"Content-Type": "application/json", "User-Agent": f"cosmic-backup/{__version__}"}
+    if authorization:
+        headers["Authorization"] = authorization
     request = urllib.request.Request(  # noqa: S310 - the operator's own webhook URL
-        url,
-        data=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json", "User-Agent": f"cosmic-backup/{__version__}"},
-        method="POST",
+        bare_url, data=json.dumps(payload).encode(), headers=headers, method="POST"
     )
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:  # noqa: S310
@@ -79,3 +81,20 @@ def send(url: str, payload: dict[str, Any], log: logging.Logger) -> bool:
     else:
         log.warning("the webhook answered with HTTP %s", response.status)
     return accepted
+
+
+def _basic_auth(url: str) -> tuple[str, str | None]:
+    """``https://user:pass@host/...`` as the URL without them and an HTTP basic header.
+
+    urllib would otherwise take ``user:pass@host`` for the host name and never connect.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    user = urllib.parse.unquote(parts.username or "")
+    password = urllib.parse.unquote(parts.password or "")
+    register_secret(password)
+    netloc = parts.netloc.rpartition("@")[2]
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    register_secret(token)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), f"Basic {token}"

@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import socket
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
 from cosmic_backup.operations.notify import send, summary
 from cosmic_backup.redact import register_secret
-
-
-class _Receiver(BaseHTTPRequestHandler):
-    received: list[dict] = []  # noqa: RUF012 - one list shared by the handler instances
-    answer = 204
-
-    def do_POST(self) -> None:
-        length = int(self.headers["Content-Length"])
-        _Receiver.received.append(json.loads(self.rfile.read(length)))
-        self.send_response(self.answer)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        return None
+from tests.unit.operations.webhook import Webhook, webhook_server
 
 
 class _Records(logging.Handler):
@@ -49,14 +36,9 @@ def log() -> Iterator[tuple[logging.Logger, _Records]]:
 
 
 @pytest.fixture
-def server() -> Iterator[HTTPServer]:
-    _Receiver.received.clear()
-    _Receiver.answer = 204
-    httpd = HTTPServer(("127.0.0.1", 0), _Receiver)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+def server() -> Iterator[Webhook]:
+    with webhook_server() as hook:
+        yield hook
 
 
 def payload() -> dict:
@@ -64,11 +46,12 @@ def payload() -> dict:
     return summary("ok", "run1", "/srv/app", components, "logs/x.log")
 
 
-def test_the_summary_is_delivered(server: HTTPServer, log: tuple) -> None:
+def test_the_summary_is_delivered(server: Webhook, log: tuple) -> None:
     logger, records = log
-    url = f"http://127.0.0.1:{server.server_port}/hook/token-abc123"
+    url = server.url("/hook/token-abc123")
     assert send(url, payload(), logger) is True
-    [body] = _Receiver.received
+    [received] = server.received
+    body = received.body
     assert body["status"] == "ok" and body["run_id"] == "run1"
     assert body["components"][0]["component"] == "config"
     assert body["text"].startswith("cosmic-backup ok on ")
@@ -95,12 +78,12 @@ def test_secrets_never_reach_the_webhook() -> None:
     assert body["components"][0]["message"] == "bad ***"
 
 
-def test_a_server_error_is_logged_not_raised(server: HTTPServer, log: tuple) -> None:
+def test_a_server_error_is_logged_not_raised(server: Webhook, log: tuple) -> None:
     logger, records = log
-    _Receiver.answer = 500
-    url = f"http://127.0.0.1:{server.server_port}/hook/token-xyz789"
+    server.answer = 500
+    url = server.url("/hook/token-xyz789")
     assert send(url, payload(), logger) is False
-    assert len(_Receiver.received) == 1
+    assert len(server.received) == 1
     assert "500" in records.lines[0] and "token-xyz789" not in " ".join(records.lines)
 
 
@@ -144,3 +127,19 @@ def test_only_http_urls_are_called(tmp_path, log: tuple) -> None:
     assert send(f"file://{target}", payload(), logger) is False
     assert not target.exists()
     assert "not an http:// or https:// URL" in records.lines[0]
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth_and_never_logged(
+    server: Webhook, log: tuple
+) -> None:
+    logger, records = log
+    url = server.url("/hook", userinfo="ops:Hook%40Pass-9271@")
+    assert send(url, payload(), logger) is True
+    [received] = server.received
+    assert received.path == "/hook"
+    expected = base64.b64encode(b"ops:Hook@Pass-9271").decode()
+    assert received.headers["Authorization"] == f"Basic {expected}"
+    server.answer = 500
+    assert send(url, payload(), logger) is False
+    logged = " ".join(records.lines)
+    assert "Hook" not in logged and "9271" not in logged and expected not in logged

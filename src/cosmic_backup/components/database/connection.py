@@ -112,7 +112,7 @@ def explain(exc: Exception, target: Target, timeout: int) -> ConnectionFailed:
     lowered = _QUOTED.sub('""', text).lower()
     names = {
         "where": target.describe(),
-        "user": target.params.get("user", "?"),
+        "user": target.user or "?",
         "dbname": target.dbname,
         "host": target.host,
         "timeout": timeout,

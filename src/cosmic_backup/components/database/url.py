@@ -6,12 +6,14 @@ without it (`--dbname=...`) and the password in ``PGPASSWORD``, in their environ
 
 from __future__ import annotations
 
+import os
+import urllib.parse
 from dataclasses import dataclass, field
 
 import psycopg.conninfo
 
 from cosmic_backup.errors import UsageError
-from cosmic_backup.redact import mask_url_password, register_secret
+from cosmic_backup.redact import USERINFO_CHARS, redact, register_secret, split_url_password
 
 NEON_SUFFIX = ".neon.tech"
 POOLER_MARK = "-pooler"
@@ -28,13 +30,25 @@ class Target:
     def password(self) -> str | None:
         return self.params.get("password")
 
+    def _param(self, name: str, env: str) -> str | None:
+        """A connection parameter as libpq sees it: the URL's, else its PG* variable."""
+        return self.params.get(name) or os.environ.get(env) or None
+
     @property
     def host(self) -> str:
-        return self.params.get("host", "localhost")
+        return self._param("host", "PGHOST") or "localhost"
+
+    @property
+    def port(self) -> str | None:
+        return self._param("port", "PGPORT")
+
+    @property
+    def user(self) -> str | None:
+        return self._param("user", "PGUSER")
 
     @property
     def dbname(self) -> str:
-        return self.params.get("dbname", self.params.get("user", ""))
+        return self._param("dbname", "PGDATABASE") or self.user or ""
 
     @property
     def is_neon(self) -> bool:
@@ -47,9 +61,9 @@ class Target:
         return psycopg.conninfo.make_conninfo(**params)
 
     def describe(self) -> str:
-        port = self.params.get("port")
+        port = self.port
         where = f"{self.host}:{port}" if port else self.host
-        user = self.params.get("user")
+        user = self.user
         return f"database {self.dbname} on {where}" + (f" as {user}" if user else "")
 
     def tool_environment(self, connect_timeout: int) -> dict[str, str]:
@@ -63,19 +77,50 @@ class Target:
         return env
 
 
-def parse_database_url(url: str) -> Target:
-    """Parse a postgres:// URL or a key=value connection string."""
+_EXAMPLE = "postgresql://user:password@host:5432/dbname"
+_ENCODE_HINT = (
+    "percent-encode every @ : / ? # % [ ] and space in the user name and password "
+    "(@ as %40, / as %2F, # as %23, % as %25, space as %20)"
+)
+
+
+def parse_database_url(url: str, name: str = "DATABASE_URL") -> Target:
+    """Parse a postgres:// URL or a key=value connection string.
+
+    No message built here echoes the URL or libpq's words about it: when a password is
+    written unencoded, libpq cuts it at a delimiter and quotes the pieces as a host, a
+    port or a "percent-encoded token". The password is masked before anything is said.
+    """
+    _check_url_password(url, name)
     try:
         params = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
+        has_password = split_url_password(url) is not None or "password" in url.lower()
+        detail = "" if has_password else f" ({redact(str(exc)).rstrip('.')})"
         raise UsageError(
-            "DATABASE_URL is not a valid PostgreSQL connection URL "
-            f"({mask_url_password(str(exc))}); "
-            "it should look like postgresql://user:password@host:5432/dbname."
+            f"{name} is not a valid PostgreSQL connection URL{detail}; it should look like "
+            f"{_EXAMPLE}; {_ENCODE_HINT}."
         ) from None
     values = {k: str(v) for k, v in params.items() if v is not None}
     register_secret(values.get("password"))
     return switch_neon_pooler(Target(values))
+
+
+def _check_url_password(url: str, name: str) -> None:
+    """Register the password of a URL as a secret, and refuse one libpq would misread."""
+    parts = split_url_password(url)
+    if parts is None:
+        return
+    head, password, tail = parts
+    register_secret(password)
+    register_secret(urllib.parse.unquote(password))
+    user = head.split("://", 1)[1][:-1]
+    if not (USERINFO_CHARS.fullmatch(password) and USERINFO_CHARS.fullmatch(user)):
+        raise UsageError(
+            f"The password or user name in {name} ({head}***{tail}) holds characters that "
+            f"must be encoded, so it would be misread; {_ENCODE_HINT}, or give the password "
+            "in PGPASSWORD instead."
+        )
 
 
 def switch_neon_pooler(target: Target) -> Target:
