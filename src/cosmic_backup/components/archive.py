@@ -24,6 +24,7 @@ import os
 import stat
 import tarfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, NamedTuple
@@ -48,7 +49,9 @@ class TreeStats:
     links: int = 0
     bytes: int = 0
     warnings: list[str] = field(default_factory=list)
-    unreadable: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # skipped: could not be opened
+    read_errors: list[str] = field(default_factory=list)  # stored cut short: a read failed
+    excluded: list[str] = field(default_factory=list)  # the backup folder, key, logs...
 
 
 @dataclass
@@ -57,6 +60,8 @@ class ExtractStats:
     folders: int = 0
     links: int = 0
     bytes: int = 0
+    # Members whose owner in the archive could not be given back (not running as root).
+    owners_not_kept: int = field(default=0, compare=False)
 
 
 def link_leaves_root(name: PurePosixPath, target: str) -> bool:
@@ -85,21 +90,33 @@ class _ExactReader:
     def __init__(self, handle: io.FileIO, size: int) -> None:
         self._handle = handle
         self._left = size
+        self.done = 0  # bytes read from the file itself
         self.changed = False
+        # A read that failed (EIO from a bad disk): the rest is zeros, the caller reports it.
+        self.error: OSError | None = None
 
     def read(self, count: int = -1) -> bytes:
         if count < 0 or count > self._left:
             count = self._left
-        data = self._handle.read(count)
-        while 0 < len(data) < count:  # a short read is not yet the end of the file
-            more = self._handle.read(count - len(data))
-            if not more:
-                break
-            data += more
+        data = self._read_fully(count) if self.error is None else b""
+        self.done += len(data)
         if len(data) < count:
-            self.changed = True
+            self.changed = self.error is None
             data += b"\0" * (count - len(data))
         self._left -= count
+        return data
+
+    def _read_fully(self, count: int) -> bytes:
+        """Up to `count` bytes (a short read is not yet the end of the file)."""
+        data = b""
+        try:
+            while len(data) < count:
+                more = self._handle.read(count - len(data))
+                if not more:
+                    break
+                data += more
+        except OSError as exc:  # the source's fault, never the backup folder's
+            self.error = exc
         return data
 
 
@@ -115,7 +132,8 @@ class _Folder:
 class TarWriter:
     """Writes a tar stream of trees and small in-memory files into a binary stream."""
 
-    def __init__(self, out: BinaryIO, log: logging.Logger) -> None:
+    def __init__(self, out: BinaryIO, log: logging.Logger, exclude: Iterable[Path] = ()) -> None:
+        self._excluded = identities(exclude)
         self._tar = tarfile.open(  # noqa: SIM115 - closed by __exit__, after the last member
             fileobj=out,
             mode="w|",
@@ -167,15 +185,23 @@ class TarWriter:
         self.stats.warnings.append(message)
         self._log.warning("%s", message)
 
-    def _unreadable(self, name: str) -> None:
+    def _unreadable(self, name: str, exc: OSError | None = None) -> None:
         self.stats.unreadable.append(name)
-        self._log.warning("%s cannot be read; skipped", name)
+        why = f" ({exc.strerror})" if exc is not None and exc.strerror else ""
+        self._log.warning("%s cannot be read%s; skipped", name, why)
 
     def _add_entry(self, walk: list[_Folder], parent: int | None, name: str, arcname: str) -> None:
         try:
             info = os.lstat(name, dir_fd=parent)
         except FileNotFoundError:
             self._warn(f"{arcname} vanished before it was read")
+            return
+        except OSError as exc:  # EIO, EACCES...: this entry's problem, not the backup's
+            self._unreadable(arcname, exc)
+            return
+        if (info.st_dev, info.st_ino) in self._excluded:
+            self.stats.excluded.append(arcname)
+            self._log.info("%s left out: the backup folder, key, keyring or logs", arcname)
             return
         if stat.S_ISLNK(info.st_mode):
             self._add_link(parent, name, arcname, info)
@@ -192,13 +218,12 @@ class TarWriter:
             return os.open(name, OPEN_FLAGS | flags, dir_fd=parent)
         except FileNotFoundError:
             self._warn(f"{arcname} vanished before it was read")
-        except PermissionError:
-            self._unreadable(arcname)
         except OSError as exc:
             # ELOOP/ENOTDIR: replaced by a link or a file since it was looked at.
-            if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO):
-                raise
-            self._warn(f"{arcname} changed while it was read; skipped")
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO):
+                self._warn(f"{arcname} changed while it was read; skipped")
+            else:  # EACCES, EIO...
+                self._unreadable(arcname, exc)
         return None
 
     def _tarinfo(self, name: str, info: os.stat_result, kind: bytes) -> tarfile.TarInfo:
@@ -263,13 +288,35 @@ class TarWriter:
             reader = _ExactReader(handle, before.st_size)
             self._addfile(member, reader)
             after = os.fstat(fd)
-        if reader.changed or (after.st_size, after.st_mtime_ns) != (
+        if reader.error is not None:
+            # The header is already in the stream: the member stays, cut short and
+            # padded, and the warning says so (a streamed tar cannot take it back).
+            self.stats.read_errors.append(arcname)
+            self._warn(
+                f"{arcname} could not be read ({reader.error.strerror or reader.error}) after "
+                f"{reader.done} of {before.st_size} bytes; its copy in this backup is cut short "
+                "(padded with zeros): check that disk and back it up again"
+            )
+        elif reader.changed or (after.st_size, after.st_mtime_ns) != (
             before.st_size,
             before.st_mtime_ns,
         ):
             self._warn(f"{arcname} changed while it was read; the copy may be inconsistent")
         self.stats.files += 1
         self.stats.bytes += before.st_size
+
+
+def identities(paths: Iterable[Path]) -> frozenset[tuple[int, int]]:
+    """(device, inode) of each existing path, and of what it links to."""
+    found = set()
+    for path in paths:
+        for follow in (False, True):
+            try:
+                info = path.stat(follow_symlinks=follow)
+            except OSError:
+                continue
+            found.add((info.st_dev, info.st_ino))
+    return frozenset(found)
 
 
 # -- checking -----------------------------------------------------------------------------
@@ -444,12 +491,23 @@ def list_members(source: BinaryIO) -> ExtractStats:
 
 
 # -- extracting ---------------------------------------------------------------------------
-def safe_extract(source: BinaryIO, dest: Path, *, restore_owner: bool = False) -> ExtractStats:
-    """Extract a tar stream into `dest` (new or empty), refusing any unsafe member."""
+def safe_extract(
+    source: BinaryIO,
+    dest: Path,
+    *,
+    restore_owner: bool = False,
+    skip: Iterable[PurePosixPath] = (),
+) -> ExtractStats:
+    """Extract a tar stream into `dest` (new or empty), refusing any unsafe member.
+
+    `restore_owner`: give files their owners from the archive (only root can; otherwise
+    the stats count the members whose owner could not be kept). Members at or under a
+    path of `skip` are checked but not written.
+    """
     dest.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
     if any(dest.iterdir()):
         raise OperationFailed(f"The folder {dest} is not empty; extraction needs an empty one.")
-    extractor = _Extractor(dest, restore_owner and os.geteuid() == 0)
+    extractor = _Extractor(dest, restore_owner, frozenset(skip))
     try:
         with _read_stream(source) as tar:
             for member in tar:
@@ -485,17 +543,31 @@ def _later(path: Path, member: tarfile.TarInfo) -> _Later:
 
 
 class _Extractor:
-    def __init__(self, dest: Path, restore_owner: bool) -> None:
+    def __init__(self, dest: Path, restore_owner: bool, skip: frozenset[PurePosixPath]) -> None:
         self.dest = dest
-        self.restore_owner = restore_owner
+        self.restore_owner = restore_owner and os.geteuid() == 0
+        self._count_owners = restore_owner and not self.restore_owner
+        self._me = (os.geteuid(), os.getegid())
+        self._skip = skip
         self.names = _Namespace()
         self.stats = ExtractStats()
         self._folders: list[_Later] = []
         self._links: list[_Later] = []  # created last, once all of them are known safe
         self._made_parent = ""
 
+    def _skipped(self, relative: PurePosixPath) -> bool:
+        return bool(self._skip) and any(
+            relative == place or place in relative.parents for place in self._skip
+        )
+
     def extract(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         relative = self.names.admit(member)
+        if self._skipped(relative) or (
+            member.islnk() and self._skipped(self.names.hard_link_source(member))
+        ):
+            return  # e.g. an old backup's copy of the backup folder: never restored
+        if self._count_owners and (member.uid, member.gid) != self._me:
+            self.stats.owners_not_kept += 1
         target = self.dest.joinpath(*relative.parts)
         self._make_parents(member.name, relative.parent)
         if member.isdir():

@@ -25,6 +25,7 @@ from cosmic_backup.components.base import (
     RestoreReport,
     RestoreRequest,
 )
+from cosmic_backup.components.protected import protected_paths
 from cosmic_backup.errors import UsageError
 from cosmic_backup.format.manifest import Manifest
 
@@ -60,7 +61,8 @@ class ConfigComponent(Component):
         environment = environment_snapshot(
             os.environ, self.settings.env_include, self.settings.env_exclude
         )
-        with TarWriter(out, self.log) as tar:
+        # The key, keyring, logs and backups never go in, whatever the configured paths.
+        with TarWriter(out, self.log, exclude=protected_paths(self.settings)) as tar:
             for path, arcname in present:
                 tar.add_tree(path, f"{FILES_MEMBER}/{arcname}")
             tar.add_bytes(ENV_MEMBER, format_env(environment).encode())

@@ -2,25 +2,28 @@
 
 Each configured folder is stored under its own top-level name. A restore extracts the
 whole archive into a staging folder, and only when every member is extracted and checked
-swaps each folder into place with renames, keeping the old content until the swap has
-succeeded. A journal makes the swap restartable: an interrupted restore is rolled back
-(still extracting) or forward (already swapping) by the next run, so a live folder is
-always either fully old or fully new.
+swaps each folder into place (components/swap.py), keeping the old content until the
+swap has succeeded. A journal makes the swap restartable: an interrupted restore is
+rolled back (still extracting) or forward (already swapping) by the next command that
+takes the lock, so a live folder is always either fully old or fully new.
+
+The backup folder, the key, the keyring and the logs are never archived, and a restore
+never touches them (components/protected.py).
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
+import pwd
 import re
 import shutil
-import stat
 from dataclasses import dataclass, replace
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-from cosmic_backup.components.archive import TarWriter, list_members, safe_extract
+from cosmic_backup.components.archive import ExtractStats, TarWriter, list_members, safe_extract
 from cosmic_backup.components.base import (
     BackupRequest,
     Component,
@@ -29,15 +32,37 @@ from cosmic_backup.components.base import (
     RestoreReport,
     RestoreRequest,
 )
+from cosmic_backup.components.protected import (
+    archive_places,
+    contains_root,
+    inside,
+    protected_paths,
+)
+from cosmic_backup.components.swap import (
+    JOURNAL_NAME,
+    KEPT_PREFIX,
+    OLD_PREFIX,
+    STAGING_PREFIX,
+    Swapper,
+    Target,
+    journal_path,
+    remove_path,
+)
 from cosmic_backup.errors import NotConfigured, OperationFailed, UsageError
 from cosmic_backup.format.manifest import TAG_PRE_RESTORE, Manifest
-from cosmic_backup.storage.local import fsync_dir, replace_file
+from cosmic_backup.settings import Settings
 
-JOURNAL_NAME = ".files-restore.json"
-STAGING_PREFIX = ".cosmic-restore-"
-OLD_PREFIX = ".cosmic-old-"
-PHASE_EXTRACTING = "extracting"
-PHASE_SWAPPING = "swapping"
+__all__ = [
+    "JOURNAL_NAME",
+    "KEPT_PREFIX",
+    "OLD_PREFIX",
+    "STAGING_PREFIX",
+    "FilesComponent",
+    "Folder",
+    "interrupted_restore",
+    "is_mount_point",
+    "recover_interrupted_restore",
+]
 
 
 @dataclass(frozen=True)
@@ -52,6 +77,20 @@ class Folder:
         return self.path.resolve()
 
 
+def interrupted_restore(settings: Settings) -> Path | None:
+    """The journal of a files restore that has not finished, if there is one."""
+    journal = journal_path(settings.path("backup_dir"))
+    return journal if journal.exists() else None
+
+
+def recover_interrupted_restore(settings: Settings, log: logging.Logger) -> list[str]:
+    """Finish or undo an interrupted files restore (call under the lock); what was done."""
+    messages = Swapper(journal_path(settings.path("backup_dir")), "").recover()
+    for message in messages:
+        log.warning("%s", message)
+    return messages
+
+
 class FilesComponent(Component):
     name = "files"
     payload = "tar"
@@ -62,6 +101,7 @@ class FilesComponent(Component):
         names: set[str] = set()
         for raw in self.settings.files_dirs:
             path = self.settings.resolve(raw)
+            self._refuse_unsafe_folder(raw, path)
             name, attempt = path.name or "root", 1
             while name in names:
                 attempt += 1
@@ -70,11 +110,42 @@ class FilesComponent(Component):
             found.append(Folder(path, name, raw))
         return found
 
+    def _refuse_unsafe_folder(self, raw: str, path: Path) -> None:
+        """A folder holding the project root, or itself protected, can never be swapped."""
+        if contains_root(path, self.settings.project_root):
+            raise UsageError(
+                f"BACKUP_FILES_DIRS names '{raw}', which holds the whole project "
+                f"({self.settings.project_root}); list the folders of files to back up "
+                "instead, such as static,uploads."
+            )
+        real = path.resolve()
+        for protected in protected_paths(self.settings):
+            if real.is_relative_to(protected.resolve()):
+                raise UsageError(
+                    f"BACKUP_FILES_DIRS names '{raw}', which is the backup folder, the key, "
+                    "the keyring or the logs (never backed up as files); remove it from "
+                    "BACKUP_FILES_DIRS."
+                )
+
+    def _absent(self, folder: Folder) -> str:
+        """Why a configured folder is not backed up: it is missing, or not a folder."""
+        if folder.path.exists():
+            return f"{folder.shown} is a file, not a folder"
+        return f"the folder {folder.shown} does not exist"
+
     def check_configured(self) -> None:
         # No recovery here: this also runs outside the lock (status, doctor), where a
-        # restore may be in progress; recover() runs under the lock.
-        if not any(folder.path.is_dir() for folder in self.folders()):
-            shown = ", ".join(folder.shown for folder in self.folders()) or "(none)"
+        # restore may be in progress; recovery runs under the lock.
+        folders = self.folders()
+        if not any(folder.path.is_dir() for folder in folders):
+            files = [folder.shown for folder in folders if folder.path.exists()]
+            if files:
+                raise NotConfigured(
+                    f"{', '.join(files)} {'is a file' if len(files) == 1 else 'are files'}, "
+                    "not a folder, and no other file folder exists; set BACKUP_FILES_DIRS to "
+                    "the folders to back up."
+                )
+            shown = ", ".join(folder.shown for folder in folders) or "(none)"
             raise NotConfigured(
                 f"None of the file folders exist ({shown}); create them or set "
                 "BACKUP_FILES_DIRS to the folders to back up."
@@ -82,14 +153,19 @@ class FilesComponent(Component):
 
     # -- backup -------------------------------------------------------------------------
     def produce(self, out: BinaryIO, request: BackupRequest) -> Produced:
-        present = [folder for folder in self.folders() if folder.path.is_dir()]
-        missing = [folder.shown for folder in self.folders() if not folder.path.is_dir()]
+        folders = self.folders()
+        present = [folder for folder in folders if folder.path.is_dir()]
+        absent = [folder for folder in folders if not folder.path.is_dir()]
+        missing = [folder.shown for folder in absent]
         if not present:
+            files = [folder.shown for folder in absent if folder.path.exists()]
+            what = f"; {', '.join(files)}: a file, not a folder" if files else ""
             raise OperationFailed(
-                f"None of the file folders exist ({', '.join(missing)}); nothing was backed up."
+                f"None of the file folders exist ({', '.join(missing)}{what}); nothing was "
+                "backed up."
             )
         described = []
-        with TarWriter(out, self.log) as tar:
+        with TarWriter(out, self.log, exclude=protected_paths(self.settings)) as tar:
             for folder in present:
                 files_before, bytes_before = tar.stats.files, tar.stats.bytes
                 tar.add_tree(folder.real, folder.name)
@@ -102,7 +178,7 @@ class FilesComponent(Component):
                     }
                 )
         stats = tar.stats
-        warnings = [f"the folder {name} does not exist; not backed up" for name in missing]
+        warnings = [f"{self._absent(folder)}; not backed up" for folder in absent]
         warnings += stats.warnings
         warnings += [f"{name} could not be read; not backed up" for name in stats.unreadable]
         source = {
@@ -112,6 +188,8 @@ class FilesComponent(Component):
             "bytes": stats.bytes,
             "links": stats.links,
             "unreadable": stats.unreadable,
+            "read_errors": stats.read_errors,
+            "excluded": stats.excluded,
         }
         return Produced(source=source, warnings=warnings)
 
@@ -122,22 +200,35 @@ class FilesComponent(Component):
             note = f"The live folders are not touched; the backup is extracted into {target}."
             return RestorePlan(str(target), [note], None, {"target_dir": target})
         pairs = self._live_targets(manifest)
+        targets = [self._target(folder) for folder, _ in pairs]
+        for (folder, _), target in zip(pairs, targets, strict=True):
+            _check_writable(folder, target)  # before the pre-restore backup and the journal
         shown = ", ".join(str(folder.path) for folder, _ in pairs)
         notes = [
             f"{folder.path}: {_count_files(folder.path)} file(s) now, {files} in the backup."
             for folder, files in pairs
         ]
         notes.append("The new content is extracted beside each folder and swapped in at the end.")
-        notes += [
-            f"{folder.path} is a mount point: its entries are swapped one by one (an "
-            "interrupted swap is finished by the next run)."
-            for folder, _ in pairs
-            if is_mount_point(folder.real)
-        ]
+        for (folder, _), target in zip(pairs, targets, strict=True):
+            if target.keep:
+                kept = ", ".join(str(path) for path in target.keep)
+                notes.append(f"{folder.path}: {kept} stay(s) as they are, never restored.")
+            elif target.in_place:
+                notes.append(
+                    f"{folder.path} is a mount point: its entries are swapped one by one (an "
+                    "interrupted swap is finished by the next run)."
+                )
         safety = None
         if any(folder.path.is_dir() for folder, _ in pairs):
             safety = BackupRequest(tags=(TAG_PRE_RESTORE,))
-        return RestorePlan(shown, notes, safety, {"folders": [f for f, _ in pairs]})
+        return RestorePlan(
+            shown, notes, safety, {"folders": [f for f, _ in pairs], "targets": targets}
+        )
+
+    def _target(self, folder: Folder) -> Target:
+        live = folder.real
+        keep = inside(live, protected_paths(self.settings))
+        return Target(live, folder.name, keep, in_place=bool(keep) or is_mount_point(live))
 
     def _target_dir(self, raw: str) -> Path:
         target = self.settings.resolve(raw)
@@ -171,13 +262,17 @@ class FilesComponent(Component):
         if "target_dir" in plan.private:
             return self._extract_elsewhere(payload, plan.private["target_dir"])
         folders: list[Folder] = plan.private["folders"]
-        swapper = _Swapper(self._journal_path(), manifest.id)
-        staging = swapper.begin(folders)
+        targets: list[Target] = plan.private["targets"]
+        skip: list[PurePosixPath] = []
+        for target in targets:
+            skip += archive_places(target.live, target.name, target.keep)
+        swapper = Swapper(self._journal_path(), manifest.id, chown=self._restore_owner)
+        staging = swapper.begin(targets)
         try:
-            stats = safe_extract(payload, staging, restore_owner=self._restore_owner)
+            stats = safe_extract(payload, staging, restore_owner=self._restore_owner, skip=skip)
             swapper.stage()
         except BaseException:
-            swapper.recover()  # not swapping yet: only the staged copies go
+            swapper.undo()  # not swapping yet: only the staged copies go
             raise
         swapper.swap()
         lines = [
@@ -188,7 +283,7 @@ class FilesComponent(Component):
             "files": stats.files,
             "bytes": stats.bytes,
         }
-        return RestoreReport(lines, details)
+        return self._with_owner_warning(RestoreReport(lines, details), stats)
 
     def _extract_elsewhere(self, payload: BinaryIO, target: Path) -> RestoreReport:
         """--target-dir: straight into the new or empty folder, emptied again on failure."""
@@ -198,14 +293,31 @@ class FilesComponent(Component):
         except BaseException:
             if existed:
                 for child in target.iterdir():
-                    _remove(child)
+                    remove_path(child)
             else:
                 shutil.rmtree(target, ignore_errors=True)
             raise
-        return RestoreReport(
+        report = RestoreReport(
             [f"Extracted {stats.files} file(s) and {stats.links} link(s) into {target}."],
             {"target_dir": str(target), "files": stats.files, "bytes": stats.bytes},
         )
+        return self._with_owner_warning(report, stats)
+
+    def _with_owner_warning(self, report: RestoreReport, stats: ExtractStats) -> RestoreReport:
+        """Not root: say so when files of other users now belong to us."""
+        warnings = []
+        if stats.owners_not_kept:
+            user = _user_name(os.geteuid())
+            warnings.append(
+                f"{stats.owners_not_kept} restored file(s) or folder(s) belonged to other users "
+                f"and now belong to {user}, since only root can keep owners; check that the app "
+                "can still write them, or restore as root."
+            )
+        for warning in warnings:
+            self.log.warning("%s", warning)
+            report.lines.append(f"Warning: {warning}")
+        report.details["warnings"] = warnings
+        return report
 
     def check_payload(self, payload: BinaryIO, manifest: Manifest) -> dict[str, Any]:
         stats = list_members(payload)
@@ -222,13 +334,50 @@ class FilesComponent(Component):
 
     # -- interrupted restores -------------------------------------------------------------
     def _journal_path(self) -> Path:
-        return self.settings.path("backup_dir") / JOURNAL_NAME
+        return journal_path(self.settings.path("backup_dir"))
 
     def recover(self) -> None:
         """Finish or undo a restore that was killed, before anything reads the folders."""
-        message = _Swapper(self._journal_path(), "").recover()
-        if message:
-            self.log.warning("%s", message)
+        recover_interrupted_restore(self.settings, self.log)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _check_writable(folder: Folder, target: Target) -> None:
+    """Refuse, before anything is written, a restore that could not swap `folder` in."""
+    place = target.live if target.in_place else target.live.parent
+    while not place.exists():  # begin() creates the missing parents
+        place = place.parent
+    problem = _probe(place)
+    if problem is None and target.in_place and target.live.is_dir() and os.geteuid() != 0:
+        # Moving a folder to another parent needs write access to the folder itself.
+        for entry in target.live.iterdir():
+            if entry.is_dir() and not entry.is_symlink() and not os.access(entry, os.W_OK):
+                place, problem = entry, "permission denied"
+                break
+    if problem is not None:
+        raise OperationFailed(
+            f"The restore cannot write in {place} ({problem}), which it needs to swap "
+            f"{folder.shown} into place; run it as a user who may write there, or restore "
+            "elsewhere with --target-dir DIR (nothing was changed)."
+        )
+
+
+def _probe(place: Path) -> str | None:
+    """May this process create and remove entries in `place`? None, or why not."""
+    if os.access(place, os.W_OK | os.X_OK):
+        return None
+    try:
+        if os.statvfs(place).f_flag & os.ST_RDONLY:
+            return "read-only file system"
+    except OSError:
+        pass
+    return "permission denied"
 
 
 def _count_files(folder: Path) -> int:
@@ -250,141 +399,3 @@ def is_mount_point(path: Path) -> bool:
         len(fields) > 4 and unescape(fields[4]) == str(path)
         for fields in (line.split(" ") for line in table.splitlines())
     )
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-class _Swapper:
-    """Stages a restore beside the live folders and swaps it in, restartably.
-
-    The journal's phase decides what an interrupted run meant: "extracting" is undone
-    (the live folders were never touched), "swapping" is finished. A live folder is
-    renamed away and the staged one renamed in; a mount point cannot be renamed, so its
-    entries are moved out, then the staged ones in, the journal noting when it is empty.
-    """
-
-    def __init__(self, journal: Path, backup_id: str) -> None:
-        self.journal = journal
-        self.backup_id = backup_id
-        self.state: dict[str, Any] = {}
-
-    def _write(self) -> None:
-        self.journal.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        replace_file(self.journal, json.dumps(self.state).encode())
-
-    def begin(self, folders: list[Folder]) -> Path:
-        """Record the plan, then make the staging folder beside the first live folder."""
-        tag = f"{STAGING_PREFIX}{self.backup_id}"
-        swaps = []
-        for folder in folders:
-            live = folder.real
-            in_place = is_mount_point(live)
-            home = live if in_place else live.parent  # where renames stay on one disk
-            home.mkdir(parents=True, exist_ok=True)
-            swaps.append(
-                {
-                    "live": str(live),
-                    "name": folder.name,
-                    "beside": str(home / f"{tag}-{folder.name}"),
-                    "old": str(home / f"{OLD_PREFIX}{self.backup_id}-{folder.name}"),
-                    "in_place": in_place,
-                    "emptied": False,
-                }
-            )
-        staging = Path(swaps[0]["beside"]).parent / tag
-        self.state = {
-            "phase": PHASE_EXTRACTING,
-            "id": self.backup_id,
-            "staging": str(staging),
-            "swaps": swaps,
-        }
-        self._write()
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir(mode=0o700)
-        return staging
-
-    def stage(self) -> None:
-        """Move each extracted folder beside its target (a copy only across disks)."""
-        staging = Path(self.state["staging"])
-        for swap in self.state["swaps"]:
-            staged, beside = staging / swap["name"], Path(swap["beside"])
-            if not staged.exists():  # the backup held no content for it: an empty folder
-                staged.mkdir(mode=0o755)
-            _remove(beside)
-            shutil.move(staged, beside)
-        # The staged files must be on disk before the old ones are let go.
-        os.sync()
-
-    def swap(self) -> None:
-        self.state["phase"] = PHASE_SWAPPING
-        self._write()
-        try:
-            self._finish()
-        except OSError as exc:
-            raise OperationFailed(
-                f"Swapping the restored folders in failed ({exc.strerror}: {exc.filename}); "
-                "fix the cause and run cosmic-backup again: it finishes the swap."
-            ) from exc
-
-    def _finish(self) -> None:
-        for swap in self.state["swaps"]:
-            if swap.get("in_place"):
-                self._swap_entries(swap)
-            else:
-                _swap_folder(swap)
-        for swap in self.state["swaps"]:
-            _remove(Path(swap["old"]))
-        shutil.rmtree(self.state["staging"], ignore_errors=True)
-        self.journal.unlink(missing_ok=True)
-
-    def _swap_entries(self, swap: dict[str, Any]) -> None:
-        live, beside, old = Path(swap["live"]), Path(swap["beside"]), Path(swap["old"])
-        if not beside.exists():
-            return  # already swapped in by an earlier, interrupted run
-        ours = (STAGING_PREFIX + self.state["id"], OLD_PREFIX + self.state["id"])
-        if not swap["emptied"]:
-            old.mkdir(mode=0o700, exist_ok=True)
-            for entry in live.iterdir():
-                if not entry.name.startswith(ours):
-                    entry.rename(old / entry.name)
-            swap["emptied"] = True
-            self._write()
-        for entry in beside.iterdir():
-            entry.rename(live / entry.name)
-        info = beside.stat()
-        os.chmod(live, stat.S_IMODE(info.st_mode))
-        os.utime(live, ns=(info.st_atime_ns, info.st_mtime_ns))
-        beside.rmdir()
-        fsync_dir(live)
-
-    def recover(self) -> str | None:
-        if not self.journal.exists():
-            return None
-        self.state = json.loads(self.journal.read_text())
-        if self.state["phase"] == PHASE_SWAPPING:
-            self.swap()
-            return "finished the swap of a files restore that was interrupted"
-        shutil.rmtree(self.state["staging"], ignore_errors=True)
-        for swap in self.state["swaps"]:
-            _remove(Path(swap["beside"]))
-        self.journal.unlink(missing_ok=True)
-        self.journal.with_name(self.journal.name + ".tmp").unlink(missing_ok=True)
-        return "removed the staging folder of a files restore that was interrupted"
-
-
-def _swap_folder(swap: dict[str, Any]) -> None:
-    """Rename the live folder away and the staged one in; each step can be redone."""
-    live, beside, old = Path(swap["live"]), Path(swap["beside"]), Path(swap["old"])
-    if not beside.exists():
-        return  # already swapped in by an earlier, interrupted run
-    if live.exists() or live.is_symlink():
-        _remove(old)
-        os.rename(live, old)
-    os.rename(beside, live)
-    fsync_dir(live.parent)

@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cosmic_backup.catalog import Catalog
+from cosmic_backup.catalog import Catalog, KeyLookup
 from cosmic_backup.clock import Clock, SystemClock
+from cosmic_backup.components.files import recover_interrupted_restore
 from cosmic_backup.logs import new_run_id, setup_logging
 from cosmic_backup.operations.keys import KeySource
 from cosmic_backup.settings import Settings
@@ -30,6 +31,32 @@ def no_progress(_description: str, _total: int | None) -> Iterator[Advance]:
 
 def _discard(_message: str) -> None:
     return None
+
+
+class RecoveringCatalog(Catalog):
+    """A catalog whose lock first finishes or undoes an interrupted files restore.
+
+    Every command that takes the lock (backup, restore, prune, verify) recovers first, as
+    the docs say, so a half-swapped folder never waits for the next files run.
+    """
+
+    def __init__(self, root: Path, key_lookup: KeyLookup, recover: Callable[[], None]) -> None:
+        super().__init__(root, key_lookup)
+        self._recover = recover
+        self._depth = 0
+
+    @contextlib.contextmanager
+    def lock(
+        self, command: str, *, wait: bool = False, wait_seconds: float = 3600
+    ) -> Iterator[None]:
+        with super().lock(command, wait=wait, wait_seconds=wait_seconds):
+            self._depth += 1
+            try:
+                if self._depth == 1:  # not again for a pre-restore backup inside a restore
+                    self._recover()
+                yield
+            finally:
+                self._depth -= 1
 
 
 @dataclass
@@ -68,7 +95,12 @@ def open_runtime(
     run_id = new_run_id()
     log, log_file = setup_logging(settings.path("log_dir"), run_id, settings.log_format)
     keys = KeySource(settings, say)
-    catalog = Catalog(settings.path("backup_dir"), keys.lookup)
+
+    def recover() -> None:
+        for message in recover_interrupted_restore(settings, log):
+            say(f"warning: {message}.")
+
+    catalog = RecoveringCatalog(settings.path("backup_dir"), keys.lookup, recover)
     return Runtime(
         settings=settings,
         log=log,

@@ -9,6 +9,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from cosmic_backup.components.files import interrupted_restore
 from cosmic_backup.errors import CosmicError
 from cosmic_backup.operations.keys import KeySource
 from cosmic_backup.process import run_captured
@@ -45,11 +46,25 @@ def run_checks(settings: Settings) -> list[Check]:
     return [
         check_key(settings),
         check_backup_dir(settings),
+        check_files_restore(settings),
         check_disk(settings),
         *check_tools(settings),
         check_openssl(),
         check_database(settings),
     ]
+
+
+def check_files_restore(settings: Settings) -> Check:
+    """A killed files restore: its folders wait, half-swapped, for the next locked run."""
+    journal = interrupted_restore(settings)
+    if journal is None:
+        return Check("files restore", OK, "no interrupted files restore")
+    return Check(
+        "files restore",
+        WARN,
+        f"a files restore was interrupted ({journal} remains); its folders are not settled",
+        "run 'cosmic-backup backup files': it finishes or undoes the restore first",
+    )
 
 
 def check_key(settings: Settings) -> Check:

@@ -1,8 +1,9 @@
 """`status`: per component, the last good backup, the last failure, and its health.
 
 Health is OK, OVERDUE (no good backup within the expected interval plus grace), FAILING
-(the latest attempt failed), NEVER (no good backup at all) or NOT CONFIGURED (nothing to
-back up, and never backed up: not counted as unhealthy).
+(the latest attempt failed), NEVER (no good backup at all), NOT CONFIGURED (nothing to
+back up, and never backed up: not counted as unhealthy) or, for files, RESTORE INTERRUPTED
+(a files restore was killed and its folders are not settled yet).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from typing import Any
 from cosmic_backup.catalog import TRUST_TAMPERED, Entry
 from cosmic_backup.clock import parse_iso
 from cosmic_backup.components import COMPONENT_NAMES, create_component
+from cosmic_backup.components.files import interrupted_restore
 from cosmic_backup.errors import ExitCode, NotConfigured
 from cosmic_backup.operations.context import Runtime
 
 OK, OVERDUE, FAILING, NEVER, NOT_CONFIGURED = "OK", "OVERDUE", "FAILING", "NEVER", "NOT CONFIGURED"
+RESTORE_INTERRUPTED = "RESTORE INTERRUPTED"
 
 
 @dataclass
@@ -142,7 +145,20 @@ def collect(rt: Runtime) -> list[ComponentStatus]:
                 configured=is_configured(rt, name),
             )
         )
-    return statuses
+    return [_unless_restore_interrupted(rt, status) for status in statuses]
+
+
+def _unless_restore_interrupted(rt: Runtime, status: ComponentStatus) -> ComponentStatus:
+    """A killed files restore leaves folders half-swapped: unhealthy until settled."""
+    if status.component != "files" or interrupted_restore(rt.settings) is None:
+        return status
+    status.health = RESTORE_INTERRUPTED
+    status.message = (
+        "a files restore was interrupted and its folders are not settled; run "
+        "'cosmic-backup backup files' (or any backup, restore, prune or verify), which "
+        "finishes or undoes it first"
+    )
+    return status
 
 
 def is_configured(rt: Runtime, name: str) -> bool:
