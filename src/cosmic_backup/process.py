@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,8 @@ from cosmic_backup.errors import OperationFailed
 from cosmic_backup.redact import redact
 
 STDERR_LINES_KEPT = 20
+# PostgreSQL's severities and its tools' own "error:" prefix; HINT names the fix.
+EXPLAINING = re.compile(r"\b(ERROR|FATAL|PANIC|HINT|DETAIL):|\berror:")
 PUMP_CHUNK = 1024 * 1024
 
 
@@ -56,6 +59,7 @@ class Child:
     ) -> None:
         self.name = Path(argv[0]).name
         self.timed_out = False
+        self.stopped = False  # by us: a time limit, an interrupt or a sibling's failure
         self._stderr: deque[str] = deque(maxlen=STDERR_LINES_KEPT)
         argv = [require_program(argv[0]), *argv[1:]]
         log.info("running %s", redact(" ".join(argv)))
@@ -85,7 +89,18 @@ class Child:
         self.kill()
 
     def kill(self) -> None:
+        if self.process.poll() is None:
+            self.stopped = True
         _kill_group(self.process.pid)
+
+    @property
+    def ended_badly(self) -> bool:
+        return self.process.poll() not in (None, 0)
+
+    @property
+    def failed_by_itself(self) -> bool:
+        """Ended badly for a reason of its own, not because we stopped it."""
+        return self.process.returncode not in (None, 0) and not self.stopped
 
     def wait(self) -> int:
         code = self.process.wait()
@@ -94,8 +109,13 @@ class Child:
         return code
 
     def stderr_tail(self, lines: int = 3) -> str:
-        kept = list(self._stderr)[-lines:]
-        return " | ".join(kept) if kept else "no error output"
+        """What explains a failure: the first error lines and their hints when the child
+        printed any (the first error is the cause; what follows it, such as a lost
+        connection's aftermath or a CONTEXT line, is not), else its last lines."""
+        kept = list(self._stderr)
+        explaining = [line for line in kept if EXPLAINING.search(line)]
+        chosen = explaining[:lines] if explaining else kept[-lines:]
+        return " | ".join(chosen) if chosen else "no error output"
 
     @property
     def stderr_text(self) -> str:
@@ -104,7 +124,16 @@ class Child:
 
 @contextlib.contextmanager
 def running(*children: Child) -> Iterator[None]:
-    """Kill every child if the block fails (or is interrupted), so nothing is left running."""
+    """Kill every child if the block fails (or is interrupted), so nothing is left running.
+
+    Children joined by pipes are linked: when one ends badly, the others are stopped at
+    once. Otherwise its siblings block writing into a pipe that nobody reads any more, and
+    our own pump blocks behind them until the time limit (small streams hide this: they
+    fit in the pipe buffers).
+    """
+    watchers = (
+        [_stop_siblings_on_failure(c, children) for c in children] if len(children) > 1 else []
+    )
     try:
         yield
     except BaseException:
@@ -113,6 +142,21 @@ def running(*children: Child) -> Iterator[None]:
         for child in children:
             child.wait()
         raise
+    finally:
+        for watcher in watchers:
+            watcher.join(timeout=5)
+
+
+def _stop_siblings_on_failure(child: Child, children: tuple[Child, ...]) -> threading.Thread:
+    def watch() -> None:
+        if child.process.wait() != 0:
+            for sibling in children:
+                if sibling is not child:
+                    sibling.kill()
+
+    watcher = threading.Thread(target=watch, daemon=True, name=f"watch-{child.name}")
+    watcher.start()
+    return watcher
 
 
 def pump(source: BinaryIO, sink: IO[bytes]) -> None:

@@ -150,8 +150,9 @@ def _run_restore(
     with running(converter, runner):
         relay.start()
         pump(payload, converter.process.stdin)
-        while payload.read(PUMP_CHUNK):  # pg_restore may stop early; the last read checks
-            pass  # the stream's size and SHA-256, and must happen before any COMMIT
+        if not (converter.ended_badly or runner.ended_badly):
+            while payload.read(PUMP_CHUNK):  # pg_restore may stop early; the last read checks
+                pass  # the stream's size and SHA-256, and must happen before any COMMIT
         restore_code = converter.wait()
         relay.join()
         complete = restore_code == 0 and not converter.timed_out and relay.tail is not None
@@ -179,7 +180,7 @@ class _Relay(threading.Thread):
                     pending = pending[-HELD_BACK:]
             self.tail = pending
         except BrokenPipeError:
-            pass  # psql stopped: its exit code and stderr say why
+            pass  # psql stopped (and pg_restore with it): psql's exit code and stderr say why
 
 
 def _finish(sink: IO[bytes], tail: bytes | None) -> None:
@@ -201,13 +202,17 @@ def _check_outcome(converter: Child, runner: Child, timeout: int) -> None:
             f"The restore did not finish within {timeout} s (BACKUP_TIMEOUT) and was rolled "
             "back; the database is unchanged."
         )
-    for child in (runner, converter):  # psql's error explains pg_restore's broken pipe
-        if child.process.returncode != 0:
-            tail = child.stderr_tail()  # its lines usually begin with its own name
-            said = tail if tail.startswith(child.name) else f"{child.name}: {tail}"
-            raise OperationFailed(
-                f"The restore failed and was rolled back; the database is unchanged. {said}."
-            )
+    # The child that failed first says why; the other was stopped because of it. When
+    # both failed of themselves, psql's error explains pg_restore's broken pipe.
+    failed = [c for c in (runner, converter) if c.failed_by_itself]
+    failed += [c for c in (runner, converter) if c.process.returncode != 0]
+    if failed:
+        child = failed[0]
+        tail = child.stderr_tail()  # its lines usually begin with its own name
+        said = tail if tail.startswith(child.name) else f"{child.name}: {tail}"
+        raise OperationFailed(
+            f"The restore failed and was rolled back; the database is unchanged. {said}."
+        )
 
 
 def current_row_counts(target: Target, tables: list[str], timeout: int) -> dict[str, int | None]:
