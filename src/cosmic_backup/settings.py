@@ -125,9 +125,9 @@ SPECS: tuple[Spec, ...] = (
     Spec(
         "files_restore_owner",
         "BACKUP_FILES_RESTORE_OWNER",
-        False,
+        True,
         _bool,
-        "restore files' owners too (only when running as root)",
+        "as root, give restored files their owners from the backup, as tar does",
     ),
     Spec("config_paths", "BACKUP_CONFIG_PATHS", ".env,config", _list, "config files and folders"),
     Spec(

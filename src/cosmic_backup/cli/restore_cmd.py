@@ -41,6 +41,14 @@ def restore(
     no_safety_backup: Annotated[
         bool, typer.Option("--no-safety-backup", help="Restore without a pre-restore backup.")
     ] = False,
+    no_restore_owner: Annotated[
+        bool,
+        typer.Option(
+            "--no-restore-owner",
+            help="Files: as root, leave restored files owned by root instead of their owners "
+            "in the backup (BACKUP_FILES_RESTORE_OWNER=false).",
+        ),
+    ] = False,
 ) -> None:
     """Restore a backup (./scripts/restore.sh database|files|config latest|DATE|ID)."""
     check_component(what, "something to restore")
@@ -54,7 +62,8 @@ def restore(
             "process list; give it in PGPASSWORD or ~/.pgpass instead."
         )
     request = RestoreRequest(target=into or target_dir, safety_backup=not no_safety_backup)
-    runtime = open_cli_runtime(ctx, settings_for(ctx))
+    owner = False if no_restore_owner else None  # None: the setting decides
+    runtime = open_cli_runtime(ctx, settings_for(ctx, files_restore_owner=owner))
     outcome = restore_component(runtime, what, selector, request, _confirmer(yes))
     if state(ctx).json:
         emit_json(outcome.to_dict())
