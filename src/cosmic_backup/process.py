@@ -10,6 +10,7 @@ sentence, not a traceback.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import re
@@ -26,8 +27,10 @@ from cosmic_backup.errors import OperationFailed
 from cosmic_backup.redact import redact
 
 STDERR_LINES_KEPT = 20
-# PostgreSQL's severities and its tools' own "error:" prefix; HINT names the fix.
-EXPLAINING = re.compile(r"\b(ERROR|FATAL|PANIC|HINT|DETAIL):|\berror:")
+# PostgreSQL's severities and its tools' own "error:" prefix. A notice's DETAIL lines
+# ("drop cascades to ...") are noise; those right after the error, and its HINT, are not.
+ERROR_LINE = re.compile(r"\b(ERROR|FATAL|PANIC):|\berror:")
+ERROR_NOTE = re.compile(r"(HINT|DETAIL):")
 PUMP_CHUNK = 1024 * 1024
 
 
@@ -113,8 +116,12 @@ class Child:
         printed any (the first error is the cause; what follows it, such as a lost
         connection's aftermath or a CONTEXT line, is not), else its last lines."""
         kept = list(self._stderr)
-        explaining = [line for line in kept if EXPLAINING.search(line)]
-        chosen = explaining[:lines] if explaining else kept[-lines:]
+        first = next((i for i, line in enumerate(kept) if ERROR_LINE.search(line)), None)
+        if first is None:
+            chosen = kept[-lines:]
+        else:  # the error, then the DETAIL and HINT lines that belong to it
+            follows = itertools.takewhile(ERROR_NOTE.match, kept[first + 1 :])
+            chosen = [kept[first], *follows][:lines]
         return " | ".join(chosen) if chosen else "no error output"
 
     @property
