@@ -55,6 +55,42 @@ def test_the_last_lines_of_stderr_are_kept_and_redacted() -> None:
     assert child.stderr_tail() == "line 3 | line 4 | auth with ***"
 
 
+def test_the_first_error_and_its_hint_explain_a_failure_not_the_noise_around_it() -> None:
+    script = (
+        "echo 'psql:<stdin>:1: NOTICE:  drop cascades to 2 other objects' >&2; "
+        "echo 'DETAIL:  drop cascades to table audit.log' >&2; "
+        "echo 'psql:<stdin>:9: ERROR:  out of shared memory' >&2; "
+        "echo 'HINT:  You might need to increase max_locks_per_transaction.' >&2; "
+        "echo 'CONTEXT:  COPY big, line 7' >&2; "
+        "echo 'psql:<stdin>:9: error: connection to server was lost' >&2; exit 3"
+    )
+    child = Child(["/bin/sh", "-c", script], env={}, timeout=10, log=LOG)
+    assert child.wait() == 3
+    assert child.stderr_tail() == (
+        "psql:<stdin>:9: ERROR:  out of shared memory | "
+        "HINT:  You might need to increase max_locks_per_transaction."
+    )
+
+
+def test_when_one_linked_child_fails_the_other_is_stopped_at_once() -> None:
+    """A writer blocked on a full pipe would otherwise wait for the time limit."""
+    reader = Child(
+        ["/bin/sh", "-c", "sleep 0.3; echo broke >&2; exit 4"],
+        env={},
+        timeout=60,
+        log=LOG,
+        stdin=subprocess.PIPE,
+    )
+    writer = Child(["/bin/sh", "-c", "sleep 60"], env={}, timeout=60, log=LOG)
+    began = time.monotonic()
+    with running(reader, writer):
+        assert writer.wait() != 0
+        assert reader.wait() == 4
+    assert time.monotonic() - began < 5
+    assert reader.failed_by_itself and not writer.failed_by_itself
+    assert writer.stopped and not reader.stopped
+
+
 def test_the_environment_reaches_the_child_and_argv_is_logged_redacted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
