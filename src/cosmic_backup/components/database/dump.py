@@ -1,9 +1,11 @@
 """Taking a dump: pg_dump (custom format, uncompressed) streamed into the sealing pipeline.
 
-A REPEATABLE READ transaction exports a snapshot; the row counts of every table are read
-in it and pg_dump dumps exactly that snapshot, so a restore can be checked against the
-counts. The dump goes straight from pg_dump's stdout into our stream: the plain dump
-never touches the disk.
+A REPEATABLE READ transaction exports a snapshot (and holds no table lock); the row
+counts of every table are read in it (in short transactions of their own that import the
+snapshot and end before pg_dump starts, so their locks are gone by then) and pg_dump
+dumps exactly that snapshot, so a restore can be checked against the counts. The dump
+goes straight from pg_dump's stdout into our stream: the plain dump never touches the
+disk.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from cosmic_backup.format.manifest import MODE_SCHEMA_ONLY
 from cosmic_backup.process import PUMP_CHUNK, Child, running
 
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
+# Tables counted per transaction: its locks (each table and its indexes) are released
+# at its end, so a backup never holds many more locks than pg_dump does.
+COUNT_BATCH = 100
 
 TABLES_QUERY = """
 SELECT n.nspname, c.relname
@@ -107,43 +112,86 @@ def take_dump(
     of what is left, and pg_dump gets the rest.
     """
     deadline = time.monotonic() + limits.timeout
-    with connect(target, limits.connect_timeout) as conn:
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        conn.read_only = True
-        conn.execute(
-            sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{limits.lock_wait_timeout}s"))
-        )
-        conn.execute("SET idle_in_transaction_session_timeout = 0")
-        conn.execute("SET statement_timeout = 0")
-        snapshot = str(conn.execute("SELECT pg_export_snapshot()").fetchone()[0])  # type: ignore[index]
-        tables = list_tables(conn)
-        counts = {}
-        if mode != MODE_SCHEMA_ONLY:
-            conn.execute(
-                sql.SQL("SET statement_timeout = {}").format(
-                    sql.Literal(f"{_remaining_ms(deadline)}ms")
-                )
-            )
-            try:
-                counts = count_rows(conn, tables, limits.lock_wait_timeout)
-            except psycopg.errors.QueryCanceled:
-                raise OperationFailed(timeout_message(limits.timeout)) from None
-            conn.execute("SET statement_timeout = 0")
-        schemas = [str(row[0]) for row in conn.execute(SCHEMAS_QUERY).fetchall()]
-        head = migration_head(conn)
+    with connect(target, limits.connect_timeout) as exporter:
+        # This transaction only keeps the snapshot alive while pg_dump reads it: it takes
+        # no lock on any table, so a backup needs no more locks than pg_dump itself.
+        exporter.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        exporter.read_only = True
+        exporter.execute("SET idle_in_transaction_session_timeout = 0")
+        exporter.execute("SET statement_timeout = 0")
+        snapshot = str(exporter.execute("SELECT pg_export_snapshot()").fetchone()[0])  # type: ignore[index]
+        facts = _read_snapshot(target, snapshot, mode, limits, deadline)
         remaining = max(1.0, deadline - time.monotonic())
         _run_pg_dump(out, target, snapshot, mode, pg_dump, limits, log, remaining)
-        conn.rollback()
+        exporter.rollback()
     return {
         "database": target.dbname,
         "host": target.host,
         "server_version": server.version,
         "pg_dump_version": pg_dump.version,
+        **facts,
+    }
+
+
+def _read_snapshot(
+    target: Target, snapshot: str, mode: str, limits: DumpSettings, deadline: float
+) -> dict[str, Any]:
+    """Tables, row counts, schemas and migration head, read in the exported snapshot, so
+    they describe exactly what pg_dump dumps.
+
+    Counting locks each table and (through the planner) its indexes until its transaction
+    ends. Holding those for every table, next to pg_dump's own, ran out of lock slots
+    ("out of shared memory") at a few thousand tables where pg_dump alone works; so the
+    counts run in short transactions of COUNT_BATCH tables, each importing the snapshot,
+    and all of them end before pg_dump starts.
+    """
+    with connect(target, limits.connect_timeout) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        _begin_in(conn, snapshot)
+        conn.execute(
+            sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{limits.lock_wait_timeout}s"))
+        )
+        tables = list_tables(conn)
+        schemas = [str(row[0]) for row in conn.execute(SCHEMAS_QUERY).fetchall()]
+        head = migration_head(conn)
+        conn.commit()  # a SET made in a transaction lasts the session only once committed
+        counts = {}
+        if mode != MODE_SCHEMA_ONLY:
+            for first in range(0, len(tables), COUNT_BATCH):
+                _begin_in(conn, snapshot)
+                counts.update(
+                    _count_batch(conn, tables[first : first + COUNT_BATCH], limits, deadline)
+                )
+                conn.commit()
+    return {
         "tables": [f"{s}.{t}" for s, t in tables],
         "row_counts": counts,
         "schemas": schemas,
         "migration_head": head,
     }
+
+
+def _begin_in(conn: psycopg.Connection, snapshot: str) -> None:
+    """Start a transaction that sees the exported snapshot (its first statement)."""
+    conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+
+
+def _count_batch(
+    conn: psycopg.Connection,
+    tables: list[tuple[str, str]],
+    limits: DumpSettings,
+    deadline: float,
+) -> dict[str, int]:
+    conn.execute(
+        sql.SQL("SET LOCAL statement_timeout = {}").format(
+            sql.Literal(f"{_remaining_ms(deadline)}ms")
+        )
+    )
+    try:
+        return count_rows(conn, tables, limits.lock_wait_timeout)
+    except psycopg.errors.QueryCanceled:
+        raise OperationFailed(timeout_message(limits.timeout)) from None
 
 
 def _run_pg_dump(
