@@ -43,6 +43,11 @@ class RestoreRequest:
 
     target: str | None = None  # --into URL (database) or --target-dir DIR (files, config)
     safety_backup: bool = True  # False with --no-safety-backup
+    # Database: let the schema reset drop objects outside the backup's schemas that
+    # depend on them (--drop-dependents), and leave the backup's GRANTs out
+    # (--no-privileges, for roles missing on the target).
+    drop_dependents: bool = False
+    no_privileges: bool = False
 
 
 @dataclass

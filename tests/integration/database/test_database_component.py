@@ -19,7 +19,7 @@ from cosmic_backup.components.base import BackupRequest, Produced, RestoreReques
 from cosmic_backup.components.database.connection import ConnectionFailed, check_connection
 from cosmic_backup.components.database.tools import candidates, find_tool
 from cosmic_backup.components.database.url import parse_database_url
-from cosmic_backup.errors import IntegrityError, OperationFailed
+from cosmic_backup.errors import ExitCode, IntegrityError, OperationFailed
 from cosmic_backup.format.manifest import Manifest
 from cosmic_backup.process import PUMP_CHUNK
 from tests.integration.database.appdb import (
@@ -352,13 +352,17 @@ def test_every_app_table_is_counted_in_the_dump_snapshot(
     assert any(line.startswith("Row counts match the backup") for line in report.lines)
 
 
-def test_restore_counts_that_differ_are_named(component: ComponentFactory, app_db: str) -> None:
+def test_restore_counts_that_differ_are_named_and_an_integrity_failure(
+    component: ComponentFactory, app_db: str
+) -> None:
+    """A mismatch is exit 6 (INTEGRITY), never a success with a remark."""
     dump, manifest = dump_into_memory(component, app_db)
     manifest.source["row_counts"]["public.users"] = 499  # as if the dump had lost a row
     plan = component(app_db).plan_restore(manifest, NO_SAFETY)
-    report = component(app_db).consume(io.BytesIO(dump), manifest, plan)
-    assert "public.users 500 rows (backup had 499)" in "\n".join(report.lines)
-    assert report.details["row_count_mismatches"] == ["public.users"]
+    with pytest.raises(IntegrityError, match=r"public.users 500 rows \(backup had 499\)") as err:
+        component(app_db).consume(io.BytesIO(dump), manifest, plan)
+    assert err.value.exit_code == ExitCode.INTEGRITY
+    assert "billing.invoices" not in err.value.message  # only the table that differs
 
 
 def test_a_url_without_password_uses_pgpassword(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import tempfile
 import time
@@ -27,7 +28,7 @@ from cosmic_backup.components.database.restore import (
 )
 from cosmic_backup.components.database.tools import find_tool
 from cosmic_backup.components.database.url import Target, parse_database_url
-from cosmic_backup.errors import NotConfigured, OperationFailed
+from cosmic_backup.errors import IntegrityError, NotConfigured, OperationFailed
 from cosmic_backup.format.manifest import MODE_FULL, MODE_SCHEMA_ONLY, TAG_PRE_RESTORE, Manifest
 from cosmic_backup.process import Child, pump, running
 from cosmic_backup.redact import redact
@@ -118,7 +119,8 @@ class DatabaseComponent(Component):
         safety = BackupRequest(
             mode=MODE_FULL, tags=(TAG_PRE_RESTORE,), source_override=request.target
         )
-        return RestorePlan(target.describe(), notes, safety, {"target": target, "server": server})
+        private = {"target": target, "server": server, "request": request}
+        return RestorePlan(target.describe(), notes, safety, private)
 
     def _migration_note(self, manifest: Manifest, target: Target) -> list[str]:
         saved = manifest.source.get("migration_head")
@@ -137,6 +139,7 @@ class DatabaseComponent(Component):
     def consume(self, payload: BinaryIO, manifest: Manifest, plan: RestorePlan) -> RestoreReport:
         target: Target = plan.private["target"]
         server: ServerInfo = plan.private["server"]
+        request: RestoreRequest = plan.private.get("request", RestoreRequest())
         dump_major = int(str(manifest.source.get("pg_dump_version", "0")).split(".")[0])
         pg_restore = find_tool(
             "pg_restore", max(server.major, dump_major), self.settings.pg_bin_dir
@@ -157,6 +160,7 @@ class DatabaseComponent(Component):
                     self.settings.timeout,
                 ),
                 log=self.log,
+                drop_dependents=request.drop_dependents,
             )
             return self._report(manifest, target, outcome.notes, time.monotonic() - began)
         except psycopg.Error as exc:
@@ -164,6 +168,8 @@ class DatabaseComponent(Component):
                 f"The restore into {target.describe()} failed: {_first_line(exc)}; the "
                 "database is unchanged."
             ) from None
+        except OperationFailed as exc:
+            raise _with_advice(exc) from None
 
     def _report(
         self, manifest: Manifest, target: Target, notes: list[str], seconds: float
@@ -187,17 +193,21 @@ class DatabaseComponent(Component):
         }
         details["row_counts"] = now
         if mismatched:
+            # The restore committed, but what it brought back is not what was backed up:
+            # that is an integrity failure (exit 6), never a success with a remark.
             shown = ", ".join(
-                f"{n} {got} rows (backup had {want})"
+                f"{n} {'missing' if got is None else f'{got} rows'} (backup had {want})"
                 for n, (want, got) in sorted(mismatched.items())
             )
-            lines.append(f"Row counts differ from the backup: {shown}.")
-            details["row_count_mismatches"] = sorted(mismatched)
-        else:
-            lines.append(
-                f"Row counts match the backup: {sum(expected.values())} rows in "
-                f"{len(expected)} table(s)."
+            raise IntegrityError(
+                f"The restore into {target.describe()} finished, but row counts differ from "
+                f"the backup {manifest.id}: {shown}; check the backup with `cosmic-backup "
+                "verify`, and restore the pre-restore backup or another one."
             )
+        lines.append(
+            f"Row counts match the backup: {sum(expected.values())} rows in "
+            f"{len(expected)} table(s)."
+        )
         return RestoreReport(lines, details)
 
     # -- verify -------------------------------------------------------------------------
@@ -228,5 +238,25 @@ class DatabaseComponent(Component):
 
 
 def _first_line(exc: Exception) -> str:
+    """The server's message, and its HINT when it has one (e.g. "increase
+    max_locks_per_transaction"): that is often the fix."""
     text = str(exc).strip()
-    return redact(text.splitlines()[0] if text else type(exc).__name__).rstrip(".")
+    line = text.splitlines()[0] if text else type(exc).__name__
+    hint = exc.diag.message_hint if isinstance(exc, psycopg.Error) else None
+    if hint:
+        line = f"{line.rstrip('.')} (HINT: {hint.rstrip('.')})"
+    return redact(line).rstrip(".")
+
+
+_MISSING_ROLE = re.compile(r'role "[^"]*" does not exist')
+
+
+def _with_advice(exc: OperationFailed) -> OperationFailed:
+    """Add the way around to a failure that has one: a role the backup grants to (or
+    names in default privileges) that does not exist on this server."""
+    if _MISSING_ROLE.search(exc.message) and "--no-privileges" not in exc.message:
+        return OperationFailed(
+            f"{exc.message.rstrip('.')}. Create that role on this server, or pass "
+            "--no-privileges to restore without the backup's GRANTs."
+        )
+    return exc

@@ -3,8 +3,9 @@
 ``pg_restore --single-transaction --file=-`` turns the custom-format dump (read from our
 verified stream) into SQL wrapped in one BEGIN ... COMMIT, which we relay to psql
 (ON_ERROR_STOP) after a prelude: our own ``BEGIN`` (pg_restore's then only warns), then
-the reset: drop the schemas the backup recreates (and ``public``) and the large objects,
-recreate ``public``.
+the reset (reset.py): drop the schemas the backup recreates (and ``public``) and the
+large objects, recreate ``public`` as it was, refuse to drop objects outside those
+schemas, and never queue for a lock while holding others.
 
 The COMMIT is in the last bytes of pg_restore's output, and the relay holds those back
 until pg_restore has ended well and our stream has passed its size and SHA-256 check. If
@@ -21,16 +22,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import subprocess
 import threading
 from dataclasses import dataclass, field
 from typing import IO, BinaryIO
 
 import psycopg
-from psycopg import sql
 
 from cosmic_backup.components.database.connection import connect
 from cosmic_backup.components.database.dump import count_rows
+from cosmic_backup.components.database.reset import reset_block
 from cosmic_backup.components.database.tools import Tool
 from cosmic_backup.components.database.url import Target
 from cosmic_backup.errors import OperationFailed
@@ -39,13 +41,6 @@ from cosmic_backup.process import PUMP_CHUNK, Child, pump, running
 # pg_restore's COMMIT and the comments after it are its last ~200 bytes.
 HELD_BACK = 64 * 1024
 CLIENT_CHECK_MS = 1000
-
-# Large objects live outside every schema; the backup brings back its own. Only those
-# this user may unlink (its own, or all for a superuser) are touched.
-UNLINK_LARGE_OBJECTS = (
-    "SELECT count(pg_catalog.lo_unlink(oid)) FROM pg_catalog.pg_largeobject_metadata "
-    "WHERE pg_catalog.pg_has_role(lomowner, 'USAGE');"
-)
 
 
 @dataclass
@@ -61,24 +56,17 @@ class RestoreLimits:
     timeout: int
 
 
-def reset_statements(schemas: list[str]) -> str:
-    """Drop every schema the backup recreates (and public) and the large objects, then
-    recreate public."""
-    names = sorted(set(schemas) | {"public"})
-    drops = [
-        sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE;").format(sql.Identifier(name)).as_string(None)
-        for name in names
-    ]
-    return " ".join([*drops, UNLINK_LARGE_OBJECTS, "CREATE SCHEMA public;"])
-
-
-def can_reset(target: Target, schemas: list[str], limits: RestoreLimits) -> bool:
-    """Try the reset in a transaction that is always rolled back."""
+def can_reset(
+    target: Target, schemas: list[str], limits: RestoreLimits, *, drop_dependents: bool
+) -> bool:
+    """Try the reset in a transaction that is always rolled back: False when this user
+    may not drop the schemas; one sentence when it would drop objects outside them or
+    the locks it needs are not granted."""
     wait = min(limits.lock_wait_timeout, limits.timeout)
+    block = reset_block(schemas, lock_wait=wait, drop_dependents=drop_dependents)
     with connect(target, limits.connect_timeout) as conn:
         try:
-            conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{wait}s")))
-            conn.execute(reset_statements(schemas))
+            conn.execute(block)
         except psycopg.errors.InsufficientPrivilege:
             return False
         except psycopg.errors.LockNotAvailable:
@@ -87,9 +75,23 @@ def can_reset(target: Target, schemas: list[str], limits: RestoreLimits) -> bool
                 f"restore gave up after waiting {wait} s (BACKUP_LOCK_WAIT_TIMEOUT); the "
                 "database is unchanged. Try again when they are free."
             ) from None
+        except psycopg.errors.DependentObjectsStillExist as exc:
+            raise OperationFailed(_dependents_message(target, exc)) from None
         finally:
             conn.rollback()
     return True
+
+
+def _dependents_message(target: Target, exc: psycopg.Error) -> str:
+    found = re.search(r"would drop (\d+) object", exc.diag.message_primary or "")
+    count = found.group(1) if found else "some"
+    return (
+        f"The restore would drop {count} object(s) in {target.describe()} that are outside "
+        "the schemas the backup holds but depend on objects in them: "
+        f"{exc.diag.message_detail or 'see the server log'}; the database is unchanged. "
+        "Move or drop them first (or back them up), or pass --drop-dependents to let the "
+        "restore drop them."
+    )
 
 
 def restore_dump(
@@ -102,8 +104,9 @@ def restore_dump(
     server_major: int,
     limits: RestoreLimits,
     log: logging.Logger,
+    drop_dependents: bool = False,
 ) -> RestoreOutcome:
-    reset = can_reset(target, schemas, limits)
+    reset = can_reset(target, schemas, limits, drop_dependents=drop_dependents)
     outcome = RestoreOutcome(reset)
     if not reset:
         outcome.notes.append(
@@ -111,7 +114,9 @@ def restore_dump(
             "backup's objects one by one; objects created since the backup were left in place."
         )
         log.warning("schema reset not permitted on %s; restoring without it", target.describe())
-    prelude = "BEGIN;\n" + (reset_statements(schemas) + "\n" if reset else "")
+    wait = min(limits.lock_wait_timeout, limits.timeout)
+    reset_sql = reset_block(schemas, lock_wait=wait, drop_dependents=drop_dependents)
+    prelude = "BEGIN;\n" + (reset_sql + "\n" if reset else "")
     options = f"-c statement_timeout=0 -c lock_timeout={limits.lock_wait_timeout}s"
     if server_major >= 14:
         # When psql is stopped (time limit, interrupt), the server notices within a second
@@ -216,13 +221,28 @@ def _check_outcome(converter: Child, runner: Child, timeout: int) -> None:
 
 
 def current_row_counts(target: Target, tables: list[str], timeout: int) -> dict[str, int | None]:
-    """Row counts of `tables` in the target now (None for a table that is missing)."""
-    pairs = [tuple(name.split(".", 1)) for name in tables]
-    counts: dict[str, int | None] = {}
+    """Row counts of `tables` ("schema.table" names) in the target now; None for a table
+    that is missing.
+
+    Schema and table names may themselves hold dots, so a name is not split: it is
+    matched against the target's own (schema, table) pairs.
+    """
+    counts: dict[str, int | None] = dict.fromkeys(tables)
     with connect(target, timeout, autocommit=True) as conn:
-        for schema, table in pairs:
-            try:
-                counts.update(count_rows(conn, [(schema, table)], 60))
-            except psycopg.errors.UndefinedTable:
-                counts[f"{schema}.{table}"] = None
+        pairs = conn.execute(QUALIFIED_TABLES, [tables]).fetchall()
+        for name, schema, table in pairs:
+            if counts.get(name) is None:
+                try:
+                    counts.update({name: count_rows(conn, [(schema, table)], 60)[name]})
+                except psycopg.errors.UndefinedTable:
+                    counts[name] = None
     return counts
+
+
+# The tables whose "schema.table" name is one of those asked for, as the dump names them.
+QUALIFIED_TABLES = """
+SELECT n.nspname || '.' || c.relname, n.nspname, c.relname
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND n.nspname || '.' || c.relname = ANY (%s)
+ORDER BY 2, 3
+"""
