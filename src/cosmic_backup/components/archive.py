@@ -62,6 +62,8 @@ class ExtractStats:
     bytes: int = 0
     # Members whose owner in the archive could not be given back (not running as root).
     owners_not_kept: int = field(default=0, compare=False)
+    # Top-level folders the archive has a member for (with an owner and a mode).
+    tops: set[str] = field(default_factory=set, compare=False)
 
 
 def link_leaves_root(name: PurePosixPath, target: str) -> bool:
@@ -573,6 +575,8 @@ class _Extractor:
         if member.isdir():
             self._make_folder(member.name, target)
             self._folders.append(_later(target, member))
+            if len(relative.parts) == 1:
+                self.stats.tops.add(relative.name)
         elif member.issym():
             self._links.append(_later(target, member))
         elif member.islnk():

@@ -270,7 +270,7 @@ class FilesComponent(Component):
         staging = swapper.begin(targets)
         try:
             stats = safe_extract(payload, staging, restore_owner=self._restore_owner, skip=skip)
-            swapper.stage()
+            swapper.stage(stats.tops)
         except BaseException:
             swapper.undo()  # not swapping yet: only the staged copies go
             raise

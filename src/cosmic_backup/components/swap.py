@@ -108,13 +108,18 @@ class Swapper:
         staging.mkdir(mode=0o700)
         return staging
 
-    def stage(self) -> None:
-        """Move each extracted folder beside its target (a copy only across disks)."""
+    def stage(self, described: set[str]) -> None:
+        """Move each extracted folder beside its target (a copy only across disks).
+
+        `described`: the folders the archive gave an owner and mode; the others keep the
+        live folder's.
+        """
         staging = Path(self.state["staging"])
         for swap in self.state["swaps"]:
             staged, beside = staging / swap["name"], Path(swap["beside"])
             if not staged.exists():  # the backup held no content for it: an empty folder
                 staged.mkdir(mode=0o755)
+            if swap["name"] not in described:
                 self._like_live(staged, Path(swap["live"]))
             remove_path(beside)
             try:

@@ -337,23 +337,22 @@ def test_sigkill_during_restore_never_leaves_a_mixed_folder(files_project: Proje
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away")
-def test_owners_are_restored_only_when_asked(files_project: Project) -> None:
+def test_owners_are_restored_unless_opted_out(files_project: Project) -> None:
     owned = files_project.root / "uploads" / "owned.txt"
     owned.write_text("nobody's")
     os.chown(owned, 65534, 65534)
     assert files_project.run("backup", "files").returncode == 0
     plain, kept = files_project.root / "plain", files_project.root / "kept"
-    assert (
-        files_project.run("restore", "files", "latest", "--target-dir", str(plain)).returncode == 0
-    )
     result = files_project.run(
         "restore",
         "files",
         "latest",
         "--target-dir",
-        str(kept),
-        env={"BACKUP_FILES_RESTORE_OWNER": "1"},
+        str(plain),
+        env={"BACKUP_FILES_RESTORE_OWNER": "0"},
     )
+    assert result.returncode == 0, result.stderr
+    result = files_project.run("restore", "files", "latest", "--target-dir", str(kept))
     assert result.returncode == 0, result.stderr
     assert (plain / "uploads" / "owned.txt").stat().st_uid == 0
     assert (kept / "uploads" / "owned.txt").stat().st_uid == 65534
