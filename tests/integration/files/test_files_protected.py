@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import shutil
 import tarfile
 
 import pytest
@@ -169,3 +170,63 @@ def test_the_config_archive_never_holds_the_key_logs_or_backups(project: Project
     leaked = [n for n in names if n.startswith(("files/config/.backup", "files/config/logs"))]
     assert leaked == [] and "files/config/backups" not in names
     assert json.loads(restored.stdout)["restored"].startswith("config-")
+
+
+def test_sigkill_at_any_step_never_touches_the_backup_folder_inside(tmp_path) -> None:
+    """The folder holding the backups is swapped entry by entry: killed anywhere, the
+    backups (and the journal among them) stay, and the rest is fully old or fully new."""
+    from tests.integration.files.test_files_component import fill, run_killed_at
+    from tests.trees import tree_snapshot
+
+    environ = {"BACKUP_FILES_DIRS": "storage", "BACKUP_DIR": "storage/backups"}
+
+    def component() -> FilesComponent:
+        return FilesComponent(load_settings(tmp_path, environ=environ), LOG)
+
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    fill(storage, "new")
+    out = io.BytesIO()
+    produced = component().produce(out, BackupRequest())
+    source = produced.source
+    manifest = Manifest("files-20261124T030000Z", "files", "ok", "full", [], "", "", "0", source)
+    (storage / "backups" / "files").mkdir(parents=True)
+    (storage / "backups" / "files" / "kept.enc").write_text("a backup")
+
+    def content() -> dict:
+        return {k: v for k, v in tree_snapshot(storage).items() if not k.startswith("backups")}
+
+    new = content()
+
+    def make_old() -> None:
+        for child in storage.iterdir():
+            if child.name == "backups":
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        fill(storage, "old")
+
+    make_old()
+    old = content()
+
+    def run() -> None:
+        plan = component().plan_restore(manifest, RestoreRequest())
+        component().consume(io.BytesIO(out.getvalue()), manifest, plan)
+
+    step, outcomes = 0, set()
+    while True:
+        step += 1
+        killed = run_killed_at(step, run)
+        component().recover()
+        state = content()
+        assert state in (old, new), f"mixed folder after a kill at step {step}"
+        assert (storage / "backups" / "files" / "kept.enc").read_text() == "a backup"
+        assert not (storage / "backups" / ".files-restore.json").exists()
+        outcomes.add("new" if state == new else "old")
+        if not killed:
+            break
+        if state == new:
+            make_old()
+    assert state == new and outcomes == {"old", "new"}
