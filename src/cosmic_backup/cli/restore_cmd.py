@@ -41,6 +41,22 @@ def restore(
     no_safety_backup: Annotated[
         bool, typer.Option("--no-safety-backup", help="Restore without a pre-restore backup.")
     ] = False,
+    drop_dependents: Annotated[
+        bool,
+        typer.Option(
+            "--drop-dependents",
+            help="Database: let the reset drop objects outside the backup's schemas that "
+            "depend on objects in them (a view, a foreign key); without it they are listed "
+            "and nothing is restored.",
+        ),
+    ] = False,
+    no_privileges: Annotated[
+        bool,
+        typer.Option(
+            "--no-privileges",
+            help="Database: leave out the backup's GRANTs (for roles this server lacks).",
+        ),
+    ] = False,
     no_restore_owner: Annotated[
         bool,
         typer.Option(
@@ -61,7 +77,14 @@ def restore(
             "warning: the --into URL carries a password, which other users can see in the "
             "process list; give it in PGPASSWORD or ~/.pgpass instead."
         )
-    request = RestoreRequest(target=into or target_dir, safety_backup=not no_safety_backup)
+    if (drop_dependents or no_privileges) and what != "database":
+        raise UsageError("--drop-dependents and --no-privileges are for the database only.")
+    request = RestoreRequest(
+        target=into or target_dir,
+        safety_backup=not no_safety_backup,
+        drop_dependents=drop_dependents,
+        no_privileges=no_privileges,
+    )
     owner = False if no_restore_owner else None  # None: the setting decides
     runtime = open_cli_runtime(ctx, settings_for(ctx, files_restore_owner=owner))
     outcome = restore_component(runtime, what, selector, request, _confirmer(yes))

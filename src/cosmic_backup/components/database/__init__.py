@@ -161,6 +161,7 @@ class DatabaseComponent(Component):
                 ),
                 log=self.log,
                 drop_dependents=request.drop_dependents,
+                no_privileges=request.no_privileges,
             )
             return self._report(manifest, target, outcome.notes, time.monotonic() - began)
         except psycopg.Error as exc:

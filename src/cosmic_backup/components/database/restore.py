@@ -105,6 +105,7 @@ def restore_dump(
     limits: RestoreLimits,
     log: logging.Logger,
     drop_dependents: bool = False,
+    no_privileges: bool = False,
 ) -> RestoreOutcome:
     reset = can_reset(target, schemas, limits, drop_dependents=drop_dependents)
     outcome = RestoreOutcome(reset)
@@ -122,7 +123,15 @@ def restore_dump(
         # When psql is stopped (time limit, interrupt), the server notices within a second
         # and rolls back, instead of finishing a long CREATE INDEX with the locks held.
         options += f" -c client_connection_check_interval={CLIENT_CHECK_MS}"
-    _run_restore(payload, target, prelude, options, (pg_restore, psql), limits, log)
+    # --no-privileges: no GRANT/REVOKE and no default privileges from the backup, for
+    # roles it names that this server does not have.
+    extra = ("--no-privileges",) if no_privileges else ()
+    if no_privileges:
+        outcome.notes.append(
+            "Restored without the backup's privileges (--no-privileges): grant what the "
+            "app's roles need on this server."
+        )
+    _run_restore(payload, target, prelude, options, (pg_restore, psql), limits, log, extra)
     return outcome
 
 
@@ -134,11 +143,12 @@ def _run_restore(
     tools: tuple[Tool, Tool],
     limits: RestoreLimits,
     log: logging.Logger,
+    extra: tuple[str, ...] = (),
 ) -> None:
     pg_restore, psql = tools
     env = {**target.tool_environment(limits.connect_timeout), "PGOPTIONS": options}
     restore_argv = [pg_restore.path, "--file=-", "--single-transaction", "--exit-on-error"]
-    restore_argv += ["--no-owner", "--clean", "--if-exists"]
+    restore_argv += ["--no-owner", "--clean", "--if-exists", *extra]
     psql_argv = [psql.path, "--no-psqlrc", "--quiet", "--no-password", "--set=ON_ERROR_STOP=1"]
     psql_argv += [f"--dbname={target.conninfo()}", "--file=-"]
     converter = Child(restore_argv, env=env, timeout=limits.timeout, log=log, stdin=subprocess.PIPE)
