@@ -12,7 +12,7 @@ import stat
 import subprocess
 import sys
 import tarfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -232,7 +232,7 @@ def test_a_full_disk_while_extracting_is_one_sentence(tmp_path: Path) -> None:
     (tmp_path / "archive.tar").write_bytes(data)
     script = f"""
 import resource, signal, sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from cosmic_backup.components.archive import safe_extract
 from cosmic_backup.errors import OperationFailed
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -249,3 +249,37 @@ except OperationFailed as exc:
     assert result.returncode == 3, result.stderr
     assert "Extracting the backup into" in result.stdout
     assert "File too large" in result.stdout
+
+
+def test_excluded_paths_are_left_out_by_identity(tmp_path: Path) -> None:
+    """A hard link or another spelling of an excluded file is still the same file."""
+    source = tmp_path / "src"
+    (source / "logs").mkdir(parents=True)
+    (source / "logs" / "today.log").write_text("log")
+    (source / "key").write_text("secret")
+    os.link(source / "key", source / "key-again")
+    (source / "kept.txt").write_text("kept")
+    out = io.BytesIO()
+    with TarWriter(
+        out, LOG, exclude=[source / "logs", tmp_path / "src" / ".." / "src" / "key"]
+    ) as tar:
+        tar.add_tree(source, "tree")
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as archive:
+        assert archive.getnames() == ["tree", "tree/kept.txt"]
+    assert sorted(tar.stats.excluded) == ["tree/key", "tree/key-again", "tree/logs"]
+
+
+def test_extraction_skips_members_at_the_given_places(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    (source / "backups" / "files").mkdir(parents=True)
+    (source / "backups" / "files" / "old.enc").write_text("an old backup")
+    (source / "backups-not").mkdir()
+    (source / "photo.jpg").write_text("photo")
+    os.link(source / "backups" / "files" / "old.enc", source / "hard")
+    out = io.BytesIO()
+    with TarWriter(out, LOG) as tar:
+        tar.add_tree(source, "tree")
+    dest = tmp_path / "out"
+    safe_extract(io.BytesIO(out.getvalue()), dest, skip=[PurePosixPath("tree/backups")])
+    found = sorted(str(p.relative_to(dest)) for p in dest.rglob("*"))
+    assert found == ["tree", "tree/backups-not", "tree/hard", "tree/photo.jpg"]
