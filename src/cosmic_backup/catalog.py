@@ -8,6 +8,7 @@ written in that order, each atomically, so a manifest only exists for a finished
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -15,11 +16,11 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
-from cosmic_backup.clock import parse_iso
-from cosmic_backup.errors import IntegrityError, Locked, NotFound, UsageError
+from cosmic_backup.clock import iso, parse_iso
+from cosmic_backup.errors import IntegrityError, Locked, NotFound, OperationFailed, UsageError
 from cosmic_backup.format.keys import Key
 from cosmic_backup.format.manifest import (
     Manifest,
@@ -46,6 +47,10 @@ TRUST_TAMPERED = "tampered"
 TRUST_UNSIGNED = "unsigned"
 
 _held_locks: set[Path] = set()
+
+
+class LockFailed(OperationFailed):
+    """The lock could not be taken for a reason of the disk (full, read-only), not a holder."""
 
 
 @dataclass
@@ -115,17 +120,24 @@ class Catalog:
         self, command: str, *, wait: bool = False, wait_seconds: float = 3600
     ) -> Iterator[None]:
         """Hold the backup root's lock; refuse (or wait) when another run holds it."""
-        self.store.ensure_folder()
         path = self.root / LOCK_FILE
         if path in _held_locks:  # a pre-restore backup inside a restore: already ours
             yield
             return
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            self.store.ensure_folder()
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise LockFailed(self._lock_failed_sentence(path, exc)) from None
         try:
             self._acquire(fd, path, wait=wait, wait_seconds=wait_seconds)
             holder = {"pid": os.getpid(), "command": command, "started": time.time()}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(holder).encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps(holder).encode(), 0)
+            except OSError as exc:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                raise LockFailed(self._lock_failed_sentence(path, exc)) from None
             _held_locks.add(path)
             try:
                 yield
@@ -146,6 +158,17 @@ class Catalog:
                 if not wait or time.monotonic() > deadline:
                     raise Locked(self._holder_sentence(path, waited=wait)) from None
                 time.sleep(0.2)
+
+    def _lock_failed_sentence(self, path: Path, exc: OSError) -> str:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return (
+                f"The backup folder {self.root} is full: its lock file {path.name} cannot be "
+                "written. Free some space there (or prune old backups), then run again."
+            )
+        return (
+            f"The lock file {path} cannot be written ({exc.strerror}); check that the backup "
+            "folder exists and is writable."
+        )
 
     def _holder_sentence(self, path: Path, *, waited: bool) -> str:
         try:
@@ -210,16 +233,10 @@ class Catalog:
         try:
             manifest, body = parse_manifest(self.store.read_bytes(name), name)
         except IntegrityError as exc:
-            stub = Manifest(
-                expected_id,
-                component,
-                "failed",
-                "?",
-                [],
-                "1970-01-01T00:00:00.000000Z",
-                "1970-01-01T00:00:00.000000Z",
-                "?",
-            )
+            # Dated by its name, so it sorts where it was: a damaged newest manifest is
+            # the newest entry, which `latest` then refuses, as it does an edited one.
+            when = _time_of_id(expected_id)
+            stub = Manifest(expected_id, component, "failed", "?", [], when, when, "?")
             return Entry(stub, TRUST_TAMPERED, exc.message)
         if manifest.id != expected_id or manifest.component != component:
             return Entry(manifest, TRUST_TAMPERED, f"The manifest {name} names another backup.")
@@ -258,7 +275,7 @@ class Catalog:
 
     @staticmethod
     def _newest(entries: list[Entry], component: str, what: str) -> Entry:
-        candidates = [entry for entry in entries if entry.selectable]
+        candidates = [entry for entry in entries if _may_be_chosen(entry)]
         if not candidates:
             hint = f"{len(entries)} backup(s) listed, none good" if entries else "none at all"
             raise NotFound(
@@ -268,7 +285,7 @@ class Catalog:
         return candidates[-1]
 
     def _by_day(self, entries: list[Entry], component: str, day: date) -> Entry:
-        same_day = [entry for entry in entries if entry.local_day == day and entry.selectable]
+        same_day = [entry for entry in entries if entry.local_day == day and _may_be_chosen(entry)]
         if same_day:
             return same_day[-1]
         days = sorted({entry.local_day.isoformat() for entry in entries if entry.selectable})
@@ -294,6 +311,25 @@ class Catalog:
         raise NotFound(
             f"There is no {component} backup with id {backup_id}. Recent ones: {recent}."
         )
+
+
+def _may_be_chosen(entry: Entry) -> bool:
+    """A good backup, or one whose manifest cannot be trusted (edited, or not even JSON).
+
+    An untrusted one is handed back flagged, so restore and verify refuse it with the
+    reason instead of silently taking an older backup: its status may be the lie.
+    """
+    return entry.selectable or entry.trust == TRUST_TAMPERED
+
+
+def _time_of_id(backup_id: str) -> str:
+    """The start time a backup id names (its manifest's started_at), or the epoch."""
+    match = ID_PATTERN.match(backup_id)
+    try:
+        started = datetime.strptime(match.group("stamp") if match else "", "%Y%m%dT%H%M%SZ")
+    except ValueError:
+        return "1970-01-01T00:00:00.000000Z"
+    return iso(started.replace(tzinfo=UTC))
 
 
 def _parse_day(text: str) -> date:

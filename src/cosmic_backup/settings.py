@@ -288,28 +288,40 @@ def mask_secret_setting(name: str, value: str) -> str:
     return "********"
 
 
+# The one place numeric settings are bounded: (lowest, highest) accepted. The upper bounds
+# keep every value within what dates, timers and PBKDF2 can take (a retention of 10**20
+# days overflows a date); they are far beyond any sensible use.
+RANGES: dict[str, tuple[int, int]] = {
+    "retention_days": (1, 36_500),
+    "kdf_iterations": (MIN_KDF_ITERATIONS, 100_000_000),
+    "timeout": (1, 7 * 86_400),
+    "connect_timeout": (1, 3_600),
+    "connect_retries": (1, 100),
+    "lock_wait_timeout": (1, 86_400),
+    "keep_last": (0, 100_000),
+    "keep_daily": (0, 36_500),
+    "keep_weekly": (0, 5_200),
+    "keep_monthly": (0, 1_200),
+    "database_interval_days": (1, 3_660),
+    "files_interval_days": (1, 3_660),
+    "config_interval_days": (1, 3_660),
+    "status_grace_hours": (0, 8_784),
+}
+
+
 def _parse(spec: Spec, raw: Any, source: str) -> Any:
     try:
         value = spec.parse(raw)
     except ValueError as exc:
         raise UsageError(f"The setting {spec.name} from {source} is invalid: {exc}.") from exc
-    if spec.name == "kdf_iterations" and value < MIN_KDF_ITERATIONS:
-        raise UsageError(
-            f"The setting kdf_iterations from {source} is {value}; it must be at least "
-            f"{MIN_KDF_ITERATIONS}."
-        )
-    if spec.name.startswith("keep_") and value < 0:
-        raise UsageError(f"The setting {spec.name} from {source} must be 0 (off) or more.")
-    if spec.name in {
-        "retention_days",
-        "timeout",
-        "connect_timeout",
-        "lock_wait_timeout",
-        "database_interval_days",
-        "files_interval_days",
-        "config_interval_days",
-    } and (value < 1):
-        raise UsageError(f"The setting {spec.name} from {source} must be at least 1.")
+    if spec.name in RANGES:
+        low, high = RANGES[spec.name]
+        if not low <= value <= high:
+            off = " (0 turns it off)" if low == 0 and spec.name.startswith("keep_") else ""
+            raise UsageError(
+                f"The setting {spec.name} from {source} is {value}; it must be at least {low} "
+                f"and at most {high}{off}."
+            )
     return value
 
 

@@ -343,3 +343,20 @@ def test_a_killed_holder_leaves_no_lock_behind(
         catalog.lock("backup database (pre-restore)"),  # nested in one process: ours already
     ):
         pass
+
+
+@pytest.mark.parametrize("damage", [b'{"id": ', b"\0garbage", b"[]"])
+def test_a_newest_manifest_that_is_not_json_is_refused_like_an_edited_one(
+    catalog: Catalog, backups: Backups, damage: bytes
+) -> None:
+    """`latest` and the day of the damaged backup name it, flagged; they never fall back
+    silently to an older backup (the same as for a manifest failing its MAC)."""
+    good = backups.add()
+    newest = backups.add(after=timedelta(hours=1))
+    backups.manifest_path(newest).write_bytes(damage)
+    chosen = catalog.select("database", "latest")
+    assert (chosen.id, chosen.trust) == (newest, TRUST_TAMPERED)
+    assert chosen.problem is not None and "not valid JSON" in chosen.problem
+    same_day = catalog.select("database", chosen.local_day.isoformat())
+    assert same_day.id == newest
+    assert catalog.select("database", good).trust == TRUST_VERIFIED

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 from cosmic_backup.components.config import (
     compare_env,
     compare_trees,
+    decode_env_file,
+    encode_env_file,
     environment_snapshot,
     format_env,
     parse_env,
@@ -43,6 +45,35 @@ values = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\
 @given(st.dictionaries(names, values, max_size=12))
 def test_env_file_round_trips_any_value(environment: dict[str, str]) -> None:
     assert parse_env(format_env(environment)) == environment
+
+
+# What the environment can hold: any name without "=" or NUL, any value without NUL, and
+# bytes that are not UTF-8 (which Python hands over as lone surrogates).
+any_names = st.text(
+    st.characters(exclude_characters="=\x00", exclude_categories=("Cs",)), min_size=1, max_size=20
+)
+raw_values = st.binary(max_size=40).filter(lambda b: b"\x00" not in b)
+
+
+@given(st.dictionaries(any_names, raw_values, max_size=8))
+def test_env_file_round_trips_any_name_and_any_bytes(environment: dict[str, bytes]) -> None:
+    as_python_sees_it = {
+        name: value.decode("utf-8", "surrogateescape") for name, value in environment.items()
+    }
+    data = encode_env_file(format_env(as_python_sees_it))
+    assert parse_env(decode_env_file(data)) == as_python_sees_it
+
+
+def test_names_that_are_not_shell_identifiers_are_quoted_whole() -> None:
+    environment = {"my-var": "1", "a b": "two words", "9LIVES": "x", "OK_NAME": "y z"}
+    text = format_env(environment)
+    assert "'a b=two words'" in text and "OK_NAME='y z'" in text
+    assert parse_env(text) == environment
+
+
+def test_a_name_that_is_not_utf8_is_shown_escaped() -> None:
+    diff = compare_env({"caf\udce9": "1"}, {})
+    assert diff["added"] == ["caf\\xe9"]
 
 
 def test_compare_env_names_only() -> None:

@@ -101,7 +101,11 @@ def test_secrets_are_masked_when_shown(tmp_path: Path) -> None:
         ({"BACKUP_KDF_ITERATIONS": "1000"}, f"is 1000; it must be at least {MIN_KDF_ITERATIONS}"),
         ({"RETENTION_DAYS": "soon"}, "retention_days from environment RETENTION_DAYS is invalid"),
         ({"RETENTION_DAYS": "0"}, "must be at least 1"),
-        ({"BACKUP_KEEP_DAILY": "-1"}, "must be 0 \\(off\\) or more"),
+        ({"BACKUP_KEEP_DAILY": "-1"}, "must be at least 0 and at most 36500 \\(0 turns it off\\)"),
+        ({"RETENTION_DAYS": "99999999999999999999"}, "it must be at least 1 and at most 36500"),
+        ({"BACKUP_CONNECT_RETRIES": "-2"}, "connect_retries .* is -2; it must be at least 1"),
+        ({"BACKUP_STATUS_GRACE_HOURS": "-1"}, "status_grace_hours .* must be at least 0"),
+        ({"BACKUP_TIMEOUT": "99999999999999999999"}, "timeout .* at most 604800"),
         ({"BACKUP_LOG_FORMAT": "xml"}, "'xml' is not one of text, json"),
         ({"BACKUP_ALLOW_INSECURE_KEY": "perhaps"}, "'perhaps' is not true or false"),
     ],
@@ -117,3 +121,18 @@ def test_a_broken_settings_file_is_named(tmp_path: Path) -> None:
     write_toml(tmp_path, "retention_days = \n")
     with pytest.raises(UsageError, match=f"{CONFIG_FILE_NAME} is not valid TOML"):
         load_settings(tmp_path, environ={})
+
+
+def test_every_whole_number_setting_has_its_range(tmp_path: Path) -> None:
+    """Ranges live in one table: a new numeric setting cannot be left unbounded."""
+    from cosmic_backup.settings import RANGES
+
+    numeric = {
+        spec.name
+        for spec in SPECS
+        if isinstance(spec.default, int) and not isinstance(spec.default, bool)
+    }
+    assert numeric == set(RANGES)
+    defaults = load_settings(tmp_path, environ={})
+    for name, (low, high) in RANGES.items():
+        assert low <= getattr(defaults, name) <= high

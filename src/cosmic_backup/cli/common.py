@@ -29,6 +29,7 @@ class CliState:
     json: bool = False
     log_format: str | None = None
     wait: bool = False
+    allow_insecure_key: bool = False
 
 
 def state(ctx: typer.Context) -> CliState:
@@ -40,7 +41,11 @@ def state(ctx: typer.Context) -> CliState:
 def settings_for(ctx: typer.Context, **flags: Any) -> Settings:
     """Effective settings: defaults < cosmic-backup.toml < environment < these flags."""
     cli = state(ctx)
-    return load_settings(cli.root, flags={"log_format": cli.log_format, **flags})
+    given = {
+        "log_format": cli.log_format,
+        "allow_insecure_key": True if cli.allow_insecure_key else None,  # None: not given
+    }
+    return load_settings(cli.root, flags={**given, **flags})
 
 
 def say(message: str) -> None:

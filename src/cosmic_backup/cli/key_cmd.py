@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from cosmic_backup.cli.common import emit_json, say, settings_for, state, stdout
+from cosmic_backup.cli.common import (
+    emit_json,
+    open_cli_runtime,
+    say,
+    settings_for,
+    state,
+    stdout,
+)
 from cosmic_backup.operations.keys import KeySource
 
 key_app = typer.Typer(help="Create, identify and rotate the backup key.", no_args_is_help=True)
@@ -41,7 +48,14 @@ def fingerprint(ctx: typer.Context) -> None:
 @key_app.command("rotate")
 def rotate(ctx: typer.Context) -> None:
     """Start a new key for new backups; the old one moves to the keyring."""
-    rotation = _keys(ctx).rotate()
+    runtime = open_cli_runtime(ctx, settings_for(ctx))
+    rotation = runtime.keys.rotate(runtime.catalog, wait=runtime.wait)
+    runtime.log.info(
+        "key rotated: %s retired to %s, new key %s",
+        rotation.old.fingerprint,
+        rotation.retired_to,
+        rotation.new.fingerprint if rotation.new else f"to be set in {rotation.source}",
+    )
     if state(ctx).json:
         emit_json(
             {

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from cosmic_backup.catalog import Entry
+from cosmic_backup.catalog import TRUST_NO_KEY, TRUST_TAMPERED, Entry
 from cosmic_backup.cli.common import (
     check_component,
     emit_json,
@@ -41,11 +41,14 @@ def entry_json(entry: Entry) -> dict[str, Any]:
 
 
 def _status(entry: Entry) -> str:
-    if entry.trust == "tampered":
+    if entry.trust == TRUST_TAMPERED:
         return "TAMPERED"
-    if not entry.manifest.ok:
-        return "FAILED"
-    return "ok, warnings" if entry.manifest.warnings else "ok"
+    words = ["ok" if entry.manifest.ok else "FAILED"]
+    if entry.manifest.ok and entry.manifest.warnings:
+        words.append("warnings")
+    if entry.trust == TRUST_NO_KEY:  # its key is not at hand: the manifest is unchecked
+        words.append("unverified")
+    return ", ".join(words)
 
 
 def _source_summary(entry: Entry) -> str:

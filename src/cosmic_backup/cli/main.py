@@ -67,12 +67,20 @@ def main(
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait for another run's lock instead of refusing.")
     ] = False,
+    allow_insecure_key: Annotated[
+        bool,
+        typer.Option(
+            "--allow-insecure-key",
+            help="Go on, with a warning, when the key file is readable by others "
+            "(BACKUP_ALLOW_INSECURE_KEY).",
+        ),
+    ] = False,
     version: Annotated[
         bool | None,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = None,
 ) -> None:
-    ctx.obj = CliState(root.resolve(), debug, json_output, log_format, wait)
+    ctx.obj = CliState(root.resolve(), debug, json_output, log_format, wait, allow_insecure_key)
 
 
 for _module in COMMAND_MODULES:
@@ -88,7 +96,7 @@ def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
 # Global options an operator may also write after the command (``list --json``): run()
 # moves them in front, where the callback above reads them. The value-taking ones take
 # the next word (or ``=value``; ``-Cpath`` for the short form).
-GLOBAL_FLAGS = frozenset({"--debug", "--json", "--wait"})
+GLOBAL_FLAGS = frozenset({"--debug", "--json", "--wait", "--allow-insecure-key"})
 GLOBAL_VALUED = frozenset({"--root", "-C", "--log-format"})
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import filecmp
 import fnmatch
 import os
+import re
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +31,7 @@ from cosmic_backup.errors import UsageError
 from cosmic_backup.format.manifest import Manifest
 
 ENV_MEMBER = "environment.env"
+_SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 FILES_MEMBER = "files"
 REVIEW_ROOT = Path("tmp") / "restores"
 
@@ -65,7 +67,7 @@ class ConfigComponent(Component):
         with TarWriter(out, self.log, exclude=protected_paths(self.settings)) as tar:
             for path, arcname in present:
                 tar.add_tree(path, f"{FILES_MEMBER}/{arcname}")
-            tar.add_bytes(ENV_MEMBER, format_env(environment).encode())
+            tar.add_bytes(ENV_MEMBER, encode_env_file(format_env(environment)))
         stats = tar.stats
         warnings = [f"{name} does not exist; not backed up" for name in missing]
         warnings += stats.warnings + [f"{name} could not be read" for name in stats.unreadable]
@@ -108,7 +110,7 @@ class ConfigComponent(Component):
         stats = safe_extract(payload, review)
         files = compare_trees(review / FILES_MEMBER, self.settings.project_root, self._paths())
         env_file = review / ENV_MEMBER
-        saved_env = parse_env(env_file.read_text()) if env_file.exists() else {}
+        saved_env = parse_env(decode_env_file(env_file.read_bytes())) if env_file.exists() else {}
         current_env = environment_snapshot(
             os.environ, self.settings.env_include, self.settings.env_exclude
         )
@@ -141,7 +143,26 @@ def environment_snapshot(
 
 
 def format_env(environment: Mapping[str, str]) -> str:
-    return "".join(f"{name}={shlex.quote(value)}\n" for name, value in environment.items())
+    """``NAME='value'`` lines a shell can source; a name that is not a shell identifier
+    (``my-var``, ``a.b``) cannot be assigned by a shell, so its whole line is quoted
+    (``'my-var=value'``, as ``env`` takes it) and reads back exactly."""
+    return "".join(_assignment(name, value) + "\n" for name, value in environment.items())
+
+
+def _assignment(name: str, value: str) -> str:
+    if _SHELL_NAME.fullmatch(name):
+        return f"{name}={shlex.quote(value)}"
+    return shlex.quote(f"{name}={value}")
+
+
+def encode_env_file(text: str) -> bytes:
+    """The snapshot's bytes. The environment holds bytes, not text: a value (or name) that
+    is not UTF-8 reaches Python as lone surrogates and goes back to its very bytes."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def decode_env_file(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
 
 
 def parse_env(text: str) -> dict[str, str]:
@@ -153,13 +174,19 @@ def parse_env(text: str) -> dict[str, str]:
 
 
 def compare_env(saved: Mapping[str, str], current: Mapping[str, str]) -> dict[str, list[str]]:
-    return {
+    diff = {
         "added": sorted(set(saved) - set(current)),  # in the backup, not set now
         "changed": sorted(
             name for name in saved if name in current and saved[name] != current[name]
         ),
         "removed": sorted(set(current) - set(saved)),  # set now, not in the backup
     }
+    return {kind: [_printable(name) for name in names] for kind, names in diff.items()}
+
+
+def _printable(name: str) -> str:
+    """A name that is not UTF-8 shown with \\x escapes: a terminal cannot print its bytes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 # -- comparing the extracted files with the live ones ---------------------------------

@@ -37,6 +37,16 @@ def read_key_file(path: Path, *, allow_insecure: bool = False) -> tuple[Key, str
         ) from exc
     except PermissionError as exc:
         raise KeyProblem(f"The key file {path} cannot be read: check its owner.") from exc
+    except IsADirectoryError as exc:
+        raise KeyProblem(
+            f"The key file {path} is a folder, not a file; point BACKUP_KEY_FILE at the key "
+            "file itself."
+        ) from exc
+    except OSError as exc:
+        raise KeyProblem(
+            f"The key file {path} cannot be read ({exc.strerror}); check the path in "
+            "BACKUP_KEY_FILE."
+        ) from exc
     warning = None
     if insecure:
         message = (
@@ -44,7 +54,10 @@ def read_key_file(path: Path, *, allow_insecure: bool = False) -> tuple[Key, str
             f"{stat.S_IMODE(path.stat().st_mode):o}); run: chmod 600 {path}"
         )
         if not allow_insecure:
-            raise KeyProblem(message + " (or pass --allow-insecure-key to go on anyway).")
+            raise KeyProblem(
+                message + " (or pass --allow-insecure-key, or set BACKUP_ALLOW_INSECURE_KEY=1, "
+                "to go on with a warning)."
+            )
         warning = message
     return Key(passphrase_from_text(text)), warning
 

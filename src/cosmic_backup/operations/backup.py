@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from cosmic_backup import __version__
+from cosmic_backup.catalog import LockFailed
 from cosmic_backup.clock import iso
 from cosmic_backup.components import COMPONENT_NAMES, create_component
 from cosmic_backup.components.base import BackupRequest, Component, Produced
@@ -61,14 +62,23 @@ class BackupOutcome:
 def backup_component(rt: Runtime, name: str, request: BackupRequest) -> Manifest:
     """Back up one component; raise its error after leaving a failure record."""
     component = create_component(name, rt.settings, rt.log)
-    with rt.catalog.lock(f"backup {name}", wait=rt.wait):
-        removed = rt.catalog.remove_leftovers()
-        if removed:
-            rt.log.info("removed leftovers of interrupted runs: %s", ", ".join(removed))
-        component.recover()
-        if request.source_override is None:
-            component.check_configured()
-        return _backup_locked(rt, component, request)
+    try:
+        with rt.catalog.lock(f"backup {name}", wait=rt.wait):
+            removed = rt.catalog.remove_leftovers()
+            if removed:
+                rt.log.info("removed leftovers of interrupted runs: %s", ", ".join(removed))
+            component.recover()
+            if request.source_override is None:
+                component.check_configured()
+            return _backup_locked(rt, component, request)
+    except LockFailed as exc:  # a full disk: still try to leave the failure record
+        started = rt.clock.now()
+        try:
+            backup_id = rt.catalog.new_id(name, started)
+        except OSError:
+            raise exc from None
+        _record_failure(rt, component, request, backup_id, started, None, exc, locked=False)
+        raise
 
 
 def _backup_locked(rt: Runtime, component: Component, request: BackupRequest) -> Manifest:
@@ -184,8 +194,13 @@ def _record_failure(
     started: datetime,
     key: Key | None,
     error: CosmicError | Interrupted,
+    *,
+    locked: bool = True,
 ) -> None:
-    """Leave the failure record: listed, counted by status, never restorable."""
+    """Leave the failure record: listed, counted by status, never restorable.
+
+    Leftovers are cleaned only under the lock: without it they may be another run's work.
+    """
     rt.log.error("backup %s failed: %s", backup_id, error.message)
     signing_key = key or rt.keys.current_if_any()
     manifest = Manifest(
@@ -202,7 +217,8 @@ def _record_failure(
         log_file=rt.relative(rt.log_file),
     )
     try:
-        rt.catalog.remove_leftovers()
+        if locked:
+            rt.catalog.remove_leftovers()
         rt.catalog.write_manifest(manifest, signing_key)
     except (OSError, CosmicError) as exc:  # e.g. the disk is full: the log still says it
         rt.log.error("could not write the failure record of %s: %s", backup_id, exc)

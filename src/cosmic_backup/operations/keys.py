@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cosmic_backup.catalog import Catalog
 from cosmic_backup.errors import CosmicError, KeyProblem, UsageError
 from cosmic_backup.format.keyfile import Keyring, create_key_file, read_key_file
 from cosmic_backup.format.keys import Key, generate_passphrase, passphrase_from_text
@@ -21,6 +22,10 @@ from cosmic_backup.settings import Settings
 from cosmic_backup.storage.local import replace_file
 
 KEY_COMMAND_TIMEOUT = 60
+# A passphrase a person could guess or brute-force is no key: new backups need at least
+# this many characters (a generated key has 64). Older backups made with a shorter one
+# still open, with a warning, so nothing already backed up becomes unreadable.
+MIN_PASSPHRASE_LENGTH = 16
 SOURCE_ENV = "environment BACKUP_KEY"
 SOURCE_COMMAND = "BACKUP_KEY_COMMAND"
 
@@ -48,7 +53,33 @@ class KeySource:
         if self._loaded is None:
             self._loaded = self._load(create=create)
             register_secret(self._loaded.key.passphrase)
+            self._warn_if_short(self._loaded)
+        if create:
+            self._refuse_if_short(self._loaded)
         return self._loaded
+
+    @staticmethod
+    def _length(loaded: LoadedKey) -> int:
+        return len(loaded.key.passphrase.decode(errors="replace").strip())
+
+    def _refuse_if_short(self, loaded: LoadedKey) -> None:
+        length = self._length(loaded)
+        if length < MIN_PASSPHRASE_LENGTH:
+            raise KeyProblem(
+                f"The key from {loaded.source} is only {length} character(s) long; new backups "
+                f"need a passphrase of at least {MIN_PASSPHRASE_LENGTH} (make one with: "
+                "openssl rand -hex 32, and keep the old one in the keyring to restore older "
+                "backups: cosmic-backup key rotate)."
+            )
+
+    def _warn_if_short(self, loaded: LoadedKey) -> None:
+        length = self._length(loaded)
+        if length < MIN_PASSPHRASE_LENGTH:
+            self.say(
+                f"warning: the key from {loaded.source} is only {length} character(s) long; "
+                f"new backups will refuse it (at least {MIN_PASSPHRASE_LENGTH}); "
+                "run 'cosmic-backup key rotate' to replace it."
+            )
 
     def current_if_any(self) -> Key | None:
         """The current key, or None when none is configured (never creates one)."""
@@ -148,12 +179,21 @@ class KeySource:
             )
         return self.current(create=True)
 
-    def rotate(self) -> Rotation:
+    def rotate(self, catalog: Catalog, *, wait: bool = False) -> Rotation:
         """`key rotate`: retire the current key into the keyring and start a new key file.
+
+        Under the backup root's lock, as backups take it: two rotations at once would each
+        retire the same key and the first one's new key would be lost, and a backup must
+        never seal with a key that is being replaced.
 
         With BACKUP_KEY or BACKUP_KEY_COMMAND the old key is kept in the keyring but the new
         secret must be set where it lives, since we cannot write there: `new` is None then.
         """
+        with catalog.lock("key rotate", wait=wait):
+            self._loaded = None  # read the key again: another rotation may have just ended
+            return self._rotate_locked()
+
+    def _rotate_locked(self) -> Rotation:
         old = self.current().key
         retired = self.keyring.add(old)
         if self._loaded is not None and self._loaded.source in (SOURCE_ENV, SOURCE_COMMAND):
