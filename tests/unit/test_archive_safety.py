@@ -102,10 +102,13 @@ def test_internal_links_and_hard_links_are_allowed(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "a" / "link").read_bytes() == b"content"
 
 
-def test_setuid_bits_are_dropped(tmp_path: Path) -> None:
+@pytest.mark.parametrize("restore_owner", [False, True])
+def test_setuid_bits_are_dropped(tmp_path: Path, restore_owner: bool) -> None:
+    """Even when owners are restored (a files restore as root, by default)."""
     info = member("tool")
-    info.mode = 0o4755
-    safe_extract(io.BytesIO(tar_with((info, b"#!/bin/sh\n"))), tmp_path / "out")
+    info.mode = 0o6755
+    data = tar_with((info, b"#!/bin/sh\n"))
+    safe_extract(io.BytesIO(data), tmp_path / "out", restore_owner=restore_owner)
     assert stat.S_IMODE((tmp_path / "out" / "tool").stat().st_mode) == 0o755
 
 

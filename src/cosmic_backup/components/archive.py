@@ -32,7 +32,7 @@ from typing import BinaryIO, NamedTuple
 from cosmic_backup.errors import IntegrityError, OperationFailed
 
 COPY_CHUNK = 64 * 1024  # measured: tarfile reads records one by one, so bigger is slower
-SAFE_MODE_BITS = 0o1777  # permission bits and sticky; setuid/setgid only when asked
+SAFE_MODE_BITS = 0o1777  # permission bits and sticky; never setuid/setgid
 PRIVATE_DIR = 0o700
 LINK_HOPS = 40  # the kernel's own limit: a longer chain is a loop nobody can follow
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: FIFOs
@@ -619,7 +619,9 @@ class _Extractor:
             os.utime(fd, (member.mtime, member.mtime))
 
     def _mode(self, mode: int) -> int:
-        return mode & (0o7777 if self.restore_owner else SAFE_MODE_BITS)
+        # Owners are restored by default as root now: a setuid bit would make any file
+        # of the archive a root program, so it is dropped even then.
+        return mode & SAFE_MODE_BITS
 
     def finish(self) -> None:
         """Links once all are known safe, then folders' modes and times, deepest first."""
