@@ -49,7 +49,10 @@ def test_app_database_round_trip_after_destructive_changes(
     assert source["row_counts"]["public.users"] == 500
     assert source["row_counts"]["billing.invoices"] == 800
     assert source["migration_head"] == "django_migrations: core.0002_more"
-    assert source["server_version"].startswith("15") or source["server_version"][0].isdigit()
+    with psycopg.connect(app_db) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    assert row is not None and source["server_version"] == str(row[0]).split()[0]
+    assert source["host"] == "127.0.0.1"
     assert entry["mode"] == "full"
 
     execute(app_db, *DESTRUCTIVE_CHANGES)
@@ -438,3 +441,22 @@ def test_recovery_by_hand_with_openssl_gunzip_and_pg_restore(
     )
     assert done.returncode == 0, done.stderr
     assert full_state(postgres.url(empty)) == full_state(app_db)
+
+
+def test_the_manifest_names_the_host_libpq_took_from_pghost(project: Project, app_db: str) -> None:
+    """DATABASE_URL without a host: libpq takes PGHOST (and PGPORT...); so does the manifest."""
+    params = psycopg.conninfo.conninfo_to_dict(app_db)
+    project.env.update(
+        {
+            "BACKUP_KEY": KEY,
+            "DATABASE_URL": f"postgresql:///{params['dbname']}",
+            "PGHOST": str(params["host"]),
+            "PGPORT": str(params["port"]),
+            "PGUSER": str(params["user"]),
+            "PGPASSWORD": str(params["password"]),
+        }
+    )
+    backup = project.run("backup", "database", "--schema-only")
+    assert backup.returncode == 0, backup.stderr
+    [entry] = listed(project)
+    assert entry["source"]["host"] == params["host"] != "localhost"

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import threading
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import ClassVar
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Project, clean_environ
+from tests.unit.operations.webhook import webhook_server
 
 KEY = "operations passphrase 0123456789abc"
 
@@ -115,36 +114,21 @@ def test_status_overdue(project: Project) -> None:
     assert "OVERDUE" in overdue.stdout
 
 
-class _Hook(BaseHTTPRequestHandler):
-    bodies: ClassVar[list[dict]] = []
-
-    def do_POST(self) -> None:
-        _Hook.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        return None
-
-
 def test_webhook_and_metrics_after_a_real_backup(project: Project, tmp_path: Path) -> None:
-    server = HTTPServer(("127.0.0.1", 0), _Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     metrics = tmp_path / "textfile" / "cosmic_backup.prom"
-    project.env.update(
-        {
-            "BACKUP_KEY": KEY,
-            "BACKUP_METRICS_FILE": str(metrics),
-            "BACKUP_NOTIFY_URL": f"http://127.0.0.1:{server.server_port}/h/tok",
-        }
-    )
     (project.root / ".env").write_text("A=1\n")
-    try:
+    with webhook_server() as hook:  # this test's own server: it sees this test's calls only
+        project.env.update(
+            {
+                "BACKUP_KEY": KEY,
+                "BACKUP_METRICS_FILE": str(metrics),
+                "BACKUP_NOTIFY_URL": hook.url("/h/tok"),
+            }
+        )
         result = project.run("backup", "all")
-    finally:
-        server.shutdown()
     assert result.returncode == 0, result.stderr
-    [body] = _Hook.bodies
+    [received] = hook.received
+    body = received.body
     assert body["status"] == "ok"
     assert {c["component"]: c["status"] for c in body["components"]} == {
         "database": "skipped",
@@ -171,7 +155,16 @@ def test_schedule_prints_each_format(project: Project) -> None:
     k8s = project.run("schedule", "--kubernetes")
     assert k8s.returncode == 0 and k8s.stdout.count("kind: CronJob") == 4
     assert project.run("schedule", "--cron", "--systemd").returncode == 2
-    assert clean_environ() is not None
+
+
+def test_the_developers_settings_never_reach_a_test_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """clean_environ drops the shell's BACKUP_*, DATABASE_URL, PG* ... and adds the test's."""
+    for name in ("BACKUP_KEY", "DATABASE_URL", "PGPASSWORD", "RETENTION_DAYS", "APP_VERSION"):
+        monkeypatch.setenv(name, "from-the-developer-shell")
+    monkeypatch.setenv("UNRELATED", "kept")
+    env = clean_environ({"BACKUP_DIR": "/t"})
+    assert "from-the-developer-shell" not in env.values()
+    assert env["UNRELATED"] == "kept" and env["BACKUP_DIR"] == "/t"
 
 
 def test_backup_wait_setting_waits_for_the_lock(project: Project) -> None:
@@ -199,22 +192,16 @@ def test_a_refused_run_still_reaches_the_webhook(project: Project) -> None:
     import fcntl
     import os
 
-    server = HTTPServer(("127.0.0.1", 0), _Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     make(project)
     project.backups.mkdir(parents=True, exist_ok=True)
     lock = os.open(project.backups / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(lock, fcntl.LOCK_EX)
-    before = len(_Hook.bodies)
     try:
-        result = project.run(
-            "backup",
-            "config",
-            env={"BACKUP_NOTIFY_URL": f"http://127.0.0.1:{server.server_port}/hook"},
-        )
+        with webhook_server() as hook:
+            result = project.run("backup", "config", env={"BACKUP_NOTIFY_URL": hook.url()})
     finally:
-        server.shutdown()
         os.close(lock)
     assert result.returncode == 7
-    body = _Hook.bodies[before]
+    [received] = hook.received
+    body = received.body
     assert body["status"] == "failed" and "locked" in body["components"][0]["message"]
