@@ -160,6 +160,8 @@ class Catalog:
                 time.sleep(0.2)
 
     def _lock_failed_sentence(self, path: Path, exc: OSError) -> str:
+        if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+            return f"The backup folder {self.root} is not a folder; check BACKUP_DIR."
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return (
                 f"The backup folder {self.root} is full: its lock file {path.name} cannot be "

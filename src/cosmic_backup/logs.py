@@ -9,6 +9,7 @@ import secrets
 from datetime import datetime
 from pathlib import Path
 
+from cosmic_backup.errors import OperationFailed
 from cosmic_backup.redact import redact
 
 LOGGER_NAME = "cosmic_backup"
@@ -54,10 +55,15 @@ def setup_logging(log_dir: Path, run_id: str, fmt: str = "text") -> tuple[loggin
         if getattr(handler, "_cosmic_file", False):
             logger.removeHandler(handler)
             handler.close()
-    log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = log_file_for_today(log_dir)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.close(fd)
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    except OSError as exc:
+        raise OperationFailed(
+            f"The log file {path} cannot be created ({exc.strerror}); check that "
+            "BACKUP_LOG_DIR names a folder you can write to."
+        ) from None
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(_RedactingFormatter(run_id, fmt))
     handler._cosmic_file = True  # type: ignore[attr-defined]

@@ -79,7 +79,16 @@ def create_key_file(path: Path) -> Key:
     try:
         write_private_file(path, passphrase.encode() + b"\n")
     except FileExistsError as exc:
+        if not path.parent.is_dir():
+            raise KeyProblem(
+                f"The key file {path} cannot be created: {path.parent} is not a folder; "
+                "check BACKUP_KEY_FILE."
+            ) from exc
         raise KeyProblem(f"The key file {path} already exists; it was left untouched.") from exc
+    except OSError as exc:
+        raise KeyProblem(
+            f"The key file {path} cannot be created ({exc.strerror}); check BACKUP_KEY_FILE."
+        ) from exc
     return Key(passphrase.encode())
 
 
@@ -100,11 +109,18 @@ class Keyring:
         return key if key.fingerprint == fingerprint else None
 
     def add(self, key: Key) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.folder, PRIVATE_DIR)
         path = self.path_for(key.fingerprint)
-        if not path.exists():
-            write_private_file(path, key.passphrase + b"\n")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.folder, PRIVATE_DIR)
+            if not path.exists():
+                write_private_file(path, key.passphrase + b"\n")
+        except OSError as exc:
+            raise KeyProblem(
+                f"The retired key cannot be kept in the keyring {self.folder} ({exc.strerror}); "
+                "check that BACKUP_KEYRING_DIR names a folder you can write to. Nothing was "
+                "rotated."
+            ) from None
         return path
 
     def fingerprints(self) -> list[str]:

@@ -121,3 +121,23 @@ def test_a_full_disk_when_taking_the_lock_is_one_sentence(
         other = project.run(*command, env=env)
         assert other.returncode in (1, 4), other.stderr
         one_sentence(other.stderr)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "args", "code", "words"),
+    [
+        ("BACKUP_LOG_DIR", "a-file", ("backup", "config"), 1, "BACKUP_LOG_DIR"),
+        ("BACKUP_DIR", "a-file", ("backup", "config"), 1, "not a folder"),
+        ("BACKUP_KEY_FILE", "a-file/key", ("backup", "config"), 5, "not a folder"),
+        ("BACKUP_KEYRING_DIR", "a-file", ("key", "rotate"), 5, "Nothing was rotated"),
+    ],
+)
+def test_a_path_setting_naming_a_file_instead_of_a_folder_is_named(
+    project: Project, setting: str, value: str, args: tuple[str, ...], code: int, words: str
+) -> None:
+    (project.root / "a-file").write_text("not a folder\n")
+    if args[0] == "key":
+        assert project.run("key", "init").returncode == 0
+    result = project.run(*args, env={setting: value})
+    assert result.returncode == code, result.stderr
+    assert words in one_sentence(result.stderr)
