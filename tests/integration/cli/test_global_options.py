@@ -66,3 +66,21 @@ def test_root_after_the_command_picks_the_project(project: Project, tmp_path) ->
     result = project.run("key", "init", "-C", str(other))
     assert result.returncode == 0, result.stderr
     assert (other / ".backup_key").is_file()
+
+
+def test_the_other_commands_accept_global_options_after_them(project: Project) -> None:
+    project.env["BACKUP_KEY"] = KEY
+    assert project.run("backup", "config").returncode == 0
+    for args in (
+        ("restore", "config", "latest", "--json", "--wait", "--yes"),
+        ("verify", "config", "--debug", "--log-format", "json"),
+        ("init", "--debug"),
+        ("schedule", "--debug", "--wait"),
+    ):
+        result = project.run(*args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert "No such option" not in result.stderr
+    restored = project.run("restore", "config", "latest", "--yes", "--json")
+    assert json.loads(restored.stdout)["component"] == "config"
+    log = "".join(path.read_text() for path in (project.root / "logs").iterdir())
+    assert any(line.startswith("{") for line in log.splitlines())  # --log-format json
