@@ -309,9 +309,9 @@ class FilesComponent(Component):
         if stats.owners_not_kept:
             user = _user_name(os.geteuid())
             warnings.append(
-                f"{stats.owners_not_kept} restored file(s) or folder(s) belonged to other users "
-                f"and now belong to {user}, since only root can keep owners; check that the app "
-                "can still write them, or restore as root."
+                f"{stats.owners_not_kept} restored file(s) or folder(s) had another owner or "
+                f"group in the backup and now belong to {user}, since only root can keep "
+                "owners; check that the app can still write them, or restore as root."
             )
         for warning in warnings:
             self.log.warning("%s", warning)

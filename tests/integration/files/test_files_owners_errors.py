@@ -142,7 +142,7 @@ def test_a_non_root_restore_warns_when_owners_could_not_be_kept(shared_root: Pat
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     [warning] = report["details"]["warnings"]
-    assert "belonged to other users and now belong to nobody" in warning
+    assert "had another owner or group in the backup and now belong to nobody" in warning
     assert (uploads / "by-root.txt").stat().st_uid == NOBODY
 
 
