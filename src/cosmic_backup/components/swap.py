@@ -78,9 +78,8 @@ class Swapper:
         tag = f"{STAGING_PREFIX}{self.backup_id}"
         swaps = []
         for target in targets:
-            home = (
-                target.live if target.in_place else target.live.parent
-            )  # renames stay on one disk
+            # Staged and old copies sit where renames stay on the live folder's disk.
+            home = target.live if target.in_place else target.live.parent
             home.mkdir(parents=True, exist_ok=True)
             swaps.append(
                 {
