@@ -210,3 +210,55 @@ def test_a_schema_with_a_dot_in_its_name_counts_its_rows(
     assert manifest.source["row_counts"] == {"app.v2.line.items": 7, "app.v2.plain": 3}
     report = restore(component, url, dump, manifest)
     assert "Row counts match the backup: 10 rows in 2 table(s)." in report.lines
+
+
+def test_a_target_without_public_gets_a_fresh_databases_public(
+    component: ComponentFactory, app_db: str, postgres: PostgresServer
+) -> None:
+    pristine = public_state(postgres.url(postgres.create_database("fresh")))
+    dump, manifest = dump_into_memory(component, app_db)
+    bare = postgres.url(postgres.create_database("bare"))
+    execute(bare, "DROP SCHEMA public")
+    restore(component, app_db, dump, manifest, target=bare)
+    assert public_state(bare) == pristine
+
+
+def test_without_the_reset_the_restore_still_never_holds_tables_while_it_waits(
+    component: ComponentFactory, postgres: PostgresServer
+) -> None:
+    """A role that may not drop public (managed databases): pg_restore --clean drops the
+    tables one by one; it must not queue for one with the others already locked."""
+    name = postgres.create_database("limited")
+    role = f"limited_{name}"
+    execute(
+        postgres.url(name),
+        f"CREATE ROLE {role} LOGIN PASSWORD 'limited-pw'",
+        f"GRANT ALL ON SCHEMA public TO {role}",
+    )
+    url = postgres.url(name, role, "limited-pw")
+    execute(
+        url,
+        "CREATE TABLE t_a AS SELECT g AS id FROM generate_series(1, 100) g",
+        "CREATE TABLE t_z AS SELECT g AS id FROM generate_series(1, 100) g",
+    )
+    dump, manifest = dump_into_memory(component, url)
+    execute(url, "DELETE FROM t_z WHERE id > 50")
+    watch = Stopwatch(postgres.url(name), "SELECT count(*) FROM t_z")
+    done: list[RestoreReport | BaseException] = []
+    patient = functools.partial(component, BACKUP_LOCK_WAIT_TIMEOUT="30")
+    worker = threading.Thread(
+        target=lambda: done.append(_outcome(patient, url, dump, manifest)), daemon=True
+    )
+    with psycopg.connect(postgres.url(name)) as reader:
+        reader.execute("SELECT count(*) FROM t_a")  # idle in transaction now
+        watch.start()
+        worker.start()
+        time.sleep(3)
+        assert not done
+    worker.join(timeout=30)
+    watch.stop.set()
+    watch.join()
+    assert done and isinstance(done[0], RestoreReport), done
+    assert any("may not drop and recreate the schemas" in line for line in done[0].lines)
+    assert scalar(url, "SELECT count(*) FROM t_z") == 100
+    assert watch.slowest < 2, f"an app read waited {watch.slowest:.1f} s"

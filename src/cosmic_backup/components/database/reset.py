@@ -131,6 +131,12 @@ BEGIN
     INTO public_owner, public_acl, public_note
     FROM pg_catalog.pg_namespace n WHERE n.nspname = 'public';
   had_public := FOUND;
+  IF NOT had_public AND current_setting('server_version_num')::int >= 150000 THEN
+    -- no public to keep: make it as a fresh database has it (PostgreSQL 15 and later)
+    public_owner := 'pg_database_owner';
+    public_acl := '{{pg_database_owner=UC/pg_database_owner,=U/pg_database_owner}}';
+    public_note := 'standard public schema';
+  END IF;
   LOOP
     BEGIN
       PERFORM set_config('lock_timeout', '{attempt_ms}ms', true);
@@ -152,12 +158,7 @@ BEGIN
       EXIT;
     EXCEPTION
       WHEN lock_not_available THEN
-        IF clock_timestamp() >= deadline THEN
-          RAISE EXCEPTION USING ERRCODE = 'lock_not_available',
-            MESSAGE = 'cosmic-backup: objects to replace are locked by another session';
-        END IF;
-        attempt := attempt + 1;
-        PERFORM pg_sleep(least(1.0, 0.05 * 2 ^ attempt));
+        {give_up}
       WHEN dependent_objects_still_exist THEN
         lost := SQLERRM;
         EXIT;
@@ -173,22 +174,70 @@ BEGIN
                              ELSE '' END;
   END IF;
   CREATE SCHEMA public;
-  IF had_public THEN
-    EXECUTE format('ALTER SCHEMA public OWNER TO %s', public_owner);
-    IF public_acl IS NOT NULL THEN
-      EXECUTE format('REVOKE ALL ON SCHEMA public FROM %s', public_owner);
-      FOR item IN SELECT a.grantee, a.privilege_type, a.is_grantable
-                  FROM aclexplode(public_acl) WITH ORDINALITY a ORDER BY a.ordinality LOOP
-        EXECUTE format('GRANT %s ON SCHEMA public TO %s%s', item.privilege_type,
-          CASE WHEN item.grantee = 0 THEN 'PUBLIC' ELSE item.grantee::regrole::text END,
-          CASE WHEN item.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
-      END LOOP;
-    END IF;
-    EXECUTE format('COMMENT ON SCHEMA public IS %L', public_note);
+  IF public_owner IS NOT NULL THEN
+    BEGIN
+      EXECUTE format('ALTER SCHEMA public OWNER TO %s', public_owner);
+      IF public_acl IS NOT NULL THEN
+        EXECUTE format('REVOKE ALL ON SCHEMA public FROM %s', public_owner);
+        FOR item IN SELECT a.grantee, a.privilege_type, a.is_grantable
+                    FROM aclexplode(public_acl) WITH ORDINALITY a ORDER BY a.ordinality LOOP
+          EXECUTE format('GRANT %s ON SCHEMA public TO %s%s', item.privilege_type,
+            CASE WHEN item.grantee = 0 THEN 'PUBLIC' ELSE item.grantee::regrole::text END,
+            CASE WHEN item.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        END LOOP;
+      END IF;
+      EXECUTE format('COMMENT ON SCHEMA public IS %L', public_note);
+    EXCEPTION WHEN insufficient_privilege THEN
+      -- a public that was there must come back as it was; a new one may stay ours
+      IF had_public THEN RAISE; END IF;
+    END;
   END IF;
   PERFORM set_config('client_min_messages', caller_min_messages, true);
 END
 $cosmic_reset$;
+"""
+
+# After a lock was not granted (the subtransaction, and every lock it took, is gone).
+_GIVE_UP = """IF clock_timestamp() >= deadline THEN
+          RAISE EXCEPTION USING ERRCODE = 'lock_not_available',
+            MESSAGE = 'cosmic-backup: objects to replace are locked by another session';
+        END IF;
+        attempt := attempt + 1;
+        PERFORM pg_sleep(least(1.0, 0.05 * 2 ^ attempt));"""
+
+# Without the reset (this user may not drop the schemas), pg_restore --clean drops the
+# backup's objects one by one, each DROP queueing with the earlier ones' locks held. So
+# the tables of those schemas this user may lock are locked first, in the same way.
+_LOCKS = """
+DO $cosmic_locks$
+DECLARE
+  deadline timestamptz := clock_timestamp() + {wait};
+  caller_lock_timeout text := current_setting('lock_timeout');
+  attempt int := 0;
+  rel record;
+BEGIN
+  LOOP
+    BEGIN
+      PERFORM set_config('lock_timeout', '{attempt_ms}ms', true);
+      FOR rel IN SELECT c.oid::regclass::text AS name
+                 FROM pg_catalog.pg_class c
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = ANY ({names}) AND c.relkind IN ('r', 'p')
+                   AND pg_catalog.has_table_privilege(c.oid, 'UPDATE, DELETE, TRUNCATE')
+                   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                   WHERE d.classid = 'pg_catalog.pg_class'::regclass
+                                     AND d.objid = c.oid AND d.deptype = 'e')
+                 ORDER BY c.oid LOOP
+        EXECUTE format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', rel.name);
+      END LOOP;
+      EXIT;
+    EXCEPTION WHEN lock_not_available THEN
+        {give_up}
+    END;
+  END LOOP;
+  PERFORM set_config('lock_timeout', caller_lock_timeout, true);
+END
+$cosmic_locks$;
 """
 
 _PRESENT = (
@@ -204,19 +253,43 @@ def reset_block(schemas: list[str], *, lock_wait: int, drop_dependents: bool = F
     unless `drop_dependents` refuses to drop objects outside `schemas` (and public) that
     depend on theirs (SQLSTATE 2BP01, the objects named in its DETAIL).
     """
-    names = sorted(set(schemas) | {"public"})
+    names = _names(schemas)
     drops = " ".join(
         sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE;").format(sql.Identifier(name)).as_string(None)
         for name in names
     )
-    array = sql.SQL("ARRAY[{}]::text[]").format(sql.SQL(", ").join(map(sql.Literal, names)))
     return _BLOCK.format(
         check="false" if drop_dependents else "true",
-        wait=sql.Literal(f"{max(lock_wait, 0)} seconds").as_string(None) + "::interval",
+        wait=_interval(lock_wait),
         attempt_ms=ATTEMPT_LOCK_TIMEOUT_MS,
-        names=array.as_string(None),
+        names=_array(names),
         outside=_OUTSIDE_OBJECTS.strip(),
         drops=drops,
         present=_PRESENT,
         describe=_DESCRIBE_LOST.strip(),
+        give_up=_GIVE_UP,
     )
+
+
+def lock_block(schemas: list[str], *, lock_wait: int) -> str:
+    """Lock the tables of `schemas` (and public) that this user may lock, without ever
+    queueing for one while holding others; SQLSTATE 55P03 after `lock_wait` seconds."""
+    return _LOCKS.format(
+        wait=_interval(lock_wait),
+        attempt_ms=ATTEMPT_LOCK_TIMEOUT_MS,
+        names=_array(_names(schemas)),
+        give_up=_GIVE_UP,
+    )
+
+
+def _names(schemas: list[str]) -> list[str]:
+    return sorted(set(schemas) | {"public"})
+
+
+def _interval(seconds: int) -> str:
+    return sql.Literal(f"{max(seconds, 0)} seconds").as_string(None) + "::interval"
+
+
+def _array(names: list[str]) -> str:
+    array = sql.SQL("ARRAY[{}]::text[]").format(sql.SQL(", ").join(map(sql.Literal, names)))
+    return array.as_string(None)

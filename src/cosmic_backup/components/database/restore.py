@@ -32,7 +32,7 @@ import psycopg
 
 from cosmic_backup.components.database.connection import connect
 from cosmic_backup.components.database.dump import count_rows
-from cosmic_backup.components.database.reset import reset_block
+from cosmic_backup.components.database.reset import lock_block, reset_block
 from cosmic_backup.components.database.tools import Tool
 from cosmic_backup.components.database.url import Target
 from cosmic_backup.errors import OperationFailed
@@ -64,22 +64,30 @@ def can_reset(
     the locks it needs are not granted."""
     wait = min(limits.lock_wait_timeout, limits.timeout)
     block = reset_block(schemas, lock_wait=wait, drop_dependents=drop_dependents)
+    try:
+        _trial(target, block, limits)
+    except psycopg.errors.InsufficientPrivilege:
+        _trial(target, lock_block(schemas, lock_wait=wait), limits)  # the way without it
+        return False
+    except psycopg.errors.DependentObjectsStillExist as exc:
+        raise OperationFailed(_dependents_message(target, exc)) from None
+    return True
+
+
+def _trial(target: Target, statement: str, limits: RestoreLimits) -> None:
+    """Run `statement` in a transaction that is always rolled back."""
+    wait = min(limits.lock_wait_timeout, limits.timeout)
     with connect(target, limits.connect_timeout) as conn:
         try:
-            conn.execute(block)
-        except psycopg.errors.InsufficientPrivilege:
-            return False
+            conn.execute(statement)
         except psycopg.errors.LockNotAvailable:
             raise OperationFailed(
                 f"Objects in {target.describe()} are locked by another session and the "
                 f"restore gave up after waiting {wait} s (BACKUP_LOCK_WAIT_TIMEOUT); the "
                 "database is unchanged. Try again when they are free."
             ) from None
-        except psycopg.errors.DependentObjectsStillExist as exc:
-            raise OperationFailed(_dependents_message(target, exc)) from None
         finally:
             conn.rollback()
-    return True
 
 
 def _dependents_message(target: Target, exc: psycopg.Error) -> str:
@@ -116,8 +124,11 @@ def restore_dump(
         )
         log.warning("schema reset not permitted on %s; restoring without it", target.describe())
     wait = min(limits.lock_wait_timeout, limits.timeout)
-    reset_sql = reset_block(schemas, lock_wait=wait, drop_dependents=drop_dependents)
-    prelude = "BEGIN;\n" + (reset_sql + "\n" if reset else "")
+    if reset:
+        first = reset_block(schemas, lock_wait=wait, drop_dependents=drop_dependents)
+    else:
+        first = lock_block(schemas, lock_wait=wait)
+    prelude = f"BEGIN;\n{first}\n"
     options = f"-c statement_timeout=0 -c lock_timeout={limits.lock_wait_timeout}s"
     if server_major >= 14:
         # When psql is stopped (time limit, interrupt), the server notices within a second
