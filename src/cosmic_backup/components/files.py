@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-from cosmic_backup.components.archive import ExtractStats, TarWriter, list_members, safe_extract
+from cosmic_backup.components.archive import ExtractStats, list_members, safe_extract
 from cosmic_backup.components.base import (
     BackupRequest,
     Component,
@@ -48,6 +48,7 @@ from cosmic_backup.components.swap import (
     journal_path,
     remove_path,
 )
+from cosmic_backup.components.tar_writer import TarWriter
 from cosmic_backup.errors import NotConfigured, OperationFailed, UsageError
 from cosmic_backup.format.manifest import TAG_PRE_RESTORE, Manifest
 from cosmic_backup.settings import Settings
