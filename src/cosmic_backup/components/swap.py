@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import stat
 from dataclasses import dataclass, field
@@ -344,7 +345,9 @@ def _reason(exc: OSError | shutil.Error) -> str:
     if isinstance(exc, shutil.Error):  # copytree gathers (source, target, why) triples
         details = exc.args[0] if exc.args else []
         if isinstance(details, list) and details:
-            return str(details[0][-1])
+            _source, target, why = details[0]
+            found = re.match(r"\[Errno \d+\] ([^:]+)", str(why))
+            return f"{found.group(1) if found else why}: {target}"
         return str(exc)
     return f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc.strerror or exc)
 
