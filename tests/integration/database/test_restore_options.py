@@ -67,3 +67,24 @@ def test_the_database_options_are_refused_for_files(project: Project) -> None:
     result = project.run("restore", "files", "latest", "--drop-dependents", "--yes")
     assert result.returncode == 2
     assert "for the database only" in result.stderr
+
+
+SNEAK_A_ROW_IN = (
+    "CREATE SCHEMA guard",
+    "CREATE FUNCTION guard.sneak() RETURNS event_trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() "
+    "WHERE command_tag = 'CREATE TABLE' AND object_identity = 'audit.log') THEN "
+    "INSERT INTO audit.log (id, what) VALUES (999999, 'sneaked in'); END IF; END $$",
+    "CREATE EVENT TRIGGER sneak ON ddl_command_end EXECUTE FUNCTION guard.sneak()",
+)
+
+
+def test_a_restore_whose_row_counts_differ_exits_6(db_project: Project, app_db: str) -> None:
+    """Something on the server (here an event trigger) adds a row while the restore loads
+    the data: the restore must not report success."""
+    assert db_project.run("backup", "database").returncode == 0
+    execute(app_db, *SNEAK_A_ROW_IN)
+    result = db_project.run("restore", "database", "latest", "--yes", "--no-safety-backup")
+    assert result.returncode == 6, result.stderr
+    assert "audit.log 801 rows (backup had 800)" in result.stderr
+    assert "Traceback" not in result.stderr

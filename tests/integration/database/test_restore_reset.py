@@ -262,3 +262,26 @@ def test_without_the_reset_the_restore_still_never_holds_tables_while_it_waits(
     assert any("may not drop and recreate the schemas" in line for line in done[0].lines)
     assert scalar(url, "SELECT count(*) FROM t_z") == 100
     assert watch.slowest < 2, f"an app read waited {watch.slowest:.1f} s"
+
+
+def test_the_databases_owner_resets_public_as_it_was_without_being_superuser(
+    component: ComponentFactory, postgres: PostgresServer
+) -> None:
+    """The usual app setup: the app's role owns the database, so it is a member of
+    pg_database_owner, which owns public; the reset (not the fallback) must serve it."""
+    name = postgres.create_database("owned")
+    owner = f"owner_{name}"
+    execute(
+        postgres.url(name),
+        f"CREATE ROLE {owner} LOGIN PASSWORD 'owner-pw'",
+        f'ALTER DATABASE "{name}" OWNER TO {owner}',
+    )
+    url = postgres.url(name, owner, "owner-pw")
+    execute(url, "CREATE TABLE notes AS SELECT g AS id FROM generate_series(1, 5) g")
+    pristine = public_state(url)
+    dump, manifest = dump_into_memory(component, url)
+    execute(url, "CREATE TABLE added_later (x int)")
+    report = restore(component, url, dump, manifest)
+    assert not any("may not drop" in line for line in report.lines)
+    assert scalar(url, "SELECT to_regclass('added_later')") is None  # the reset ran
+    assert public_state(url) == pristine

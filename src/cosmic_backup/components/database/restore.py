@@ -79,6 +79,7 @@ def _trial(target: Target, statement: str, limits: RestoreLimits) -> None:
     wait = min(limits.lock_wait_timeout, limits.timeout)
     with connect(target, limits.connect_timeout) as conn:
         try:
+            conn.execute("SET LOCAL statement_timeout = 0")  # as the restore itself runs
             conn.execute(statement)
         except psycopg.errors.LockNotAvailable:
             raise OperationFailed(
