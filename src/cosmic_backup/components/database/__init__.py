@@ -170,7 +170,7 @@ class DatabaseComponent(Component):
                 "database is unchanged."
             ) from None
         except OperationFailed as exc:
-            raise _with_advice(exc) from None
+            raise _with_advice(exc, request.no_privileges) from None
 
     def _report(
         self, manifest: Manifest, target: Target, notes: list[str], seconds: float
@@ -252,12 +252,16 @@ def _first_line(exc: Exception) -> str:
 _MISSING_ROLE = re.compile(r'role "[^"]*" does not exist')
 
 
-def _with_advice(exc: OperationFailed) -> OperationFailed:
+def _with_advice(exc: OperationFailed, no_privileges: bool) -> OperationFailed:
     """Add the way around to a failure that has one: a role the backup grants to (or
     names in default privileges) that does not exist on this server."""
-    if _MISSING_ROLE.search(exc.message) and "--no-privileges" not in exc.message:
-        return OperationFailed(
-            f"{exc.message.rstrip('.')}. Create that role on this server, or pass "
-            "--no-privileges to restore without the backup's GRANTs."
+    if not _MISSING_ROLE.search(exc.message):
+        return exc
+    if no_privileges:  # then something other than a GRANT names it (a policy...)
+        advice = "Create that role on this server: the backup names it beyond its GRANTs."
+    else:
+        advice = (
+            "Create that role on this server, or pass --no-privileges to restore without "
+            "the backup's GRANTs."
         )
-    return exc
+    return OperationFailed(f"{exc.message.rstrip('.')}. {advice}")
