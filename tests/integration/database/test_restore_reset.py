@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from cosmic_backup.components.base import RestoreReport, RestoreRequest
 from cosmic_backup.errors import OperationFailed
@@ -196,18 +197,24 @@ def _outcome(make: ComponentFactory, url: str, dump: bytes, manifest: Any) -> An
         return exc
 
 
-def test_a_schema_with_a_dot_in_its_name_counts_its_rows(
-    component: ComponentFactory, postgres: PostgresServer
+@pytest.mark.parametrize("schema", ["app.v2", 'it\'s $$ a "quoted" $x$ name'])
+def test_a_schema_with_a_dot_or_quotes_in_its_name_counts_its_rows(
+    component: ComponentFactory, postgres: PostgresServer, schema: str
 ) -> None:
     url = postgres.url(postgres.create_database("dots"))
+
+    def statement(text: str) -> str:
+        return sql.SQL(text).format(s=sql.Identifier(schema)).as_string(None)
+
     execute(
         url,
-        'CREATE SCHEMA "app.v2"',
-        'CREATE TABLE "app.v2"."line.items" AS SELECT g AS id FROM generate_series(1, 7) g',
-        'CREATE TABLE "app.v2".plain AS SELECT g AS id FROM generate_series(1, 3) g',
+        statement("CREATE SCHEMA {s}"),
+        statement('CREATE TABLE {s}."line.items" AS SELECT g AS id FROM generate_series(1, 7) g'),
+        statement("CREATE TABLE {s}.plain AS SELECT g AS id FROM generate_series(1, 3) g"),
     )
     dump, manifest = dump_into_memory(component, url)
-    assert manifest.source["row_counts"] == {"app.v2.line.items": 7, "app.v2.plain": 3}
+    assert manifest.source["row_counts"] == {f"{schema}.line.items": 7, f"{schema}.plain": 3}
+    execute(url, statement("DELETE FROM {s}.plain"))
     report = restore(component, url, dump, manifest)
     assert "Row counts match the backup: 10 rows in 2 table(s)." in report.lines
 

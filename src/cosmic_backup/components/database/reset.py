@@ -23,6 +23,8 @@ recreates ``public``. Three things make it safe on a live database:
 
 from __future__ import annotations
 
+import secrets
+
 from psycopg import sql
 
 # How long one attempt waits for a lock: the longest an app query can be held up by it.
@@ -107,7 +109,7 @@ FROM (SELECT what, row_number() OVER (ORDER BY what) AS rank FROM (
 """
 
 _BLOCK = """
-DO $cosmic_reset$
+DO ${tag}$
 DECLARE
   doomed oid[];
   check_dependents boolean := {check};
@@ -194,7 +196,7 @@ BEGIN
   END IF;
   PERFORM set_config('client_min_messages', caller_min_messages, true);
 END
-$cosmic_reset$;
+${tag}$;
 """
 
 # After a lock was not granted (the subtransaction, and every lock it took, is gone).
@@ -209,7 +211,7 @@ _GIVE_UP = """IF clock_timestamp() >= deadline THEN
 # backup's objects one by one, each DROP queueing with the earlier ones' locks held. So
 # the tables of those schemas this user may lock are locked first, in the same way.
 _LOCKS = """
-DO $cosmic_locks$
+DO ${tag}$
 DECLARE
   deadline timestamptz := clock_timestamp() + {wait};
   caller_lock_timeout text := current_setting('lock_timeout');
@@ -237,7 +239,7 @@ BEGIN
   END LOOP;
   PERFORM set_config('lock_timeout', caller_lock_timeout, true);
 END
-$cosmic_locks$;
+${tag}$;
 """
 
 _PRESENT = (
@@ -259,6 +261,7 @@ def reset_block(schemas: list[str], *, lock_wait: int, drop_dependents: bool = F
         for name in names
     )
     return _BLOCK.format(
+        tag=_tag(),
         check="false" if drop_dependents else "true",
         wait=_interval(lock_wait),
         attempt_ms=ATTEMPT_LOCK_TIMEOUT_MS,
@@ -275,11 +278,18 @@ def lock_block(schemas: list[str], *, lock_wait: int) -> str:
     """Lock the tables of `schemas` (and public) that this user may lock, without ever
     queueing for one while holding others; SQLSTATE 55P03 after `lock_wait` seconds."""
     return _LOCKS.format(
+        tag=_tag(),
         wait=_interval(lock_wait),
         attempt_ms=ATTEMPT_LOCK_TIMEOUT_MS,
         names=_array(_names(schemas)),
         give_up=_GIVE_UP,
     )
+
+
+def _tag() -> str:
+    """A dollar-quote tag no schema name in the block can contain (names come from the
+    backed-up database), so none can end the block early."""
+    return f"cosmic_{secrets.token_hex(8)}"
 
 
 def _names(schemas: list[str]) -> list[str]:
