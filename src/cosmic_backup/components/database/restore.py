@@ -236,7 +236,7 @@ def _check_outcome(converter: Child, runner: Child, timeout: int) -> None:
     if failed:
         child = failed[0]
         tail = child.stderr_tail()  # its lines usually begin with its own name
-        said = tail if tail.startswith(child.name) else f"{child.name}: {tail}"
+        said = (tail if tail.startswith(child.name) else f"{child.name}: {tail}").rstrip(".")
         raise OperationFailed(
             f"The restore failed and was rolled back; the database is unchanged. {said}."
         )
