@@ -191,3 +191,10 @@ def test_the_host_and_user_from_the_environment_describe_the_source(
     assert target.host == "db.internal"
     assert target.describe() == "database appdb on db.internal:6432 as svc"
     assert parse_database_url("postgresql://other/appdb").host == "other"  # the URL wins
+
+
+def test_an_into_url_is_named_as_such(tmp_path: Path) -> None:
+    """restore --into parses its URL like DATABASE_URL, and the sentence names it."""
+    with pytest.raises(UsageError, match="the --into URL") as caught:
+        component(tmp_path)._target("postgresql://app:Zx9q/Wv8k@127.0.0.1/db")
+    assert "Zx9q" not in caught.value.message and "Wv8k" not in caught.value.message

@@ -51,7 +51,9 @@ class DatabaseComponent(Component):
     def _target(self, url: str | None) -> Target:
         if not url:
             self.check_configured()
-        target = parse_database_url(url or self.settings.database_url)
+        target = parse_database_url(
+            url or self.settings.database_url, "the --into URL" if url else "DATABASE_URL"
+        )
         for note in target.notes:
             self.log.info("%s", note)
         return target
