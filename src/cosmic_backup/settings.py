@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,8 @@ def _choice(*choices: str) -> Callable[[Any], str]:
 
 @dataclass(frozen=True)
 class Spec:
+    """How one setting is read: its environment variable, default, parser and help."""
+
     name: str
     env: str | None
     default: Any
@@ -75,182 +77,177 @@ class Spec:
     secret: bool = False
     in_toml: bool = True
     is_path: bool = False
+    # Whole numbers: the lowest and highest accepted. The upper bounds keep every value
+    # within what dates, timers and PBKDF2 can take (a retention of 10**20 days overflows
+    # a date); they are far beyond any sensible use.
+    bounds: tuple[int, int] | None = None
 
 
-SPECS: tuple[Spec, ...] = (
-    Spec(
-        "database_url",
-        "DATABASE_URL",
-        None,
-        _optional_text,
-        "PostgreSQL connection URL",
-        secret=True,
-    ),
-    Spec("backup_dir", "BACKUP_DIR", "./tmp/backups", _text, "backup root", is_path=True),
-    Spec("key_file", "BACKUP_KEY_FILE", "./.backup_key", _text, "key file", is_path=True),
-    Spec(
-        "keyring_dir",
-        "BACKUP_KEYRING_DIR",
-        "./.backup_keyring",
-        _text,
-        "folder of retired keys",
-        is_path=True,
-    ),
-    Spec(
-        "key",
-        "BACKUP_KEY",
-        None,
-        _optional_text,
-        "the passphrase itself",
-        secret=True,
-        in_toml=False,
-    ),
-    Spec(
-        "key_command",
-        "BACKUP_KEY_COMMAND",
-        None,
-        _optional_text,
-        "command that prints the passphrase",
-    ),
-    Spec(
-        "allow_insecure_key",
-        "BACKUP_ALLOW_INSECURE_KEY",
-        False,
-        _bool,
-        "accept a key file others can read (with a warning)",
-    ),
-    Spec("log_dir", "BACKUP_LOG_DIR", "./logs", _text, "log folder", is_path=True),
-    Spec("log_format", "BACKUP_LOG_FORMAT", "text", _choice("text", "json"), "log line format"),
-    Spec("files_dirs", "BACKUP_FILES_DIRS", "static,uploads", _list, "file folders"),
-    Spec(
-        "files_restore_owner",
-        "BACKUP_FILES_RESTORE_OWNER",
-        True,
-        _bool,
-        "as root, give restored files their owners from the backup, as tar does",
-    ),
-    Spec("config_paths", "BACKUP_CONFIG_PATHS", ".env,config", _list, "config files and folders"),
-    Spec(
-        "env_include",
-        "BACKUP_ENV_INCLUDE",
-        "*",
-        _list,
-        "environment variables to snapshot (glob patterns)",
-    ),
-    Spec(
-        "env_exclude",
-        "BACKUP_ENV_EXCLUDE",
-        DEFAULT_ENV_EXCLUDE,
-        _list,
-        "environment variables never snapshotted (glob patterns)",
-    ),
-    Spec("retention_days", "RETENTION_DAYS", 30, _int, "days backups are kept"),
-    Spec(
-        "wait",
-        "BACKUP_WAIT",
-        False,
-        _bool,
-        "wait for another run's lock instead of refusing (for scheduled runs)",
-    ),
-    Spec("remote", "BACKUP_REMOTE", None, _optional_text, "off-site location (s3://...)"),
-    Spec(
-        "kdf_iterations",
-        "BACKUP_KDF_ITERATIONS",
-        MIN_KDF_ITERATIONS,
-        _int,
-        "PBKDF2 iterations for new backups",
-    ),
-    Spec(
-        "pg_bin_dir",
-        "BACKUP_PG_BIN_DIR",
-        None,
-        _optional_text,
-        "folder holding pg_dump, pg_restore and psql",
-    ),
-    Spec("timeout", "BACKUP_TIMEOUT", 3600, _int, "overall time limit of one operation (s)"),
-    Spec("connect_timeout", "BACKUP_CONNECT_TIMEOUT", 10, _int, "database connect timeout (s)"),
-    Spec("connect_retries", "BACKUP_CONNECT_RETRIES", 3, _int, "connection attempts"),
-    Spec(
-        "lock_wait_timeout",
-        "BACKUP_LOCK_WAIT_TIMEOUT",
-        60,
-        _int,
-        "longest wait for a table lock during a dump (s)",
-    ),
-    Spec(
-        "neon_full",
-        "BACKUP_NEON_FULL",
-        False,
-        _bool,
-        "take full (not schema-only) backups of Neon databases",
-    ),
-    Spec("app_version", "APP_VERSION", None, _optional_text, "the app's version"),
-    Spec(
-        "notify_url",
-        "BACKUP_NOTIFY_URL",
-        None,
-        _optional_text,
-        "webhook called after each run",
-        secret=True,
-    ),
-    Spec(
-        "metrics_file", "BACKUP_METRICS_FILE", None, _optional_text, "Prometheus textfile to write"
-    ),
-    Spec("keep_last", "BACKUP_KEEP_LAST", 0, _int, "always keep the N newest backups (0: off)"),
-    Spec("keep_daily", "BACKUP_KEEP_DAILY", 0, _int, "keep the newest backup of each of N days"),
-    Spec("keep_weekly", "BACKUP_KEEP_WEEKLY", 0, _int, "keep the newest backup of each of N weeks"),
-    Spec(
-        "keep_monthly", "BACKUP_KEEP_MONTHLY", 0, _int, "keep the newest backup of each of N months"
-    ),
-    Spec(
-        "database_interval_days",
-        "BACKUP_DATABASE_INTERVAL_DAYS",
-        1,
-        _int,
-        "status: a database backup is expected every N days",
-    ),
-    Spec(
-        "files_interval_days",
-        "BACKUP_FILES_INTERVAL_DAYS",
-        7,
-        _int,
-        "status: a files backup is expected every N days",
-    ),
-    Spec(
-        "config_interval_days",
-        "BACKUP_CONFIG_INTERVAL_DAYS",
-        31,
-        _int,
-        "status: a config backup is expected every N days",
-    ),
-    Spec(
-        "status_grace_hours",
-        "BACKUP_STATUS_GRACE_HOURS",
-        6,
-        _int,
-        "status: hours of grace before a backup counts as overdue",
-    ),
-)
-SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
+def setting(env: str, default: Any, parse: Callable[[Any], Any], help: str, **how: Any) -> Any:
+    """A typed field of `Settings`, with how it is read (see `Spec`)."""
+    return field(
+        metadata={"spec": {"env": env, "default": default, "parse": parse, "help": help, **how}}
+    )
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Effective settings of one run, with where each value came from."""
+    """Effective settings of one run, typed, with where each value came from.
+
+    Each setting is declared once, here: its name and type, then how it is read.
+    """
 
     project_root: Path
-    values: Mapping[str, Any]
-    sources: Mapping[str, str] = field(default_factory=dict)
+    sources: Mapping[str, str]
+    database_url: str | None = setting(
+        "DATABASE_URL", None, _optional_text, "PostgreSQL connection URL", secret=True
+    )
+    backup_dir: str = setting("BACKUP_DIR", "./tmp/backups", _text, "backup root", is_path=True)
+    key_file: str = setting("BACKUP_KEY_FILE", "./.backup_key", _text, "key file", is_path=True)
+    keyring_dir: str = setting(
+        "BACKUP_KEYRING_DIR", "./.backup_keyring", _text, "folder of retired keys", is_path=True
+    )
+    key: str | None = setting(
+        "BACKUP_KEY", None, _optional_text, "the passphrase itself", secret=True, in_toml=False
+    )
+    key_command: str | None = setting(
+        "BACKUP_KEY_COMMAND", None, _optional_text, "command that prints the passphrase"
+    )
+    allow_insecure_key: bool = setting(
+        "BACKUP_ALLOW_INSECURE_KEY",
+        False,
+        _bool,
+        "accept a key file others can read (with a warning)",
+    )
+    log_dir: str = setting("BACKUP_LOG_DIR", "./logs", _text, "log folder", is_path=True)
+    log_format: str = setting(
+        "BACKUP_LOG_FORMAT", "text", _choice("text", "json"), "log line format"
+    )
+    files_dirs: tuple[str, ...] = setting(
+        "BACKUP_FILES_DIRS", "static,uploads", _list, "file folders"
+    )
+    files_restore_owner: bool = setting(
+        "BACKUP_FILES_RESTORE_OWNER",
+        True,
+        _bool,
+        "as root, give restored files their owners from the backup, as tar does",
+    )
+    config_paths: tuple[str, ...] = setting(
+        "BACKUP_CONFIG_PATHS", ".env,config", _list, "config files and folders"
+    )
+    env_include: tuple[str, ...] = setting(
+        "BACKUP_ENV_INCLUDE", "*", _list, "environment variables to snapshot (glob patterns)"
+    )
+    env_exclude: tuple[str, ...] = setting(
+        "BACKUP_ENV_EXCLUDE",
+        DEFAULT_ENV_EXCLUDE,
+        _list,
+        "environment variables never snapshotted (glob patterns)",
+    )
+    retention_days: int = setting(
+        "RETENTION_DAYS", 30, _int, "days backups are kept", bounds=(1, 36_500)
+    )
+    wait: bool = setting(
+        "BACKUP_WAIT",
+        False,
+        _bool,
+        "wait for another run's lock instead of refusing (for scheduled runs)",
+    )
+    remote: str | None = setting(
+        "BACKUP_REMOTE", None, _optional_text, "off-site location (s3://...)"
+    )
+    kdf_iterations: int = setting(
+        "BACKUP_KDF_ITERATIONS",
+        MIN_KDF_ITERATIONS,
+        _int,
+        "PBKDF2 iterations for new backups",
+        bounds=(MIN_KDF_ITERATIONS, 100_000_000),
+    )
+    pg_bin_dir: str | None = setting(
+        "BACKUP_PG_BIN_DIR", None, _optional_text, "folder holding pg_dump, pg_restore and psql"
+    )
+    timeout: int = setting(
+        "BACKUP_TIMEOUT", 3600, _int, "overall time limit of one operation (s)", bounds=(1, 604_800)
+    )
+    connect_timeout: int = setting(
+        "BACKUP_CONNECT_TIMEOUT", 10, _int, "database connect timeout (s)", bounds=(1, 3600)
+    )
+    connect_retries: int = setting(
+        "BACKUP_CONNECT_RETRIES", 3, _int, "connection attempts", bounds=(1, 100)
+    )
+    lock_wait_timeout: int = setting(
+        "BACKUP_LOCK_WAIT_TIMEOUT",
+        60,
+        _int,
+        "longest wait for a table lock during a dump (s)",
+        bounds=(1, 86_400),
+    )
+    neon_full: bool = setting(
+        "BACKUP_NEON_FULL", False, _bool, "take full (not schema-only) backups of Neon databases"
+    )
+    app_version: str | None = setting("APP_VERSION", None, _optional_text, "the app's version")
+    notify_url: str | None = setting(
+        "BACKUP_NOTIFY_URL", None, _optional_text, "webhook called after each run", secret=True
+    )
+    metrics_file: str | None = setting(
+        "BACKUP_METRICS_FILE", None, _optional_text, "Prometheus textfile to write"
+    )
+    keep_last: int = setting(
+        "BACKUP_KEEP_LAST",
+        0,
+        _int,
+        "always keep the N newest backups (0: off)",
+        bounds=(0, 100_000),
+    )
+    keep_daily: int = setting(
+        "BACKUP_KEEP_DAILY", 0, _int, "keep the newest backup of each of N days", bounds=(0, 36_500)
+    )
+    keep_weekly: int = setting(
+        "BACKUP_KEEP_WEEKLY", 0, _int, "keep the newest backup of each of N weeks", bounds=(0, 5200)
+    )
+    keep_monthly: int = setting(
+        "BACKUP_KEEP_MONTHLY",
+        0,
+        _int,
+        "keep the newest backup of each of N months",
+        bounds=(0, 1200),
+    )
+    database_interval_days: int = setting(
+        "BACKUP_DATABASE_INTERVAL_DAYS",
+        1,
+        _int,
+        "status: a database backup is expected every N days",
+        bounds=(1, 3660),
+    )
+    files_interval_days: int = setting(
+        "BACKUP_FILES_INTERVAL_DAYS",
+        7,
+        _int,
+        "status: a files backup is expected every N days",
+        bounds=(1, 3660),
+    )
+    config_interval_days: int = setting(
+        "BACKUP_CONFIG_INTERVAL_DAYS",
+        31,
+        _int,
+        "status: a config backup is expected every N days",
+        bounds=(1, 3660),
+    )
+    status_grace_hours: int = setting(
+        "BACKUP_STATUS_GRACE_HOURS",
+        6,
+        _int,
+        "status: hours of grace before a backup counts as overdue",
+        bounds=(0, 8784),
+    )
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    @property
+    def values(self) -> dict[str, Any]:
+        return {spec.name: getattr(self, spec.name) for spec in SPECS}
 
     def path(self, name: str) -> Path:
         """A path setting, resolved against the project root."""
-        return self.resolve(str(self.values[name]))
+        return self.resolve(str(getattr(self, name)))
 
     def resolve(self, raw: str) -> Path:
         """A path as the operator wrote it (``~`` allowed), relative to the project root."""
@@ -258,11 +255,11 @@ class Settings:
         return path if path.is_absolute() else self.project_root / path
 
     def optional_path(self, name: str) -> Path | None:
-        return self.path(name) if self.values[name] is not None else None
+        return self.path(name) if getattr(self, name) is not None else None
 
     def shown(self, name: str) -> str:
         """The value as it may be printed: secrets masked."""
-        value = self.values[name]
+        value = getattr(self, name)
         if value is None:
             return "(not set)"
         if SPEC_BY_NAME[name].secret:
@@ -272,12 +269,15 @@ class Settings:
         return str(value)
 
     def with_overrides(self, overrides: Mapping[str, Any], source: str) -> Settings:
-        values = dict(self.values)
-        sources = dict(self.sources)
-        for name, raw in overrides.items():
-            values[name] = _parse(SPEC_BY_NAME[name], raw, source)
-            sources[name] = source
-        return Settings(self.project_root, values, sources)
+        parsed = {name: _parse(SPEC_BY_NAME[name], raw, source) for name, raw in overrides.items()}
+        sources = {**self.sources, **dict.fromkeys(overrides, source)}
+        return replace(self, sources=sources, **parsed)
+
+
+SPECS: tuple[Spec, ...] = tuple(
+    Spec(item.name, **item.metadata["spec"]) for item in fields(Settings) if "spec" in item.metadata
+)
+SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
 
 
 def mask_secret_setting(name: str, value: str) -> str:
@@ -288,34 +288,13 @@ def mask_secret_setting(name: str, value: str) -> str:
     return "********"
 
 
-# The one place numeric settings are bounded: (lowest, highest) accepted. The upper bounds
-# keep every value within what dates, timers and PBKDF2 can take (a retention of 10**20
-# days overflows a date); they are far beyond any sensible use.
-RANGES: dict[str, tuple[int, int]] = {
-    "retention_days": (1, 36_500),
-    "kdf_iterations": (MIN_KDF_ITERATIONS, 100_000_000),
-    "timeout": (1, 7 * 86_400),
-    "connect_timeout": (1, 3_600),
-    "connect_retries": (1, 100),
-    "lock_wait_timeout": (1, 86_400),
-    "keep_last": (0, 100_000),
-    "keep_daily": (0, 36_500),
-    "keep_weekly": (0, 5_200),
-    "keep_monthly": (0, 1_200),
-    "database_interval_days": (1, 3_660),
-    "files_interval_days": (1, 3_660),
-    "config_interval_days": (1, 3_660),
-    "status_grace_hours": (0, 8_784),
-}
-
-
 def _parse(spec: Spec, raw: Any, source: str) -> Any:
     try:
         value = spec.parse(raw)
     except ValueError as exc:
         raise UsageError(f"The setting {spec.name} from {source} is invalid: {exc}.") from exc
-    if spec.name in RANGES:
-        low, high = RANGES[spec.name]
+    if spec.bounds is not None:
+        low, high = spec.bounds
         if not low <= value <= high:
             off = " (0 turns it off)" if low == 0 and spec.name.startswith("keep_") else ""
             raise UsageError(
@@ -362,4 +341,4 @@ def load_settings(
             raw, source = flags[spec.name], "command line"
         values[spec.name] = None if raw is None else _parse(spec, raw, source)
         sources[spec.name] = source
-    return Settings(project_root.resolve(), values, sources)
+    return Settings(project_root.resolve(), sources, **values)

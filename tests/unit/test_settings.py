@@ -124,15 +124,27 @@ def test_a_broken_settings_file_is_named(tmp_path: Path) -> None:
 
 
 def test_every_whole_number_setting_has_its_range(tmp_path: Path) -> None:
-    """Ranges live in one table: a new numeric setting cannot be left unbounded."""
-    from cosmic_backup.settings import RANGES
-
+    """Each whole-number setting is declared with its bounds: none can be left unbounded."""
     numeric = {
         spec.name
         for spec in SPECS
         if isinstance(spec.default, int) and not isinstance(spec.default, bool)
     }
-    assert numeric == set(RANGES)
+    bounded = {spec.name: spec.bounds for spec in SPECS if spec.bounds is not None}
+    assert numeric == set(bounded)
     defaults = load_settings(tmp_path, environ={})
-    for name, (low, high) in RANGES.items():
+    for name, (low, high) in bounded.items():
         assert low <= getattr(defaults, name) <= high
+
+
+def test_settings_are_typed_attributes_and_unknown_names_are_errors(tmp_path: Path) -> None:
+    """No __getattr__ fallback: a misspelt setting is an AttributeError, not a silent Any."""
+    settings = load_settings(tmp_path, environ={"RETENTION_DAYS": "12", "BACKUP_WAIT": "yes"})
+    assert settings.retention_days == 12 and settings.wait is True
+    assert settings.files_dirs == ("static", "uploads")
+    assert {spec.name for spec in SPECS} == set(settings.values)
+    with pytest.raises(AttributeError):
+        _ = settings.retention_dayz  # type: ignore[attr-defined]
+    changed = settings.with_overrides({"retention_days": "3"}, "command line")
+    assert changed.retention_days == 3 and changed.sources["retention_days"] == "command line"
+    assert settings.retention_days == 12
