@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/database_throughput.py [--size MIB] [--runs 3]
 
-Starts a scratch PostgreSQL server, fills a database with about --size MiB (default
+Starts a throwaway PostgreSQL server, fills a database with about --size MiB (default
 1024) of app-like rows (generate_series), then alternates, run by run:
   1. plain `pg_dump -Fc` (its own zlib compression) into a file, and `pg_dump -Fc -Z0`
      (raw: what our backup adds compression, encryption and the MAC to),
@@ -29,12 +29,12 @@ from pathlib import Path
 
 from psycopg import sql
 
-from cosmic_backup.components.database.scratch import ScratchServer, scratch_server
+from cosmic_backup.components.database.throwaway import ThrowawayServer, throwaway_server
 
 ROWS_PER_MIB = 5200  # about 200 bytes per row on disk with its index
 
 
-def fill(server: ScratchServer, dbname: str, mib: int) -> int:
+def fill(server: ThrowawayServer, dbname: str, mib: int) -> int:
     rows = mib * ROWS_PER_MIB
     with server.admin(dbname) as conn:
         conn.execute(
@@ -83,13 +83,13 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
     return elapsed, peak
 
 
-def drop(server: ScratchServer, name: str) -> None:
+def drop(server: ThrowawayServer, name: str) -> None:
     with server.admin() as conn:
         conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
 
 
 def one_run(
-    server: ScratchServer, root: Path, source: str, env: dict[str, str]
+    server: ThrowawayServer, root: Path, source: str, env: dict[str, str]
 ) -> tuple[dict[str, float], int]:
     bin_dir = server.bin_dir
     conn = ["--host=127.0.0.1", f"--port={server.port}", "--username=postgres"]
@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--size", "--mib", type=int, default=1024, help="database size in MiB")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    with scratch_server() as server, tempfile.TemporaryDirectory() as folder:
+    with throwaway_server() as server, tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         source = server.create_database("bench")
         began = time.perf_counter()

@@ -1,5 +1,5 @@
 """A real PostgreSQL server for the database tests, started once per session in a temp
-folder (see cosmic_backup.components.database.scratch), and databases made from it: each
+folder (see cosmic_backup.components.database.throwaway), and databases made from it: each
 test gets its own."""
 
 from __future__ import annotations
@@ -12,11 +12,15 @@ import psycopg
 import pytest
 
 from cosmic_backup.components.database import DatabaseComponent
-from cosmic_backup.components.database.scratch import ScratchServer, free_port, scratch_server
+from cosmic_backup.components.database.throwaway import (
+    ThrowawayServer,
+    free_port,
+    throwaway_server,
+)
 from cosmic_backup.settings import load_settings
 from tests.integration.database.appdb import create_app_database
 
-PostgresServer = ScratchServer
+PostgresServer = ThrowawayServer
 ComponentFactory = Callable[..., DatabaseComponent]
 __all__ = ["ComponentFactory", "PostgresServer", "free_port"]
 
@@ -24,13 +28,13 @@ BIG_ROWS = 400_000  # about 100 MB: pg_dump, pg_restore and psql live long enoug
 
 
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[ScratchServer]:
-    with scratch_server() as server:
+def postgres() -> Iterator[ThrowawayServer]:
+    with throwaway_server() as server:
         yield server
 
 
 @pytest.fixture
-def app_db(postgres: ScratchServer) -> str:
+def app_db(postgres: ThrowawayServer) -> str:
     """The URL of a fresh database shaped like a real app's (see appdb.py)."""
     url = postgres.url(postgres.create_database())
     create_app_database(url)
@@ -38,7 +42,7 @@ def app_db(postgres: ScratchServer) -> str:
 
 
 @pytest.fixture(scope="session")
-def big_template(postgres: ScratchServer) -> str:
+def big_template(postgres: ThrowawayServer) -> str:
     """A database big enough that dumping and restoring it take a noticeable moment."""
     name = postgres.create_database("bigtemplate")
     with psycopg.connect(postgres.url(name), autocommit=True) as conn:
@@ -52,7 +56,7 @@ def big_template(postgres: ScratchServer) -> str:
 
 
 @pytest.fixture
-def big_db(postgres: ScratchServer, big_template: str) -> str:
+def big_db(postgres: ThrowawayServer, big_template: str) -> str:
     """The URL of a fresh copy of the big database."""
     return postgres.url(postgres.create_database("big", template=big_template))
 

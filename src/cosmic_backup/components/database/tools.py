@@ -1,8 +1,10 @@
-"""Finding pg_dump, pg_restore and psql whose major version suits the server.
+"""Finding PostgreSQL programs: the client tools (pg_dump, pg_restore, psql) whose major
+version suits a server, and the server programs a throwaway server runs (throwaway.py).
 
-Candidates, in order: the configured folder (only it, when set), the versioned folders
-``/usr/lib/postgresql/*/bin``, PATH (without Debian's pg_wrapper links), and the
-binaries of an installed ``pgserver``.
+Both search the same folders, in order: the configured folder (BACKUP_PG_BIN_DIR; for
+the client tools only it, when set), the versioned folders ``/usr/lib/postgresql/*/bin``,
+PATH (without Debian's pg_wrapper links), and the binaries of an installed ``pgserver``
+(the ``[embedded]`` extra).
 Among those at least as new as the server, the closest major version wins: a newer
 pg_restore may write SQL an older server does not understand.
 """
@@ -36,8 +38,9 @@ class Tool:
         return int(self.version.split(".")[0])
 
 
-def _candidate_dirs(configured: str | None) -> list[str]:
-    if configured:
+def search_dirs(configured: str | None, *, only_configured: bool = True) -> list[str]:
+    """The folders to search, in order; just the configured one when `only_configured`."""
+    if configured and only_configured:
         return [configured]
     versioned = sorted(
         (str(p) for p in Path("/usr/lib/postgresql").glob("*/bin")),
@@ -47,7 +50,7 @@ def _candidate_dirs(configured: str | None) -> list[str]:
         reverse=True,
     )
     path_dirs = os.environ.get("PATH", "").split(os.pathsep)
-    return [*versioned, *path_dirs, *_pgserver_dirs()]
+    return [*([configured] if configured else []), *versioned, *path_dirs, *_pgserver_dirs()]
 
 
 def _pgserver_dirs() -> list[str]:
@@ -69,10 +72,11 @@ def tool_version(path: str) -> str | None:
     return f"{match.group(1)}.{match.group(2) or 0}"
 
 
-def candidates(name: str, configured: str | None) -> list[Tool]:
+def candidates(name: str, configured: str | None, *, only_configured: bool = True) -> list[Tool]:
+    """Every runnable `name` in the search folders, in their order, each real file once."""
     found: list[Tool] = []
     seen: set[str] = set()
-    for folder in _candidate_dirs(configured):
+    for folder in search_dirs(configured, only_configured=only_configured):
         path = Path(folder) / name
         if not (path.is_file() and os.access(path, os.X_OK)):
             continue
