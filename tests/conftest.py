@@ -2,22 +2,33 @@
 
 The CLI runs as a subprocess (``python -m cosmic_backup``) so tests see exactly what an
 operator sees: exit codes, stdout, stderr, files on disk. Servers (PostgreSQL, S3) are
-started by fixtures of their own test packages.
+started once per session: PostgreSQL by tests/integration/database/conftest.py, S3
+(SeaweedFS) here, since several packages use it.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from tests.s3server import S3Server, seaweedfs
+
 # Environment variables of the developer's shell that must never leak into a test run.
-_SCRUBBED_PREFIXES = ("BACKUP_", "DATABASE_URL", "PG", "RETENTION_DAYS", "APP_VERSION")
+_SCRUBBED_PREFIXES = (
+    "BACKUP_",
+    "DATABASE_URL",
+    "PG",
+    "RETENTION_DAYS",
+    "APP_VERSION",
+    "AWS_",  # a developer's own cloud credentials must never reach a test's bucket
+)
 
 
 def clean_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -99,3 +110,21 @@ def make_project(tmp_path: Path) -> ProjectFactory:
         return Project(root=root)
 
     return make
+
+
+TEST_BUCKET = "cosmic-test"
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One SeaweedFS for the session, with the bucket the tests share (each under a prefix)."""
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        server.client().create_bucket(Bucket=TEST_BUCKET)
+        yield server
+
+
+@pytest.fixture
+def remote_url(s3_server: S3Server) -> str:
+    """A BACKUP_REMOTE of this test's own, in the shared bucket."""
+    return f"s3://{TEST_BUCKET}/t{os.getpid()}-{next(_prefixes)}"

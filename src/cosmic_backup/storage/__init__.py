@@ -1,5 +1,11 @@
-"""Where bytes live, behind one small interface (`Store`): a local folder today, S3 later."""
+"""Where bytes live, behind one small interface (`Store`): a local folder, an S3 bucket."""
 
-from cosmic_backup.storage.base import ObjectInfo, Store, StoreNotFound
+from cosmic_backup.storage.base import (
+    ObjectInfo,
+    Store,
+    StoreNotFound,
+    StorePermanent,
+    StoreUnavailable,
+)
 
-__all__ = ["ObjectInfo", "Store", "StoreNotFound"]
+__all__ = ["ObjectInfo", "Store", "StoreNotFound", "StorePermanent", "StoreUnavailable"]

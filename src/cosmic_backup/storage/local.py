@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from cosmic_backup.errors import OperationFailed
-from cosmic_backup.storage.base import ObjectInfo, StoreNotFound
+from cosmic_backup.storage.base import ObjectInfo, StoreNotFound, check_name
 
 PARTIAL_MARK = ".partial-"
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
+COPY_CHUNK = 1024 * 1024
 
 
 def fsync_dir(folder: Path) -> None:
@@ -52,13 +54,17 @@ def _disk_error(path: Path, exc: OSError) -> OperationFailed:
 
 
 class LocalStore:
+    """The `Store` contract on a folder; the extras (`path`, `ensure_folder`, leftovers)
+    serve the local catalog's own concerns: its layout, its lock and its clean-up."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
 
+    def describe(self) -> str:
+        return f"the backup folder {self.root}"
+
     def path(self, name: str) -> Path:
-        if name.startswith("/") or ".." in name.split("/"):
-            raise ValueError(f"unsafe object name {name!r}")
-        return self.root / name
+        return self.root / check_name(name)
 
     def ensure_folder(self, relative: str = "") -> Path:
         folder = self.root / relative if relative else self.root
@@ -88,6 +94,11 @@ class LocalStore:
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
+
+    def put(self, name: str, source: BinaryIO) -> ObjectInfo:
+        with self.open_write(name) as sink:
+            shutil.copyfileobj(source, sink, COPY_CHUNK)
+        return self.stat(name)
 
     def write_bytes(self, name: str, data: bytes) -> None:
         with self.open_write(name) as handle:
