@@ -111,6 +111,7 @@ class S3Server:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             f"-s3.config={identities}",
+            "-s3.autoCreateBucket=false",  # as on AWS: a missing bucket is an error
         ]
         log = open(self.folder / "weed.log", "ab")  # noqa: SIM115 - the server owns it
         self.process = subprocess.Popen(

@@ -1,0 +1,125 @@
+"""What only the S3 store has: its URL, host prefixes, its error sentences, the probe."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from cosmic_backup.errors import ExitCode, UsageError
+from cosmic_backup.storage.base import StorePermanent, StoreUnavailable
+from cosmic_backup.storage.s3 import S3Store, make_client, parse_remote
+from tests.conftest import TEST_BUCKET
+from tests.s3server import S3Server, free_ports
+
+
+def _store(
+    server: S3Server, monkeypatch: pytest.MonkeyPatch, url: str, host: str = "web-1", **env: str
+) -> S3Store:
+    for name, value in {**server.env(), **env}.items():
+        monkeypatch.setenv(name, value)
+    return S3Store(parse_remote(url, host), client=make_client())
+
+
+def test_remote_url_is_parsed_with_the_host_prefix() -> None:
+    location = parse_remote("s3://my-bucket/backups/app/", "web-1")
+    assert (location.bucket, location.prefix, location.base) == (
+        "my-bucket",
+        "backups/app",
+        "backups/app/web-1/",
+    )
+    assert parse_remote("s3://my-bucket", "db").url() == "s3://my-bucket/db/"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://bucket/x",
+        "s3://AK:hunter2@bucket/x",
+        "s3://UPPER/x",
+        "s3://b/x",
+        "s3://bucket/a/../b",
+    ],
+)
+def test_bad_remote_urls_are_one_sentence(url: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_remote(url, "web-1")
+    assert caught.value.exit_code == ExitCode.USAGE
+    assert "hunter2" not in caught.value.message
+
+
+def test_two_hosts_share_a_bucket_without_seeing_each_other(
+    s3_server: S3Server, remote_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one = _store(s3_server, monkeypatch, remote_url, "web-1")
+    two = _store(s3_server, monkeypatch, remote_url, "web-2")
+    one.put("database/a", io.BytesIO(b"one"))
+    two.put("database/a", io.BytesIO(b"two"))
+    two.delete("database/a")
+    assert [info.name for info in one.list("database/")] == ["database/a"]
+    assert two.list("database/") == []
+    with one.open_read("database/a") as handle:
+        assert handle.read() == b"one"
+
+
+def test_wrong_credentials_are_one_sentence_without_the_secret(
+    s3_server: S3Server, remote_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrong = "wrong-" + s3_server.secret_key[::-1]
+    store = _store(s3_server, monkeypatch, remote_url, AWS_SECRET_ACCESS_KEY=wrong)
+    with pytest.raises(StorePermanent) as caught:
+        store.list("database/")
+    message = caught.value.message
+    assert "refused the credentials" in message and "AWS_SECRET_ACCESS_KEY" in message
+    assert wrong not in message and s3_server.secret_key not in message
+    assert caught.value.exit_code == ExitCode.FAILURE
+
+
+def test_missing_bucket_is_named(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _store(s3_server, monkeypatch, "s3://no-such-bucket-here/x")
+    with pytest.raises(StorePermanent, match="The bucket 'no-such-bucket-here' does not exist"):
+        store.put("database/a", io.BytesIO(b"x"))
+
+
+def test_unreachable_endpoint_is_one_sentence(
+    s3_server: S3Server, remote_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (port,) = free_ports(1)  # nothing listens there
+    store = _store(
+        s3_server,
+        monkeypatch,
+        remote_url,
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        AWS_MAX_ATTEMPTS="1",
+    )
+    with pytest.raises(StoreUnavailable, match="cannot be reached") as caught:
+        store.stat("database/a")
+    assert f"127.0.0.1:{port}" in caught.value.message
+
+
+def test_probe_writes_lists_reads_and_deletes(
+    s3_server: S3Server, remote_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store(s3_server, monkeypatch, remote_url)
+    assert store.probe() == ["write", "list", "read", "delete"]
+    assert store.list("") == []  # the probe object is gone
+
+
+def test_a_failed_multipart_upload_leaves_no_object(
+    s3_server: S3Server, remote_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store(s3_server, monkeypatch, remote_url)
+    store.part_size = 5 * 1024 * 1024
+
+    class Dying(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            if self.tell() >= store.part_size:
+                raise OSError("the disk went away")
+            return super().read(size)
+
+    with pytest.raises(OSError, match="the disk went away"):
+        store.put("database/big", Dying(b"x" * (3 * store.part_size)))
+    assert store.list("database/") == []
+    client = s3_server.client()
+    uploads = client.list_multipart_uploads(Bucket=TEST_BUCKET).get("Uploads", [])
+    assert not [u for u in uploads if u["Key"].startswith(store.location.base)]  # aborted
