@@ -28,6 +28,7 @@ from cosmic_backup.format.manifest import (
     dump_manifest,
     parse_manifest,
 )
+from cosmic_backup.states import Outcome, Trust
 from cosmic_backup.storage.local import LocalStore
 
 COMPONENTS = ("database", "files", "config")
@@ -41,11 +42,6 @@ DATE_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 KeyLookup = Callable[[str], Key | None]
 
-TRUST_VERIFIED = "verified"
-TRUST_NO_KEY = "unverified"
-TRUST_TAMPERED = "tampered"
-TRUST_UNSIGNED = "unsigned"
-
 _held_locks: set[Path] = set()
 
 
@@ -58,7 +54,7 @@ class Entry:
     """One backup as listed: its manifest and whether the manifest checked out."""
 
     manifest: Manifest
-    trust: str
+    trust: Trust
     problem: str | None = None
 
     @property
@@ -238,22 +234,24 @@ class Catalog:
             # Dated by its name, so it sorts where it was: a damaged newest manifest is
             # the newest entry, which `latest` then refuses, as it does an edited one.
             when = _time_of_id(expected_id)
-            stub = Manifest(expected_id, component, "failed", "?", [], when, when, "?")
-            return Entry(stub, TRUST_TAMPERED, exc.message)
+            stub = Manifest(expected_id, component, Outcome.FAILED, "?", [], when, when, "?")
+            return Entry(stub, Trust.TAMPERED, exc.message)
         if manifest.id != expected_id or manifest.component != component:
-            return Entry(manifest, TRUST_TAMPERED, f"The manifest {name} names another backup.")
+            return Entry(manifest, Trust.TAMPERED, f"The manifest {name} names another backup.")
         if body.get("mac") is None:
             if manifest.ok:
-                return Entry(manifest, TRUST_TAMPERED, f"The manifest {name} has no MAC.")
-            return Entry(manifest, TRUST_UNSIGNED)
+                return Entry(manifest, Trust.TAMPERED, f"The manifest {name} has no MAC.")
+            return Entry(manifest, Trust.UNSIGNED)
         key = self._key_lookup(manifest.key_fingerprint or "")
         if key is None:
-            return Entry(manifest, TRUST_NO_KEY, f"key {manifest.key_fingerprint} is not available")
+            return Entry(
+                manifest, Trust.UNVERIFIED, f"key {manifest.key_fingerprint} is not available"
+            )
         try:
             check_manifest_mac(body, key, name)
         except IntegrityError as exc:
-            return Entry(manifest, TRUST_TAMPERED, exc.message)
-        return Entry(manifest, TRUST_VERIFIED)
+            return Entry(manifest, Trust.TAMPERED, exc.message)
+        return Entry(manifest, Trust.VERIFIED)
 
     def artifact_path(self, entry: Entry) -> Path:
         if not entry.manifest.artifact:
@@ -303,7 +301,7 @@ class Catalog:
             if entry.id == backup_id:
                 # A manifest that does not parse is listed as a failed stub: hand it back
                 # flagged, so restore and verify say it is damaged, not a failure record.
-                if not entry.manifest.ok and entry.trust != TRUST_TAMPERED:
+                if not entry.manifest.ok and entry.trust != Trust.TAMPERED:
                     raise NotFound(
                         f"The backup {backup_id} is a failure record ({entry.manifest.error}); "
                         "it holds nothing to restore. Pick another with 'cosmic-backup list'."
@@ -321,7 +319,7 @@ def _may_be_chosen(entry: Entry) -> bool:
     An untrusted one is handed back flagged, so restore and verify refuse it with the
     reason instead of silently taking an older backup: its status may be the lie.
     """
-    return entry.selectable or entry.trust == TRUST_TAMPERED
+    return entry.selectable or entry.trust == Trust.TAMPERED
 
 
 def _time_of_id(backup_id: str) -> str:

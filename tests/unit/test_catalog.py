@@ -12,19 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from cosmic_backup.catalog import (
-    ID_PATTERN,
-    LOCK_FILE,
-    TRUST_NO_KEY,
-    TRUST_TAMPERED,
-    TRUST_UNSIGNED,
-    TRUST_VERIFIED,
-    Catalog,
-)
+from cosmic_backup.catalog import ID_PATTERN, LOCK_FILE, Catalog
 from cosmic_backup.clock import FixedClock, iso
 from cosmic_backup.errors import Locked, NotFound, UsageError
 from cosmic_backup.format.keys import Key
 from cosmic_backup.format.manifest import Manifest
+from cosmic_backup.states import Trust
 from tests.unit.format import KEY, OTHER_KEY
 
 T0 = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
@@ -134,9 +127,9 @@ def test_trust_of_each_kind_of_manifest(catalog: Catalog, backups: Backups) -> N
     other_key = backups.add(key=OTHER_KEY, after=timedelta(minutes=1))
     unsigned = backups.add(status="failed", key=None, after=timedelta(minutes=1))
     trust = {entry.id: (entry.trust, entry.problem) for entry in catalog.entries("database")}
-    assert trust[verified] == (TRUST_VERIFIED, None)
-    assert trust[other_key] == (TRUST_NO_KEY, f"key {OTHER_KEY.fingerprint} is not available")
-    assert trust[unsigned] == (TRUST_UNSIGNED, None)
+    assert trust[verified] == (Trust.VERIFIED, None)
+    assert trust[other_key] == (Trust.UNVERIFIED, f"key {OTHER_KEY.fingerprint} is not available")
+    assert trust[unsigned] == (Trust.UNSIGNED, None)
 
 
 def test_every_kind_of_tampering_is_shown_as_tampered(catalog: Catalog, backups: Backups) -> None:
@@ -150,7 +143,7 @@ def test_every_kind_of_tampering_is_shown_as_tampered(catalog: Catalog, backups:
     backups.manifest_path(elsewhere).write_bytes(moved)
     path = backups.manifest_path(stripped)
     path.write_text(json.dumps({**json.loads(path.read_text()), "mac": None}))
-    problems = {e.id: e.problem for e in catalog.entries("database") if e.trust == TRUST_TAMPERED}
+    problems = {e.id: e.problem for e in catalog.entries("database") if e.trust == Trust.TAMPERED}
     assert "edited or damaged" in (problems[edited] or "")
     assert "not valid JSON" in (problems[garbled] or "")
     assert "names another backup" in (problems[renamed] or "")
@@ -168,9 +161,9 @@ def test_a_tampered_manifest_is_never_taken_for_a_good_backup(
     path = backups.manifest_path(newest)
     path.write_text(path.read_text().replace('"full"', '"schema-only"'))
     chosen = catalog.select("database", "latest")
-    assert (chosen.id, chosen.trust) == (newest, TRUST_TAMPERED)
-    assert catalog.select("database", newest).trust == TRUST_TAMPERED
-    assert catalog.select("database", good).trust == TRUST_VERIFIED
+    assert (chosen.id, chosen.trust) == (newest, Trust.TAMPERED)
+    assert catalog.select("database", newest).trust == Trust.TAMPERED
+    assert catalog.select("database", good).trust == Trust.VERIFIED
 
 
 def test_an_unreadable_manifest_chosen_by_id_is_flagged_not_called_a_failure(
@@ -179,7 +172,7 @@ def test_an_unreadable_manifest_chosen_by_id_is_flagged_not_called_a_failure(
     damaged = backups.add()
     backups.manifest_path(damaged).write_bytes(b"\0garbage")
     chosen = catalog.select("database", damaged)
-    assert chosen.trust == TRUST_TAMPERED
+    assert chosen.trust == Trust.TAMPERED
     assert chosen.problem is not None and "damaged" in chosen.problem
 
 
@@ -355,8 +348,8 @@ def test_a_newest_manifest_that_is_not_json_is_refused_like_an_edited_one(
     newest = backups.add(after=timedelta(hours=1))
     backups.manifest_path(newest).write_bytes(damage)
     chosen = catalog.select("database", "latest")
-    assert (chosen.id, chosen.trust) == (newest, TRUST_TAMPERED)
+    assert (chosen.id, chosen.trust) == (newest, Trust.TAMPERED)
     assert chosen.problem is not None and "not valid JSON" in chosen.problem
     same_day = catalog.select("database", chosen.local_day.isoformat())
     assert same_day.id == newest
-    assert catalog.select("database", good).trust == TRUST_VERIFIED
+    assert catalog.select("database", good).trust == Trust.VERIFIED

@@ -19,11 +19,10 @@ from cosmic_backup.components.base import BackupRequest
 from cosmic_backup.errors import ExitCode, UsageError
 from cosmic_backup.format.manifest import MODE_FULL, MODE_SCHEMA_ONLY, TAG_MANUAL, TAG_SCHEDULED
 from cosmic_backup.operations.backup import (
-    OUTCOME_FAILED,
-    OUTCOME_OK,
     BackupOutcome,
     backup_components,
 )
+from cosmic_backup.states import Outcome
 
 
 def components_for(what: str) -> list[str]:
@@ -72,7 +71,7 @@ def _report(ctx: typer.Context, outcomes: list[BackupOutcome], log_file: str) ->
         return
     for outcome in outcomes:
         manifest = outcome.manifest
-        if outcome.status == OUTCOME_OK and manifest is not None:
+        if outcome.status == Outcome.OK and manifest is not None:
             stdout.print(
                 f"{outcome.component:<9} ok       {manifest.id}  {manifest.mode}  "
                 f"{human_size(manifest.stored_size)}  {outcome.duration:.1f}s",
@@ -84,7 +83,7 @@ def _report(ctx: typer.Context, outcomes: list[BackupOutcome], log_file: str) ->
             stdout.print(
                 f"{outcome.component:<9} {outcome.status:<8} {outcome.message}", markup=False
             )
-    if len(outcomes) > 1 and any(o.status == OUTCOME_FAILED for o in outcomes):
+    if len(outcomes) > 1 and any(o.status == Outcome.FAILED for o in outcomes):
         stdout.print(f"Details are in {log_file}.", markup=False)
 
 
@@ -94,7 +93,7 @@ def _exit_code(what: str, outcomes: list[BackupOutcome]) -> int:
         if error is not None:
             raise error
         return int(ExitCode.OK)
-    if any(o.status == OUTCOME_FAILED for o in outcomes):
+    if any(o.status == Outcome.FAILED for o in outcomes):
         return int(ExitCode.PARTIAL)
     return int(ExitCode.OK)
 

@@ -7,7 +7,8 @@ from rich.table import Table
 
 from cosmic_backup.cli.common import emit_json, exit_with, settings_for, state, stdout
 from cosmic_backup.errors import ExitCode
-from cosmic_backup.operations.doctor import FAIL, run_checks, settings_report
+from cosmic_backup.operations.doctor import run_checks, settings_report
+from cosmic_backup.states import Outcome
 
 
 def doctor(ctx: typer.Context) -> None:
@@ -26,9 +27,9 @@ def doctor(ctx: typer.Context) -> None:
         stdout.print(table)
         stdout.print("")
         for check in checks:
-            hint = f"  -> {check.hint}" if check.hint and check.state != "ok" else ""
+            hint = f"  -> {check.hint}" if check.hint and check.state != Outcome.OK else ""
             stdout.print(f"{check.state:<8} {check.name:<14} {check.detail}{hint}", markup=False)
-    exit_with(int(ExitCode.FAILURE) if any(c.state == FAIL for c in checks) else 0)
+    exit_with(int(ExitCode.FAILURE) if any(c.state == Outcome.FAILED for c in checks) else 0)
 
 
 def register(app: typer.Typer) -> None:

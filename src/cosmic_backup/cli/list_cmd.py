@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from cosmic_backup.catalog import TRUST_NO_KEY, TRUST_TAMPERED, Entry
+from cosmic_backup.catalog import Entry
 from cosmic_backup.cli.common import (
     check_component,
     emit_json,
@@ -18,6 +18,7 @@ from cosmic_backup.cli.common import (
 )
 from cosmic_backup.cli.common import stdout as console
 from cosmic_backup.clock import parse_iso
+from cosmic_backup.states import Outcome, Trust
 
 
 def list_backups(
@@ -41,13 +42,13 @@ def entry_json(entry: Entry) -> dict[str, Any]:
 
 
 def _status(entry: Entry) -> str:
-    if entry.trust == TRUST_TAMPERED:
-        return "TAMPERED"
-    words = ["ok" if entry.manifest.ok else "FAILED"]
+    if entry.trust == Trust.TAMPERED:
+        return Trust.TAMPERED.upper()
+    words = [Outcome.OK if entry.manifest.ok else Outcome.FAILED.upper()]
     if entry.manifest.ok and entry.manifest.warnings:
         words.append("warnings")
-    if entry.trust == TRUST_NO_KEY:  # its key is not at hand: the manifest is unchecked
-        words.append("unverified")
+    if entry.trust == Trust.UNVERIFIED:  # its key is not at hand: the manifest is unchecked
+        words.append(Trust.UNVERIFIED)
     return ", ".join(words)
 
 

@@ -27,13 +27,12 @@ from cosmic_backup.operations.prune import prune
 from cosmic_backup.operations.retention import Policy
 from cosmic_backup.operations.schedule import crontab, install_systemd, kubernetes, systemd_units
 from cosmic_backup.operations.status import (
-    FAILING,
-    OK,
     ComponentStatus,
     collect,
     exit_code,
     human_age,
 )
+from cosmic_backup.states import Health
 
 
 def prune_command(
@@ -120,10 +119,10 @@ def _print_status(statuses: list[ComponentStatus]) -> None:
         )
     stdout.print(table)
     for s in statuses:
-        if s.health != OK:
+        if s.health != Health.OK:
             stdout.print(f"{s.component}: {s.message}", markup=False)
         failure = s.last_failure
-        if failure and s.health != FAILING:  # FAILING's message already gives the reason
+        if failure and s.health != Health.FAILING:  # FAILING's message already gives the reason
             stdout.print(
                 f"{s.component}: last failure {_local_time(failure['at'])}: {failure['error']}",
                 markup=False,

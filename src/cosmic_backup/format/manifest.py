@@ -15,10 +15,9 @@ from typing import Any
 
 from cosmic_backup.errors import IntegrityError
 from cosmic_backup.format.keys import Key
+from cosmic_backup.states import Outcome
 
 FORMAT_VERSION = 1
-STATUS_OK = "ok"
-STATUS_FAILED = "failed"
 MODE_FULL = "full"
 MODE_SCHEMA_ONLY = "schema-only"
 TAG_PRE_RESTORE = "pre-restore"
@@ -52,11 +51,14 @@ class Manifest:
     error: str | None = None
     log_file: str | None = None
     verified_at: str | None = None
+    # The last passing restore test's time, and the last test's outcome and figures.
+    restore_tested_at: str | None = None
+    restore_test: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
     @property
     def ok(self) -> bool:
-        return self.status == STATUS_OK
+        return self.status == Outcome.OK
 
     @property
     def is_pre_restore(self) -> bool:

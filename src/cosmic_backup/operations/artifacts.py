@@ -5,25 +5,26 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-from cosmic_backup.catalog import TRUST_NO_KEY, TRUST_VERIFIED, Entry
+from cosmic_backup.catalog import Entry
 from cosmic_backup.errors import IntegrityError
 from cosmic_backup.format.keys import Key
 from cosmic_backup.format.manifest import Manifest
 from cosmic_backup.format.pipeline import UnsealingReader, open_verified
 from cosmic_backup.operations.context import Runtime
+from cosmic_backup.states import Trust
 
 
 def trusted_key(rt: Runtime, entry: Entry) -> Key:
     """The key of a backup whose manifest checked out, or the sentence saying why not."""
     manifest = entry.manifest
-    if entry.trust not in (TRUST_VERIFIED, TRUST_NO_KEY):
+    if entry.trust not in (Trust.VERIFIED, Trust.UNVERIFIED):
         raise IntegrityError(
             f"The backup {manifest.id} cannot be trusted: {entry.problem} Pick another one "
             f"with 'cosmic-backup list {manifest.component}'."
         )
-    # TRUST_NO_KEY: for_backup raises the sentence naming both fingerprints.
+    # Trust.UNVERIFIED: for_backup raises the sentence naming both fingerprints.
     key = rt.keys.for_backup(manifest.id, manifest.key_fingerprint)
-    if entry.trust != TRUST_VERIFIED:  # the key appeared after listing: check again
+    if entry.trust != Trust.VERIFIED:  # the key appeared after listing: check again
         raise IntegrityError(f"The manifest of {manifest.id} could not be verified.")
     return key
 

@@ -20,7 +20,7 @@ from cosmic_backup.components import COMPONENT_NAMES, create_component
 from cosmic_backup.components.base import BackupRequest, Component, Produced
 from cosmic_backup.errors import CosmicError, Interrupted, Locked, NotConfigured, OperationFailed
 from cosmic_backup.format.keys import Key
-from cosmic_backup.format.manifest import STATUS_FAILED, STATUS_OK, Manifest, kdf_description
+from cosmic_backup.format.manifest import Manifest, kdf_description
 from cosmic_backup.format.pipeline import CHUNK_SIZE, SealedArtifact, SealingWriter
 from cosmic_backup.operations.appversion import app_version
 from cosmic_backup.operations.context import Runtime
@@ -28,10 +28,7 @@ from cosmic_backup.operations.metrics import component_values, render, write_ato
 from cosmic_backup.operations.notify import send, summary
 from cosmic_backup.operations.prune import prune
 from cosmic_backup.operations.retention import Policy
-
-OUTCOME_OK = "ok"
-OUTCOME_FAILED = "failed"
-OUTCOME_SKIPPED = "skipped"
+from cosmic_backup.states import Outcome
 
 
 @dataclass
@@ -39,7 +36,7 @@ class BackupOutcome:
     """What became of one component's backup in this run."""
 
     component: str
-    status: str  # ok, failed, skipped
+    status: Outcome  # ok, failed or skipped
     message: str = ""
     manifest: Manifest | None = None
     duration: float = 0.0
@@ -125,7 +122,7 @@ def _good_manifest(
     return Manifest(
         id=backup_id,
         component=component.name,
-        status=STATUS_OK,
+        status=Outcome.OK,
         mode=produced.mode,
         tags=list(request.tags),
         started_at=iso(started),
@@ -206,7 +203,7 @@ def _record_failure(
     manifest = Manifest(
         id=backup_id,
         component=component.name,
-        status=STATUS_FAILED,
+        status=Outcome.FAILED,
         mode=request.mode or "?",
         tags=list(request.tags),
         started_at=iso(started),
@@ -240,25 +237,25 @@ def backup_components(rt: Runtime, names: list[str], request: BackupRequest) -> 
             manifest = backup_component(rt, name, request)
         except NotConfigured as exc:
             rt.log.info("%s skipped: %s", name, exc.message)
-            outcomes.append(BackupOutcome(name, OUTCOME_SKIPPED, exc.message, error=exc))
+            outcomes.append(BackupOutcome(name, Outcome.SKIPPED, exc.message, error=exc))
             continue
         except (Interrupted, Locked) as exc:
             # The run ends here, but monitoring still hears of it: a refused or killed
             # scheduled backup is exactly what the webhook and the metrics are for.
-            outcomes.append(BackupOutcome(name, OUTCOME_FAILED, exc.message, error=exc))
+            outcomes.append(BackupOutcome(name, Outcome.FAILED, exc.message, error=exc))
             after_run(rt, outcomes, retention=False)
             raise
         except CosmicError as exc:
             outcomes.append(
                 BackupOutcome(
-                    name, OUTCOME_FAILED, exc.message, None, time.monotonic() - began, exc
+                    name, Outcome.FAILED, exc.message, None, time.monotonic() - began, exc
                 )
             )
             continue
         warnings = f" ({len(manifest.warnings)} warning(s))" if manifest.warnings else ""
         outcomes.append(
             BackupOutcome(
-                name, OUTCOME_OK, f"{manifest.id}{warnings}", manifest, time.monotonic() - began
+                name, Outcome.OK, f"{manifest.id}{warnings}", manifest, time.monotonic() - began
             )
         )
     after_run(rt, outcomes)
@@ -270,7 +267,7 @@ def after_run(rt: Runtime, outcomes: list[BackupOutcome], *, retention: bool = T
 
     None of these may fail the backup that just succeeded: their problems are logged.
     """
-    succeeded = [o.component for o in outcomes if o.status == OUTCOME_OK]
+    succeeded = [o.component for o in outcomes if o.status == Outcome.OK]
     if succeeded and retention:
         try:
             prune(rt, succeeded, Policy.from_settings(rt.settings), dry_run=False)
@@ -290,11 +287,11 @@ def after_run(rt: Runtime, outcomes: list[BackupOutcome], *, retention: bool = T
         send(rt.settings.notify_url, payload, rt.log)
 
 
-def run_status(outcomes: list[BackupOutcome]) -> str:
-    statuses = {o.status for o in outcomes if o.status != OUTCOME_SKIPPED}
-    if statuses <= {OUTCOME_OK}:
-        return "ok"
-    return "failed" if statuses == {OUTCOME_FAILED} else "partial"
+def run_status(outcomes: list[BackupOutcome]) -> Outcome:
+    statuses = {o.status for o in outcomes if o.status != Outcome.SKIPPED}
+    if statuses <= {Outcome.OK}:
+        return Outcome.OK
+    return Outcome.FAILED if statuses == {Outcome.FAILED} else Outcome.PARTIAL
 
 
 def _write_metrics(rt: Runtime) -> None:

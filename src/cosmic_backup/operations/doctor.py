@@ -14,15 +14,15 @@ from cosmic_backup.errors import CosmicError
 from cosmic_backup.operations.keys import KeySource
 from cosmic_backup.process import run_captured
 from cosmic_backup.settings import SPECS, Settings
+from cosmic_backup.states import Outcome
 
-OK, WARN, FAIL = "ok", "warning", "failed"
 LOW_DISK_BYTES = 1024**3
 
 
 @dataclass
 class Check:
     name: str
-    state: str  # ok, warning, failed
+    state: Outcome  # ok, warning or failed
     detail: str
     hint: str = ""
 
@@ -58,10 +58,10 @@ def check_files_restore(settings: Settings) -> Check:
     """A killed files restore: its folders wait, half-swapped, for the next locked run."""
     journal = interrupted_restore(settings)
     if journal is None:
-        return Check("files restore", OK, "no interrupted files restore")
+        return Check("files restore", Outcome.OK, "no interrupted files restore")
     return Check(
         "files restore",
-        WARN,
+        Outcome.WARNING,
         f"a files restore was interrupted ({journal} remains); its folders are not settled",
         "run 'cosmic-backup backup files': it finishes or undoes the restore first",
     )
@@ -72,21 +72,23 @@ def check_key(settings: Settings) -> Check:
     if not settings.key and not settings.key_command and not keys.key_file.exists():
         return Check(
             "key",
-            WARN,
+            Outcome.WARNING,
             f"no key yet: {keys.key_file} is created by the first backup",
             "keep a copy of it somewhere safe once it exists",
         )
     try:
         loaded = keys.current()
     except CosmicError as exc:
-        return Check("key", FAIL, exc.message)
+        return Check("key", Outcome.FAILED, exc.message)
     detail = f"fingerprint {loaded.key.fingerprint} from {loaded.source}"
     if keys.key_file.exists() and stat.S_IMODE(keys.key_file.stat().st_mode) & 0o077:
-        return Check("key", WARN, detail + " (readable by others)", f"chmod 600 {keys.key_file}")
+        return Check(
+            "key", Outcome.WARNING, detail + " (readable by others)", f"chmod 600 {keys.key_file}"
+        )
     retired = keys.keyring.fingerprints()
     if retired:
         detail += f"; keyring holds {len(retired)} retired key(s)"
-    return Check("key", OK, detail)
+    return Check("key", Outcome.OK, detail)
 
 
 def check_backup_dir(settings: Settings) -> Check:
@@ -100,15 +102,18 @@ def check_backup_dir(settings: Settings) -> Check:
     except OSError as exc:
         return Check(
             "backup folder",
-            FAIL,
+            Outcome.FAILED,
             f"{existing} is not writable ({exc.strerror})",
             "fix its permissions or set BACKUP_DIR",
         )
     if folder.exists() and stat.S_IMODE(folder.stat().st_mode) & 0o077:
         return Check(
-            "backup folder", WARN, f"{folder} can be read by other users", f"chmod 700 {folder}"
+            "backup folder",
+            Outcome.WARNING,
+            f"{folder} can be read by other users",
+            f"chmod 700 {folder}",
         )
-    return Check("backup folder", OK, f"{folder} is writable")
+    return Check("backup folder", Outcome.OK, f"{folder} is writable")
 
 
 def check_disk(settings: Settings) -> Check:
@@ -118,8 +123,8 @@ def check_disk(settings: Settings) -> Check:
     free = shutil.disk_usage(folder).free
     detail = f"{free / 1024**3:.1f} GiB free at {folder}"
     if free < LOW_DISK_BYTES:
-        return Check("disk space", WARN, detail, "free space or move BACKUP_DIR")
-    return Check("disk space", OK, detail)
+        return Check("disk space", Outcome.WARNING, detail, "free space or move BACKUP_DIR")
+    return Check("disk space", Outcome.OK, detail)
 
 
 def _tool_version(path: str, flag: str = "--version") -> str:
@@ -141,13 +146,13 @@ def check_tools(settings: Settings) -> list[Check]:
             checks.append(
                 Check(
                     name,
-                    FAIL if settings.database_url else WARN,
+                    Outcome.FAILED if settings.database_url else Outcome.WARNING,
                     "not found",
                     "install the PostgreSQL client (e.g. apt install postgresql-client)",
                 )
             )
             continue
-        checks.append(Check(name, OK, ", ".join(f"{t.version} ({t.path})" for t in found)))
+        checks.append(Check(name, Outcome.OK, ", ".join(f"{t.version} ({t.path})" for t in found)))
     return checks
 
 
@@ -156,11 +161,11 @@ def check_openssl() -> Check:
     if path is None:
         return Check(
             "openssl",
-            WARN,
+            Outcome.WARNING,
             "not found",
             "not needed by cosmic-backup, but by-hand recovery uses it",
         )
-    return Check("openssl", OK, _tool_version(path, "version").split(" (")[0])
+    return Check("openssl", Outcome.OK, _tool_version(path, "version").split(" (")[0])
 
 
 def check_database(settings: Settings) -> Check:
@@ -168,7 +173,7 @@ def check_database(settings: Settings) -> Check:
     if not settings.database_url:
         return Check(
             "database",
-            WARN,
+            Outcome.WARNING,
             "DATABASE_URL is not set: no database backups",
             "set DATABASE_URL to back up the database",
         )
@@ -182,5 +187,5 @@ def check_database(settings: Settings) -> Check:
         target = parse_database_url(settings.database_url)
         server = check_connection(target, timeout=settings.connect_timeout, attempts=1, log=quiet)
     except CosmicError as exc:
-        return Check("database", FAIL, exc.message)
-    return Check("database", OK, f"{target.describe()}: PostgreSQL {server.version}")
+        return Check("database", Outcome.FAILED, exc.message)
+    return Check("database", Outcome.OK, f"{target.describe()}: PostgreSQL {server.version}")

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cosmic_backup.catalog import TRUST_TAMPERED, Entry
+from cosmic_backup.catalog import Entry
 from cosmic_backup.clock import parse_iso
+from cosmic_backup.states import Trust
 from cosmic_backup.storage.local import replace_file
 
 METRICS = (
@@ -26,7 +27,7 @@ def component_values(entries: list[Entry]) -> dict[str, float]:
     """The gauges of one component; pre-restore copies are not attempts of the schedule."""
     ordered = sorted(entries, key=lambda e: (e.manifest.started_at, e.id))
     attempts = [e for e in ordered if not e.manifest.is_pre_restore]
-    good = [e for e in attempts if e.manifest.ok and e.trust != TRUST_TAMPERED]
+    good = [e for e in attempts if e.manifest.ok and e.trust != Trust.TAMPERED]
     values: dict[str, float] = {"cosmic_backup_backups": float(len(entries))}
     if good:
         last_good = good[-1].manifest

@@ -14,8 +14,9 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cosmic_backup.catalog import TRUST_NO_KEY, TRUST_TAMPERED, TRUST_VERIFIED, Entry
+from cosmic_backup.catalog import Entry
 from cosmic_backup.settings import Settings
+from cosmic_backup.states import Trust
 
 RULE_NEWEST_GOOD = "newest good backup"
 RULE_LATEST_FAILED = "latest backup failed: nothing is removed"
@@ -118,7 +119,7 @@ def plan_retention(entries: list[Entry], policy: Policy, now: datetime) -> Reten
     # Only a backup whose manifest checks out can be restored, so only such a backup may
     # stand for "the newest good one" or fill a daily/weekly/monthly slot; the others are
     # kept anyway as untrusted.
-    good = [e for e in ordered if e.manifest.ok and e.trust == TRUST_VERIFIED]
+    good = [e for e in ordered if e.manifest.ok and e.trust == Trust.VERIFIED]
     regular = [e for e in good if not e.manifest.is_pre_restore]
     newest_good = (regular or good)[-1].id if good else None
     rules: list[tuple[str, set[str]]] = [
@@ -136,7 +137,7 @@ def plan_retention(entries: list[Entry], policy: Policy, now: datetime) -> Reten
     horizon = now - timedelta(days=policy.days)
     for decision in decisions:
         entry = decision.entry
-        if entry.trust in (TRUST_TAMPERED, TRUST_NO_KEY):
+        if entry.trust in (Trust.TAMPERED, Trust.UNVERIFIED):
             decision.reasons.append(RULE_UNTRUSTED)
         if entry.id == newest_good:
             decision.reasons.append(RULE_NEWEST_GOOD)

@@ -12,22 +12,20 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from cosmic_backup.catalog import TRUST_TAMPERED, Entry
+from cosmic_backup.catalog import Entry
 from cosmic_backup.clock import parse_iso
 from cosmic_backup.components import COMPONENT_NAMES, create_component
 from cosmic_backup.components.files import interrupted_restore
 from cosmic_backup.errors import ExitCode, NotConfigured
 from cosmic_backup.operations.context import Runtime
-
-OK, OVERDUE, FAILING, NEVER, NOT_CONFIGURED = "OK", "OVERDUE", "FAILING", "NEVER", "NOT CONFIGURED"
-RESTORE_INTERRUPTED = "RESTORE INTERRUPTED"
+from cosmic_backup.states import Health, Trust
 
 
 @dataclass
 class ComponentStatus:
     component: str
     configured: bool
-    health: str
+    health: Health
     expected_interval_seconds: int
     backups: int
     total_size: int
@@ -50,7 +48,7 @@ def component_status(
 ) -> ComponentStatus:
     ordered = sorted(entries, key=lambda e: (e.manifest.started_at, e.id))
     attempts = [e for e in ordered if not e.manifest.is_pre_restore]
-    good = [e for e in attempts if e.manifest.ok and e.trust != TRUST_TAMPERED]
+    good = [e for e in attempts if e.manifest.ok and e.trust != Trust.TAMPERED]
     failures = [e for e in attempts if not e.manifest.ok]
     last_good = good[-1] if good else None
     last_failure = failures[-1] if failures else None
@@ -76,18 +74,18 @@ def _health(
     configured: bool,
 ) -> tuple[str, str]:
     if not attempts and not configured:
-        return NOT_CONFIGURED, "nothing to back up is configured"
+        return Health.NOT_CONFIGURED, "nothing to back up is configured"
     if attempts and not attempts[-1].manifest.ok:
-        return FAILING, f"the latest backup failed: {attempts[-1].manifest.error}"
+        return Health.FAILING, f"the latest backup failed: {attempts[-1].manifest.error}"
     if last_good is None:
-        return NEVER, "there is no good backup yet"
+        return Health.NEVER, "there is no good backup yet"
     age = now - parse_iso(last_good.manifest.finished_at)
     if age > allowed:
         return (
-            OVERDUE,
+            Health.OVERDUE,
             f"the last good backup is {human_age(age)} old (expected within {human_age(allowed)})",
         )
-    return OK, f"last good backup {human_age(age)} ago"
+    return Health.OK, f"last good backup {human_age(age)} ago"
 
 
 def human_age(delta: timedelta) -> str:
@@ -124,7 +122,7 @@ def _failure_summary(entry: Entry | None) -> dict[str, Any] | None:
 
 
 def exit_code(statuses: list[ComponentStatus]) -> int:
-    healthy = all(s.health in (OK, NOT_CONFIGURED) for s in statuses)
+    healthy = all(s.health.healthy for s in statuses)
     return int(ExitCode.OK) if healthy else int(ExitCode.UNHEALTHY)
 
 
@@ -152,7 +150,7 @@ def _unless_restore_interrupted(rt: Runtime, status: ComponentStatus) -> Compone
     """A killed files restore leaves folders half-swapped: unhealthy until settled."""
     if status.component != "files" or interrupted_restore(rt.settings) is None:
         return status
-    status.health = RESTORE_INTERRUPTED
+    status.health = Health.RESTORE_INTERRUPTED
     status.message = (
         "a files restore was interrupted and its folders are not settled; run "
         "'cosmic-backup backup files' (or any backup, restore, prune or verify), which "

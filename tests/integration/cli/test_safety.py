@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cosmic_backup.states import Trust
 from tests.conftest import Project
 
 PASSPHRASE = "correct horse battery staple 0123456789"
@@ -63,7 +64,7 @@ def test_every_single_byte_change_of_the_manifest_is_detected(project: Project) 
     entry = backed_up(project)
     manifest = project.backups / "config" / f"{entry['id']}.manifest.json"
     original = manifest.read_bytes()
-    from cosmic_backup.catalog import TRUST_VERIFIED, Catalog
+    from cosmic_backup.catalog import Catalog
     from cosmic_backup.format.keyfile import read_key_file
 
     key, _ = read_key_file(project.root / ".backup_key")
@@ -76,7 +77,7 @@ def test_every_single_byte_change_of_the_manifest_is_detected(project: Project) 
             entries = catalog.entries("config")
             # Either a different manifest that fails its MAC, or one that still says the same.
             assert all(
-                e.trust != TRUST_VERIFIED or e.manifest.to_dict() == entry_fields(entry)
+                e.trust != Trust.VERIFIED or e.manifest.to_dict() == entry_fields(entry)
                 for e in entries
             ), (index, flip)
     # And through the CLI: an edited manifest is refused before anything is restored.

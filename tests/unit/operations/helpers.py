@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from cosmic_backup.catalog import TRUST_VERIFIED, Entry
+from cosmic_backup.catalog import Entry
 from cosmic_backup.clock import iso
 from cosmic_backup.format.manifest import Manifest
+from cosmic_backup.states import Trust
 
 NOW = datetime.fromisoformat("2026-11-24T12:00:00+00:00")
 
@@ -19,7 +20,7 @@ def entry(
     tags: tuple[str, ...] = ("scheduled",),
     now: datetime = NOW,
     size: int = 1000,
-    trust: str = TRUST_VERIFIED,
+    trust: str = Trust.VERIFIED,
 ) -> Entry:
     started = now - timedelta(days=age_days)
     backup_id = f"{component}-{started:%Y%m%dT%H%M%S}Z"

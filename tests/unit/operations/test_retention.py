@@ -8,8 +8,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cosmic_backup.catalog import TRUST_NO_KEY, TRUST_TAMPERED, Entry
+from cosmic_backup.catalog import Entry
 from cosmic_backup.operations.retention import Policy, old_log_files, plan_retention
+from cosmic_backup.states import Trust
 from tests.unit.operations.helpers import NOW, entry
 
 
@@ -55,7 +56,7 @@ def test_a_pre_restore_copy_does_not_hide_a_failed_backup() -> None:
 
 
 def test_untrusted_manifests_are_never_removed_automatically() -> None:
-    backups = [entry(90, trust=TRUST_TAMPERED), entry(80, trust=TRUST_NO_KEY), entry(1)]
+    backups = [entry(90, trust=Trust.TAMPERED), entry(80, trust=Trust.UNVERIFIED), entry(1)]
     plan = plan_retention(backups, Policy(days=30), NOW)
     assert plan.remove == []
     assert plan.decisions[1].reasons == ["manifest not verified: never removed automatically"]
@@ -64,7 +65,7 @@ def test_untrusted_manifests_are_never_removed_automatically() -> None:
 def test_the_newest_restorable_backup_is_kept_when_newer_ones_cannot_be_verified() -> None:
     # A backup made with a key that is no longer at hand cannot be restored: it must not
     # count as "the newest good backup" and let the last restorable one go.
-    backups = [entry(70), entry(60), entry(50, trust=TRUST_NO_KEY)]
+    backups = [entry(70), entry(60), entry(50, trust=Trust.UNVERIFIED)]
     plan = plan_retention(backups, Policy(days=30), NOW)
     assert ages(plan.remove) == [70]
     assert plan.decisions[1].reasons == ["newest good backup"]

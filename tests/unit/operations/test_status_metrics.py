@@ -10,17 +10,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cosmic_backup.catalog import TRUST_TAMPERED
 from cosmic_backup.operations.metrics import component_values, render, write_atomically
-from cosmic_backup.operations.status import (
-    FAILING,
-    NEVER,
-    NOT_CONFIGURED,
-    OK,
-    OVERDUE,
-    component_status,
-    exit_code,
-)
+from cosmic_backup.operations.status import component_status, exit_code
+from cosmic_backup.states import Health, Trust
 from tests.unit.operations.helpers import NOW, entry
 
 DAY = timedelta(days=1)
@@ -30,17 +22,17 @@ GRACE = timedelta(hours=6)
 @pytest.mark.parametrize(
     ("entries", "configured", "health"),
     [
-        ([entry(0.5)], True, OK),
-        ([entry(2)], True, OVERDUE),
-        ([entry(0.5), entry(0.1, ok=False)], True, FAILING),
-        ([entry(0.1, ok=False)], True, FAILING),
-        ([], True, NEVER),
-        ([], False, NOT_CONFIGURED),
-        ([entry(3), entry(0.1, tags=("pre-restore",))], True, OVERDUE),  # copies don't count
-        ([entry(1.2)], True, OK),  # within the day's interval plus 6 hours' grace
-        ([entry(1.3)], True, OVERDUE),
-        ([entry(3)], False, OVERDUE),  # backed up once, then unconfigured: still watched
-        ([entry(0.5, ok=False, tags=("pre-restore",))], True, NEVER),
+        ([entry(0.5)], True, Health.OK),
+        ([entry(2)], True, Health.OVERDUE),
+        ([entry(0.5), entry(0.1, ok=False)], True, Health.FAILING),
+        ([entry(0.1, ok=False)], True, Health.FAILING),
+        ([], True, Health.NEVER),
+        ([], False, Health.NOT_CONFIGURED),
+        ([entry(3), entry(0.1, tags=("pre-restore",))], True, Health.OVERDUE),  # copies don't count
+        ([entry(1.2)], True, Health.OK),  # within the day's interval plus 6 hours' grace
+        ([entry(1.3)], True, Health.OVERDUE),
+        ([entry(3)], False, Health.OVERDUE),  # backed up once, then unconfigured: still watched
+        ([entry(0.5, ok=False, tags=("pre-restore",))], True, Health.NEVER),
     ],
 )
 def test_each_health_state(entries: list, configured: bool, health: str) -> None:
@@ -48,7 +40,7 @@ def test_each_health_state(entries: list, configured: bool, health: str) -> None
         entries, "database", NOW, interval=DAY, grace=GRACE, configured=configured
     )
     assert status.health == health
-    assert exit_code([status]) == (0 if health in (OK, NOT_CONFIGURED) else 8)
+    assert exit_code([status]) == (0 if health in (Health.OK, Health.NOT_CONFIGURED) else 8)
 
 
 def test_status_json_shape_is_stable() -> None:
@@ -115,7 +107,7 @@ def test_metrics_ignore_tampered_backups_and_pre_restore_copies() -> None:
     values = component_values(
         [
             entry(3, size=5),
-            entry(2, size=7, trust=TRUST_TAMPERED),
+            entry(2, size=7, trust=Trust.TAMPERED),
             entry(1, size=9, tags=("pre-restore",)),
         ]
     )
