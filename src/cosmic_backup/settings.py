@@ -156,6 +156,19 @@ class Settings:
     remote: str | None = setting(
         "BACKUP_REMOTE", None, _optional_text, "off-site location (s3://...)"
     )
+    remote_host: str | None = setting(
+        "BACKUP_REMOTE_HOST",
+        None,
+        _optional_text,
+        "this machine's folder under BACKUP_REMOTE (default: its host name)",
+    )
+    remote_lock_days: int = setting(
+        "BACKUP_REMOTE_LOCK_DAYS",
+        0,
+        _int,
+        "days each upload stays undeletable (S3 Object Lock, compliance mode; 0: off)",
+        bounds=(0, 36_500),
+    )
     kdf_iterations: int = setting(
         "BACKUP_KDF_ITERATIONS",
         MIN_KDF_ITERATIONS,
