@@ -1,8 +1,11 @@
-"""The repository of backups: layout, ids, the lock, leftovers, listing and selection.
+"""The repository of backups: layout, ids, listing and selection, over any `Store`; and
+for the local backup folder, the lock and the clean-up of leftovers.
 
 The backup folder is the single source of truth. Each backup is an artifact
 ``<component>/<id>.<payload>.gz.enc`` and its manifest ``<component>/<id>.manifest.json``,
 written in that order, each atomically, so a manifest only exists for a finished artifact.
+An off-site copy has the same layout under its host's prefix, read through the same
+`StoreCatalog`: the store is the only thing that differs.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import json
 import os
 import re
@@ -18,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from cosmic_backup.clock import iso, parse_iso
 from cosmic_backup.errors import IntegrityError, Locked, NotFound, OperationFailed, UsageError
@@ -29,6 +34,7 @@ from cosmic_backup.format.manifest import (
     parse_manifest,
 )
 from cosmic_backup.states import Outcome, Trust
+from cosmic_backup.storage.base import Store, StoreNotFound
 from cosmic_backup.storage.local import LocalStore
 
 COMPONENTS = ("database", "files", "config")
@@ -80,17 +86,13 @@ def make_id(component: str, started: datetime, attempt: int) -> str:
     return base if attempt == 0 else f"{base}-{attempt + 1:02d}"
 
 
-class Catalog:
-    def __init__(self, root: Path, key_lookup: KeyLookup) -> None:
-        self.root = root
-        self.store = LocalStore(root)
-        self._key_lookup = key_lookup
+class StoreCatalog:
+    """The backups held in one `Store`, read and written through the contract alone."""
 
-    # -- layout -----------------------------------------------------------------------
-    def ensure_layout(self) -> None:
-        self.store.ensure_folder()
-        for component in COMPONENTS:
-            self.store.ensure_folder(component)
+    def __init__(self, store: Store, key_lookup: KeyLookup, where: str) -> None:
+        self.store = store
+        self.where = where  # "local" or "remote", for listings and messages
+        self._key_lookup = key_lookup
 
     @staticmethod
     def manifest_name(component: str, backup_id: str) -> str:
@@ -99,6 +101,158 @@ class Catalog:
     @staticmethod
     def artifact_name(component: str, backup_id: str, payload: str) -> str:
         return f"{component}/{backup_id}.{payload}{ARTIFACT_SUFFIX}"
+
+    # -- writing ----------------------------------------------------------------------
+    def write_manifest(self, manifest: Manifest, key: Key | None) -> None:
+        name = self.manifest_name(manifest.component, manifest.id)
+        self.store.put(name, io.BytesIO(dump_manifest(manifest, key)))
+
+    def delete_backup(self, entry: Entry) -> None:
+        """Remove a backup: manifest first, so a crash never leaves a listed backup without data."""
+        manifest = entry.manifest
+        self.store.delete(self.manifest_name(manifest.component, manifest.id))
+        if manifest.artifact:
+            self.store.delete(f"{manifest.component}/{manifest.artifact}")
+
+    # -- reading ----------------------------------------------------------------------
+    def entries(self, component: str | None = None) -> list[Entry]:
+        """Every backup of `component` (or of all), oldest first, each with its trust."""
+        found: list[Entry] = []
+        for name in COMPONENTS if component is None else (component,):
+            for info in self.store.list(f"{name}/"):
+                if info.name.endswith(MANIFEST_SUFFIX):
+                    found.append(self._load(info.name))
+        return sorted(found, key=lambda entry: (entry.manifest.started_at, entry.id))
+
+    def _load(self, name: str) -> Entry:
+        component, file_name = name.split("/", 1)
+        expected_id = file_name.removesuffix(MANIFEST_SUFFIX)
+        try:
+            with self.store.open_read(name) as handle:
+                manifest, body = parse_manifest(handle.read(), name)
+        except IntegrityError as exc:
+            # Dated by its name, so it sorts where it was: a damaged newest manifest is
+            # the newest entry, which `latest` then refuses, as it does an edited one.
+            when = _time_of_id(expected_id)
+            stub = Manifest(expected_id, component, Outcome.FAILED, "?", [], when, when, "?")
+            return Entry(stub, Trust.TAMPERED, exc.message)
+        if manifest.id != expected_id or manifest.component != component:
+            return Entry(manifest, Trust.TAMPERED, f"The manifest {name} names another backup.")
+        if body.get("mac") is None:
+            if manifest.ok:
+                return Entry(manifest, Trust.TAMPERED, f"The manifest {name} has no MAC.")
+            return Entry(manifest, Trust.UNSIGNED)
+        key = self._key_lookup(manifest.key_fingerprint or "")
+        if key is None:
+            return Entry(
+                manifest, Trust.UNVERIFIED, f"key {manifest.key_fingerprint} is not available"
+            )
+        try:
+            check_manifest_mac(body, key, name)
+        except IntegrityError as exc:
+            return Entry(manifest, Trust.TAMPERED, exc.message)
+        return Entry(manifest, Trust.VERIFIED)
+
+    def open_artifact(self, entry: Entry) -> BinaryIO:
+        """A seekable reader of the backup's stored bytes (not yet checked: see artifacts.py)."""
+        if not entry.manifest.artifact:
+            raise NotFound(f"The backup {entry.id} has no artifact: it is a failure record.")
+        name = f"{entry.manifest.component}/{entry.manifest.artifact}"
+        try:
+            return self.store.open_read(name)
+        except StoreNotFound:
+            raise NotFound(
+                f"The artifact of {entry.id} is missing from {self.store.describe()} "
+                "(its manifest is there); pick another backup with 'cosmic-backup list'."
+            ) from None
+
+    def has_artifact(self, entry: Entry) -> bool:
+        if not entry.manifest.artifact:
+            return False
+        try:
+            self.store.stat(f"{entry.manifest.component}/{entry.manifest.artifact}")
+        except StoreNotFound:
+            return False
+        return True
+
+    # -- selection --------------------------------------------------------------------
+    def select(self, component: str, selector: str, entries: list[Entry] | None = None) -> Entry:
+        """Pick a backup by ``latest``, a local calendar day ``YYYY-MM-DD``, or an id,
+        among `entries` (by default this catalog's)."""
+        entries = self.entries(component) if entries is None else entries
+        if selector == "latest":
+            return self._newest(entries, component, "no good backup")
+        if DATE_PATTERN.match(selector):
+            return self._by_day(entries, component, _parse_day(selector))
+        if ID_PATTERN.match(selector):
+            return self._by_id(entries, component, selector)
+        raise UsageError(
+            f"'{selector}' is not 'latest', a date (YYYY-MM-DD) or a backup id such as "
+            f"{component}-20261123T020000Z; run 'cosmic-backup list {component}' to see them."
+        )
+
+    @staticmethod
+    def _newest(entries: list[Entry], component: str, what: str) -> Entry:
+        candidates = [entry for entry in entries if _may_be_chosen(entry)]
+        if not candidates:
+            hint = f"{len(entries)} backup(s) listed, none good" if entries else "none at all"
+            raise NotFound(
+                f"There is {what} of the {component} to restore ({hint}); run "
+                f"'cosmic-backup backup {component}' first or check 'cosmic-backup list'."
+            )
+        return candidates[-1]
+
+    def _by_day(self, entries: list[Entry], component: str, day: date) -> Entry:
+        same_day = [entry for entry in entries if entry.local_day == day and _may_be_chosen(entry)]
+        if same_day:
+            return same_day[-1]
+        days = sorted({entry.local_day.isoformat() for entry in entries if entry.selectable})
+        shown = ", ".join(days[-10:]) if days else "none"
+        raise NotFound(
+            f"There is no good {component} backup from {day.isoformat()} (local time). "
+            f"Days with one: {shown}."
+        )
+
+    @staticmethod
+    def _by_id(entries: list[Entry], component: str, backup_id: str) -> Entry:
+        for entry in entries:
+            if entry.id == backup_id:
+                # A manifest that does not parse is listed as a failed stub: hand it back
+                # flagged, so restore and verify say it is damaged, not a failure record.
+                if not entry.manifest.ok and entry.trust != Trust.TAMPERED:
+                    raise NotFound(
+                        f"The backup {backup_id} is a failure record ({entry.manifest.error}); "
+                        "it holds nothing to restore. Pick another with 'cosmic-backup list'."
+                    )
+                return entry
+        recent = ", ".join(entry.id for entry in entries[-5:] if entry.manifest.ok) or "none"
+        raise NotFound(
+            f"There is no {component} backup with id {backup_id}. Recent ones: {recent}."
+        )
+
+
+class Catalog(StoreCatalog):
+    """The local backup folder: a `StoreCatalog` on a `LocalStore`, plus what only a local
+    folder has: its layout, fresh ids, the lock and the clean-up of interrupted runs."""
+
+    store: LocalStore
+
+    def __init__(self, root: Path, key_lookup: KeyLookup) -> None:
+        super().__init__(LocalStore(root), key_lookup, "local")
+        self.root = root
+
+    def artifact_path(self, entry: Entry) -> Path:
+        """The local file of a backup's artifact; prefer `open_artifact`, which every store
+        has, so the backup may come from off-site as well."""
+        if not entry.manifest.artifact:
+            raise NotFound(f"The backup {entry.id} has no artifact: it is a failure record.")
+        return self.store.path(f"{entry.manifest.component}/{entry.manifest.artifact}")
+
+    # -- layout -----------------------------------------------------------------------
+    def ensure_layout(self) -> None:
+        self.store.ensure_folder()
+        for component in COMPONENTS:
+            self.store.ensure_folder(component)
 
     def new_id(self, component: str, started: datetime) -> str:
         """A fresh id; unique because it is taken under the lock and checked against the folder."""
@@ -202,115 +356,6 @@ class Catalog:
                         self.store.delete(name)
                         removed.append(name)
         return removed
-
-    # -- writing ----------------------------------------------------------------------
-    def write_manifest(self, manifest: Manifest, key: Key | None) -> None:
-        name = self.manifest_name(manifest.component, manifest.id)
-        self.store.write_bytes(name, dump_manifest(manifest, key))
-
-    def delete_backup(self, entry: Entry) -> None:
-        """Remove a backup: manifest first, so a crash never leaves a listed backup without data."""
-        manifest = entry.manifest
-        self.store.delete(self.manifest_name(manifest.component, manifest.id))
-        if manifest.artifact:
-            self.store.delete(f"{manifest.component}/{manifest.artifact}")
-
-    # -- reading ----------------------------------------------------------------------
-    def entries(self, component: str | None = None) -> list[Entry]:
-        """Every backup of `component` (or of all), oldest first, each with its trust."""
-        found: list[Entry] = []
-        for name in COMPONENTS if component is None else (component,):
-            for info in self.store.list(f"{name}/"):
-                if info.name.endswith(MANIFEST_SUFFIX):
-                    found.append(self._load(info.name))
-        return sorted(found, key=lambda entry: (entry.manifest.started_at, entry.id))
-
-    def _load(self, name: str) -> Entry:
-        component, file_name = name.split("/", 1)
-        expected_id = file_name.removesuffix(MANIFEST_SUFFIX)
-        try:
-            manifest, body = parse_manifest(self.store.read_bytes(name), name)
-        except IntegrityError as exc:
-            # Dated by its name, so it sorts where it was: a damaged newest manifest is
-            # the newest entry, which `latest` then refuses, as it does an edited one.
-            when = _time_of_id(expected_id)
-            stub = Manifest(expected_id, component, Outcome.FAILED, "?", [], when, when, "?")
-            return Entry(stub, Trust.TAMPERED, exc.message)
-        if manifest.id != expected_id or manifest.component != component:
-            return Entry(manifest, Trust.TAMPERED, f"The manifest {name} names another backup.")
-        if body.get("mac") is None:
-            if manifest.ok:
-                return Entry(manifest, Trust.TAMPERED, f"The manifest {name} has no MAC.")
-            return Entry(manifest, Trust.UNSIGNED)
-        key = self._key_lookup(manifest.key_fingerprint or "")
-        if key is None:
-            return Entry(
-                manifest, Trust.UNVERIFIED, f"key {manifest.key_fingerprint} is not available"
-            )
-        try:
-            check_manifest_mac(body, key, name)
-        except IntegrityError as exc:
-            return Entry(manifest, Trust.TAMPERED, exc.message)
-        return Entry(manifest, Trust.VERIFIED)
-
-    def artifact_path(self, entry: Entry) -> Path:
-        if not entry.manifest.artifact:
-            raise NotFound(f"The backup {entry.id} has no artifact: it is a failure record.")
-        return self.store.path(f"{entry.manifest.component}/{entry.manifest.artifact}")
-
-    # -- selection --------------------------------------------------------------------
-    def select(self, component: str, selector: str) -> Entry:
-        """Pick a backup by ``latest``, a local calendar day ``YYYY-MM-DD``, or an id."""
-        entries = self.entries(component)
-        if selector == "latest":
-            return self._newest(entries, component, "no good backup")
-        if DATE_PATTERN.match(selector):
-            return self._by_day(entries, component, _parse_day(selector))
-        if ID_PATTERN.match(selector):
-            return self._by_id(entries, component, selector)
-        raise UsageError(
-            f"'{selector}' is not 'latest', a date (YYYY-MM-DD) or a backup id such as "
-            f"{component}-20261123T020000Z; run 'cosmic-backup list {component}' to see them."
-        )
-
-    @staticmethod
-    def _newest(entries: list[Entry], component: str, what: str) -> Entry:
-        candidates = [entry for entry in entries if _may_be_chosen(entry)]
-        if not candidates:
-            hint = f"{len(entries)} backup(s) listed, none good" if entries else "none at all"
-            raise NotFound(
-                f"There is {what} of the {component} to restore ({hint}); run "
-                f"'cosmic-backup backup {component}' first or check 'cosmic-backup list'."
-            )
-        return candidates[-1]
-
-    def _by_day(self, entries: list[Entry], component: str, day: date) -> Entry:
-        same_day = [entry for entry in entries if entry.local_day == day and _may_be_chosen(entry)]
-        if same_day:
-            return same_day[-1]
-        days = sorted({entry.local_day.isoformat() for entry in entries if entry.selectable})
-        shown = ", ".join(days[-10:]) if days else "none"
-        raise NotFound(
-            f"There is no good {component} backup from {day.isoformat()} (local time). "
-            f"Days with one: {shown}."
-        )
-
-    @staticmethod
-    def _by_id(entries: list[Entry], component: str, backup_id: str) -> Entry:
-        for entry in entries:
-            if entry.id == backup_id:
-                # A manifest that does not parse is listed as a failed stub: hand it back
-                # flagged, so restore and verify say it is damaged, not a failure record.
-                if not entry.manifest.ok and entry.trust != Trust.TAMPERED:
-                    raise NotFound(
-                        f"The backup {backup_id} is a failure record ({entry.manifest.error}); "
-                        "it holds nothing to restore. Pick another with 'cosmic-backup list'."
-                    )
-                return entry
-        recent = ", ".join(entry.id for entry in entries[-5:] if entry.manifest.ok) or "none"
-        raise NotFound(
-            f"There is no {component} backup with id {backup_id}. Recent ones: {recent}."
-        )
 
 
 def _may_be_chosen(entry: Entry) -> bool:

@@ -63,13 +63,11 @@ def restore_component(
     began = time.monotonic()
     with rt.catalog.lock(f"restore {name} {selector}", wait=rt.wait):
         rt.catalog.remove_leftovers()
-        component.recover()
         entry = rt.catalog.select(name, selector)
         manifest = entry.manifest
         key = trusted_key(rt, entry)
-        path = rt.catalog.artifact_path(entry)
         rt.log.info("restore of %s requested (%s)", manifest.id, selector)
-        with open(path, "rb") as artifact:
+        with rt.catalog.open_artifact(entry) as artifact:
             reader = open_plaintext(rt, artifact, manifest, key)
             plan = component.plan_restore(manifest, request)
             wants_safety = plan.safety_backup is not None and request.safety_backup

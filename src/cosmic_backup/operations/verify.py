@@ -47,7 +47,7 @@ def _verify_one(rt: Runtime, entry: Entry) -> VerifyResult:
     try:
         key = trusted_key(rt, entry)
         component = create_component(manifest.component, rt.settings, rt.log)
-        with open(rt.catalog.artifact_path(entry), "rb") as artifact:
+        with rt.catalog.open_artifact(entry) as artifact:
             reader = open_plaintext(rt, artifact, manifest, key)
             payload = io.BufferedReader(reader, CHUNK_SIZE)
             figures = component.check_payload(payload, manifest)  # type: ignore[arg-type]
