@@ -253,6 +253,13 @@ class Settings:
         "status: hours of grace before a backup counts as overdue",
         bounds=(0, 8784),
     )
+    restore_test_interval_days: int = setting(
+        "BACKUP_RESTORE_TEST_INTERVAL_DAYS",
+        0,
+        _int,
+        "status: a passing `verify --restore-test` is expected every N days (0: not checked)",
+        bounds=(0, 3660),
+    )
 
     @property
     def values(self) -> dict[str, Any]:

@@ -28,6 +28,8 @@ class Health(StrEnum):
     NEVER = "NEVER"  # no good backup at all
     NOT_CONFIGURED = "NOT CONFIGURED"  # nothing to back up, and never backed up
     RESTORE_INTERRUPTED = "RESTORE INTERRUPTED"  # a files restore's folders are not settled
+    OFFSITE_MISSING = "OFFSITE-MISSING"  # an upload failed and `sync` has not completed it
+    UNTESTED = "UNTESTED"  # no passing restore test within BACKUP_RESTORE_TEST_INTERVAL_DAYS
 
     @property
     def healthy(self) -> bool:

@@ -67,17 +67,25 @@ def _source_summary(entry: Entry) -> str:
     return ", ".join(parts)
 
 
+def _tested(test: dict[str, Any] | None) -> str:
+    """The last restore test: its day, and FAILED when it did not pass."""
+    if not test:
+        return "-"
+    return str(test.get("at", ""))[:10] + ("" if test.get("ok") else " FAILED")
+
+
 def _table(entries: list[Entry]) -> Table | str:
     if not entries:
         return "No backups yet. Take one with: cosmic-backup backup all"
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("id", "taken (local)", "status", "mode", "tags", "size", "verified"):
+    for column in ("id", "taken (local)", "status", "mode", "tags", "size", "verified", "tested"):
         table.add_column(column, no_wrap=True)
     table.add_column("source", overflow="fold")
     for entry in entries:
         manifest = entry.manifest
         taken = parse_iso(manifest.started_at).astimezone()
         verified = manifest.verified_at[:10] if manifest.verified_at else "-"
+        tested = _tested(manifest.restore_test)
         table.add_row(
             manifest.id,
             f"{taken:%Y-%m-%d %H:%M}",
@@ -86,6 +94,7 @@ def _table(entries: list[Entry]) -> Table | str:
             ",".join(manifest.tags),
             human_size(manifest.stored_size),
             verified,
+            tested,
             _source_summary(entry),
         )
     return table

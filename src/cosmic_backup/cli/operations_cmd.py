@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -101,9 +101,16 @@ def status(
     exit_with(code)
 
 
+def _restore_test_cell(test: dict[str, Any] | None) -> str:
+    if not test:
+        return "never"
+    return f"{_local_time(test.get('at'))} {'ok' if test.get('ok') else 'FAILED'}"
+
+
 def _print_status(statuses: list[ComponentStatus]) -> None:
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("component", "health", "last good", "age", "mode", "size", "backups", "total"):
+    columns = ("component", "health", "last good", "age", "mode", "size", "backups", "total")
+    for column in (*columns, "restore test"):
         table.add_column(column, no_wrap=True)
     for s in statuses:
         good = s.last_good or {}
@@ -116,6 +123,7 @@ def _print_status(statuses: list[ComponentStatus]) -> None:
             human_size(good.get("stored_size")),
             str(s.backups),
             human_size(s.total_size),
+            _restore_test_cell(s.last_restore_test),
         )
     stdout.print(table)
     for s in statuses:

@@ -1,32 +1,59 @@
-"""`cosmic-backup verify [COMPONENT [SELECTOR]]`."""
+"""`cosmic-backup verify [COMPONENT [SELECTOR]]`, and `verify --restore-test`."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from cosmic_backup.cli.common import (
     check_component,
     emit_json,
     exit_with,
+    human_size,
     open_cli_runtime,
     settings_for,
     state,
     stdout,
 )
-from cosmic_backup.errors import ExitCode
+from cosmic_backup.errors import ExitCode, UsageError
+from cosmic_backup.operations.restore_test import DrillReport, TestResult, restore_test
 from cosmic_backup.operations.verify import verify_backups
 
 
 def verify(
     ctx: typer.Context,
-    what: Annotated[str | None, typer.Argument(help="database, files or config.")] = None,
+    what: Annotated[
+        str | None, typer.Argument(help="database, files or config (all: with --restore-test).")
+    ] = None,
     selector: Annotated[
         str | None, typer.Argument(help="latest, YYYY-MM-DD or an id (default: every backup).")
     ] = None,
+    restore_test_flag: Annotated[
+        bool,
+        typer.Option(
+            "--restore-test",
+            help="Really restore the backup (default: the latest of every component) into a "
+            "throwaway PostgreSQL server or a private temporary folder, and compare.",
+        ),
+    ] = False,
+    into: Annotated[
+        str | None,
+        typer.Option(
+            "--into",
+            help="With --restore-test: restore the database into a new, uniquely named "
+            "database on this server (dropped afterwards) instead of a throwaway server.",
+        ),
+    ] = None,
 ) -> None:
-    """Prove backups restorable: MAC, decryption, SHA-256 and structure."""
+    """Prove backups restorable: MAC, decryption, SHA-256 and structure; with
+    --restore-test, a real restore where nothing live is touched."""
+    if restore_test_flag:
+        _restore_test(ctx, what, selector, into)
+        return
+    if into is not None:
+        raise UsageError("--into is for --restore-test; add --restore-test or leave it out.")
     check_component(what)
     runtime = open_cli_runtime(ctx, settings_for(ctx))
     results = verify_backups(runtime, what, selector)
@@ -41,6 +68,70 @@ def verify(
             markup=False,
         )
     exit_with(0 if all(r.ok for r in results) else int(ExitCode.INTEGRITY))
+
+
+def _restore_test(
+    ctx: typer.Context, what: str | None, selector: str | None, into: str | None
+) -> None:
+    if what != "all":
+        check_component(what)
+    if what in (None, "all") and selector not in (None, "latest"):
+        raise UsageError(
+            "The whole-app drill tests the latest backups; name a component to test another one."
+        )
+    runtime = open_cli_runtime(ctx, settings_for(ctx))
+    report = restore_test(runtime, what, selector, into=into)
+    if state(ctx).json:
+        emit_json(report.to_dict())
+    else:
+        _print_report(report)
+    exit_with(exit_code(report))
+
+
+def exit_code(report: DrillReport) -> int:
+    if report.ok:
+        return 0
+    return int(ExitCode.INTEGRITY if report.failed_by_integrity else ExitCode.FAILURE)
+
+
+def _print_report(report: DrillReport) -> None:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("component", "backup", "age", "restored", "time", "result"):
+        table.add_column(column, no_wrap=column != "result", overflow="fold")
+    for result in report.results:
+        table.add_row(
+            result.component,
+            result.id or "-",
+            _age(result.age_seconds),
+            _restored(result),
+            f"{result.seconds:.1f}s" if result.id else "-",
+            "ok" if result.status == "ok" else result.status.upper(),
+        )
+    stdout.print(table)
+    for result in report.results:
+        if result.status != "ok":
+            stdout.print(f"{result.component}: {result.message}", markup=False)
+    for warning in report.warnings:
+        stdout.print(f"warning: {warning}.", markup=False)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.0f} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.0f} hours"
+    return f"{max(seconds, 0) / 60:.0f} min"
+
+
+def _restored(result: TestResult) -> str:
+    figures = result.figures
+    if "rows" in figures:
+        return f"{figures['rows']} rows in {figures['tables']} tables"
+    if "files" in figures:
+        return f"{figures['files']} files, {human_size(figures.get('bytes'))}"
+    return "-"
 
 
 def register(app: typer.Typer) -> None:

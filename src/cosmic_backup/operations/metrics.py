@@ -20,6 +20,14 @@ METRICS = (
     ("cosmic_backup_last_size_bytes", "Stored size of the last good backup."),
     ("cosmic_backup_last_status", "1 when the last backup attempt succeeded, 0 when it failed."),
     ("cosmic_backup_backups", "Number of backups kept (including failure records)."),
+    (
+        "cosmic_backup_last_restore_test_timestamp_seconds",
+        "Unix time of the last passing restore test (verify --restore-test).",
+    ),
+    (
+        "cosmic_backup_last_restore_test_status",
+        "1 when the last restore test passed, 0 when it failed.",
+    ),
 )
 
 
@@ -41,6 +49,21 @@ def component_values(entries: list[Entry]) -> dict[str, float]:
             parse_iso(last.finished_at) - parse_iso(last.started_at)
         ).total_seconds()
         values["cosmic_backup_last_status"] = 1.0 if last.ok else 0.0
+    return values | restore_test_values(entries)
+
+
+def restore_test_values(entries: list[Entry]) -> dict[str, float]:
+    """The gauges of the component's restore tests, from the manifests that record them."""
+    tests = [e.manifest.restore_test for e in entries if e.manifest.restore_test]
+    passed = [e.manifest.restore_tested_at for e in entries if e.manifest.restore_tested_at]
+    values: dict[str, float] = {}
+    if passed:
+        values["cosmic_backup_last_restore_test_timestamp_seconds"] = max(
+            parse_iso(at).timestamp() for at in passed
+        )
+    if tests:
+        last = max(tests, key=lambda test: str(test.get("at")))
+        values["cosmic_backup_last_restore_test_status"] = 1.0 if last.get("ok") else 0.0
     return values
 
 

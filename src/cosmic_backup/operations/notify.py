@@ -22,8 +22,14 @@ TIMEOUT_SECONDS = 10
 
 
 def summary(
-    status: str, run_id: str, project: str, components: list[dict[str, Any]], log_file: str
+    status: str,
+    run_id: str,
+    project: str,
+    components: list[dict[str, Any]],
+    log_file: str,
+    operation: str = "backup",
 ) -> dict[str, Any]:
+    """The webhook's JSON; `operation` is "backup" or "restore test"."""
     host = socket.gethostname()
     outcomes = "; ".join(
         f"{c.get('component')} {c.get('status')}"
@@ -37,13 +43,19 @@ def summary(
             "host": host,
             "project": project,
             "run_id": run_id,
+            "operation": operation,
             "status": status,  # ok, partial, failed
             "components": components,
             "log_file": log_file,
             # Slack and Mattermost incoming webhooks show "text" as the message as it is
-            "text": f"cosmic-backup {status} on {host} ({project}): {outcomes}",
+            "text": f"cosmic-backup {_prefix(operation)}{status} on {host} ({project}): {outcomes}",
         }
     )
+
+
+def _prefix(operation: str) -> str:
+    """The backup's text is as it always was; other operations are named before it."""
+    return "" if operation == "backup" else f"{operation} "
 
 
 def _masked(value: Any) -> Any:

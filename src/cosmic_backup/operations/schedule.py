@@ -1,7 +1,9 @@
 """`schedule`: ready-to-use entries for the recommended schedule.
 
-Database daily, files weekly, configuration monthly (the original guide's schedule), and
-a daily `status` check whose non-zero exit makes cron mail, systemd or Kubernetes alert.
+Database daily, files weekly, configuration monthly (the original guide's schedule), a
+weekly restore test of the latest backups (`verify --restore-test all`, into a throwaway
+server), and a daily `status` check whose non-zero exit makes cron mail, systemd or
+Kubernetes alert.
 Entries run from the project root and use the seed's wrappers.
 """
 
@@ -27,6 +29,7 @@ class Job:
 
 def jobs(status_command: list[str] | None = None) -> list[Job]:
     status = status_command or [sys.executable, "-m", "cosmic_backup", "status"]
+    program = status[: status.index("status")]
     return [
         Job(
             "database",
@@ -48,6 +51,13 @@ def jobs(status_command: list[str] | None = None) -> list[Job]:
             "15 4 1 * *",
             "*-*-01 04:15:00",
             "monthly configuration backup",
+        ),
+        Job(
+            "restore-test",
+            [*program, "verify", "--restore-test", "all"],
+            "30 5 * * 0",
+            "Sun *-*-* 05:30:00",
+            "weekly restore test of the latest backups into a throwaway server",
         ),
         Job(
             "status",

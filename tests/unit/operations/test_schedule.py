@@ -28,13 +28,13 @@ def test_crontab_lines_parse_and_follow_the_recommended_schedule() -> None:
     entries = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert entries[0] == "BACKUP_WAIT=1"  # an environment line: overlapping runs wait
     lines = entries[1:]
-    assert len(lines) == 4
+    assert len(lines) == 5
     for line in lines:
         fields = line.split(maxsplit=5)
         assert croniter.is_valid(" ".join(fields[:5]))
         assert "cd '/srv/my app' && " in line
     start = NOW.replace(tzinfo=None)
-    database, files, _config, _status = (
+    database, files, _config, restore_test, _status = (
         croniter(" ".join(line.split()[:5]), start) for line in lines
     )
     first, second = database.get_next(), database.get_next()
@@ -42,13 +42,18 @@ def test_crontab_lines_parse_and_follow_the_recommended_schedule() -> None:
     first, second = files.get_next(), files.get_next()
     assert second - first == 7 * 86400
     assert croniter(" ".join(lines[2].split()[:5]), start).get_next(datetime).day == 1
+    first, second = restore_test.get_next(), restore_test.get_next()
+    assert second - first == 7 * 86400  # a weekly restore test
+    assert lines[3].endswith(" -m cosmic_backup verify --restore-test all")
     assert "./scripts/backup.sh database --tag scheduled" in lines[0]
-    assert lines[3].endswith(" -m cosmic_backup status --quiet")  # cron mails any output
+    assert lines[4].endswith(" -m cosmic_backup status --quiet")  # cron mails any output
 
 
 def test_systemd_units_structure() -> None:
     units = systemd_units(Path("/srv/app"))
-    assert len(units) == 8
+    assert len(units) == 10
+    assert "verify --restore-test all" in units["cosmic-backup-restore-test.service"]
+    assert "OnCalendar=Sun *-*-* 05:30:00" in units["cosmic-backup-restore-test.timer"]
     service = units["cosmic-backup-database.service"]
     assert "ExecStart=/srv/app/scripts/backup.sh database --tag scheduled" in service
     assert "Type=oneshot" in service and "WorkingDirectory=/srv/app" in service

@@ -61,6 +61,7 @@ def test_status_json_shape_is_stable() -> None:
         "health",
         "last_failure",
         "last_good",
+        "last_restore_test",
         "message",
         "total_size",
     ]

@@ -162,7 +162,7 @@ def throwaway_server(
     server = find_server(min_major, configured)
     bin_dir = Path(server.path).parent
     prefix, uid, gid = _run_as()
-    base = _new_folder(uid, gid)
+    base = private_folder("pg-", uid, gid)
     data, sockets, pwfile = base / "data", base / "sockets", base / "pwfile"
     pg_ctl = [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data)]
     try:
@@ -182,7 +182,9 @@ def throwaway_server(
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _new_folder(uid: int | None, gid: int | None) -> Path:
+def private_folder(prefix: str, uid: int | None = None, gid: int | None = None) -> Path:
+    """A new 0700 folder under the sandbox root, marked with this run as its owner, so
+    the next run removes it if this one is killed before it can."""
     root = sandbox_root()
     # Traversable by the server's user (under root), listable by nobody else.
     with contextlib.suppress(FileExistsError):
@@ -193,7 +195,7 @@ def _new_folder(uid: int | None, gid: int | None) -> Path:
             f"{root} is not a folder of this user; remove it so a throwaway server can start."
         )
     os.chmod(root, 0o711)  # noqa: S103 - traverse only: the server user reaches its own folder
-    base = Path(tempfile.mkdtemp(prefix="pg-", dir=root))
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
     owner = {"pid": os.getpid(), "started": _process_start(os.getpid())}
     (base / OWNER_FILE).write_text(json.dumps(owner))
     if uid is not None and gid is not None:
@@ -233,12 +235,13 @@ def _stop(base: Path, pg_ctl: list[str]) -> None:
 
 # -- leftovers of killed runs ------------------------------------------------------------
 def _process_start(pid: int) -> str | None:
-    """The start time of `pid` (field 22 of /proc/PID/stat): a pid alone may be reused."""
+    """The start time of `pid` (field 22 of /proc/PID/stat): a pid alone may be reused.
+    None when it is gone or a zombie (killed, not yet reaped)."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
     except OSError:
         return None
-    return text.rsplit(")", 1)[-1].split()[19]
+    return None if fields[0] == "Z" else fields[19]
 
 
 def _owner_alive(base: Path) -> bool:
@@ -276,7 +279,9 @@ def _kill_postmaster(base: Path) -> None:
 
 
 def remove_leftovers() -> list[Path]:
-    """Stop the servers and remove the folders of runs that are gone (killed)."""
+    """Stop the servers and remove the folders of runs that are gone (killed).
+
+    Cheap when there is nothing to do: every restore test calls it first."""
     root = sandbox_root()
     removed: list[Path] = []
     if not root.is_dir() or root.is_symlink():
