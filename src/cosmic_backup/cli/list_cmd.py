@@ -18,6 +18,7 @@ from cosmic_backup.cli.common import (
 )
 from cosmic_backup.cli.common import stdout as console
 from cosmic_backup.clock import parse_iso
+from cosmic_backup.components import source_of
 from cosmic_backup.states import Outcome, Trust
 
 
@@ -53,25 +54,9 @@ def _status(entry: Entry) -> str:
 
 
 def _source_summary(entry: Entry) -> str:
-    source = entry.manifest.source
     if not entry.manifest.ok:
         return entry.manifest.error or entry.problem or ""
-    parts = []
-    for key in ("database", "migration_head", "app_version"):
-        if source.get(key):
-            parts.append(
-                f"{key.replace('_', ' ')} {source[key]}" if key != "database" else str(source[key])
-            )
-    if "files" in source:
-        parts.append(f"{source['files']} files")
-    return ", ".join(parts)
-
-
-def _tested(test: dict[str, Any] | None) -> str:
-    """The last restore test: its day, and FAILED when it did not pass."""
-    if not test:
-        return "-"
-    return str(test.get("at", ""))[:10] + ("" if test.get("ok") else " FAILED")
+    return source_of(entry.manifest).summary()
 
 
 def _table(entries: list[Entry]) -> Table | str:

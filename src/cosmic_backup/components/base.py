@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, BinaryIO, ClassVar
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, BinaryIO, ClassVar, Self
 
 from cosmic_backup.format.manifest import MODE_FULL, TAG_MANUAL, Manifest
 from cosmic_backup.settings import Settings
@@ -28,12 +28,36 @@ class BackupRequest:
     source_override: str | None = None
 
 
+@dataclass(frozen=True)
+class Source:
+    """What a backup's manifest records of its source: each component has its own typed
+    record, stored as a JSON object. Never a secret.
+
+    `of` reads it back from a manifest written by an older or newer version: a field it
+    lacks takes its default, one this version does not know is ignored.
+    """
+
+    app_version: str | None = None  # the app's version or commit, for every component
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> Self:
+        known = {item.name for item in fields(cls)}
+        return cls(**{key: value for key, value in manifest.source.items() if key in known})
+
+    def summary(self) -> str:
+        """A few words for `list`: what was backed up."""
+        return f"app version {self.app_version}" if self.app_version else ""
+
+
 @dataclass
 class Produced:
     """What a component tells the manifest about the stream it produced."""
 
+    source: Source
     mode: str = MODE_FULL
-    source: dict[str, Any] = field(default_factory=dict)  # never a secret
     warnings: list[str] = field(default_factory=list)
 
 
@@ -76,12 +100,6 @@ class Component(ABC):
     def __init__(self, settings: Settings, log: logging.Logger) -> None:
         self.settings = settings
         self.log = log
-
-    def recover(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
-        """Finish or undo what an interrupted run of this component left behind.
-
-        Called under the backup root's lock, before anything else reads the sources.
-        """
 
     @abstractmethod
     def check_configured(self) -> None:

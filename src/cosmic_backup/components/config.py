@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -25,6 +26,7 @@ from cosmic_backup.components.base import (
     RestorePlan,
     RestoreReport,
     RestoreRequest,
+    Source,
 )
 from cosmic_backup.components.protected import protected_paths
 from cosmic_backup.errors import UsageError
@@ -34,6 +36,19 @@ ENV_MEMBER = "environment.env"
 _SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 FILES_MEMBER = "files"
 REVIEW_ROOT = Path("tmp") / "restores"
+
+
+@dataclass(frozen=True)
+class ConfigSource(Source):
+    paths: list[str] = field(default_factory=list)  # as stored in the archive
+    missing: list[str] = field(default_factory=list)
+    files: int = 0
+    bytes: int = 0
+    environment_variables: int = 0
+
+    def summary(self) -> str:
+        own = f"{self.files} files, {self.environment_variables} environment variables"
+        return ", ".join(filter(None, [own, super().summary()]))
 
 
 class ConfigComponent(Component):
@@ -71,14 +86,14 @@ class ConfigComponent(Component):
         stats = tar.stats
         warnings = [f"{name} does not exist; not backed up" for name in missing]
         warnings += stats.warnings + [f"{name} could not be read" for name in stats.unreadable]
-        source = {
-            "paths": [arc for _, arc in present],
-            "missing": missing,
-            "files": stats.files,
-            "bytes": stats.bytes,
-            "environment_variables": len(environment),
-        }
-        return Produced(source=source, warnings=warnings)
+        source = ConfigSource(
+            paths=[arc for _, arc in present],
+            missing=missing,
+            files=stats.files,
+            bytes=stats.bytes,
+            environment_variables=len(environment),
+        )
+        return Produced(source, warnings=warnings)
 
     # -- restore ----------------------------------------------------------------------
     def plan_restore(self, manifest: Manifest, request: RestoreRequest) -> RestorePlan:

@@ -18,10 +18,10 @@ import os
 import pwd
 import re
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Self
 
 from cosmic_backup.components.archive import ExtractStats, list_members, safe_extract
 from cosmic_backup.components.base import (
@@ -31,6 +31,7 @@ from cosmic_backup.components.base import (
     RestorePlan,
     RestoreReport,
     RestoreRequest,
+    Source,
 )
 from cosmic_backup.components.protected import (
     archive_places,
@@ -90,6 +91,35 @@ def recover_interrupted_restore(settings: Settings, log: logging.Logger) -> list
     for message in messages:
         log.warning("%s", message)
     return messages
+
+
+@dataclass(frozen=True)
+class SavedFolder:
+    path: str  # as configured
+    name: str  # its top-level name in the archive
+    files: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class FilesSource(Source):
+    folders: list[SavedFolder] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # configured, absent at backup time
+    files: int = 0
+    bytes: int = 0
+    links: int = 0
+    unreadable: list[str] = field(default_factory=list)
+    read_errors: list[str] = field(default_factory=list)  # stored cut short: do not trust
+    excluded: list[str] = field(default_factory=list)  # the backup folder, key... left out
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> Self:
+        source = super().of(manifest)
+        folders = [SavedFolder(**saved) for saved in manifest.source.get("folders", [])]
+        return replace(source, folders=folders)
+
+    def summary(self) -> str:
+        return ", ".join(filter(None, [f"{self.files} files", super().summary()]))
 
 
 class FilesComponent(Component):
@@ -171,28 +201,28 @@ class FilesComponent(Component):
                 files_before, bytes_before = tar.stats.files, tar.stats.bytes
                 tar.add_tree(folder.real, folder.name)
                 described.append(
-                    {
-                        "path": folder.shown,
-                        "name": folder.name,
-                        "files": tar.stats.files - files_before,
-                        "bytes": tar.stats.bytes - bytes_before,
-                    }
+                    SavedFolder(
+                        path=folder.shown,
+                        name=folder.name,
+                        files=tar.stats.files - files_before,
+                        bytes=tar.stats.bytes - bytes_before,
+                    )
                 )
         stats = tar.stats
         warnings = [f"{self._absent(folder)}; not backed up" for folder in absent]
         warnings += stats.warnings
         warnings += [f"{name} could not be read; not backed up" for name in stats.unreadable]
-        source = {
-            "folders": described,
-            "missing": missing,
-            "files": stats.files,
-            "bytes": stats.bytes,
-            "links": stats.links,
-            "unreadable": stats.unreadable,
-            "read_errors": stats.read_errors,
-            "excluded": stats.excluded,
-        }
-        return Produced(source=source, warnings=warnings)
+        source = FilesSource(
+            folders=described,
+            missing=missing,
+            files=stats.files,
+            bytes=stats.bytes,
+            links=stats.links,
+            unreadable=stats.unreadable,
+            read_errors=stats.read_errors,
+            excluded=stats.excluded,
+        )
+        return Produced(source, warnings=warnings)
 
     # -- restore ------------------------------------------------------------------------
     def plan_restore(self, manifest: Manifest, request: RestoreRequest) -> RestorePlan:
@@ -249,14 +279,14 @@ class FilesComponent(Component):
         """
         configured = {folder.path: folder for folder in self.folders()}
         pairs = []
-        for saved in manifest.source.get("folders", []):
-            folder = configured.get(self.settings.resolve(saved["path"]))
+        for saved in FilesSource.of(manifest).folders:
+            folder = configured.get(self.settings.resolve(saved.path))
             if folder is None:
                 raise UsageError(
-                    f"The backup holds the folder '{saved['path']}', which BACKUP_FILES_DIRS no "
+                    f"The backup holds the folder '{saved.path}', which BACKUP_FILES_DIRS no "
                     "longer lists; restore it with --target-dir DIR instead."
                 )
-            pairs.append((replace(folder, name=saved["name"]), int(saved.get("files", 0))))
+            pairs.append((replace(folder, name=saved.name), saved.files))
         return pairs
 
     def consume(self, payload: BinaryIO, manifest: Manifest, plan: RestorePlan) -> RestoreReport:
@@ -336,10 +366,6 @@ class FilesComponent(Component):
     # -- interrupted restores -------------------------------------------------------------
     def _journal_path(self) -> Path:
         return journal_path(self.settings.path("backup_dir"))
-
-    def recover(self) -> None:
-        """Finish or undo a restore that was killed, before anything reads the folders."""
-        recover_interrupted_restore(self.settings, self.log)
 
 
 def _user_name(uid: int) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -64,7 +64,6 @@ def backup_component(rt: Runtime, name: str, request: BackupRequest) -> Manifest
             removed = rt.catalog.remove_leftovers()
             if removed:
                 rt.log.info("removed leftovers of interrupted runs: %s", ", ".join(removed))
-            component.recover()
             if request.source_override is None:
                 component.check_configured()
             return _backup_locked(rt, component, request)
@@ -128,7 +127,9 @@ def _good_manifest(
         started_at=iso(started),
         finished_at=iso(rt.clock.now()),
         tool_version=__version__,
-        source={**produced.source, **_app_version_source(rt)},
+        source=replace(
+            produced.source, app_version=app_version(rt.root, rt.settings.app_version)
+        ).to_dict(),
         artifact=artifact,
         plaintext_size=sealed.plaintext_size,
         stored_size=sealed.stored_size,
@@ -160,11 +161,6 @@ def _write_artifact(
             raise
     assert writer.result is not None
     return produced, writer.result, name.split("/", 1)[1]
-
-
-def _app_version_source(rt: Runtime) -> dict[str, str]:
-    version = app_version(rt.root, rt.settings.app_version)
-    return {"app_version": version} if version else {}
 
 
 def _as_cosmic_error(exc: BaseException) -> CosmicError | Interrupted:

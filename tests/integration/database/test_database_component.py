@@ -50,7 +50,7 @@ def manifest_of(produced: Produced) -> Manifest:
         started_at="2026-11-24T02:00:00Z",
         finished_at="2026-11-24T02:00:01Z",
         tool_version="test",
-        source=produced.source,
+        source=produced.source.to_dict(),
     )
 
 
@@ -69,13 +69,13 @@ def test_round_trip_through_a_file(
         produced = component(app_db).produce(out, BackupRequest())
     source = produced.source
     assert produced.mode == "full" and produced.warnings == []
-    assert source["row_counts"] == {t: len(rows) for t, rows in original[0].items()}
-    assert source["row_counts"]["public.users"] == 500
-    assert source["migration_head"] == "django_migrations: core.0002_more"
-    assert source["host"] == "127.0.0.1" and source["database"] == dbname(app_db)
-    assert source["neon"] is False and source["pooler_switched"] is False
-    assert source["server_version"].split(".")[0] == source["pg_dump_version"].split(".")[0]
-    assert {"public", "billing", "audit", "extensions"} <= set(source["schemas"])
+    assert source.row_counts == {t: len(rows) for t, rows in original[0].items()}
+    assert source.row_counts["public.users"] == 500
+    assert source.migration_head == "django_migrations: core.0002_more"
+    assert source.host == "127.0.0.1" and source.database == dbname(app_db)
+    assert source.neon is False and source.pooler_switched is False
+    assert source.server_version.split(".")[0] == source.pg_dump_version.split(".")[0]
+    assert {"public", "billing", "audit", "extensions"} <= set(source.schemas)
     manifest = manifest_of(produced)
     with dump.open("rb") as payload:
         assert component(app_db).check_payload(payload, manifest)["toc_entries"] > 30
@@ -91,7 +91,7 @@ def test_round_trip_through_a_file(
     with dump.open("rb") as payload:
         report = component(app_db).consume(payload, manifest, plan)
     assert full_state(app_db) == original
-    assert report.details["tables"] == source["tables"]
+    assert report.details["tables"] == source.tables
     assert f"Row counts match the backup: {sum(source['row_counts'].values())} rows" in "\n".join(
         report.lines
     )
@@ -344,7 +344,7 @@ def test_every_app_table_is_counted_in_the_dump_snapshot(
     sink = SlowSink()
     produced = component(url).produce(sink, BackupRequest())  # type: ignore[arg-type]
     assert scalar(url, "SELECT count(*) FROM billing.invoices") > 800
-    assert produced.source["row_counts"]["billing.invoices"] == 800
+    assert produced.source.row_counts["billing.invoices"] == 800
     other = postgres.url(postgres.create_database("snap"))
     plan = component(url).plan_restore(manifest_of(produced), RestoreRequest(target=other))
     report = component(url).consume(io.BytesIO(sink.data), manifest_of(produced), plan)

@@ -20,7 +20,11 @@ import pytest
 
 from cosmic_backup.components.archive import UnsafeArchive
 from cosmic_backup.components.base import BackupRequest, RestoreRequest
-from cosmic_backup.components.files import FilesComponent, is_mount_point
+from cosmic_backup.components.files import (
+    FilesComponent,
+    is_mount_point,
+    recover_interrupted_restore,
+)
 from cosmic_backup.errors import NotConfigured, OperationFailed, UsageError
 from cosmic_backup.format.manifest import TAG_PRE_RESTORE, Manifest
 from cosmic_backup.settings import load_settings
@@ -34,11 +38,16 @@ def component_in(root: Path, dirs: str = "static,uploads") -> FilesComponent:
     return FilesComponent(settings, logging.getLogger("test.files"))
 
 
+def settle(component: FilesComponent) -> None:
+    """What the next command does first, under the lock: settle an interrupted restore."""
+    recover_interrupted_restore(component.settings, component.log)
+
+
 def backup_of(component: FilesComponent) -> tuple[bytes, Manifest]:
     out = io.BytesIO()
     produced = component.produce(out, BackupRequest())
     manifest = Manifest(
-        BACKUP_ID, "files", "ok", "full", ["manual"], "", "", "0", source=produced.source
+        BACKUP_ID, "files", "ok", "full", ["manual"], "", "", "0", source=produced.source.to_dict()
     )
     manifest.warnings = produced.warnings
     return out.getvalue(), manifest
@@ -276,7 +285,7 @@ def test_sigkill_at_any_step_leaves_folders_fully_old_or_fully_new(
     while True:
         step += 1
         killed = run_killed_at(step, lambda: restore(component_in(tmp_path), data, manifest))
-        component_in(tmp_path).recover()  # what the next run does first, under the lock
+        settle(component_in(tmp_path))  # what the next run does first, under the lock
         state = [tree_snapshot(folder) for folder in folders]
         assert state in (old, new), f"mixed folders after a kill at step {step}"
         assert leftovers(tmp_path, *folders) == []

@@ -123,7 +123,7 @@ def test_excluded_paths_are_never_archived_whatever_the_paths(tmp_path) -> None:
     assert "data/keep.txt" in names
     assert not [n for n in names if "logs" in n or n.endswith(".key")]
     assert "data/keys" in names  # the folder itself is not the key
-    assert sorted(produced.source["excluded"]) == [
+    assert sorted(produced.source.excluded) == [
         "data/keys/.backup_keyring",
         "data/keys/the.key",
         "data/logs",
@@ -175,7 +175,7 @@ def test_the_config_archive_never_holds_the_key_logs_or_backups(project: Project
 def test_sigkill_at_any_step_never_touches_the_backup_folder_inside(tmp_path) -> None:
     """The folder holding the backups is swapped entry by entry: killed anywhere, the
     backups (and the journal among them) stay, and the rest is fully old or fully new."""
-    from tests.integration.files.test_files_component import fill, run_killed_at
+    from tests.integration.files.test_files_component import fill, run_killed_at, settle
     from tests.trees import tree_snapshot
 
     environ = {"BACKUP_FILES_DIRS": "storage", "BACKUP_DIR": "storage/backups"}
@@ -188,7 +188,7 @@ def test_sigkill_at_any_step_never_touches_the_backup_folder_inside(tmp_path) ->
     fill(storage, "new")
     out = io.BytesIO()
     produced = component().produce(out, BackupRequest())
-    source = produced.source
+    source = produced.source.to_dict()
     manifest = Manifest("files-20261124T030000Z", "files", "ok", "full", [], "", "", "0", source)
     (storage / "backups" / "files").mkdir(parents=True)
     (storage / "backups" / "files" / "kept.enc").write_text("a backup")
@@ -219,7 +219,7 @@ def test_sigkill_at_any_step_never_touches_the_backup_folder_inside(tmp_path) ->
     while True:
         step += 1
         killed = run_killed_at(step, run)
-        component().recover()
+        settle(component())
         state = content()
         assert state in (old, new), f"mixed folder after a kill at step {step}"
         assert (storage / "backups" / "files" / "kept.enc").read_text() == "a backup"

@@ -19,6 +19,7 @@ from tests.integration.files.test_files_component import (
     fill,
     restore,
     run_killed_at,
+    settle,
 )
 
 KEPT_PREFIX = "cosmic-kept-"  # where recovery moves what appeared since
@@ -40,7 +41,7 @@ def kill_restore_when(root: Path, stopped_where: Callable[[], bool]) -> None:
         assert run_killed_at(step, lambda: restore(component_in(root, "uploads"), data, manifest))
         if stopped_where():
             return
-        component_in(root, "uploads").recover()
+        settle(component_in(root, "uploads"))
     pytest.fail("the restore never stopped where the test wanted")
 
 

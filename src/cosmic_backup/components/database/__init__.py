@@ -6,6 +6,7 @@ import re
 import subprocess
 import tempfile
 import time
+from dataclasses import replace
 from typing import Any, BinaryIO
 
 import psycopg
@@ -26,6 +27,7 @@ from cosmic_backup.components.database.restore import (
     current_row_counts,
     restore_dump,
 )
+from cosmic_backup.components.database.source import DatabaseSource
 from cosmic_backup.components.database.tools import find_tool
 from cosmic_backup.components.database.url import Target, parse_database_url
 from cosmic_backup.errors import IntegrityError, NotConfigured, OperationFailed
@@ -95,12 +97,11 @@ class DatabaseComponent(Component):
             raise OperationFailed(
                 f"Reading {target.describe()} failed: {_first_line(exc)}."
             ) from None
-        source["neon"] = target.is_neon
-        source["pooler_switched"] = bool(target.notes)
+        source = replace(source, neon=target.is_neon, pooler_switched=bool(target.notes))
         warnings = []
         if target.is_neon and mode == MODE_SCHEMA_ONLY and request.mode is None:
             warnings.append("Neon database: schema-only by default; pass --full for the data")
-        return Produced(mode=mode, source=source, warnings=warnings)
+        return Produced(source, mode, warnings)
 
     # -- restore ------------------------------------------------------------------------
     def plan_restore(self, manifest: Manifest, request: RestoreRequest) -> RestorePlan:
@@ -125,7 +126,7 @@ class DatabaseComponent(Component):
         return RestorePlan(target.describe(), notes, safety, private)
 
     def _migration_note(self, manifest: Manifest, target: Target) -> list[str]:
-        saved = manifest.source.get("migration_head")
+        saved = DatabaseSource.of(manifest).migration_head
         try:
             with connect(target, self.settings.connect_timeout, autocommit=True) as conn:
                 now = migration_head(conn)
@@ -142,9 +143,9 @@ class DatabaseComponent(Component):
         target: Target = plan.private["target"]
         server: ServerInfo = plan.private["server"]
         request: RestoreRequest = plan.private.get("request", RestoreRequest())
-        dump_major = int(str(manifest.source.get("pg_dump_version", "0")).split(".")[0])
+        source = DatabaseSource.of(manifest)
         pg_restore = find_tool(
-            "pg_restore", max(server.major, dump_major), self.settings.pg_bin_dir
+            "pg_restore", max(server.major, source.pg_dump_major), self.settings.pg_bin_dir
         )
         psql = find_tool("psql", server.major, self.settings.pg_bin_dir)
         began = time.monotonic()
@@ -152,7 +153,7 @@ class DatabaseComponent(Component):
             outcome = restore_dump(
                 payload,
                 target,
-                schemas=list(manifest.source.get("schemas", [])),
+                schemas=source.schemas,
                 pg_restore=pg_restore,
                 psql=psql,
                 server_major=server.major,
@@ -177,7 +178,8 @@ class DatabaseComponent(Component):
     def _report(
         self, manifest: Manifest, target: Target, notes: list[str], seconds: float
     ) -> RestoreReport:
-        tables = list(manifest.source.get("tables", []))
+        source = DatabaseSource.of(manifest)
+        tables = source.tables
         lines = [
             f"Restored {len(tables)} table(s) into {target.describe()} from {manifest.id} "
             f"({manifest.mode}) in {seconds:.1f}s.",
@@ -187,7 +189,7 @@ class DatabaseComponent(Component):
         if manifest.mode == MODE_SCHEMA_ONLY:
             lines.append("Schema-only backup: the structure was restored, no data.")
             return RestoreReport(lines, details)
-        expected: dict[str, int] = manifest.source.get("row_counts", {})
+        expected = source.row_counts
         now = current_row_counts(target, list(expected), self.settings.connect_timeout)
         mismatched = {
             name: (count, now.get(name))
@@ -216,8 +218,9 @@ class DatabaseComponent(Component):
     # -- verify -------------------------------------------------------------------------
     def check_payload(self, payload: BinaryIO, manifest: Manifest) -> dict[str, Any]:
         """`pg_restore --list` must parse the dump's table of contents."""
-        dump_major = int(str(manifest.source.get("pg_dump_version", "0")).split(".")[0])
-        pg_restore = find_tool("pg_restore", dump_major, self.settings.pg_bin_dir)
+        pg_restore = find_tool(
+            "pg_restore", DatabaseSource.of(manifest).pg_dump_major, self.settings.pg_bin_dir
+        )
         with tempfile.TemporaryFile() as listing:
             child = Child(
                 [pg_restore.path, "--list"],

@@ -21,6 +21,7 @@ from psycopg import sql
 
 from cosmic_backup.components.database.connection import ServerInfo, connect
 from cosmic_backup.components.database.migrations import migration_head
+from cosmic_backup.components.database.source import DatabaseSource
 from cosmic_backup.components.database.tools import Tool
 from cosmic_backup.components.database.url import Target
 from cosmic_backup.errors import OperationFailed
@@ -105,7 +106,7 @@ def take_dump(
     pg_dump: Tool,
     limits: DumpSettings,
     log: logging.Logger,
-) -> dict[str, Any]:
+) -> DatabaseSource:
     """Dump `target` into `out`; return what the manifest records of the source.
 
     BACKUP_TIMEOUT bounds the whole of it: the row counts run under a statement timeout
@@ -124,13 +125,13 @@ def take_dump(
         remaining = max(1.0, deadline - time.monotonic())
         _run_pg_dump(out, target, snapshot, mode, pg_dump, limits, log, remaining)
         exporter.rollback()
-    return {
-        "database": target.dbname,
-        "host": target.host,
-        "server_version": server.version,
-        "pg_dump_version": pg_dump.version,
+    return DatabaseSource(
+        database=target.dbname,
+        host=target.host,
+        server_version=server.version,
+        pg_dump_version=pg_dump.version,
         **facts,
-    }
+    )
 
 
 def _read_snapshot(
