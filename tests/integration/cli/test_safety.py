@@ -194,20 +194,25 @@ def test_no_secret_appears_in_logs_manifests_or_output(project: Project) -> None
 
 
 def test_two_concurrent_backups_one_refuses_naming_the_holder(project: Project) -> None:
-    config = project.root / "config"
-    config.mkdir()
-    (config / "big.bin").write_bytes(os.urandom(64 * 1024 * 1024))  # slow enough to overlap
-    first = project.popen("backup", "config")
-    lock = project.backups / ".lock"
-    deadline = time.monotonic() + 60
-    while not (lock.exists() and lock.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    second = project.run("backup", "config")
+    """The first backup is held inside its lock, reading its passphrase from a named pipe,
+    so the second surely runs while it holds the lock, whatever the machine's load."""
+    (project.root / "config").mkdir()
+    (project.root / "config" / "app.toml").write_text("[app]\n")
+    passphrase = "concurrent-backups-passphrase-0123"
+    fifo = project.root / "passphrase.pipe"
+    os.mkfifo(fifo, 0o600)
+    first = project.popen("backup", "config", env={"BACKUP_KEY_COMMAND": f"cat {fifo}"})
+    writer = os.open(fifo, os.O_WRONLY)  # returns once the first run reads its passphrase
+    try:
+        second = project.run("backup", "config", env={"BACKUP_KEY": passphrase})
+    finally:
+        os.write(writer, passphrase.encode() + b"\n")
+        os.close(writer)
     _out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     assert second.returncode == 7, second.stderr
     assert f"pid {first.pid}" in second.stderr and "'backup config'" in second.stderr
-    waited = project.run("--wait", "backup", "config")
+    waited = project.run("--wait", "backup", "config", env={"BACKUP_KEY": passphrase})
     assert waited.returncode == 0, waited.stderr
 
 
