@@ -34,6 +34,7 @@ _SCRUBBED_PREFIXES = (
 def clean_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
     env["PYTHONUNBUFFERED"] = "1"
+    env["AWS_EC2_METADATA_DISABLED"] = "true"  # boto3 must never probe a cloud's metadata
     env.update(extra or {})
     return env
 

@@ -67,6 +67,7 @@ class S3Server:
             "AWS_MAX_ATTEMPTS": "2",  # a test of failures should not wait for long back-offs
             "AWS_CONFIG_FILE": os.devnull,
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            "AWS_EC2_METADATA_DISABLED": "true",  # never probe a cloud metadata address
         }
 
     def client(self) -> Any:

@@ -18,7 +18,7 @@ from cosmic_backup.cli.common import (
 )
 from cosmic_backup.cli.common import stdout as console
 from cosmic_backup.clock import parse_iso
-from cosmic_backup.components import source_of
+from cosmic_backup.operations.offsite import locate_all, require_remote
 from cosmic_backup.states import Outcome, Trust
 
 
@@ -27,19 +27,36 @@ def list_backups(
     what: Annotated[
         str | None, typer.Argument(help="database, files or config (default: all).")
     ] = None,
+    remote: Annotated[
+        bool, typer.Option("--remote", help="List this host's off-site backups (BACKUP_REMOTE).")
+    ] = False,
 ) -> None:
-    """List backups, oldest first, with status, mode, size and verification."""
+    """List backups, oldest first, with status, mode, size, verification and where they are."""
     check_component(what)
     runtime = open_cli_runtime(ctx, settings_for(ctx))
-    entries = runtime.catalog.entries(what)
-    if state(ctx).json:
-        emit_json([entry_json(entry) for entry in entries])
+    where: dict[str, str] = {}
+    if remote:
+        entries = require_remote(runtime).entries(what)
+        where = {entry.id: "remote" for entry in entries}
+    elif runtime.settings.remote:  # local, remote or both
+        located = locate_all(runtime, what)
+        entries = [item.entry for item in located]
+        where = {item.entry.id: item.where for item in located}
     else:
-        console.print(_table(entries))
+        entries = runtime.catalog.entries(what)
+    if state(ctx).json:
+        emit_json([entry_json(entry, where.get(entry.id, "local")) for entry in entries])
+    else:
+        console.print(_table(entries, where))
 
 
-def entry_json(entry: Entry) -> dict[str, Any]:
-    return {**entry.manifest.to_dict(), "trust": entry.trust, "problem": entry.problem}
+def entry_json(entry: Entry, where: str = "local") -> dict[str, Any]:
+    return {
+        **entry.manifest.to_dict(),
+        "trust": entry.trust,
+        "problem": entry.problem,
+        "where": where,
+    }
 
 
 def _status(entry: Entry) -> str:
@@ -54,23 +71,33 @@ def _status(entry: Entry) -> str:
 
 
 def _source_summary(entry: Entry) -> str:
+    source = entry.manifest.source
     if not entry.manifest.ok:
         return entry.manifest.error or entry.problem or ""
-    return source_of(entry.manifest).summary()
+    parts = []
+    for key in ("database", "migration_head", "app_version"):
+        if source.get(key):
+            parts.append(
+                f"{key.replace('_', ' ')} {source[key]}" if key != "database" else str(source[key])
+            )
+    if "files" in source:
+        parts.append(f"{source['files']} files")
+    return ", ".join(parts)
 
 
-def _table(entries: list[Entry]) -> Table | str:
+def _table(entries: list[Entry], where: dict[str, str] | None = None) -> Table | str:
     if not entries:
         return "No backups yet. Take one with: cosmic-backup backup all"
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("id", "taken (local)", "status", "mode", "tags", "size", "verified", "tested"):
+    for column in ("id", "taken (local)", "status", "mode", "tags", "size", "verified"):
         table.add_column(column, no_wrap=True)
+    if where:
+        table.add_column("where", no_wrap=True)
     table.add_column("source", overflow="fold")
     for entry in entries:
         manifest = entry.manifest
         taken = parse_iso(manifest.started_at).astimezone()
         verified = manifest.verified_at[:10] if manifest.verified_at else "-"
-        tested = _tested(manifest.restore_test)
         table.add_row(
             manifest.id,
             f"{taken:%Y-%m-%d %H:%M}",
@@ -79,7 +106,7 @@ def _table(entries: list[Entry]) -> Table | str:
             ",".join(manifest.tags),
             human_size(manifest.stored_size),
             verified,
-            tested,
+            *([where.get(entry.id, "local")] if where else []),
             _source_summary(entry),
         )
     return table

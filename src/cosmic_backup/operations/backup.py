@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +26,7 @@ from cosmic_backup.operations.appversion import app_version
 from cosmic_backup.operations.context import Runtime
 from cosmic_backup.operations.metrics import component_values, render, write_atomically
 from cosmic_backup.operations.notify import send, summary
+from cosmic_backup.operations.offsite import upload_after_backup
 from cosmic_backup.operations.prune import prune
 from cosmic_backup.operations.retention import Policy
 from cosmic_backup.states import Outcome
@@ -41,6 +42,7 @@ class BackupOutcome:
     manifest: Manifest | None = None
     duration: float = 0.0
     error: CosmicError | Interrupted | None = field(default=None, repr=False)
+    offsite: str | None = None  # with BACKUP_REMOTE: "ok" or why the upload failed
 
     def to_dict(self) -> dict[str, Any]:
         manifest = self.manifest
@@ -48,6 +50,7 @@ class BackupOutcome:
             "component": self.component,
             "status": self.status,
             "message": self.message,
+            "offsite": self.offsite,
             "id": manifest.id if manifest else None,
             "mode": manifest.mode if manifest else None,
             "stored_size": manifest.stored_size if manifest else None,
@@ -64,6 +67,7 @@ def backup_component(rt: Runtime, name: str, request: BackupRequest) -> Manifest
             removed = rt.catalog.remove_leftovers()
             if removed:
                 rt.log.info("removed leftovers of interrupted runs: %s", ", ".join(removed))
+            component.recover()
             if request.source_override is None:
                 component.check_configured()
             return _backup_locked(rt, component, request)
@@ -127,9 +131,7 @@ def _good_manifest(
         started_at=iso(started),
         finished_at=iso(rt.clock.now()),
         tool_version=__version__,
-        source=replace(
-            produced.source, app_version=app_version(rt.root, rt.settings.app_version)
-        ).to_dict(),
+        source={**produced.source, **_app_version_source(rt)},
         artifact=artifact,
         plaintext_size=sealed.plaintext_size,
         stored_size=sealed.stored_size,
@@ -161,6 +163,11 @@ def _write_artifact(
             raise
     assert writer.result is not None
     return produced, writer.result, name.split("/", 1)[1]
+
+
+def _app_version_source(rt: Runtime) -> dict[str, str]:
+    version = app_version(rt.root, rt.settings.app_version)
+    return {"app_version": version} if version else {}
 
 
 def _as_cosmic_error(exc: BaseException) -> CosmicError | Interrupted:
@@ -249,11 +256,12 @@ def backup_components(rt: Runtime, names: list[str], request: BackupRequest) -> 
             )
             continue
         warnings = f" ({len(manifest.warnings)} warning(s))" if manifest.warnings else ""
-        outcomes.append(
-            BackupOutcome(
-                name, Outcome.OK, f"{manifest.id}{warnings}", manifest, time.monotonic() - began
-            )
+        outcome = BackupOutcome(
+            name, Outcome.OK, f"{manifest.id}{warnings}", manifest, time.monotonic() - began
         )
+        if rt.settings.remote:  # off-site right after; a failure leaves the local backup good
+            outcome.offsite = upload_after_backup(rt, manifest) or Outcome.OK
+        outcomes.append(outcome)
     after_run(rt, outcomes)
     return outcomes
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from cosmic_backup.errors import CosmicError
 from cosmic_backup.operations.context import Runtime
+from cosmic_backup.operations.offsite import pending_components, remote_catalog
 from cosmic_backup.operations.retention import Policy, RetentionPlan, old_log_files, plan_retention
 
 
@@ -14,11 +16,15 @@ class PruneResult:
     component: str
     plan: RetentionPlan
     removed: list[str]
+    where: str = "local"  # or "remote": the off-site copies, under the same rules
+    note: str = ""  # why nothing was removed there, when that is the case
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "component": self.component,
+            "where": self.where,
             "removed": self.removed,
+            "note": self.note,
             "decisions": [d.to_dict() for d in self.plan.decisions],
         }
 
@@ -38,9 +44,54 @@ def prune(
                     rt.log.info("retention removed %s (older than %d days)", entry.id, policy.days)
                 removed.append(entry.id)
             results.append(PruneResult(component, plan, removed))
+        results.extend(_prune_offsite(rt, components, policy, dry_run=dry_run))
         if not dry_run:
             prune_logs(rt, policy.days)
     return results
+
+
+def _prune_offsite(
+    rt: Runtime, components: list[str], policy: Policy, *, dry_run: bool
+) -> list[PruneResult]:
+    """The same rules off-site, on this host's prefix only; nothing is removed there
+    while an upload of that component is failing (the remote may hold the only copy
+    of what the local retention already let go)."""
+    remote = remote_catalog(rt)
+    if remote is None:
+        return []
+    failing = pending_components(rt.catalog.root)
+    results = []
+    for component in components:
+        try:
+            entries = remote.entries(component)
+        except CosmicError as exc:  # the local retention stands; the remote waits
+            note = f"off-site copies not pruned: {exc.message}"
+            rt.log.warning("retention off-site for %s: %s", component, note)
+            results.append(PruneResult(component, RetentionPlan([]), [], "remote", note))
+            continue
+        plan = plan_retention(entries, policy, rt.clock.now())
+        if component in failing and plan.remove:
+            note = (
+                "nothing removed off-site while its uploads are failing; run 'cosmic-backup sync'"
+            )
+            rt.log.warning("retention off-site for %s: %s", component, note)
+            results.append(PruneResult(component, _kept(plan, note), [], "remote", note))
+            continue
+        removed = []
+        for entry in plan.remove:
+            if not dry_run:
+                remote.delete_backup(entry)
+                rt.log.info("retention removed %s off-site", entry.id)
+            removed.append(entry.id)
+        results.append(PruneResult(component, plan, removed, "remote"))
+    return results
+
+
+def _kept(plan: RetentionPlan, reason: str) -> RetentionPlan:
+    for decision in plan.decisions:
+        if not decision.keep:
+            decision.reasons.append(reason)
+    return plan
 
 
 def prune_logs(rt: Runtime, days: int) -> list[str]:

@@ -21,6 +21,7 @@ from cosmic_backup.format.pipeline import CHUNK_SIZE, UnsealingReader
 from cosmic_backup.operations.artifacts import open_plaintext, trusted_key
 from cosmic_backup.operations.backup import backup_component
 from cosmic_backup.operations.context import Runtime
+from cosmic_backup.operations.offsite import select_anywhere
 
 
 @dataclass
@@ -63,11 +64,12 @@ def restore_component(
     began = time.monotonic()
     with rt.catalog.lock(f"restore {name} {selector}", wait=rt.wait):
         rt.catalog.remove_leftovers()
-        entry = rt.catalog.select(name, selector)
+        located = select_anywhere(rt, name, selector)  # off-site when the local copy is gone
+        entry = located.entry
         manifest = entry.manifest
         key = trusted_key(rt, entry)
-        rt.log.info("restore of %s requested (%s)", manifest.id, selector)
-        with rt.catalog.open_artifact(entry) as artifact:
+        rt.log.info("restore of %s requested (%s, %s)", manifest.id, selector, located.where)
+        with located.catalog.open_artifact(entry) as artifact:
             reader = open_plaintext(rt, artifact, manifest, key)
             plan = component.plan_restore(manifest, request)
             wants_safety = plan.safety_backup is not None and request.safety_backup

@@ -11,13 +11,14 @@ import io
 from dataclasses import dataclass, field
 from typing import Any
 
-from cosmic_backup.catalog import Entry
+from cosmic_backup.catalog import Entry, StoreCatalog
 from cosmic_backup.clock import iso
 from cosmic_backup.components import create_component
 from cosmic_backup.errors import CosmicError
 from cosmic_backup.format.pipeline import CHUNK_SIZE
 from cosmic_backup.operations.artifacts import open_plaintext, trusted_key
 from cosmic_backup.operations.context import Runtime
+from cosmic_backup.operations.offsite import locate_all, select_anywhere
 
 
 @dataclass
@@ -35,19 +36,20 @@ class VerifyResult:
 def verify_backups(rt: Runtime, component: str | None, selector: str | None) -> list[VerifyResult]:
     """Verify the selected backup, or every good backup of `component` (or of all)."""
     with rt.catalog.lock("verify", wait=rt.wait):
+        # A backup whose local copy is gone is verified off-site (BACKUP_REMOTE).
         if selector is not None and component is not None:
-            entries = [rt.catalog.select(component, selector)]
+            found = [select_anywhere(rt, component, selector)]
         else:
-            entries = [e for e in rt.catalog.entries(component) if e.manifest.ok]
-        return [_verify_one(rt, entry) for entry in entries]
+            found = [x for x in locate_all(rt, component) if x.entry.manifest.ok]
+        return [_verify_one(rt, x.entry, x.catalog) for x in found]
 
 
-def _verify_one(rt: Runtime, entry: Entry) -> VerifyResult:
+def _verify_one(rt: Runtime, entry: Entry, catalog: StoreCatalog) -> VerifyResult:
     manifest = entry.manifest
     try:
         key = trusted_key(rt, entry)
         component = create_component(manifest.component, rt.settings, rt.log)
-        with rt.catalog.open_artifact(entry) as artifact:
+        with catalog.open_artifact(entry) as artifact:
             reader = open_plaintext(rt, artifact, manifest, key)
             payload = io.BufferedReader(reader, CHUNK_SIZE)
             figures = component.check_payload(payload, manifest)  # type: ignore[arg-type]
@@ -61,6 +63,6 @@ def _verify_one(rt: Runtime, entry: Entry) -> VerifyResult:
         rt.log.error("verify %s failed: %s", manifest.id, message)
         return VerifyResult(manifest.id, manifest.component, False, message)
     verified = dataclasses.replace(manifest, verified_at=iso(rt.clock.now()))
-    rt.catalog.write_manifest(verified, key)
+    catalog.write_manifest(verified, key)  # where it was read from: never a stray manifest
     rt.log.info("verify %s ok: %s", manifest.id, figures)
     return VerifyResult(manifest.id, manifest.component, True, "ok", figures)
