@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "doctor_cmd",
     "init_cmd",
     "operations_cmd",
+    "demo_cmd",
     "sync_cmd",
 )
 
