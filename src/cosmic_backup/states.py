@@ -29,6 +29,7 @@ class Health(StrEnum):
     NOT_CONFIGURED = "NOT CONFIGURED"  # nothing to back up, and never backed up
     RESTORE_INTERRUPTED = "RESTORE INTERRUPTED"  # a files restore's folders are not settled
     OFFSITE_MISSING = "OFFSITE-MISSING"  # an upload failed and `sync` has not completed it
+    UNTESTED = "UNTESTED"  # no passing restore test within BACKUP_RESTORE_TEST_INTERVAL_DAYS
 
     @property
     def healthy(self) -> bool:

@@ -18,6 +18,7 @@ from cosmic_backup.cli.common import (
 )
 from cosmic_backup.cli.common import stdout as console
 from cosmic_backup.clock import parse_iso
+from cosmic_backup.components import source_of
 from cosmic_backup.operations.offsite import locate_all, require_remote
 from cosmic_backup.states import Outcome, Trust
 
@@ -71,25 +72,23 @@ def _status(entry: Entry) -> str:
 
 
 def _source_summary(entry: Entry) -> str:
-    source = entry.manifest.source
     if not entry.manifest.ok:
         return entry.manifest.error or entry.problem or ""
-    parts = []
-    for key in ("database", "migration_head", "app_version"):
-        if source.get(key):
-            parts.append(
-                f"{key.replace('_', ' ')} {source[key]}" if key != "database" else str(source[key])
-            )
-    if "files" in source:
-        parts.append(f"{source['files']} files")
-    return ", ".join(parts)
+    return source_of(entry.manifest).summary()
+
+
+def _tested(test: dict[str, Any] | None) -> str:
+    """The last restore test: its day, and FAILED when it did not pass."""
+    if not test:
+        return "-"
+    return str(test.get("at", ""))[:10] + ("" if test.get("ok") else " FAILED")
 
 
 def _table(entries: list[Entry], where: dict[str, str] | None = None) -> Table | str:
     if not entries:
         return "No backups yet. Take one with: cosmic-backup backup all"
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("id", "taken (local)", "status", "mode", "tags", "size", "verified"):
+    for column in ("id", "taken (local)", "status", "mode", "tags", "size", "verified", "tested"):
         table.add_column(column, no_wrap=True)
     if where:
         table.add_column("where", no_wrap=True)
@@ -98,6 +97,7 @@ def _table(entries: list[Entry], where: dict[str, str] | None = None) -> Table |
         manifest = entry.manifest
         taken = parse_iso(manifest.started_at).astimezone()
         verified = manifest.verified_at[:10] if manifest.verified_at else "-"
+        tested = _tested(manifest.restore_test)
         table.add_row(
             manifest.id,
             f"{taken:%Y-%m-%d %H:%M}",
@@ -106,6 +106,7 @@ def _table(entries: list[Entry], where: dict[str, str] | None = None) -> Table |
             ",".join(manifest.tags),
             human_size(manifest.stored_size),
             verified,
+            tested,
             *([where.get(entry.id, "local")] if where else []),
             _source_summary(entry),
         )

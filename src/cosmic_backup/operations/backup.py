@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -67,7 +67,6 @@ def backup_component(rt: Runtime, name: str, request: BackupRequest) -> Manifest
             removed = rt.catalog.remove_leftovers()
             if removed:
                 rt.log.info("removed leftovers of interrupted runs: %s", ", ".join(removed))
-            component.recover()
             if request.source_override is None:
                 component.check_configured()
             return _backup_locked(rt, component, request)
@@ -131,7 +130,9 @@ def _good_manifest(
         started_at=iso(started),
         finished_at=iso(rt.clock.now()),
         tool_version=__version__,
-        source={**produced.source, **_app_version_source(rt)},
+        source=replace(
+            produced.source, app_version=app_version(rt.root, rt.settings.app_version)
+        ).to_dict(),
         artifact=artifact,
         plaintext_size=sealed.plaintext_size,
         stored_size=sealed.stored_size,
@@ -163,11 +164,6 @@ def _write_artifact(
             raise
     assert writer.result is not None
     return produced, writer.result, name.split("/", 1)[1]
-
-
-def _app_version_source(rt: Runtime) -> dict[str, str]:
-    version = app_version(rt.root, rt.settings.app_version)
-    return {"app_version": version} if version else {}
 
 
 def _as_cosmic_error(exc: BaseException) -> CosmicError | Interrupted:
@@ -226,13 +222,6 @@ def _record_failure(
 
 def backup_components(rt: Runtime, names: list[str], request: BackupRequest) -> list[BackupOutcome]:
     """Back up each component in turn, going on past failures; "not configured" is a skip."""
-    if rt.settings.remote:  # never let an operator believe copies go off-site when they do not
-        message = (
-            "BACKUP_REMOTE is set, but off-site copies are not implemented in this version: "
-            "backups stay in the local backup folder only; copy that folder off-site yourself."
-        )
-        rt.log.warning("%s", message)
-        rt.say(f"warning: {message}")
     outcomes: list[BackupOutcome] = []
     for name in names:
         began = time.monotonic()

@@ -3,7 +3,9 @@
 Health is OK, OVERDUE (no good backup within the expected interval plus grace), FAILING
 (the latest attempt failed), NEVER (no good backup at all), NOT CONFIGURED (nothing to
 back up, and never backed up: not counted as unhealthy) or, for files, RESTORE INTERRUPTED
-(a files restore was killed and its folders are not settled yet).
+(a files restore was killed and its folders are not settled yet), or UNTESTED (with
+BACKUP_RESTORE_TEST_INTERVAL_DAYS set: no passing `verify --restore-test` within it).
+Each component also shows its last restore test.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class ComponentStatus:
     last_good: dict[str, Any] | None
     last_failure: dict[str, Any] | None
     message: str
+    last_restore_test: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,6 +146,7 @@ def collect(rt: Runtime) -> list[ComponentStatus]:
                 configured=is_configured(rt, name),
             )
         )
+    statuses = [_with_restore_test(rt, status, now) for status in statuses]
     statuses = [_unless_offsite_missing(rt, status) for status in statuses]
     return [_unless_restore_interrupted(rt, status) for status in statuses]
 
@@ -165,6 +169,28 @@ def _unless_offsite_missing(rt: Runtime, status: ComponentStatus) -> ComponentSt
         status.message = (
             f"{len(missing)} backup(s) not copied off-site, the latest {backup_id}: "
             f"{item.get('error', '?')} Run 'cosmic-backup sync' once the cause is fixed"
+        )
+    return status
+
+
+def _with_restore_test(rt: Runtime, status: ComponentStatus, now: datetime) -> ComponentStatus:
+    """The last restore test of the component's backups; UNTESTED when an interval is set
+    and no backup passed one within it."""
+    tested = [e.manifest for e in rt.catalog.entries(status.component) if e.manifest.restore_test]
+    last = max(tested, key=lambda m: str((m.restore_test or {}).get("at")), default=None)
+    if last is not None and last.restore_test is not None:
+        status.last_restore_test = {"id": last.id, **last.restore_test}
+    interval = rt.settings.restore_test_interval_days
+    if not interval or status.health != Health.OK:
+        return status
+    passed = [parse_iso(m.restore_tested_at) for m in tested if m.restore_tested_at]
+    allowed = timedelta(days=interval)
+    if not passed or now - max(passed) > allowed:
+        status.health = Health.UNTESTED
+        when = f"was {human_age(now - max(passed))} ago" if passed else "never happened"
+        status.message = (
+            f"the last passing restore test {when} (expected within {human_age(allowed)}); "
+            f"run 'cosmic-backup verify --restore-test {status.component}'"
         )
     return status
 
