@@ -18,7 +18,7 @@ from cosmic_backup.cli.common import (
     stdout,
 )
 from cosmic_backup.errors import ExitCode, UsageError
-from cosmic_backup.operations.restore_test import DrillReport, TestResult, restore_test
+from cosmic_backup.operations.restore_test import DrillReport, RestoreTestResult, restore_test
 from cosmic_backup.operations.verify import verify_backups
 
 
@@ -125,7 +125,7 @@ def _age(seconds: float | None) -> str:
     return f"{max(seconds, 0) / 60:.0f} min"
 
 
-def _restored(result: TestResult) -> str:
+def _restored(result: RestoreTestResult) -> str:
     figures = result.figures
     if "rows" in figures:
         return f"{figures['rows']} rows in {figures['tables']} tables"

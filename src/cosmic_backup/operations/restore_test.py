@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from cosmic_backup.catalog import Entry
+from cosmic_backup.catalog import Entry, StoreCatalog
 from cosmic_backup.clock import iso, parse_iso
 from cosmic_backup.components import COMPONENT_NAMES, create_component
 from cosmic_backup.components.base import RestoreRequest
@@ -41,13 +41,14 @@ from cosmic_backup.format.manifest import Manifest
 from cosmic_backup.format.pipeline import CHUNK_SIZE, UnsealingReader
 from cosmic_backup.operations.artifacts import open_plaintext, trusted_key
 from cosmic_backup.operations.context import Runtime
+from cosmic_backup.operations.offsite import Located, select_anywhere
 from cosmic_backup.states import Outcome
 
 FAR_APART_HOURS = 24  # backups further apart than this are warned about in the drill
 
 
 @dataclass
-class TestResult:
+class RestoreTestResult:
     component: str
     status: Outcome  # ok, failed, or skipped (no backup to test)
     message: str = ""
@@ -67,7 +68,7 @@ class TestResult:
 
 @dataclass
 class DrillReport:
-    results: list[TestResult]
+    results: list[RestoreTestResult]
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -89,6 +90,7 @@ class DrillReport:
 @dataclass
 class _Opened:
     entry: Entry
+    catalog: StoreCatalog  # where it was read from (local, or off-site when gone locally)
     key: Key
     artifact: BinaryIO
     reader: UnsealingReader
@@ -105,15 +107,16 @@ def restore_test(
         rt.log.info("removed leftovers of killed restore tests: %s", ", ".join(map(str, removed)))
     names = list(COMPONENT_NAMES) if what in (None, "all") else [str(what)]
     explicit = what not in (None, "all")
-    results: list[TestResult] = []
+    results: list[RestoreTestResult] = []
     with contextlib.ExitStack() as stack:
         opened = _open_backups(rt, names, selector or "latest", explicit, results, stack)
+        catalogs = {o.entry.id: o.catalog for o in opened.values()}
         sandbox = stack.enter_context(Sandbox.create(rt, into))
         for name in names:
             if name in opened:
                 results.append(_test_one(rt, opened[name], sandbox))
     results.sort(key=lambda r: names.index(r.component))
-    _record(rt, results)
+    _record(rt, results, catalogs)
     report = DrillReport(results, far_apart(results) if not explicit else [])
     _tell(rt, report)
     return report
@@ -125,36 +128,37 @@ def _open_backups(
     names: list[str],
     selector: str,
     explicit: bool,
-    results: list[TestResult],
+    results: list[RestoreTestResult],
     stack: contextlib.ExitStack,
 ) -> dict[str, _Opened]:
     opened: dict[str, _Opened] = {}
     with rt.catalog.lock("verify --restore-test", wait=rt.wait):
         for name in names:
             try:
-                entry = rt.catalog.select(name, selector)
+                located = select_anywhere(rt, name, selector)
             except NotFound as exc:
                 if explicit:
                     raise
-                results.append(TestResult(name, Outcome.SKIPPED, exc.message))
+                results.append(RestoreTestResult(name, Outcome.SKIPPED, exc.message))
                 continue
             try:
-                opened[name] = _open(rt, entry, stack)
+                opened[name] = _open(rt, located, stack)
             except CosmicError as exc:
-                results.append(_failure(rt, entry.manifest, exc, 0.0))
+                results.append(_failure(rt, located.entry.manifest, exc, 0.0))
     return opened
 
 
-def _open(rt: Runtime, entry: Entry, stack: contextlib.ExitStack) -> _Opened:
+def _open(rt: Runtime, located: Located, stack: contextlib.ExitStack) -> _Opened:
+    entry = located.entry
     key = trusted_key(rt, entry)
     try:
-        artifact = stack.enter_context(open(rt.catalog.artifact_path(entry), "rb"))  # noqa: SIM115
+        artifact = stack.enter_context(located.catalog.open_artifact(entry))
     except OSError as exc:
         raise OperationFailed(
             f"The artifact of {entry.manifest.id} cannot be read ({exc.strerror})."
         ) from None
     reader = open_plaintext(rt, artifact, entry.manifest, key)
-    return _Opened(entry, key, artifact, reader)
+    return _Opened(entry, located.catalog, key, artifact, reader)
 
 
 # -- the sandbox: a private folder, and a throwaway server started when first needed -----
@@ -241,7 +245,7 @@ def _major(version: object) -> int:
 
 
 # -- testing one backup ------------------------------------------------------------------
-def _test_one(rt: Runtime, opened: _Opened, sandbox: Sandbox) -> TestResult:
+def _test_one(rt: Runtime, opened: _Opened, sandbox: Sandbox) -> RestoreTestResult:
     manifest = opened.entry.manifest
     began = time.monotonic()
     rt.log.info("restore test of %s started", manifest.id)
@@ -338,31 +342,35 @@ def _result(
     message: str,
     seconds: float,
     figures: dict[str, Any],
-) -> TestResult:
+) -> RestoreTestResult:
     age = (rt.clock.now() - parse_iso(manifest.started_at)).total_seconds()
-    return TestResult(
+    return RestoreTestResult(
         manifest.component, status, message, manifest.id, manifest.started_at, age, seconds, figures
     )
 
 
-def _failure(rt: Runtime, manifest: Manifest, exc: CosmicError, seconds: float) -> TestResult:
+def _failure(
+    rt: Runtime, manifest: Manifest, exc: CosmicError, seconds: float
+) -> RestoreTestResult:
     rt.log.error("restore test of %s failed: %s", manifest.id, exc.message)
     figures = {"integrity": isinstance(exc, IntegrityError)}
     return _result(rt, manifest, Outcome.FAILED, exc.message, seconds, figures)
 
 
 # -- recording and the drill's warnings --------------------------------------------------
-def _record(rt: Runtime, results: list[TestResult]) -> None:
-    """Each tested backup's manifest records the test (re-signed), under the lock briefly."""
-    tested = [r for r in results if r.id is not None and r.status != Outcome.SKIPPED]
+def _record(
+    rt: Runtime, results: list[RestoreTestResult], catalogs: dict[str, StoreCatalog]
+) -> None:
+    """Each tested backup's manifest records the test (re-signed) where it was read from,
+    under the lock briefly."""
+    tested = [r for r in results if r.id in catalogs and r.status != Outcome.SKIPPED]
     if not tested:
         return
     now = iso(rt.clock.now())
     with rt.catalog.lock("verify --restore-test (recording)", wait=True, wait_seconds=600):
         for result in tested:
-            entry = next(
-                (e for e in rt.catalog.entries(result.component) if e.id == result.id), None
-            )
+            catalog = catalogs[str(result.id)]
+            entry = next((e for e in catalog.entries(result.component) if e.id == result.id), None)
             if entry is None:  # pruned meanwhile: nothing to record on
                 continue
             key = trusted_key(rt, entry)
@@ -376,10 +384,10 @@ def _record(rt: Runtime, results: list[TestResult]) -> None:
             changes: dict[str, Any] = {"restore_test": record}
             if result.ok:
                 changes["restore_tested_at"] = now
-            rt.catalog.write_manifest(dataclasses.replace(entry.manifest, **changes), key)
+            catalog.write_manifest(dataclasses.replace(entry.manifest, **changes), key)
 
 
-def far_apart(results: list[TestResult]) -> list[str]:
+def far_apart(results: list[RestoreTestResult]) -> list[str]:
     """One warning per backup much older than the newest one tested with it."""
     dated = [r for r in results if r.backup_started_at and r.status == Outcome.OK]
     if len(dated) < 2:
