@@ -1,6 +1,6 @@
 """Database backup and restore times next to plain pg_dump / pg_restore, in the same run.
 
-Usage: python benchmarks/database_throughput.py [--size MIB] [--runs 3]
+Usage: python benchmarks/database_throughput.py [--size MIB] [--runs 3] [--restore-test]
 
 Starts a throwaway PostgreSQL server, fills a database with about --size MiB (default
 1024) of app-like rows (generate_series), then alternates, run by run:
@@ -10,7 +10,9 @@ Starts a throwaway PostgreSQL server, fills a database with about --size MiB (de
   3. plain `pg_restore --single-transaction` of that file into a fresh database,
   4. `cosmic-backup restore database latest --into` a fresh database (MAC check of the
      whole artifact first, then decrypt | gunzip | pg_restore | psql in one transaction,
-     then the row-count comparison).
+     then the row-count comparison),
+  5. with --restore-test: `cosmic-backup verify --restore-test database` (a throwaway
+     server started, the same restore into it, row counts and the dump's objects checked).
 Prints the medians, the ratios, and the peak RSS of the cosmic-backup process itself
 (sampled from /proc; pg_dump, pg_restore, psql and the server are not ours).
 """
@@ -89,7 +91,7 @@ def drop(server: ThrowawayServer, name: str) -> None:
 
 
 def one_run(
-    server: ThrowawayServer, root: Path, source: str, env: dict[str, str]
+    server: ThrowawayServer, root: Path, source: str, env: dict[str, str], restore_test: bool
 ) -> tuple[dict[str, float], int]:
     bin_dir = server.bin_dir
     conn = ["--host=127.0.0.1", f"--port={server.port}", "--username=postgres"]
@@ -124,13 +126,23 @@ def one_run(
     restore = ["restore", "database", "latest", "--into", url, "--yes"]
     seconds["ours_restore"], peak_restore = timed([*cli, *restore, "--no-safety-backup"], env)
     drop(server, into)
-    return seconds, max(peak_backup, peak_restore)
+    peak_test = 0
+    if restore_test:
+        seconds["ours_restore_test"], peak_test = timed(
+            [*cli, "verify", "--restore-test", "database"], env
+        )
+    return seconds, max(peak_backup, peak_restore, peak_test)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", "--mib", type=int, default=1024, help="database size in MiB")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--restore-test",
+        action="store_true",
+        help="also time `verify --restore-test database` (a throwaway server of its own)",
+    )
     args = parser.parse_args()
     with throwaway_server() as server, tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -147,7 +159,7 @@ def main() -> None:
         results: dict[str, list[float]] = {}
         peak = 0
         for run in range(args.runs):
-            seconds, run_peak = one_run(server, root, source, env)
+            seconds, run_peak = one_run(server, root, source, env, args.restore_test)
             print(f"run {run + 1}: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
             for name, value in seconds.items():
                 results.setdefault(name, []).append(value)
@@ -175,13 +187,19 @@ def report(
         ("cosmic-backup backup database", "ours_backup"),
         ("pg_restore --single-transaction", "pg_restore"),
         ("cosmic-backup restore database --into", "ours_restore"),
+        ("cosmic-backup verify --restore-test database", "ours_restore_test"),
     ]
-    print(f"{'operation':<42}{'seconds':>9}")
+    print(f"{'operation':<46}{'seconds':>9}")
     for label, key in rows:
-        print(f"{label:<42}{medians[key]:>9.2f}")
+        if key in medians:
+            print(f"{label:<46}{medians[key]:>9.2f}")
     for label, key in (("pg_dump -Fc", "pg_dump"), ("raw pg_dump -Z0", "pg_dump_raw")):
         print(f"backup ratio ours / {label}: {medians['ours_backup'] / medians[key]:.2f}")
     print(f"restore ratio ours / pg_restore: {medians['ours_restore'] / medians['pg_restore']:.2f}")
+    if "ours_restore_test" in medians:
+        test, restore = medians["ours_restore_test"], medians["ours_restore"]
+        backup = medians["ours_backup"]
+        print(f"restore test / backup: {test / backup:.2f}; / restore: {test / restore:.2f}")
     print(f"peak RSS of the cosmic-backup process: {peak / 1024:.0f} MiB")
 
 
