@@ -276,11 +276,16 @@ def _test_database(
         "pg_restore", _major(manifest.source.get("pg_dump_version")), rt.settings.pg_bin_dir
     )
     with sandbox.database(manifest) as url:
-        request = RestoreRequest(target=url, safety_backup=False)
+        # Without the GRANTs: they name the app's roles, which a throwaway server does
+        # not have, and privileges are not what a restore test proves.
+        request = RestoreRequest(target=url, safety_backup=False, no_privileges=True)
         plan = component.plan_restore(manifest, request)
         with TocTee(payload, pg_restore, rt.settings.timeout, rt.log) as tee:
             teed = io.BufferedReader(tee, CHUNK_SIZE)  # kept: collecting it would close tee
-            component.consume(teed, manifest, plan)
+            try:
+                component.consume(teed, manifest, plan)
+            except OperationFailed as exc:
+                raise _with_extension_advice(exc, sandbox.into is None) from None
             listed = parse_toc(tee.listing())
         target = parse_database_url(url, "the restore test's database")
         missing = missing_objects(target, listed, rt.settings.connect_timeout)
@@ -299,6 +304,19 @@ def _test_database(
         "objects": len(listed),
         "bytes": manifest.plaintext_size,
     }
+
+
+def _with_extension_advice(exc: OperationFailed, throwaway: bool) -> OperationFailed:
+    """An extension the dump needs that the throwaway server lacks (PostGIS...): say how
+    to test on a server that has it."""
+    text = exc.message
+    lacking = "extension" in text and ("not available" in text or "control file" in text)
+    if not (throwaway and lacking):
+        return exc
+    return OperationFailed(
+        f"{text.rstrip('.')}. The throwaway server lacks an extension the backup uses: "
+        "install it for that server, or test on a server that has it with --into URL."
+    )
 
 
 def _test_archive(

@@ -104,7 +104,19 @@ def reseal(
     rt.catalog.write_manifest(manifest, key)
 
 
-def test_a_good_backup_of_each_component_passes_and_is_recorded(app_project: Project) -> None:
+GRANT_TO_AN_APP_ROLE = (
+    "DO $$ BEGIN CREATE ROLE cosmic_test_reader; "
+    "EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+    "GRANT SELECT ON users TO cosmic_test_reader",
+)
+
+
+def test_a_good_backup_of_each_component_passes_and_is_recorded(
+    app_project: Project, app_db: str
+) -> None:
+    """The database's GRANTs name a role the throwaway server does not have: privileges
+    are not what a restore test proves, so they are left out, not a failure."""
+    execute(app_db, *GRANT_TO_AN_APP_ROLE)
     backed_up(app_project, "all")
     result, report = drill(app_project, "all")
     assert result.returncode == 0, [r["message"] for r in report["results"]]
