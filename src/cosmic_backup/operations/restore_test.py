@@ -107,6 +107,10 @@ def restore_test(
         rt.log.info("removed leftovers of killed restore tests: %s", ", ".join(map(str, removed)))
     names = list(COMPONENT_NAMES) if what in (None, "all") else [str(what)]
     explicit = what not in (None, "all")
+    if into is not None:  # a malformed URL is a usage error (exit 2), found before anything
+        from cosmic_backup.components.database.url import parse_database_url
+
+        parse_database_url(into, "the --into URL")
     results: list[RestoreTestResult] = []
     with contextlib.ExitStack() as stack:
         opened = _open_backups(rt, names, selector or "latest", explicit, results, stack)
@@ -267,6 +271,8 @@ def _test_one(rt: Runtime, opened: _Opened, sandbox: Sandbox) -> RestoreTestResu
 def _test_database(
     rt: Runtime, payload: BinaryIO, manifest: Manifest, sandbox: Sandbox
 ) -> dict[str, Any]:
+    import psycopg
+
     from cosmic_backup.components.database.objects import TocTee, missing_objects, parse_toc
     from cosmic_backup.components.database.tools import find_tool
     from cosmic_backup.components.database.url import parse_database_url
@@ -288,7 +294,14 @@ def _test_database(
                 raise _with_extension_advice(exc, sandbox.into is None) from None
             listed = parse_toc(tee.listing())
         target = parse_database_url(url, "the restore test's database")
-        missing = missing_objects(target, listed, rt.settings.connect_timeout)
+        try:
+            missing = missing_objects(target, listed, rt.settings.connect_timeout)
+        except psycopg.Error as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise OperationFailed(
+                f"The restored database {target.describe()} could not be inspected ({first}); "
+                "the restore test is incomplete: run it again."
+            ) from None
     if missing:
         shown = ", ".join(str(item) for item in missing[:20])
         more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""

@@ -99,3 +99,12 @@ def test_a_file_count_the_archive_does_not_match_fails_the_restore_test(project:
     assert result.returncode == 6, result.stdout + result.stderr
     assert "1 file(s) in the archive, the manifest says 2" in result.stdout
     assert "FAILED" in result.stdout
+
+
+def test_misused_restore_test_options_are_usage_errors(project: Project) -> None:
+    into = project.run("verify", "--into", "postgresql://localhost/x")
+    assert into.returncode == 2 and "--into is for --restore-test" in into.stderr
+    dated = project.run("verify", "--restore-test", "all", "2026-01-01")
+    assert dated.returncode == 2 and "name a component" in dated.stderr
+    unknown = project.run("verify", "--restore-test", "uploads")
+    assert unknown.returncode == 2 and "'uploads' is not a component" in unknown.stderr
