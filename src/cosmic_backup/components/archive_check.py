@@ -4,7 +4,8 @@ itself, compared with what is on disk after the extraction (restore tests).
 The archive is read once. While the real extraction reads it, a tee copies the same
 bytes through a pipe to a second tar reader in a thread, which records each member as
 the archive has it (ArchiveDigests); then every recorded member is looked up on disk.
-Memory stays bounded: the pipe holds 64 KiB, and each member is a few short fields.
+Memory stays bounded: the pipe holds 64 KiB, and the members are kept in a temporary
+file (one JSON line each), not in memory, so a million files cost no more than ten.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import stat
 import tarfile
+import tempfile
 import threading
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -33,6 +37,24 @@ class Member:
     linkname: str  # links only
 
 
+@dataclass
+class Members:
+    """The archive's members, spooled to a temporary file, with their totals."""
+
+    spool: BinaryIO
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, member: Member) -> None:
+        self.spool.write(json.dumps([name, *astuple(member)]).encode() + b"\n")
+        self.by_kind[member.kind] = self.by_kind.get(member.kind, 0) + 1
+
+    def __iter__(self) -> Iterator[tuple[str, Member]]:
+        self.spool.seek(0)
+        for line in self.spool:
+            name, *values = json.loads(line)
+            yield name, Member(*values)
+
+
 class ArchiveDigests(io.RawIOBase):
     """A reader that hands on `source` and records each tar member it carries."""
 
@@ -42,7 +64,7 @@ class ArchiveDigests(io.RawIOBase):
         read_end, write_end = os.pipe()
         self._sink = os.fdopen(write_end, "wb", buffering=0)
         self._pipe = os.fdopen(read_end, "rb")
-        self.members: dict[str, Member] = {}
+        self.members = Members(tempfile.TemporaryFile())  # noqa: SIM115 - closed by close()
         self.error: Exception | None = None
         self._thread = threading.Thread(target=self._record, daemon=True, name="tar-digests")
         self._thread.start()
@@ -63,7 +85,7 @@ class ArchiveDigests(io.RawIOBase):
         try:
             with tarfile.open(fileobj=self._pipe, mode="r|") as tar:
                 for member in tar:
-                    self.members[str(check_member(member))] = _describe(tar, member)
+                    self.members.add(str(check_member(member)), _describe(tar, member))
                     tar.members.clear()
         except Exception as exc:  # reported by finish(): the extraction has its own checks
             self.error = exc
@@ -73,7 +95,7 @@ class ArchiveDigests(io.RawIOBase):
                     pass
             self._pipe.close()
 
-    def finish(self) -> dict[str, Member]:
+    def finish(self) -> Members:
         """Every member, once the whole archive has been read through this reader."""
         self.close()
         self._thread.join()
@@ -85,6 +107,11 @@ class ArchiveDigests(io.RawIOBase):
         if not self._sink.closed:
             self._sink.close()
         super().close()
+
+    def discard(self) -> None:
+        """Remove the spooled members (after the comparison)."""
+        self._thread.join()
+        self.members.spool.close()
 
 
 def _describe(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Member:
@@ -101,11 +128,14 @@ def _describe(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Member:
     return Member("file", member.size, mode, digest.hexdigest(), "")
 
 
-def compare_with_disk(members: dict[str, Member], root: Path) -> list[str]:
+def compare_with_disk(members: Members, root: Path, limit: int = 11) -> list[str]:
     """What differs between the archive's members and the tree extracted into `root`:
-    one short phrase per member (missing, size, mode, SHA-256, link target)."""
+    one short phrase per member (missing, size, mode, SHA-256, link target), at most
+    `limit` of them."""
     problems: list[str] = []
-    for name, expected in sorted(members.items()):
+    for name, expected in members:
+        if len(problems) >= limit:
+            break
         path = root / name
         try:
             info = os.lstat(path)
