@@ -105,8 +105,7 @@ def reseal(
 
 
 GRANT_TO_AN_APP_ROLE = (
-    "DO $$ BEGIN CREATE ROLE cosmic_test_reader; "
-    "EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+    "DO $$ BEGIN CREATE ROLE cosmic_test_reader; EXCEPTION WHEN duplicate_object THEN NULL; END $$",
     "GRANT SELECT ON users TO cosmic_test_reader",
 )
 

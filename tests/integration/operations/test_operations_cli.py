@@ -151,9 +151,11 @@ def test_schedule_prints_each_format(project: Project) -> None:
     assert cron.returncode == 0 and "./scripts/backup.sh files --tag scheduled" in cron.stdout
     systemd = project.run("schedule", "--systemd", "--install", str(project.root / "units"))
     assert systemd.returncode == 0
-    assert len(list((project.root / "units").glob("cosmic-backup-*.timer"))) == 4
+    assert (
+        len(list((project.root / "units").glob("cosmic-backup-*.timer"))) == 5
+    )  # database, files, config, restore-test, status
     k8s = project.run("schedule", "--kubernetes")
-    assert k8s.returncode == 0 and k8s.stdout.count("kind: CronJob") == 4
+    assert k8s.returncode == 0 and k8s.stdout.count("kind: CronJob") == 5
     assert project.run("schedule", "--cron", "--systemd").returncode == 2
 
 
