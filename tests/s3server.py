@@ -142,13 +142,21 @@ class S3Server:
             pass  # 403 without credentials: the gateway is up
         except OSError:
             return False
+        from botocore.exceptions import ClientError
+
+        client = self.client()
         try:
-            client = self.client()
             client.create_bucket(Bucket="ready-check")
-            client.put_object(Bucket="ready-check", Key="x", Body=b"x")
-            return True
-        except Exception:  # the filer or volume may still be joining
+        except ClientError as exc:  # a restarted server still has it
+            if exc.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
+                return False
+        except Exception:  # the filer may still be joining
             return False
+        try:
+            client.put_object(Bucket="ready-check", Key="x", Body=b"x")
+        except Exception:  # the volume server may still be joining
+            return False
+        return True
 
     def stop(self) -> None:
         """Kill the whole server at once: its data is throwaway, and a graceful stop of
@@ -185,6 +193,76 @@ def new_server(folder: Path) -> S3Server:
         access_key="AK" + secrets.token_hex(8).upper(),
         secret_key="SK" + secrets.token_hex(16),
     )
+
+
+@dataclass
+class S3Gateway:
+    """A second S3 gateway (``weed s3``) on the session server's filer: a test may kill and
+    restart it in a fraction of a second, where restarting the whole server takes many."""
+
+    server: S3Server
+    folder: Path
+    ports: list[int]
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.ports[0]}"
+
+    def env(self) -> dict[str, str]:
+        return {**self.server.env(), "AWS_ENDPOINT_URL": self.endpoint}
+
+    def start(self) -> None:
+        identities = self.folder / "s3.json"
+        identities.write_text(
+            json.dumps(_identities(self.server.access_key, self.server.secret_key))
+        )
+        filer, filer_grpc = self.server.ports[4], self.server.ports[5]
+        argv = [
+            weed_binary(),
+            "s3",
+            "-ip.bind=127.0.0.1",
+            f"-filer=127.0.0.1:{filer}.{filer_grpc}",
+            f"-port={self.ports[0]}",
+            f"-port.grpc={self.ports[1]}",
+            "-port.iceberg=0",
+            "-port.lance=0",
+            f"-config={identities}",
+            "-autoCreateBucket=false",
+        ]
+        log = open(self.folder / "gateway.log", "ab")  # noqa: SIM115 - the gateway owns it
+        self.process = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.folder, start_new_session=True
+        )
+        log.close()
+        deadline = time.monotonic() + START_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("the S3 gateway exited at start")
+            try:
+                with closing(urllib.request.urlopen(self.endpoint, timeout=1)):  # noqa: S310
+                    return
+            except urllib.error.HTTPError:
+                return  # 403 without credentials: it is up
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("the S3 gateway did not start in time")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+
+@contextmanager
+def s3_gateway(server: S3Server, folder: Path) -> Iterator[S3Gateway]:
+    folder.mkdir(parents=True, exist_ok=True)
+    gateway = S3Gateway(server, folder, free_ports(2))
+    gateway.start()
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
 
 
 @contextmanager
