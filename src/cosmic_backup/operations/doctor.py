@@ -51,7 +51,35 @@ def run_checks(settings: Settings) -> list[Check]:
         *check_tools(settings),
         check_openssl(),
         check_database(settings),
+        check_remote(settings),
     ]
+
+
+def check_remote(settings: Settings) -> Check:
+    """The off-site store: reachable, the bucket there, and the credentials able to write,
+    list, read and delete (a small probe object, removed again)."""
+    if not settings.remote:
+        return Check(
+            "off-site",
+            Outcome.WARNING,
+            "no BACKUP_REMOTE: every backup stays on this machine",
+            "set BACKUP_REMOTE=s3://bucket/prefix and the usual AWS credentials",
+        )
+    import socket
+
+    from cosmic_backup.storage.s3 import S3Store, parse_remote
+
+    try:
+        location = parse_remote(settings.remote, settings.remote_host or socket.gethostname())
+        done = S3Store(location).probe()
+    except (CosmicError, OSError) as exc:
+        return Check(
+            "off-site",
+            Outcome.FAILED,
+            exc.message if isinstance(exc, CosmicError) else f"the probe object vanished ({exc})",
+            "backups still work locally; uploads fail until this is fixed",
+        )
+    return Check("off-site", Outcome.OK, f"{location.url()}: {', '.join(done)} work")
 
 
 def check_files_restore(settings: Settings) -> Check:

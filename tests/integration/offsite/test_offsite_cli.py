@@ -237,3 +237,22 @@ def test_clear_errors_name_the_problem_never_the_secret(
     assert s3_server.secret_key not in logs and KEY not in logs
     manifests = "".join(p.read_text() for p in project.backups.rglob("*.json"))
     assert s3_server.secret_key not in manifests and s3_server.access_key not in manifests
+
+
+def test_doctor_checks_the_remote_with_a_probe_it_removes(
+    make_project: ProjectFactory, s3_server: S3Server, remote_url: str
+) -> None:
+    project = offsite_project(make_project, s3_server, remote_url)
+
+    def off_site(**env: str) -> tuple[int, dict[str, Any]]:
+        result = project.run("--json", "doctor", env=env)
+        checks = json.loads(result.stdout)["checks"]
+        return result.returncode, next(c for c in checks if c["name"] == "off-site")
+
+    code, check = off_site()
+    assert check["state"] == "ok" and "write, list, read, delete" in check["detail"]
+    assert remote_keys(s3_server, remote_url) == []  # the probe is gone
+    code, check = off_site(AWS_SECRET_ACCESS_KEY="wrong-secret-value")
+    assert code == 1 and check["state"] == "failed"
+    assert "refused the credentials" in check["detail"]
+    assert "wrong-secret-value" not in json.dumps(check)
