@@ -75,12 +75,12 @@ def test_the_table_of_contents_names_objects_as_the_catalog_does() -> None:
 
 def test_an_extension_the_throwaway_server_lacks_points_to_into() -> None:
     from cosmic_backup.errors import OperationFailed
-    from cosmic_backup.operations.restore_test import _with_extension_advice
+    from cosmic_backup.operations.restore_sandbox import with_extension_advice
 
     lacking = OperationFailed(
         "The restore failed and was rolled back; the database is unchanged. psql: ERROR:  "
         'extension "postgis" is not available.'
     )
-    advised = _with_extension_advice(lacking, throwaway=True)
+    advised = with_extension_advice(lacking, throwaway=True)
     assert "with --into URL" in advised.message and 'extension "postgis"' in advised.message
-    assert _with_extension_advice(lacking, throwaway=False) is lacking  # --into: as it is
+    assert with_extension_advice(lacking, throwaway=False) is lacking  # --into: as it is
