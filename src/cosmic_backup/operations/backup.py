@@ -26,7 +26,7 @@ from cosmic_backup.operations.appversion import app_version
 from cosmic_backup.operations.context import Runtime
 from cosmic_backup.operations.metrics import component_values, render, write_atomically
 from cosmic_backup.operations.notify import send, summary
-from cosmic_backup.operations.offsite import upload_after_backup
+from cosmic_backup.operations.offsite import read_pending, upload_after_backup
 from cosmic_backup.operations.prune import prune
 from cosmic_backup.operations.retention import Policy
 from cosmic_backup.states import Outcome
@@ -290,6 +290,11 @@ def run_status(outcomes: list[BackupOutcome]) -> Outcome:
 def _write_metrics(rt: Runtime) -> None:
     path = rt.settings.path("metrics_file")
     values = {name: component_values(rt.catalog.entries(name)) for name in COMPONENT_NAMES}
+    if rt.settings.remote:
+        pending = read_pending(rt.catalog.root).values()
+        for name in COMPONENT_NAMES:
+            missing = sum(1 for item in pending if item.get("component") == name)
+            values[name]["cosmic_backup_offsite_missing"] = float(missing)
     try:
         write_atomically(path, render(values))
     except OSError as exc:

@@ -28,6 +28,10 @@ METRICS = (
         "cosmic_backup_last_restore_test_status",
         "1 when the last restore test passed, 0 when it failed.",
     ),
+    (
+        "cosmic_backup_offsite_missing",
+        "Backups whose upload off-site failed and is not completed yet (with BACKUP_REMOTE).",
+    ),
 )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from tests.conftest import TEST_BUCKET, Project, ProjectFactory
 from tests.s3server import S3Server, free_ports
+from tests.unit.operations.webhook import webhook_server
 
 KEY = "offsite passphrase 0123456789abcdef"
 
@@ -114,11 +115,20 @@ def test_a_failed_upload_is_recorded_status_is_unhealthy_and_sync_completes_it(
     project = offsite_project(make_project, s3_server, remote_url)
     (port,) = free_ports(1)
     nowhere = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_MAX_ATTEMPTS": "1"}
-    backup = project.run("--json", "backup", "config", env=nowhere)
+    metrics = project.root / "metrics.prom"
+    with webhook_server() as hook:
+        project.env.update(
+            {"BACKUP_METRICS_FILE": str(metrics), "BACKUP_NOTIFY_URL": hook.url("/hook")}
+        )
+        backup = project.run("--json", "backup", "config", env=nowhere)
     assert backup.returncode == 0, backup.stderr  # the local backup is good
     (outcome,) = json.loads(backup.stdout)["components"]
     assert "cannot be reached" in outcome["offsite"]
     assert "off-site copy" in backup.stderr
+    (sent,) = [c for c in hook.received[0].body["components"] if c["component"] == "config"]
+    assert "cannot be reached" in sent["offsite"]
+    assert 'cosmic_backup_offsite_missing{component="config"} 1.000' in metrics.read_text()
+    del project.env["BACKUP_NOTIFY_URL"]
     assert remote_keys(s3_server, remote_url) == []
 
     status = project.run("--json", "status")
