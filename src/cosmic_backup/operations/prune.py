@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from cosmic_backup.catalog import StoreCatalog
 from cosmic_backup.errors import CosmicError
 from cosmic_backup.operations.context import Runtime
 from cosmic_backup.operations.offsite import pending_components, remote_catalog
@@ -69,7 +70,7 @@ def _prune_offsite(
             rt.log.warning("retention off-site for %s: %s", component, note)
             results.append(PruneResult(component, RetentionPlan([]), [], "remote", note))
             continue
-        plan = plan_retention(entries, policy, rt.clock.now())
+        plan = _unless_locked(rt, remote, plan_retention(entries, policy, rt.clock.now()))
         if component in failing and plan.remove:
             note = (
                 "nothing removed off-site while its uploads are failing; run 'cosmic-backup sync'"
@@ -85,6 +86,24 @@ def _prune_offsite(
             removed.append(entry.id)
         results.append(PruneResult(component, plan, removed, "remote"))
     return results
+
+
+def _unless_locked(rt: Runtime, remote: StoreCatalog, plan: RetentionPlan) -> RetentionPlan:
+    """Keep what Object Lock still protects (BACKUP_REMOTE_LOCK_DAYS): deleting it would
+    only hide it behind a delete marker, and the plan should say why it stays."""
+    locked_until = getattr(remote.store, "locked_until", None)
+    if not rt.settings.remote_lock_days or locked_until is None:
+        return plan
+    now = rt.clock.now()
+    for decision in plan.decisions:
+        if decision.keep:
+            continue
+        manifest = decision.entry.manifest
+        until = locked_until(remote.manifest_name(manifest.component, manifest.id))
+        if until is not None and until > now:
+            decision.reasons.append(f"locked off-site until {until.astimezone():%Y-%m-%d %H:%M}")
+            rt.log.info("retention off-site keeps %s: locked until %s", manifest.id, until)
+    return plan
 
 
 def _kept(plan: RetentionPlan, reason: str) -> RetentionPlan:

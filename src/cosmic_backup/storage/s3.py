@@ -226,6 +226,13 @@ class S3Store:
             head = self.client.head_object(Bucket=self.location.bucket, Key=self._key(name))
         return ObjectInfo(name, int(head["ContentLength"]))
 
+    def locked_until(self, name: str) -> datetime | None:
+        """When the object's Object Lock retention ends (None: not locked)."""
+        with self._calling("read", name):
+            head = self.client.head_object(Bucket=self.location.bucket, Key=self._key(name))
+        until = head.get("ObjectLockRetainUntilDate")
+        return until if isinstance(until, datetime) else None
+
     def list(self, prefix: str) -> list[ObjectInfo]:
         base = self.location.base
         found = []

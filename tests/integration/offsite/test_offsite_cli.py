@@ -266,3 +266,31 @@ def test_doctor_checks_the_remote_with_a_probe_it_removes(
     assert code == 1 and check["state"] == "failed"
     assert "refused the credentials" in check["detail"]
     assert "wrong-secret-value" not in json.dumps(check)
+
+
+def test_object_lock_makes_uploads_undeletable_and_retention_skips_them(
+    make_project: ProjectFactory, s3_server: S3Server
+) -> None:
+    client = s3_server.client()
+    client.create_bucket(Bucket="cosmic-locked", ObjectLockEnabledForBucket=True)
+    project = offsite_project(make_project, s3_server, "s3://cosmic-locked/app")
+    project.env.update({"BACKUP_REMOTE_LOCK_DAYS": "2", "RETENTION_DAYS": "30"})
+    ok(project.run("backup", "config"))
+    old = aged_copy(project, 40)
+    ok(project.run("sync"))
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket="cosmic-locked")["Contents"]]
+    artifact = next(k for k in keys if old in k and k.endswith(".enc"))
+    head = client.head_object(Bucket="cosmic-locked", Key=artifact)
+    assert head["ObjectLockMode"] == "COMPLIANCE"
+    assert head["ObjectLockRetainUntilDate"] > datetime.now(UTC) + timedelta(days=1)
+
+    prune = ok(project.run("--json", "prune"))
+    remote_plan = next(
+        c
+        for c in json.loads(prune.stdout)["components"]
+        if c["where"] == "remote" and c["component"] == "config"
+    )
+    assert remote_plan["removed"] == []
+    (kept,) = [d for d in remote_plan["decisions"] if d["id"] == old]
+    assert any("locked off-site until" in reason for reason in kept["reasons"])
+    assert old in {e["id"] for e in listed(project, "--remote")}
