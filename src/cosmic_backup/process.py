@@ -211,3 +211,30 @@ def run_captured(
             _kill_group(process.pid)
             raise
     return subprocess.CompletedProcess(argv, process.returncode, out, err)
+
+
+def run_shown(
+    argv: list[str], *, env: Mapping[str, str], cwd: Path, out: IO[str] | None, timeout: float
+) -> int:
+    """Run a command to completion in exactly `env` (nothing of ours is inherited, unlike
+    the runners above), its output going to `out`; its exit code.
+
+    For commands shown to a person as they run (the demo). Past `timeout`, or when we are
+    interrupted, its whole process group is killed.
+    """
+    argv = [require_program(argv[0]), *argv[1:]]
+    process = subprocess.Popen(
+        argv, env=dict(env), cwd=cwd, stdout=out, stderr=out, start_new_session=True
+    )
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(process.pid)
+        process.wait()
+        raise OperationFailed(
+            f"{Path(argv[0]).name} did not finish within {timeout:g} s and was stopped."
+        ) from None
+    except BaseException:
+        _kill_group(process.pid)
+        process.wait()
+        raise

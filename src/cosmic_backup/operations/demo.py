@@ -19,7 +19,6 @@ import os
 import shlex
 import shutil
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import IO
 
 from cosmic_backup.errors import OperationFailed, UsageError
+from cosmic_backup.process import run_shown
 
 COMMAND_TIMEOUT = 600  # seconds; each step takes a few
 APP_TABLES = ("public.users", "public.posts", "public.comments")
@@ -95,23 +95,15 @@ class Demo:
         self.steps.append(shown)
         self.show(f"\n$ {shown}")
         argv = [sys.executable, "-m", "cosmic_backup", "-C", str(self.app), *args]
-        # Not process.py's runners: they add the caller's environment, and the demo's
-        # commands must not see the operator's BACKUP_* settings (a BACKUP_DIR elsewhere).
-        result = subprocess.run(
-            argv,
-            env=self.env,
-            cwd=self.app,
-            stdout=self.out,
-            stderr=self.out,
-            check=False,
-            timeout=COMMAND_TIMEOUT,
-        )
-        if check and result.returncode != 0:
+        # In exactly the demo's environment: its commands must not see the operator's
+        # BACKUP_* settings (a BACKUP_DIR elsewhere).
+        code = run_shown(argv, env=self.env, cwd=self.app, out=self.out, timeout=COMMAND_TIMEOUT)
+        if check and code != 0:
             raise OperationFailed(
-                f"The demo stopped: `{shown}` exited with {result.returncode} (its output is "
-                "above); this is a bug, please report it."
+                f"The demo stopped: `{shown}` exited with {code} (its output is above); this "
+                "is a bug, please report it."
             )
-        return result.returncode
+        return code
 
     def narrate(self, shown: str) -> None:
         self.steps.append(shown)

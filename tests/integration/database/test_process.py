@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from cosmic_backup.errors import OperationFailed
-from cosmic_backup.process import Child, pump, require_program, run_captured, running
+from cosmic_backup.process import (
+    Child,
+    pump,
+    require_program,
+    run_captured,
+    run_shown,
+    running,
+)
 from cosmic_backup.redact import register_secret
 
 LOG = logging.getLogger("cosmic_backup")
@@ -141,3 +148,20 @@ def test_a_child_reading_nothing_does_not_block_the_writer(tmp_path: Path) -> No
     with big.open("rb") as source:
         pump(source, child.process.stdin)
     assert child.wait() == 0
+
+
+def test_a_shown_command_runs_in_exactly_its_environment_and_is_stopped_at_its_limit(
+    tmp_path: Path,
+) -> None:
+    out = (tmp_path / "out.txt").open("w+")
+    script = 'echo "[$BACKUP_DIR] [$ONLY]"; pwd'
+    env = {"ONLY": "mine", "PATH": "/usr/bin:/bin"}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BACKUP_DIR", "/somewhere/else")  # the operator's: never inherited
+        assert run_shown(["/bin/sh", "-c", script], env=env, cwd=tmp_path, out=out, timeout=10) == 0
+    out.seek(0)
+    assert out.read().split("\n")[:2] == ["[] [mine]", str(tmp_path)]
+    began = time.monotonic()
+    with pytest.raises(OperationFailed, match=r"did not finish within 0\.5 s"):
+        run_shown(["/bin/sh", "-c", "sleep 30"], env=env, cwd=tmp_path, out=out, timeout=0.5)
+    assert time.monotonic() - began < 5
