@@ -16,7 +16,7 @@ from typing import Any
 from cosmic_backup import __version__
 from cosmic_backup.catalog import LockFailed
 from cosmic_backup.clock import iso
-from cosmic_backup.components import COMPONENT_NAMES, create_component
+from cosmic_backup.components import create_component
 from cosmic_backup.components.base import BackupRequest, Component, Produced
 from cosmic_backup.errors import CosmicError, Interrupted, Locked, NotConfigured, OperationFailed
 from cosmic_backup.format.keys import Key
@@ -24,9 +24,9 @@ from cosmic_backup.format.manifest import Manifest, kdf_description
 from cosmic_backup.format.pipeline import CHUNK_SIZE, SealedArtifact, SealingWriter
 from cosmic_backup.operations.appversion import app_version
 from cosmic_backup.operations.context import Runtime
-from cosmic_backup.operations.metrics import component_values, render, write_atomically
+from cosmic_backup.operations.metrics import write_metrics_file
 from cosmic_backup.operations.notify import send, summary
-from cosmic_backup.operations.offsite import read_pending, upload_after_backup
+from cosmic_backup.operations.offsite import upload_after_backup
 from cosmic_backup.operations.prune import prune
 from cosmic_backup.operations.retention import Policy
 from cosmic_backup.states import Outcome
@@ -268,7 +268,7 @@ def after_run(rt: Runtime, outcomes: list[BackupOutcome], *, retention: bool = T
             rt.log.warning("retention after the backup failed: %s", exc)
             rt.say(f"warning: retention after the backup failed: {exc}")
     if rt.settings.metrics_file:
-        _write_metrics(rt)
+        write_metrics_file(rt)
     if rt.settings.notify_url:
         payload = summary(
             run_status(outcomes),
@@ -285,17 +285,3 @@ def run_status(outcomes: list[BackupOutcome]) -> Outcome:
     if statuses <= {Outcome.OK}:
         return Outcome.OK
     return Outcome.FAILED if statuses == {Outcome.FAILED} else Outcome.PARTIAL
-
-
-def _write_metrics(rt: Runtime) -> None:
-    path = rt.settings.path("metrics_file")
-    values = {name: component_values(rt.catalog.entries(name)) for name in COMPONENT_NAMES}
-    if rt.settings.remote:
-        pending = read_pending(rt.catalog.root).values()
-        for name in COMPONENT_NAMES:
-            missing = sum(1 for item in pending if item.get("component") == name)
-            values[name]["cosmic_backup_offsite_missing"] = float(missing)
-    try:
-        write_atomically(path, render(values))
-    except OSError as exc:
-        rt.log.warning("the metrics file %s could not be written: %s", path, exc.strerror)

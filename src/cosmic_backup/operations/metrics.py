@@ -11,6 +11,9 @@ from pathlib import Path
 
 from cosmic_backup.catalog import Entry
 from cosmic_backup.clock import parse_iso
+from cosmic_backup.components import COMPONENT_NAMES
+from cosmic_backup.operations.context import Runtime
+from cosmic_backup.operations.offsite import read_pending
 from cosmic_backup.states import Trust
 from cosmic_backup.storage.local import replace_file
 
@@ -88,3 +91,19 @@ def write_atomically(path: Path, text: str) -> None:
     Mode 0644: the collector runs as another user, and metrics hold no secret.
     """
     replace_file(path, text.encode(), mode=0o644)
+
+
+def write_metrics_file(rt: Runtime) -> None:
+    """Rewrite BACKUP_METRICS_FILE from the catalog, after a backup or a restore test; a
+    file that cannot be written is logged, never fatal."""
+    path = rt.settings.path("metrics_file")
+    values = {name: component_values(rt.catalog.entries(name)) for name in COMPONENT_NAMES}
+    if rt.settings.remote:
+        pending = read_pending(rt.catalog.root).values()
+        for name in COMPONENT_NAMES:
+            missing = sum(1 for item in pending if item.get("component") == name)
+            values[name]["cosmic_backup_offsite_missing"] = float(missing)
+    try:
+        write_atomically(path, render(values))
+    except OSError as exc:
+        rt.log.warning("the metrics file %s could not be written: %s", path, exc.strerror)

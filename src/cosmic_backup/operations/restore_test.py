@@ -273,16 +273,11 @@ def _lost(component: str) -> str:
 # -- metrics and the webhook, as after a backup run ---------------------------------------
 def _tell(rt: Runtime, report: DrillReport) -> None:
     """Never fails the test: problems with the metrics file or the webhook are logged."""
-    from cosmic_backup.operations.metrics import component_values, render, write_atomically
+    from cosmic_backup.operations.metrics import write_metrics_file
     from cosmic_backup.operations.notify import send, summary
 
     if rt.settings.metrics_file:
-        path = rt.settings.path("metrics_file")
-        values = {name: component_values(rt.catalog.entries(name)) for name in COMPONENT_NAMES}
-        try:
-            write_atomically(path, render(values))
-        except OSError as exc:
-            rt.log.warning("the metrics file %s could not be written: %s", path, exc.strerror)
+        write_metrics_file(rt)
     if rt.settings.notify_url:
         tested = [r for r in report.results if r.status != Outcome.SKIPPED]
         status = Outcome.OK if report.ok else Outcome.FAILED
