@@ -60,8 +60,8 @@ def require_remote(rt: Runtime) -> StoreCatalog:
     remote = remote_catalog(rt)
     if remote is None:
         raise UsageError(
-            "No off-site location is set; set BACKUP_REMOTE=s3://bucket/prefix (and the "
-            "usual AWS credentials) or pass --remote."
+            "No off-site location is set; set BACKUP_REMOTE=s3://bucket/prefix and the "
+            "usual AWS credentials."
         )
     return remote
 
