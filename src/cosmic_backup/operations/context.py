@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cosmic_backup.catalog import Catalog, KeyLookup
+from cosmic_backup.catalog import Catalog, KeyLookup, StoreCatalog
 from cosmic_backup.clock import Clock, SystemClock
 from cosmic_backup.components.files import recover_interrupted_restore
 from cosmic_backup.logs import new_run_id, setup_logging
@@ -71,6 +71,8 @@ class Runtime:
     say: Callable[[str], None] = _discard  # notices for the operator (stderr in the CLI)
     progress: Progress = no_progress
     wait: bool = False  # wait for the lock instead of refusing
+    # The off-site catalog, opened on first use (operations/offsite.py: remote_catalog).
+    remote: StoreCatalog | None = field(default=None, repr=False)
 
     @property
     def root(self) -> Path:

@@ -41,9 +41,8 @@ def remote_catalog(rt: Runtime) -> StoreCatalog | None:
     """The off-site catalog of this host, or None without BACKUP_REMOTE. Opened once per run."""
     if not rt.settings.remote:
         return None
-    cached = getattr(rt, "_remote_catalog", None)
-    if cached is not None:
-        return cached  # type: ignore[no-any-return]
+    if rt.remote is not None:
+        return rt.remote
     from cosmic_backup.storage.s3 import S3Store, parse_remote  # boto3 only when used
 
     location = parse_remote(rt.settings.remote, host_prefix(rt))
@@ -51,9 +50,8 @@ def remote_catalog(rt: Runtime) -> StoreCatalog | None:
     store = S3Store(
         location, spool_dir=rt.catalog.root, lock_days=rt.settings.remote_lock_days or None
     )
-    catalog = StoreCatalog(store, rt.keys.lookup, "remote")
-    rt._remote_catalog = catalog  # type: ignore[attr-defined]
-    return catalog
+    rt.remote = StoreCatalog(store, rt.keys.lookup, "remote")
+    return rt.remote
 
 
 def require_remote(rt: Runtime) -> StoreCatalog:
