@@ -124,3 +124,10 @@ def test_unsafe_names_are_refused(store: Store, name: str) -> None:
         store.put(name, io.BytesIO(b"x"))
     with pytest.raises(ValueError, match="unsafe object name"):
         store.stat(name)
+
+
+def test_a_reader_is_private_to_this_user(store: Store) -> None:
+    store.put("database/secret", io.BytesIO(b"sealed bytes"))
+    with store.open_read("database/secret") as handle:
+        # a download is spooled to a 0600 file, never one others could read
+        assert os.fstat(handle.fileno()).st_mode & 0o077 == 0
