@@ -73,10 +73,13 @@ def prune_command(
     verb = "would remove" if dry_run else "removed"
     done = "would be removed" if dry_run else "removed"
     for result in results:
+        where = " (off-site)" if result.where == "remote" else ""
+        if result.note and not result.plan.decisions:
+            stdout.print(f"{result.component}{where}: {result.note}", markup=False)
         for decision in result.plan.decisions:
             why = "; ".join(decision.reasons) if decision.keep else f"older than {policy.days} days"
             stdout.print(
-                f"{'keep' if decision.keep else verb:<12} {decision.entry.id:<32} {why}",
+                f"{'keep' if decision.keep else verb:<12} {decision.entry.id:<32} {why}{where}",
                 markup=False,
             )
     total = sum(len(r.removed) for r in results)

@@ -211,6 +211,9 @@ def test_retention_applies_off_site_and_waits_while_uploads_fail(
     assert old in {e["id"] for e in listed(project, "--remote")}
 
     ok(project.run("sync"))
+    human = ok(project.run("prune", "--dry-run"))
+    assert f"would remove {old}" in human.stdout
+    assert any(old in line and line.endswith("(off-site)") for line in human.stdout.splitlines())
     dry = ok(project.run("--json", "prune", "--dry-run"))
     config_plan = next(
         c
