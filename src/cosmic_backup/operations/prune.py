@@ -57,7 +57,14 @@ def _prune_offsite(
     """The same rules off-site, on this host's prefix only; nothing is removed there
     while an upload of that component is failing (the remote may hold the only copy
     of what the local retention already let go)."""
-    remote = remote_catalog(rt)
+    try:
+        remote = remote_catalog(rt)
+    except CosmicError as exc:  # a malformed BACKUP_REMOTE, boto3 missing: local pruning stands
+        rt.log.warning("retention off-site skipped: %s", exc.message)
+        return [
+            PruneResult(c, RetentionPlan([]), [], "remote", f"not pruned: {exc.message}")
+            for c in components
+        ]
     if remote is None:
         return []
     failing = pending_components(rt.catalog.root)

@@ -297,3 +297,21 @@ def test_object_lock_makes_uploads_undeletable_and_retention_skips_them(
     (kept,) = [d for d in remote_plan["decisions"] if d["id"] == old]
     assert any("locked off-site until" in reason for reason in kept["reasons"])
     assert old in {e["id"] for e in listed(project, "--remote")}
+
+
+def test_a_malformed_remote_never_stops_local_retention(
+    make_project: ProjectFactory, s3_server: S3Server
+) -> None:
+    project = offsite_project(make_project, s3_server, "https://not-s3/x")
+    project.env["RETENTION_DAYS"] = "30"
+    backup = project.run("backup", "config")
+    assert backup.returncode == 0, backup.stderr
+    assert "is not an s3:// URL" in backup.stderr  # the upload's warning
+    old = aged_copy(project, 40)
+    prune = project.run("--json", "prune")
+    assert prune.returncode == 0, prune.stderr
+    components = json.loads(prune.stdout)["components"]
+    local = next(c for c in components if c["where"] == "local" and c["component"] == "config")
+    assert local["removed"] == [old]
+    remote = next(c for c in components if c["where"] == "remote" and c["component"] == "config")
+    assert "not an s3:// URL" in remote["note"]
