@@ -107,6 +107,26 @@ def test_a_corrupted_off_site_object_is_refused_naming_the_check(
     verify = project.run("verify", "config")
     assert verify.returncode != 0
     assert "MAC mismatch" in verify.stdout + verify.stderr
+    pull = project.run("sync", "--pull")
+    assert pull.returncode == 1 and "MAC mismatch" in pull.stdout
+    assert not list((project.backups / "config").glob("*"))  # nothing of it counted here
+
+
+def test_a_local_artifact_damaged_since_the_backup_is_never_uploaded_as_good(
+    make_project: ProjectFactory, s3_server: S3Server, remote_url: str
+) -> None:
+    project = offsite_project(make_project, s3_server, remote_url)
+    (port,) = free_ports(1)
+    nowhere = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_MAX_ATTEMPTS": "1"}
+    ok(project.run("backup", "config", env=nowhere))  # not uploaded yet
+    (artifact,) = (project.backups / "config").glob("*.enc")
+    data = bytearray(artifact.read_bytes())
+    data[-1] ^= 0x01  # one bit rots on the local disk
+    artifact.write_bytes(bytes(data))
+    sync = project.run("sync")
+    assert sync.returncode == 1
+    assert "no longer matches its MAC" in sync.stdout
+    assert remote_keys(s3_server, remote_url) == []  # neither the artifact nor a manifest
 
 
 def test_a_failed_upload_is_recorded_status_is_unhealthy_and_sync_completes_it(
