@@ -92,7 +92,7 @@ def test_round_trip_through_a_file(
         report = component(app_db).consume(payload, manifest, plan)
     assert full_state(app_db) == original
     assert report.details["tables"] == source.tables
-    assert f"Row counts match the backup: {sum(source['row_counts'].values())} rows" in "\n".join(
+    assert f"Row counts match the backup: {sum(source.row_counts.values())} rows" in "\n".join(
         report.lines
     )
 
