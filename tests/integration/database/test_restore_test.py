@@ -60,18 +60,27 @@ def drill(project: Project, *args: str) -> tuple[subprocess.CompletedProcess[str
     return result, (json.loads(result.stdout) if result.stdout.strip() else {})
 
 
-def leftovers(owner: int | None = None) -> list[Path]:
-    """Sandbox folders (throwaway servers, extractions) left by runs that have ended, or
-    owned by the run `owner`; live runs of other tests on this machine are not ours."""
+def sandboxes() -> list[tuple[Path, int]]:
+    """Every sandbox folder (throwaway servers, extractions) with the pid of its run."""
     found = []
     for folder in sandbox_root().iterdir() if sandbox_root().is_dir() else []:
         try:
-            pid = json.loads((folder / "owner.json").read_text())["pid"]
+            found.append((folder, int(json.loads((folder / "owner.json").read_text())["pid"])))
         except (OSError, ValueError, KeyError):
             continue
-        if pid == owner or not Path(f"/proc/{pid}").exists():
-            found.append(folder)
     return found
+
+
+def leftovers(owner: int | None = None) -> list[Path]:
+    """Sandbox folders left by runs that have ended, or owned by the run `owner`; live runs
+    of other tests on this machine are not ours."""
+    return [f for f, pid in sandboxes() if pid == owner or not Path(f"/proc/{pid}").exists()]
+
+
+def owned_by(owner: int) -> list[Path]:
+    """Sandbox folders of the run `owner` alone: other runs' leftovers, even of ended runs,
+    are not this test's to judge (the next run of any of them removes those)."""
+    return [folder for folder, pid in sandboxes() if pid == owner]
 
 
 def reseal(
@@ -264,7 +273,7 @@ def test_sigint_leaves_nothing_and_a_backup_meanwhile_does_not_wait(big_project:
     process.send_signal(signal.SIGINT)
     _out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
-    assert not leftovers(process.pid)
+    assert not owned_by(process.pid)
     for pid in pids:
         assert not alive(pid)
 
@@ -275,7 +284,7 @@ def test_sigterm_leaves_no_server_or_folder(big_project: Project) -> None:
     process.send_signal(signal.SIGTERM)
     _out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
-    assert not leftovers(process.pid)
+    assert not owned_by(process.pid)
     for pid in pids:
         assert not alive(pid)
 
