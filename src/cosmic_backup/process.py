@@ -19,13 +19,14 @@ import signal
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, TypeVar
 
 from cosmic_backup.errors import OperationFailed
 from cosmic_backup.redact import redact
 
+T = TypeVar("T")
 STDERR_LINES_KEPT = 20
 # PostgreSQL's severities and its tools' own "error:" prefix. A notice's DETAIL lines
 # ("drop cascades to ...") are noise; those right after the error, and its HINT, are not.
@@ -199,17 +200,9 @@ def run_captured(
         text=True,
         start_new_session=True,
     ) as process:
-        try:
-            out, err = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(process.pid)
-            process.communicate()
-            raise OperationFailed(
-                f"{Path(argv[0]).name} did not finish within {timeout:g} s and was stopped."
-            ) from None
-        except BaseException:
-            _kill_group(process.pid)
-            raise
+        out, err = _finish_or_kill(
+            process, timeout, lambda limit: process.communicate(timeout=limit)
+        )
     return subprocess.CompletedProcess(argv, process.returncode, out, err)
 
 
@@ -226,15 +219,23 @@ def run_shown(
     process = subprocess.Popen(
         argv, env=dict(env), cwd=cwd, stdout=out, stderr=out, start_new_session=True
     )
+    return _finish_or_kill(process, timeout, lambda limit: process.wait(timeout=limit))
+
+
+def _finish_or_kill(
+    process: subprocess.Popen[Any], timeout: float, finish: Callable[[float | None], T]
+) -> T:
+    """`finish(timeout)` (wait for it, collecting what it printed); past the time limit,
+    or when we are interrupted, its whole process group is killed first."""
     try:
-        return process.wait(timeout=timeout)
+        return finish(timeout)
     except subprocess.TimeoutExpired:
         _kill_group(process.pid)
-        process.wait()
+        finish(None)
+        name = Path(str(process.args[0])).name  # type: ignore[index]
         raise OperationFailed(
-            f"{Path(argv[0]).name} did not finish within {timeout:g} s and was stopped."
+            f"{name} did not finish within {timeout:g} s and was stopped."
         ) from None
     except BaseException:
         _kill_group(process.pid)
-        process.wait()
         raise
