@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -36,6 +37,45 @@ class SealedArtifact:
     iterations: int
 
 
+class _Derivation:
+    """The writer's keys, derived in threads started at once: PBKDF2 (hashlib releases the
+    GIL) then runs while the producer starts up (a database's connection test, snapshot
+    and pg_dump's catalog reads) instead of before it. Two threads: the AES key and IV,
+    and the master secret the MAC key comes from, are independent derivations."""
+
+    def __init__(self, key: Key, iterations: int) -> None:
+        self._encryptor: Encryptor | None = None
+        self._mac_key: bytes | None = None
+        self._error: BaseException | None = None
+        self._threads = [
+            threading.Thread(target=self._run, args=(self._derive_cipher, key, iterations)),
+            threading.Thread(target=self._run, args=(self._derive_mac, key, iterations)),
+        ]
+        for thread in self._threads:
+            thread.daemon = True  # an aborted backup does not wait for them
+            thread.start()
+
+    def _run(self, step: Callable[[Key, int], None], key: Key, iterations: int) -> None:
+        try:
+            step(key, iterations)
+        except BaseException as exc:  # handed to the writer's thread by result()
+            self._error = exc
+
+    def _derive_cipher(self, key: Key, iterations: int) -> None:
+        self._encryptor = Encryptor(key.passphrase, iterations)
+
+    def _derive_mac(self, key: Key, _iterations: int) -> None:
+        self._mac_key = key.artifact_mac_key
+
+    def result(self) -> tuple[Encryptor, bytes]:
+        for thread in self._threads:
+            thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._encryptor is not None and self._mac_key is not None
+        return self._encryptor, self._mac_key
+
+
 class SealingWriter(io.RawIOBase):
     """A writable stream: what is written is compressed, encrypted and MACed into `sink`.
 
@@ -55,8 +95,9 @@ class SealingWriter(io.RawIOBase):
         super().__init__()
         self._sink = sink
         self._compressor = compressor(level)
-        self._encryptor = Encryptor(key.passphrase, iterations)
-        self._mac = hmac.new(key.artifact_mac_key, digestmod=hashlib.sha256)
+        self._derivation: _Derivation | None = _Derivation(key, iterations)
+        self._encryptor: Encryptor | None = None
+        self._mac: hmac.HMAC | None = None
         self._sha256 = hashlib.sha256()
         self._plaintext_size = 0
         self._stored_size = 0
@@ -79,13 +120,24 @@ class SealingWriter(io.RawIOBase):
             return 0
         self._sha256.update(view)
         self._plaintext_size += size
-        self._store(self._encryptor.update(self._compressor.compress(view)))
+        encryptor = self._encryptor or self._keys_ready()
+        self._store(encryptor.update(self._compressor.compress(view)))
         if self._on_progress is not None:
             self._on_progress(size)
         return size
 
+    def _keys_ready(self) -> Encryptor:
+        """The encryptor, once the derivations started in __init__ are done."""
+        if self._encryptor is None:
+            assert self._derivation is not None
+            self._encryptor, mac_key = self._derivation.result()
+            self._mac = hmac.new(mac_key, digestmod=hashlib.sha256)
+            self._derivation = None
+        return self._encryptor
+
     def _store(self, data: bytes) -> None:
         if data:
+            assert self._mac is not None
             self._mac.update(data)
             self._sink.write(data)
             self._stored_size += len(data)
@@ -100,8 +152,10 @@ class SealingWriter(io.RawIOBase):
             return
         try:
             if not self._aborted:
-                self._store(self._encryptor.update(self._compressor.flush()))
-                self._store(self._encryptor.finalize())
+                encryptor = self._keys_ready()
+                self._store(encryptor.update(self._compressor.flush()))
+                self._store(encryptor.finalize())
+                assert self._mac is not None
                 self.result = SealedArtifact(
                     plaintext_size=self._plaintext_size,
                     plaintext_sha256=self._sha256.hexdigest(),

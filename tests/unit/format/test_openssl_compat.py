@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +19,9 @@ from hypothesis import strategies as st
 from cosmic_backup.format.cipher import Decryptor, Encryptor, derive_key_iv
 from cosmic_backup.format.compression import Decompressor
 from cosmic_backup.format.keyfile import read_key_file
+from cosmic_backup.format.keys import Key
 from cosmic_backup.format.manifest import Manifest, dump_manifest, kdf_description
-from cosmic_backup.format.pipeline import CHUNK_SIZE
+from cosmic_backup.format.pipeline import CHUNK_SIZE, SealingWriter
 from cosmic_backup.settings import MIN_KDF_ITERATIONS
 from tests.unit.format import (
     FAST,
@@ -251,3 +253,23 @@ def test_openssl_at_the_real_minimum_reads_back_through_ours(key_file: Path) -> 
     )
     sealed = recorded_for(encrypted, payload, MIN_KDF_ITERATIONS)
     assert unseal(encrypted, sealed) == payload
+
+
+def test_the_keys_are_derived_while_the_producer_starts(key_file: Path, tmp_path: Path) -> None:
+    """Opening a writer does not wait for PBKDF2 (it runs in threads until the first
+    write needs it), and what comes out is still exactly openssl's format."""
+    iterations = 1_500_000  # about 0.8 s here: far more than opening should take
+    key = Key(b"a key no other test derives, so its master secret is not cached")
+    key_file.write_bytes(key.passphrase)
+    began = time.perf_counter()
+    with open(tmp_path / "artifact", "wb") as sink:
+        writer = SealingWriter(sink, key, iterations)
+        opened = time.perf_counter() - began
+        writer.write(b"written after the derivation")
+        writer.close()
+    derived = time.perf_counter() - began
+    assert opened < derived / 4, (opened, derived)
+    artifact = tmp_path / "artifact"
+    assert openssl_decrypt_and_gunzip(artifact, key_file, iterations) == (
+        b"written after the derivation"
+    )
