@@ -1,7 +1,9 @@
 """The `cosmic-backup` command: global options, command registration, error rendering.
 
 Each command group lives in its own module exposing ``register(app)``; add new modules
-to COMMAND_MODULES. Errors are rendered here only: a `CosmicError` becomes its one
+to COMMAND_MODULES and their commands to COMMANDS. run() imports only the module of the
+command being run (all of them for the top-level help): a command does not pay for the
+imports of the others. Errors are rendered here only: a `CosmicError` becomes its one
 sentence and exit code; anything else is a bug, shown with a traceback under --debug.
 """
 
@@ -34,6 +36,21 @@ COMMAND_MODULES = (
     "demo_cmd",
     "sync_cmd",
 )
+# The command names each module registers, so that run() imports only the one it needs.
+COMMANDS = {
+    "backup": "backup_cmd",
+    "restore": "restore_cmd",
+    "list": "list_cmd",
+    "verify": "verify_cmd",
+    "key": "key_cmd",
+    "doctor": "doctor_cmd",
+    "init": "init_cmd",
+    "prune": "operations_cmd",
+    "status": "operations_cmd",
+    "schedule": "operations_cmd",
+    "demo": "demo_cmd",
+    "sync": "sync_cmd",
+}
 
 app = typer.Typer(
     name="cosmic-backup",
@@ -85,8 +102,31 @@ def main(
     ctx.obj = CliState(root.resolve(), debug, json_output, log_format, wait, allow_insecure_key)
 
 
-for _module in COMMAND_MODULES:
-    importlib.import_module(f"cosmic_backup.cli.{_module}").register(app)
+_registered: set[str] = set()
+
+
+def register_commands(args: list[str]) -> None:
+    """Register the module of the command in `args` (hoisted), or every module when there
+    is none, or it is not one we know (typer then lists them all, or names the typo)."""
+    command = next((word for word in _words(args) if not word.startswith("-")), None)
+    modules = [COMMANDS[command]] if command in COMMANDS else list(COMMAND_MODULES)
+    for module in modules:
+        if module not in _registered:
+            importlib.import_module(f"cosmic_backup.cli.{module}").register(app)
+            _registered.add(module)
+
+
+def _words(args: list[str]) -> list[str]:
+    """`args` without the global options' values (``-C path``), up to ``--``."""
+    words: list[str] = []
+    skip = False
+    for word in args:
+        if word == "--":
+            break
+        if not skip:
+            words.append(word)
+        skip = word in GLOBAL_VALUED and not skip
+    return words
 
 
 def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
@@ -137,6 +177,7 @@ def run() -> None:
     `Interrupted` error so they get exit code 130 and the clean-up of every `finally`.
     """
     args = hoist_global_options(sys.argv[1:])
+    register_commands(args)
     debug = "--debug" in args
     signal.signal(signal.SIGTERM, _raise_interrupted)
     signal.signal(signal.SIGINT, _raise_interrupted)
