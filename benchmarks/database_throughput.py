@@ -1,6 +1,7 @@
 """Database backup and restore times next to plain pg_dump / pg_restore, in the same run.
 
 Usage: python benchmarks/database_throughput.py [--size MIB] [--runs 3] [--restore-test]
+           [--backup-only] [--before SRC]
 
 Starts a throwaway PostgreSQL server, fills a database with about --size MiB (default
 1024) of app-like rows (generate_series), then alternates, run by run:
@@ -13,6 +14,11 @@ Starts a throwaway PostgreSQL server, fills a database with about --size MiB (de
      then the row-count comparison),
   5. with --restore-test: `cosmic-backup verify --restore-test database` (a throwaway
      server started, the same restore into it, row counts and the dump's objects checked).
+  6. `pg_dump -Fc -Z0 > /dev/null` (the floor a backup is measured against), and
+     with --before SRC the same `backup database` run from another checkout's `src`
+     folder (PYTHONPATH=SRC: e.g. `git archive COMMIT src | tar -x -C /tmp/old`), so a
+     change is measured before and after side by side, interleaved in the same run.
+--backup-only leaves out the restores (3 and 4).
 Prints the medians, the ratios, and the peak RSS of the cosmic-backup process itself
 (sampled from /proc; pg_dump, pg_restore, psql and the server are not ours).
 """
@@ -68,17 +74,29 @@ def peak_rss_kib(pid: int) -> int:
     return 0
 
 
-def timed(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """Seconds, and the peak RSS (KiB) of the process itself, sampled until it exits."""
+def timed(
+    argv: list[str], env: dict[str, str], cpu: list[float] | None = None
+) -> tuple[float, int]:
+    """Seconds, and the peak RSS (KiB) of the process itself, sampled until it exits.
+
+    With `cpu`, the CPU seconds (user + system) of the process and of the children it
+    waited for (pg_dump) are appended to it: steadier than wall time on a shared machine.
+    """
     start = time.perf_counter()
     process = subprocess.Popen(
         argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     peak = 0
-    while process.poll() is None:
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            break
         peak = max(peak, peak_rss_kib(process.pid))
         time.sleep(0.05)
     elapsed = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if cpu is not None:
+        cpu.append(usage.ru_utime + usage.ru_stime)
     if process.returncode != 0:
         error = process.stderr.read() if process.stderr else ""
         raise SystemExit(f"{argv} failed ({process.returncode}): {error}")
@@ -91,8 +109,14 @@ def drop(server: ThrowawayServer, name: str) -> None:
 
 
 def one_run(
-    server: ThrowawayServer, root: Path, source: str, env: dict[str, str], restore_test: bool
-) -> tuple[dict[str, float], int]:
+    server: ThrowawayServer,
+    root: Path,
+    source: str,
+    env: dict[str, str],
+    args: argparse.Namespace,
+    peaks: dict[str, int],
+    cpus: dict[str, list[float]],
+) -> dict[str, float]:
     bin_dir = server.bin_dir
     conn = ["--host=127.0.0.1", f"--port={server.port}", "--username=postgres"]
     cli = [sys.executable, "-m", "cosmic_backup", "-C", str(root)]
@@ -106,7 +130,18 @@ def one_run(
         [str(bin_dir / "pg_dump"), *conn, "-Fc", "-Z0", f"--file={raw}", source], env
     )
     raw.unlink()
-    seconds["ours_backup"], peak_backup = timed([*cli, "backup", "database"], env)
+    # The floor: `timed` sends stdout to /dev/null.
+    seconds["pg_dump_null"], _ = timed([str(bin_dir / "pg_dump"), *conn, "-Fc", "-Z0", source], env)
+    backup = [*cli, "backup", "database"]
+    seconds["ours_backup"], peak = timed(backup, env, cpus.setdefault("ours_backup", []))
+    peaks["ours_backup"] = max(peaks.get("ours_backup", 0), peak)
+    for other in args.before or []:
+        label = f"before_backup[{other.parent.name}]"
+        other_env = {**env, "PYTHONPATH": str(other)}
+        seconds[label], peak = timed(backup, other_env, cpus.setdefault(label, []))
+        peaks[label] = max(peaks.get(label, 0), peak)
+    if args.backup_only:
+        return seconds
     target = server.create_database("plain")
     seconds["pg_restore"], _ = timed(
         [
@@ -124,14 +159,15 @@ def one_run(
     # No password in our argv either: libpq takes it from PGPASSWORD in `env`.
     url = f"postgresql://postgres@127.0.0.1:{server.port}/{into}"
     restore = ["restore", "database", "latest", "--into", url, "--yes"]
-    seconds["ours_restore"], peak_restore = timed([*cli, *restore, "--no-safety-backup"], env)
+    seconds["ours_restore"], peak = timed([*cli, *restore, "--no-safety-backup"], env)
+    peaks["ours_restore"] = max(peaks.get("ours_restore", 0), peak)
     drop(server, into)
-    peak_test = 0
-    if restore_test:
-        seconds["ours_restore_test"], peak_test = timed(
+    if args.restore_test:
+        seconds["ours_restore_test"], peak = timed(
             [*cli, "verify", "--restore-test", "database"], env
         )
-    return seconds, max(peak_backup, peak_restore, peak_test)
+        peaks["ours_restore_test"] = max(peaks.get("ours_restore_test", 0), peak)
+    return seconds
 
 
 def main() -> None:
@@ -142,6 +178,13 @@ def main() -> None:
         "--restore-test",
         action="store_true",
         help="also time `verify --restore-test database` (a throwaway server of its own)",
+    )
+    parser.add_argument("--backup-only", action="store_true", help="leave out the restores")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        action="append",
+        help="also time `backup database` from this other checkout's src folder (repeatable)",
     )
     args = parser.parse_args()
     with throwaway_server() as server, tempfile.TemporaryDirectory() as folder:
@@ -157,24 +200,31 @@ def main() -> None:
             "DATABASE_URL": server.url(source),
         }
         results: dict[str, list[float]] = {}
-        peak = 0
+        peaks: dict[str, int] = {}
+        cpus: dict[str, list[float]] = {}
         for run in range(args.runs):
-            seconds, run_peak = one_run(server, root, source, env, args.restore_test)
-            print(f"run {run + 1}: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
+            seconds = one_run(server, root, source, env, args, peaks, cpus)
+            print(f"run {run + 1}: " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()))
             for name, value in seconds.items():
                 results.setdefault(name, []).append(value)
-            peak = max(peak, run_peak)
         cli = [sys.executable, "-m", "cosmic_backup", "-C", str(root), "--json", "list"]
         listing = subprocess.run(
             [*cli, "database"], env=env, capture_output=True, text=True, check=True
         )
         stored = json.loads(listing.stdout)[-1]["stored_size"]
         plain_size = (root / "plain.dump").stat().st_size
-    report(size, plain_size, stored, args.runs, results, peak)
+    report(size, plain_size, stored, args.runs, results, peaks)
+    for key, values in cpus.items():
+        print(f"CPU seconds (ours + pg_dump), {key}: median {statistics.median(values):.2f}")
 
 
 def report(
-    size: int, plain: int, stored: int, runs: int, results: dict[str, list[float]], peak: int
+    size: int,
+    plain: int,
+    stored: int,
+    runs: int,
+    results: dict[str, list[float]],
+    peaks: dict[str, int],
 ) -> None:
     medians = {k: statistics.median(v) for k, v in results.items()}
     print(
@@ -184,7 +234,9 @@ def report(
     rows = [
         ("pg_dump -Fc -Z0 (raw, to a file)", "pg_dump_raw"),
         ("pg_dump -Fc (zlib, to a file)", "pg_dump"),
+        ("pg_dump -Fc -Z0 > /dev/null (the floor)", "pg_dump_null"),
         ("cosmic-backup backup database", "ours_backup"),
+        *((f"  the same from {key[14:-1]}", key) for key in results if key.startswith("before_")),
         ("pg_restore --single-transaction", "pg_restore"),
         ("cosmic-backup restore database --into", "ours_restore"),
         ("cosmic-backup verify --restore-test database", "ours_restore_test"),
@@ -193,14 +245,19 @@ def report(
     for label, key in rows:
         if key in medians:
             print(f"{label:<46}{medians[key]:>9.2f}")
-    for label, key in (("pg_dump -Fc", "pg_dump"), ("raw pg_dump -Z0", "pg_dump_raw")):
-        print(f"backup ratio ours / {label}: {medians['ours_backup'] / medians[key]:.2f}")
-    print(f"restore ratio ours / pg_restore: {medians['ours_restore'] / medians['pg_restore']:.2f}")
+    floors = (("pg_dump -Fc", "pg_dump"), ("raw pg_dump -Z0", "pg_dump_raw"))
+    for label, key in (*floors, ("pg_dump -Z0 > /dev/null", "pg_dump_null")):
+        for ours in ("ours_backup", *(k for k in medians if k.startswith("before_"))):
+            print(f"backup ratio {ours} / {label}: {medians[ours] / medians[key]:.2f}")
+    if "ours_restore" in medians:
+        ratio = medians["ours_restore"] / medians["pg_restore"]
+        print(f"restore ratio ours / pg_restore: {ratio:.2f}")
     if "ours_restore_test" in medians:
         test, restore = medians["ours_restore_test"], medians["ours_restore"]
         backup = medians["ours_backup"]
         print(f"restore test / backup: {test / backup:.2f}; / restore: {test / restore:.2f}")
-    print(f"peak RSS of the cosmic-backup process: {peak / 1024:.0f} MiB")
+    for key, peak in peaks.items():
+        print(f"peak RSS of the cosmic-backup process, {key}: {peak / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":
