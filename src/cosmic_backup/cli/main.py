@@ -1,10 +1,10 @@
 """The `cosmic-backup` command: global options, command registration, error rendering.
 
-Each command group lives in its own module exposing ``register(app)``; add new modules
-to COMMAND_MODULES and their commands to COMMANDS. run() imports only the module of the
-command being run (all of them for the top-level help): a command does not pay for the
-imports of the others. Errors are rendered here only: a `CosmicError` becomes its one
-sentence and exit code; anything else is a bug, shown with a traceback under --debug.
+Each command group lives in its own module exposing ``register(app)``; add its commands
+to COMMANDS. run() imports only the module of the command being run (all of them for the
+top-level help): a command does not pay for the imports of the others. Errors are
+rendered here only: a `CosmicError` becomes its one sentence and exit code; anything else
+is a bug, shown with a traceback under --debug.
 """
 
 from __future__ import annotations
@@ -24,18 +24,6 @@ from cosmic_backup.cli.common import CliState, stderr
 from cosmic_backup.errors import CosmicError, ExitCode, Interrupted
 from cosmic_backup.redact import redact
 
-COMMAND_MODULES = (
-    "backup_cmd",
-    "restore_cmd",
-    "list_cmd",
-    "verify_cmd",
-    "key_cmd",
-    "doctor_cmd",
-    "init_cmd",
-    "operations_cmd",
-    "demo_cmd",
-    "sync_cmd",
-)
 # The command names each module registers, so that run() imports only the one it needs.
 COMMANDS = {
     "backup": "backup_cmd",
@@ -51,6 +39,7 @@ COMMANDS = {
     "demo": "demo_cmd",
     "sync": "sync_cmd",
 }
+COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))  # in the order help lists them
 
 app = typer.Typer(
     name="cosmic-backup",
