@@ -17,11 +17,12 @@ import pytest
 
 from cosmic_backup.components.base import BackupRequest, Produced, RestoreRequest
 from cosmic_backup.components.database.connection import ConnectionFailed, check_connection
+from cosmic_backup.components.database.dump import _pg_dump_error
 from cosmic_backup.components.database.tools import candidates, find_tool
 from cosmic_backup.components.database.url import parse_database_url
 from cosmic_backup.errors import ExitCode, IntegrityError, OperationFailed
 from cosmic_backup.format.manifest import Manifest
-from cosmic_backup.process import PUMP_CHUNK
+from cosmic_backup.process import PUMP_CHUNK, Child
 from tests.integration.database.appdb import (
     DESTRUCTIVE_CHANGES,
     create_app_database,
@@ -422,3 +423,16 @@ def test_the_migration_head_of_each_known_tool(
     execute(url, ddl)
     _, manifest = dump_into_memory(component, url, mode="schema-only")
     assert manifest.source["migration_head"] == head
+
+
+def test_pg_dumps_own_lock_wait_timeout_is_named_as_a_locked_table() -> None:
+    """pg_dump --lock-wait-timeout cancels its LOCK TABLE as a statement timeout."""
+    script = (
+        "echo 'pg_dump: error: query failed: ERROR:  canceling statement due to statement "
+        "timeout' >&2; echo 'pg_dump: detail: Query was: LOCK TABLE public.orders IN ACCESS "
+        "SHARE MODE' >&2; exit 1"
+    )
+    child = Child(["/bin/sh", "-c", script], env={}, timeout=10, log=logging.getLogger("test"))
+    assert child.wait() == 1
+    message = _pg_dump_error(child, 5)
+    assert "public.orders" in message and "locked by another session" in message

@@ -231,7 +231,9 @@ def _run_pg_dump(
 
 def _pg_dump_error(child: Child, lock_wait: int) -> str:
     text = child.stderr_text.lower()
-    if "lock timeout" in text or "could not obtain lock" in text:
+    # pg_dump's --lock-wait-timeout is a statement timeout on its LOCK TABLE.
+    waited = "statement timeout" in text and "lock table" in text
+    if "lock timeout" in text or "could not obtain lock" in text or waited:
         locked = re.search(r"lock table (\S+)", text)
         return lock_message(f"The table {locked.group(1)}" if locked else "A table", lock_wait)
     if "server version mismatch" in text:
