@@ -1,11 +1,12 @@
 """Taking a dump: pg_dump (custom format, uncompressed) streamed into the sealing pipeline.
 
-A REPEATABLE READ transaction exports a snapshot (and holds no table lock); the row
-counts of every table are read in it (in short transactions of their own that import the
-snapshot and end before pg_dump starts, so their locks are gone by then) and pg_dump
-dumps exactly that snapshot, so a restore can be checked against the counts. The dump
-goes straight from pg_dump's stdout into our stream: the plain dump never touches the
-disk.
+A REPEATABLE READ transaction exports a snapshot (and holds no table lock); the tables,
+schemas and migration head are read in it (a short catalog read that ends before pg_dump
+starts) and pg_dump dumps exactly that snapshot. The row counts are taken from the dump
+itself as it passes through (stream_counts.py), so a restore can be checked against them
+without a second scan of the data; only if the stream cannot be read do they fall back to
+count(*) in the same snapshot. The dump goes straight from pg_dump's stdout into our
+stream: the plain dump never touches the disk.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from psycopg import sql
 from cosmic_backup.components.database.connection import ServerInfo, connect
 from cosmic_backup.components.database.migrations import migration_head
 from cosmic_backup.components.database.source import DatabaseSource
+from cosmic_backup.components.database.stream_counts import StreamCounter
 from cosmic_backup.components.database.tools import Tool
 from cosmic_backup.components.database.url import Target
 from cosmic_backup.errors import OperationFailed
@@ -109,8 +111,9 @@ def take_dump(
 ) -> DatabaseSource:
     """Dump `target` into `out`; return what the manifest records of the source.
 
-    BACKUP_TIMEOUT bounds the whole of it: the row counts run under a statement timeout
-    of what is left, and pg_dump gets the rest.
+    BACKUP_TIMEOUT bounds the whole of it: pg_dump gets what is left after the catalog
+    reads, and a count(*) fallback (only if the stream could not be read) what is left
+    after pg_dump.
     """
     deadline = time.monotonic() + limits.timeout
     with connect(target, limits.connect_timeout) as exporter:
@@ -121,9 +124,14 @@ def take_dump(
         exporter.execute("SET idle_in_transaction_session_timeout = 0")
         exporter.execute("SET statement_timeout = 0")
         snapshot = str(exporter.execute("SELECT pg_export_snapshot()").fetchone()[0])  # type: ignore[index]
-        facts = _read_snapshot(target, snapshot, mode, limits, deadline)
+        tables, facts = _read_snapshot(target, snapshot, limits)
         remaining = max(1.0, deadline - time.monotonic())
-        _run_pg_dump(out, target, snapshot, mode, pg_dump, limits, log, remaining)
+        counter = StreamCounter()
+        _run_pg_dump(out, target, snapshot, mode, pg_dump, limits, log, remaining, counter)
+        if mode != MODE_SCHEMA_ONLY:
+            facts["row_counts"] = _row_counts(
+                target, snapshot, tables, counter, limits, log, deadline
+            )
         exporter.rollback()
     return DatabaseSource(
         database=target.dbname,
@@ -135,17 +143,11 @@ def take_dump(
 
 
 def _read_snapshot(
-    target: Target, snapshot: str, mode: str, limits: DumpSettings, deadline: float
-) -> dict[str, Any]:
-    """Tables, row counts, schemas and migration head, read in the exported snapshot, so
-    they describe exactly what pg_dump dumps.
-
-    Counting locks each table and (through the planner) its indexes until its transaction
-    ends. Holding those for every table, next to pg_dump's own, ran out of lock slots
-    ("out of shared memory") at a few thousand tables where pg_dump alone works; so the
-    counts run in short transactions of COUNT_BATCH tables, each importing the snapshot,
-    and all of them end before pg_dump starts.
-    """
+    target: Target, snapshot: str, limits: DumpSettings
+) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    """Tables, schemas and migration head, read in the exported snapshot, so they describe
+    exactly what pg_dump dumps. Catalog reads only, in a transaction that ends before
+    pg_dump starts (the migration head reads one small table)."""
     with connect(target, limits.connect_timeout) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
@@ -156,21 +158,69 @@ def _read_snapshot(
         tables = list_tables(conn)
         schemas = [str(row[0]) for row in conn.execute(SCHEMAS_QUERY).fetchall()]
         head = migration_head(conn)
-        conn.commit()  # a SET made in a transaction lasts the session only once committed
-        counts = {}
-        if mode != MODE_SCHEMA_ONLY:
-            for first in range(0, len(tables), COUNT_BATCH):
-                _begin_in(conn, snapshot)
-                counts.update(
-                    _count_batch(conn, tables[first : first + COUNT_BATCH], limits, deadline)
-                )
-                conn.commit()
-    return {
+        conn.commit()
+    return tables, {
         "tables": [f"{s}.{t}" for s, t in tables],
-        "row_counts": counts,
+        "row_counts": {},
         "schemas": schemas,
         "migration_head": head,
     }
+
+
+def _row_counts(
+    target: Target,
+    snapshot: str,
+    tables: list[tuple[str, str]],
+    counter: StreamCounter,
+    limits: DumpSettings,
+    log: logging.Logger,
+    deadline: float,
+) -> dict[str, int]:
+    """The rows of every listed table, as counted in the dump's stream.
+
+    A table the stream did not carry (or a stream we could not read) is counted with
+    count(*) in the same snapshot, still held open by the exporting transaction.
+    """
+    streamed = counter.counts()
+    if streamed is None:
+        log.info("row counts: %s; counting with count(*) instead", counter.failure)
+        streamed = {}
+    names = [f"{s}.{t}" for s, t in tables]
+    missing = [table for table, name in zip(tables, names, strict=True) if name not in streamed]
+    counts = {name: streamed[name] for name in names if name in streamed}
+    if missing:
+        if counter.failure is None:
+            log.info(
+                "row counts: %d table(s) not in the dump's stream; counting them", len(missing)
+            )
+        counts.update(_count_in_snapshot(target, snapshot, missing, limits, deadline))
+    return {name: counts[name] for name in names}
+
+
+def _count_in_snapshot(
+    target: Target,
+    snapshot: str,
+    tables: list[tuple[str, str]],
+    limits: DumpSettings,
+    deadline: float,
+) -> dict[str, int]:
+    """count(*) of `names` in the snapshot, COUNT_BATCH tables per transaction: counting
+    locks each table and its indexes until the transaction ends, and holding those for
+    thousands of tables at once ran out of lock slots ("out of shared memory")."""
+    counts: dict[str, int] = {}
+    with connect(target, limits.connect_timeout) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        for first in range(0, len(tables), COUNT_BATCH):
+            _begin_in(conn, snapshot)
+            conn.execute(
+                sql.SQL("SET LOCAL lock_timeout = {}").format(
+                    sql.Literal(f"{limits.lock_wait_timeout}s")
+                )
+            )
+            counts.update(_count_batch(conn, tables[first : first + COUNT_BATCH], limits, deadline))
+            conn.commit()
+    return counts
 
 
 def _begin_in(conn: psycopg.Connection, snapshot: str) -> None:
@@ -204,6 +254,7 @@ def _run_pg_dump(
     limits: DumpSettings,
     log: logging.Logger,
     seconds_left: float,
+    counter: StreamCounter,
 ) -> None:
     argv = [
         pg_dump.path,
@@ -222,6 +273,7 @@ def _run_pg_dump(
     with running(child):
         while chunk := child.process.stdout.read(PUMP_CHUNK):
             out.write(chunk)
+            counter.feed(chunk)
         code = child.wait()
     if child.timed_out:
         raise OperationFailed(timeout_message(limits.timeout))
