@@ -22,6 +22,8 @@ from cosmic_backup.errors import UsageError
 from cosmic_backup.operations.restore import Confirm, RestorePreview, restore_component
 from cosmic_backup.redact import mask_connection_string
 
+MAX_JOBS = 64
+
 
 def restore(
     ctx: typer.Context,
@@ -57,6 +59,30 @@ def restore(
             help="Database: leave out the backup's GRANTs (for roles this server lacks).",
         ),
     ] = False,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs",
+            "-j",
+            help="Database: restore with N parallel pg_restore jobs into a new database that "
+            "then takes the target's name (needs CREATEDB, owning the target and no other "
+            "sessions at the swap; else one transaction, saying why).",
+        ),
+    ] = None,
+    keep_old: Annotated[
+        bool,
+        typer.Option(
+            "--keep-old", help="Database, --jobs: keep the replaced database under a new name."
+        ),
+    ] = False,
+    terminate_sessions: Annotated[
+        bool,
+        typer.Option(
+            "--terminate-sessions",
+            help="Database, --jobs: end other sessions on the target at the swap instead of "
+            "waiting for them.",
+        ),
+    ] = False,
     no_restore_owner: Annotated[
         bool,
         typer.Option(
@@ -79,11 +105,15 @@ def restore(
         )
     if (drop_dependents or no_privileges) and what != "database":
         raise UsageError("--drop-dependents and --no-privileges are for the database only.")
+    _check_jobs(what, jobs, keep_old or terminate_sessions)
     request = RestoreRequest(
         target=into or target_dir,
         safety_backup=not no_safety_backup,
         drop_dependents=drop_dependents,
         no_privileges=no_privileges,
+        jobs=jobs,
+        keep_old=keep_old,
+        terminate_sessions=terminate_sessions,
     )
     owner = False if no_restore_owner else None  # None: the setting decides
     runtime = open_cli_runtime(ctx, settings_for(ctx, files_restore_owner=owner))
@@ -94,6 +124,13 @@ def restore(
         for line in outcome.report.lines:
             stdout.print(line, markup=False)
         stdout.print(f"Restored {outcome.manifest.id} in {outcome.duration:.1f}s.", markup=False)
+
+
+def _check_jobs(what: str, jobs: int | None, jobs_options: bool) -> None:
+    if (jobs is not None or jobs_options) and what != "database":
+        raise UsageError("--jobs, --keep-old and --terminate-sessions are for the database only.")
+    if jobs is not None and not 1 <= jobs <= MAX_JOBS:
+        raise UsageError(f"--jobs takes a number of parallel jobs from 1 to {MAX_JOBS}.")
 
 
 def _confirmer(yes: bool) -> Confirm:

@@ -72,6 +72,12 @@ class RestoreRequest:
     # (--no-privileges, for roles missing on the target).
     drop_dependents: bool = False
     no_privileges: bool = False
+    # Database: restore with pg_restore -j N into a new database, then swap the names
+    # (--jobs; None: the setting decides); keep the old one (--keep-old); end other
+    # sessions on the target at the swap (--terminate-sessions).
+    jobs: int | None = None
+    keep_old: bool = False
+    terminate_sessions: bool = False
 
 
 @dataclass

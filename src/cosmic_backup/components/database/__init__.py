@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import subprocess
 import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import psycopg
@@ -20,20 +23,38 @@ from cosmic_backup.components.base import (
     RestoreRequest,
 )
 from cosmic_backup.components.database.connection import ServerInfo, check_connection, connect
+from cosmic_backup.components.database.directory_dump import (
+    DirectoryDump,
+    check_directory_payload,
+    unpacked_dump,
+)
 from cosmic_backup.components.database.dump import DumpSettings, take_dump
 from cosmic_backup.components.database.migrations import migration_head
+from cosmic_backup.components.database.parallel_restore import (
+    Fallback,
+    Job,
+    JobsOptions,
+    describe_mismatches,
+    mismatched_counts,
+    remove_leftovers,
+    restore_parallel,
+)
+from cosmic_backup.components.database.parallel_restore import (
+    check_possible as parallel_possible,
+)
 from cosmic_backup.components.database.restore import (
     RestoreLimits,
     current_row_counts,
     restore_dump,
 )
 from cosmic_backup.components.database.source import DatabaseSource
-from cosmic_backup.components.database.tools import find_tool
+from cosmic_backup.components.database.tools import Tool, find_tool
 from cosmic_backup.components.database.url import Target, parse_database_url
 from cosmic_backup.errors import IntegrityError, NotConfigured, OperationFailed
 from cosmic_backup.format.manifest import MODE_FULL, MODE_SCHEMA_ONLY, TAG_PRE_RESTORE, Manifest
 from cosmic_backup.process import Child, pump, running
 from cosmic_backup.redact import redact
+from cosmic_backup.settings import Settings
 
 __all__ = ["DatabaseComponent"]
 
@@ -41,6 +62,16 @@ __all__ = ["DatabaseComponent"]
 class DatabaseComponent(Component):
     name = "database"
     payload = "dump"
+
+    def __init__(self, settings: Settings, log: logging.Logger) -> None:
+        super().__init__(settings, log)
+        if settings.db_jobs > 1:
+            # A parallel dump is a folder sealed as a tar: the artifact's name says so.
+            self.payload = "dump.tar"  # type: ignore[misc]
+
+    def _dump_folders(self) -> Path:
+        """Where a dump's temporary folders go (directory_dump.py): beside the dumps."""
+        return self.settings.path("backup_dir") / self.name
 
     # -- settings -----------------------------------------------------------------------
     def check_configured(self) -> None:
@@ -89,9 +120,18 @@ class DatabaseComponent(Component):
         limits = DumpSettings(
             self.settings.connect_timeout, self.settings.lock_wait_timeout, self.settings.timeout
         )
+        jobs = self.settings.db_jobs
+        directory = DirectoryDump(jobs, self._dump_folders()) if jobs > 1 else None
         try:
             source = take_dump(
-                out, target, mode=mode, server=server, pg_dump=pg_dump, limits=limits, log=self.log
+                out,
+                target,
+                mode=mode,
+                server=server,
+                pg_dump=pg_dump,
+                limits=limits,
+                log=self.log,
+                directory=directory,
             )
         except psycopg.Error as exc:
             raise OperationFailed(
@@ -107,10 +147,11 @@ class DatabaseComponent(Component):
     def plan_restore(self, manifest: Manifest, request: RestoreRequest) -> RestorePlan:
         target = self._target(request.target)
         server = self._connect_checked(target)
-        notes = [
-            f"Everything in {target.describe()} is replaced by the backup, in one "
-            "transaction: if anything fails, the database stays as it is."
-        ]
+        remove_leftovers(
+            self.settings.path("backup_dir"), target, self.settings.connect_timeout, self.log
+        )
+        private = {"target": target, "server": server, "request": request}
+        notes = self._jobs_plan(target, request, private)
         notes += self._migration_note(manifest, target)
         if manifest.mode == MODE_SCHEMA_ONLY:
             notes.append(
@@ -122,8 +163,35 @@ class DatabaseComponent(Component):
         safety = BackupRequest(
             mode=MODE_FULL, tags=(TAG_PRE_RESTORE,), source_override=request.target
         )
-        private = {"target": target, "server": server, "request": request}
         return RestorePlan(target.describe(), notes, safety, private)
+
+    def _jobs_plan(
+        self, target: Target, request: RestoreRequest, private: dict[str, Any]
+    ) -> list[str]:
+        """How the restore will run: --jobs N into a new database and a swap, when this
+        server and role allow it; else in one transaction (saying why when --jobs asked)."""
+        jobs = request.jobs if request.jobs is not None else getattr(self.settings, "db_jobs", 1)
+        one = [
+            f"Everything in {target.describe()} is replaced by the backup, in one "
+            "transaction: if anything fails, the database stays as it is."
+        ]
+        if jobs <= 1:
+            return one
+        options = JobsOptions(jobs, request.keep_old, request.terminate_sessions)
+        try:
+            private["parallel"] = (
+                options,
+                parallel_possible(target, options, self.settings.connect_timeout),
+            )
+        except Fallback as fallback:
+            self.log.warning("%s", fallback.sentence)
+            return [fallback.sentence, *one]
+        return [
+            f"Everything in {target.describe()} is replaced by the backup: restored with "
+            f"{jobs} parallel jobs into a new database, which takes its name at the end (no "
+            "other session may be connected then); if anything fails first, the database "
+            "stays as it is."
+        ]
 
     def _migration_note(self, manifest: Manifest, target: Target) -> list[str]:
         saved = DatabaseSource.of(manifest).migration_head
@@ -149,23 +217,31 @@ class DatabaseComponent(Component):
         )
         psql = find_tool("psql", server.major, self.settings.pg_bin_dir)
         began = time.monotonic()
+        if "parallel" in plan.private:
+            return self._consume_parallel(payload, manifest, plan, pg_restore, psql)
         try:
-            outcome = restore_dump(
-                payload,
-                target,
-                schemas=source.schemas,
-                pg_restore=pg_restore,
-                psql=psql,
-                server_major=server.major,
-                limits=RestoreLimits(
-                    self.settings.connect_timeout,
-                    self.settings.lock_wait_timeout,
-                    self.settings.timeout,
-                ),
-                log=self.log,
-                drop_dependents=request.drop_dependents,
-                no_privileges=request.no_privileges,
-            )
+            with contextlib.ExitStack() as stack:
+                # A directory-format dump is unpacked (and its SHA-256 checked) first.
+                dump_dir = None
+                if source.is_directory:
+                    dump_dir = stack.enter_context(unpacked_dump(payload, self._dump_folders()))
+                outcome = restore_dump(
+                    payload,
+                    target,
+                    schemas=source.schemas,
+                    pg_restore=pg_restore,
+                    psql=psql,
+                    server_major=server.major,
+                    limits=RestoreLimits(
+                        self.settings.connect_timeout,
+                        self.settings.lock_wait_timeout,
+                        self.settings.timeout,
+                    ),
+                    log=self.log,
+                    drop_dependents=request.drop_dependents,
+                    no_privileges=request.no_privileges,
+                    dump_dir=dump_dir,
+                )
             return self._report(manifest, target, outcome.notes, time.monotonic() - began)
         except psycopg.Error as exc:
             raise OperationFailed(
@@ -175,8 +251,74 @@ class DatabaseComponent(Component):
         except OperationFailed as exc:
             raise _with_advice(exc, request.no_privileges) from None
 
+    def _consume_parallel(
+        self,
+        payload: BinaryIO,
+        manifest: Manifest,
+        plan: RestorePlan,
+        pg_restore: Tool,
+        psql: Tool,
+    ) -> RestoreReport:
+        target: Target = plan.private["target"]
+        options, shape = plan.private["parallel"]
+        request: RestoreRequest = plan.private["request"]
+        source = DatabaseSource.of(manifest)
+        limits = RestoreLimits(
+            self.settings.connect_timeout, self.settings.lock_wait_timeout, self.settings.timeout
+        )
+        extra = ("--no-privileges",) if request.no_privileges else ()
+        job = Job(
+            target,
+            shape,
+            options,
+            pg_restore,
+            limits,
+            list(source.row_counts),
+            source.row_counts,
+            extra,
+        )
+
+        def one_transaction(dump: BinaryIO, why: str) -> list[str]:
+            outcome = restore_dump(
+                dump,
+                target,
+                schemas=source.schemas,
+                pg_restore=pg_restore,
+                psql=psql,
+                server_major=plan.private["server"].major,
+                limits=limits,
+                log=self.log,
+                drop_dependents=request.drop_dependents,
+                no_privileges=request.no_privileges,
+            )
+            return [why, *outcome.notes]
+
+        began = time.monotonic()
+        try:
+            done = restore_parallel(
+                payload, job, self.settings.path("backup_dir"), self.log, one_transaction
+            )
+        except psycopg.Error as exc:
+            raise OperationFailed(
+                f"The --jobs restore into {target.describe()} failed: {_first_line(exc)}; the "
+                "database is unchanged."
+            ) from None
+        except OperationFailed as exc:
+            raise _with_advice(exc, request.no_privileges) from None
+        if request.no_privileges:
+            done.notes.append(
+                "Restored without the backup's privileges (--no-privileges): grant what the "
+                "app's roles need on this server."
+            )
+        return self._report(manifest, target, done.notes, time.monotonic() - began, done.counts)
+
     def _report(
-        self, manifest: Manifest, target: Target, notes: list[str], seconds: float
+        self,
+        manifest: Manifest,
+        target: Target,
+        notes: list[str],
+        seconds: float,
+        counts: dict[str, int | None] | None = None,
     ) -> RestoreReport:
         source = DatabaseSource.of(manifest)
         tables = source.tables
@@ -190,20 +332,16 @@ class DatabaseComponent(Component):
             lines.append("Schema-only backup: the structure was restored, no data.")
             return RestoreReport(lines, details)
         expected = source.row_counts
-        now = current_row_counts(target, list(expected), self.settings.connect_timeout)
-        mismatched = {
-            name: (count, now.get(name))
-            for name, count in expected.items()
-            if now.get(name) != count
-        }
+        # A --jobs restore counted its new database before the swap: no second count.
+        if counts is None:
+            counts = current_row_counts(target, list(expected), self.settings.connect_timeout)
+        now = counts
+        mismatched = mismatched_counts(expected, now)
         details["row_counts"] = now
         if mismatched:
             # The restore committed, but what it brought back is not what was backed up:
             # that is an integrity failure (exit 6), never a success with a remark.
-            shown = ", ".join(
-                f"{n} {'missing' if got is None else f'{got} rows'} (backup had {want})"
-                for n, (want, got) in sorted(mismatched.items())
-            )
+            shown = describe_mismatches(mismatched)
             raise IntegrityError(
                 f"The restore into {target.describe()} finished, but row counts differ from "
                 f"the backup {manifest.id}: {shown}; check the backup with `cosmic-backup "
@@ -218,9 +356,10 @@ class DatabaseComponent(Component):
     # -- verify -------------------------------------------------------------------------
     def check_payload(self, payload: BinaryIO, manifest: Manifest) -> dict[str, Any]:
         """`pg_restore --list` must parse the dump's table of contents."""
-        pg_restore = find_tool(
-            "pg_restore", DatabaseSource.of(manifest).pg_dump_major, self.settings.pg_bin_dir
-        )
+        source = DatabaseSource.of(manifest)
+        pg_restore = find_tool("pg_restore", source.pg_dump_major, self.settings.pg_bin_dir)
+        if source.is_directory:
+            return check_directory_payload(payload, pg_restore, self.settings.timeout)
         with tempfile.TemporaryFile() as listing:
             child = Child(
                 [pg_restore.path, "--list"],
