@@ -1,26 +1,36 @@
-"""Database backup and restore times next to plain pg_dump / pg_restore, in the same run.
+"""Database backup and restore next to pg_dump, the seed's pipeline and the peers, one run.
 
-Usage: python benchmarks/database_throughput.py [--size MIB] [--runs 3] [--restore-test]
-           [--backup-only] [--before SRC]
+Usage: python benchmarks/database_throughput.py [--size MIB] [--runs 3] [--cache DIR]
+           [--refill] [--no-peers] [--backup-only] [--restore-test] [--before SRC]
 
-Starts a throwaway PostgreSQL server, fills a database with about --size MiB (default
-1024) of app-like rows (generate_series), then alternates, run by run:
-  1. plain `pg_dump -Fc` (its own zlib compression) into a file, and `pg_dump -Fc -Z0`
-     (raw: what our backup adds compression, encryption and the MAC to),
-  2. `cosmic-backup backup database` (pg_dump -Z0 | gzip | AES | MAC into the artifact),
-  3. plain `pg_restore --single-transaction` of that file into a fresh database,
-  4. `cosmic-backup restore database latest --into` a fresh database (MAC check of the
-     whole artifact first, then decrypt | gunzip | pg_restore | psql in one transaction,
-     then the row-count comparison),
-  5. with --restore-test: `cosmic-backup verify --restore-test database` (a throwaway
-     server started, the same restore into it, row counts and the dump's objects checked).
-  6. `pg_dump -Fc -Z0 > /dev/null` (the floor a backup is measured against), and
-     with --before SRC the same `backup database` run from another checkout's `src`
-     folder (PYTHONPATH=SRC: e.g. `git archive COMMIT src | tar -x -C /tmp/old`), so a
-     change is measured before and after side by side, interleaved in the same run.
---backup-only leaves out the restores (3 and 4).
-Prints the medians, the ratios, and the peak RSS of the cosmic-backup process itself
-(sampled from /proc; pg_dump, pg_restore, psql and the server are not ours).
+The database (posts, users with jsonb and bytea, an audit table; --size MiB on disk,
+default 1270: the issue's 1.3 GB with 3 M posts, 750 k users, 3 M audit rows) is built
+once and kept in --cache (default /var/tmp/cosmic-bench-pg-UID): the next invocation of
+the same size starts its server in a second or two instead of filling again (see
+_pgcache.py; --refill builds it anew; `rm -rf` the folder to free the disk).
+
+Each run times, one after the other (the order rotates from run to run, so no variant
+always goes first or last), all fed by the same server:
+  floor    pg_dump -Fc -Z0 > /dev/null
+  dd       pg_dump -Fc -Z0 | dd bs=1M of=/dev/null
+  raw      pg_dump -Fc -Z0 --file=raw.dump   (the dump file plain pg_restore restores)
+  zlib     pg_dump -Fc --file=zlib.dump      (pg_dump's own zlib)
+  seed     pg_dump | gzip | openssl enc -aes-256-cbc -pbkdf2 -pass file:KEY -out F
+           (the seed's pipeline: a plain SQL dump; openssl's default 10,000 iterations)
+  borg     pg_dump -Fc -Z0 | borg create --stdin-name db.dump REPO::A -  (repokey, lz4)
+  restic   pg_dump -Fc -Z0 | restic backup --stdin                       (fresh repo)
+  ours     cosmic-backup backup database
+  before   with --before SRC (repeatable): the same backup from another checkout's `src`
+           (PYTHONPATH=SRC; e.g. `git archive COMMIT src | tar -x -C /tmp/old`)
+then, unless --backup-only, restores into a new empty database each:
+  pg_restore      pg_restore --single-transaction of raw.dump
+  seed_restore    openssl enc -d | gunzip | psql  of the seed's file
+  ours_restore    cosmic-backup restore database latest --into URL --no-safety-backup
+  restore_test    with --restore-test: cosmic-backup verify --restore-test database
+borg and restic are installed for the benchmark when missing (_peers.py), or left out
+with a note; --no-peers leaves them out. Prints each run, then medians, ratios to the
+floor, stored sizes, the issue's targets (met or not), the peak RSS of the cosmic-backup
+process itself (sampled from /proc) and its CPU seconds (with its children's).
 """
 
 from __future__ import annotations
@@ -28,39 +38,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from psycopg import sql
+sys.path.insert(0, str(Path(__file__).parent))
+from _peers import Peer, available, machine, pipeline
+from _pgcache import bench_server, default_cache
 
-from cosmic_backup.components.database.throwaway import ThrowawayServer, throwaway_server
+from cosmic_backup.components.database.throwaway import ThrowawayServer
 
-ROWS_PER_MIB = 5200  # about 200 bytes per row on disk with its index
-
-
-def fill(server: ThrowawayServer, dbname: str, mib: int) -> int:
-    rows = mib * ROWS_PER_MIB
-    with server.admin(dbname) as conn:
-        conn.execute(
-            "CREATE TABLE events (id bigserial PRIMARY KEY, user_id int, kind text, "
-            "payload jsonb, amount numeric(12,2), at timestamptz)"
-        )
-        conn.execute(
-            "INSERT INTO events (user_id, kind, payload, amount, at) "
-            "SELECT g %% 10000, (ARRAY['view','click','buy','share'])[1 + g %% 4], "
-            "jsonb_build_object('page', '/p/' || (g %% 977), 'ref', md5(g::text)), "
-            "(g %% 100000) / 100.0, now() - g * interval '1 second' "
-            "FROM generate_series(1, %s) g",
-            (rows,),
-        )
-        conn.execute("CREATE INDEX events_user ON events (user_id, at)")
-        conn.execute("VACUUM ANALYZE events")
-        size = conn.execute("SELECT pg_database_size(current_database())").fetchone()
-    return int(size[0]) if size else 0
+DEFAULT_MIB = 1270  # the issue's 1.33 GB database
+SEED_KEY = "bench seed key"
 
 
 def peak_rss_kib(pid: int) -> int:
@@ -79,101 +75,280 @@ def timed(
 ) -> tuple[float, int]:
     """Seconds, and the peak RSS (KiB) of the process itself, sampled until it exits.
 
-    With `cpu`, the CPU seconds (user + system) of the process and of the children it
-    waited for (pg_dump) are appended to it: steadier than wall time on a shared machine.
+    The wait blocks (no polling delay in the time); a thread samples the memory. With
+    `cpu`, the CPU seconds (user + system) of the process and of the children it waited
+    for (pg_dump) are appended to it: steadier than wall time on a shared machine.
     """
-    start = time.perf_counter()
-    process = subprocess.Popen(
-        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    peak = 0
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            break
-        peak = max(peak, peak_rss_kib(process.pid))
-        time.sleep(0.05)
-    elapsed = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile() as errors:  # a file: a chatty tool never blocks on a pipe
+        start = time.perf_counter()
+        process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        peak = [0]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.05):
+                peak[0] = max(peak[0], peak_rss_kib(process.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(process.pid, 0)
+        elapsed = time.perf_counter() - start
+        done.set()
+        sampler.join()
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            errors.seek(0)
+            tail = errors.read().decode(errors="replace")[-2000:]
+            raise SystemExit(f"{argv} failed ({process.returncode}): {tail}")
     if cpu is not None:
         cpu.append(usage.ru_utime + usage.ru_stime)
-    if process.returncode != 0:
-        error = process.stderr.read() if process.stderr else ""
-        raise SystemExit(f"{argv} failed ({process.returncode}): {error}")
-    return elapsed, peak
+    return elapsed, peak[0]
 
 
-def drop(server: ThrowawayServer, name: str) -> None:
-    with server.admin() as conn:
-        conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+@dataclass
+class Bench:
+    server: ThrowawayServer
+    source: str
+    root: Path  # the project root of our backups, and the reference files
+    args: argparse.Namespace
+    peers: list[Peer]
+    results: dict[str, list[float]] = field(default_factory=dict)
+    peaks: dict[str, int] = field(default_factory=dict)
+    cpus: dict[str, list[float]] = field(default_factory=dict)
+    stored: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def env(self) -> dict[str, str]:
+        """Ours and the plain tools: the password in the environment, never in argv."""
+        return {
+            **os.environ,
+            "PGHOST": "127.0.0.1",
+            "PGPORT": str(self.server.port),
+            "PGUSER": "postgres",
+            "PGPASSWORD": self.server.password,
+            "BACKUP_KEY": "bench key " * 4,
+            "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{self.server.port}/{self.source}",
+        }
 
-def one_run(
-    server: ThrowawayServer,
-    root: Path,
-    source: str,
-    env: dict[str, str],
-    args: argparse.Namespace,
-    peaks: dict[str, int],
-    cpus: dict[str, list[float]],
-) -> dict[str, float]:
-    bin_dir = server.bin_dir
-    conn = ["--host=127.0.0.1", f"--port={server.port}", "--username=postgres"]
-    cli = [sys.executable, "-m", "cosmic_backup", "-C", str(root)]
-    dump = root / "plain.dump"
-    seconds: dict[str, float] = {}
-    seconds["pg_dump"], _ = timed(
-        [str(bin_dir / "pg_dump"), *conn, "-Fc", f"--file={dump}", source], env
-    )
-    raw = root / "raw.dump"
-    seconds["pg_dump_raw"], _ = timed(
-        [str(bin_dir / "pg_dump"), *conn, "-Fc", "-Z0", f"--file={raw}", source], env
-    )
-    raw.unlink()
-    # The floor: `timed` sends stdout to /dev/null.
-    seconds["pg_dump_null"], _ = timed([str(bin_dir / "pg_dump"), *conn, "-Fc", "-Z0", source], env)
-    backup = [*cli, "backup", "database"]
-    seconds["ours_backup"], peak = timed(backup, env, cpus.setdefault("ours_backup", []))
-    peaks["ours_backup"] = max(peaks.get("ours_backup", 0), peak)
-    for other in args.before or []:
-        label = f"before_backup[{other.parent.name}]"
-        other_env = {**env, "PYTHONPATH": str(other)}
-        seconds[label], peak = timed(backup, other_env, cpus.setdefault(label, []))
-        peaks[label] = max(peaks.get(label, 0), peak)
-    if args.backup_only:
+    def tool(self, name: str) -> str:
+        return shlex.quote(str(self.server.bin_dir / name))
+
+    @property
+    def cli(self) -> list[str]:
+        return [sys.executable, "-m", "cosmic_backup", "-C", str(self.root)]
+
+    @property
+    def seed_key(self) -> Path:
+        return self.root / "seed.key"
+
+    def shell(self, command: str, env: dict[str, str] | None = None) -> float:
+        return timed(pipeline(command), env or self.env)[0]
+
+    def ours(self, key: str, argv: list[str], env: dict[str, str] | None = None) -> float:
+        seconds, peak = timed(argv, env or self.env, self.cpus.setdefault(key, []))
+        self.peaks[key] = max(self.peaks.get(key, 0), peak)
         return seconds
-    target = server.create_database("plain")
-    seconds["pg_restore"], _ = timed(
-        [
-            str(bin_dir / "pg_restore"),
-            *conn,
-            "--no-owner",
-            "--single-transaction",
-            f"--dbname={target}",
-            str(dump),
-        ],
-        env,
-    )
-    drop(server, target)
-    into = server.create_database("ours")
-    # No password in our argv either: libpq takes it from PGPASSWORD in `env`.
-    url = f"postgresql://postgres@127.0.0.1:{server.port}/{into}"
-    restore = ["restore", "database", "latest", "--into", url, "--yes"]
-    seconds["ours_restore"], peak = timed([*cli, *restore, "--no-safety-backup"], env)
-    peaks["ours_restore"] = max(peaks.get("ours_restore", 0), peak)
-    drop(server, into)
-    if args.restore_test:
-        seconds["ours_restore_test"], peak = timed(
-            [*cli, "verify", "--restore-test", "database"], env
-        )
-        peaks["ours_restore_test"] = max(peaks.get("ours_restore_test", 0), peak)
+
+    def into_fresh(self, prefix: str, restore: Callable[[str], float]) -> float:
+        """Time `restore(database)` into a new empty database, dropped after."""
+        target = self.server.create_database(prefix)
+        try:
+            return restore(target)
+        finally:
+            self.server.drop_database(target)
+
+
+# -- the backups -------------------------------------------------------------------------
+def backups(b: Bench) -> list[tuple[str, Callable[[], float]]]:
+    raw = f"{b.tool('pg_dump')} -Fc -Z0 {shlex.quote(b.source)}"
+    files = {name: b.root / name for name in ("raw.dump", "zlib.dump", "seed.sql.gz.enc")}
+
+    def to_file(key: str, command: str, name: str) -> Callable[[], float]:
+        def run() -> float:
+            seconds = b.shell(f"{command} --file={shlex.quote(str(files[name]))}")
+            b.stored[key] = files[name].stat().st_size
+            return seconds
+
+        return run
+
+    def seed() -> float:
+        out = shlex.quote(str(files["seed.sql.gz.enc"]))
+        key = shlex.quote(str(b.seed_key))
+        dump = f"{b.tool('pg_dump')} {shlex.quote(b.source)}"
+        enc = f"openssl enc -aes-256-cbc -pbkdf2 -pass file:{key} -out {out}"
+        seconds = b.shell(f"{dump} | gzip | {enc}")
+        b.stored["seed"] = files["seed.sql.gz.enc"].stat().st_size
+        return seconds
+
+    def peer(p: Peer) -> Callable[[], float]:
+        def run() -> float:
+            p.fresh()
+            seconds = timed(p.stdin_backup(raw), {**b.env, **p.vars})[0]
+            b.stored[p.name] = p.stored()
+            return seconds
+
+        return run
+
+    def before(src: Path) -> Callable[[], float]:
+        label = f"before[{src.parent.name}]"
+        env = {**b.env, "PYTHONPATH": str(src)}
+        return lambda: b.ours(label, [*b.cli, "backup", "database"], env)
+
+    return [
+        ("floor", lambda: b.shell(f"{raw} > /dev/null")),
+        ("dd", lambda: b.shell(f"{raw} | dd bs=1M of=/dev/null status=none")),
+        ("raw", to_file("raw", raw, "raw.dump")),
+        ("zlib", to_file("zlib", f"{b.tool('pg_dump')} -Fc {shlex.quote(b.source)}", "zlib.dump")),
+        ("seed", seed),
+        *((p.name, peer(p)) for p in b.peers),
+        ("ours", lambda: b.ours("ours", [*b.cli, "backup", "database"])),
+        *((f"before[{src.parent.name}]", before(src)) for src in b.args.before or []),
+    ]
+
+
+# -- the restores ------------------------------------------------------------------------
+def restores(b: Bench) -> list[tuple[str, Callable[[], float]]]:
+    def pg_restore(db: str) -> float:
+        dump = shlex.quote(str(b.root / "raw.dump"))
+        flags = f"--no-owner --single-transaction --dbname={shlex.quote(db)}"
+        return b.shell(f"{b.tool('pg_restore')} {flags} {dump}")
+
+    def seed(db: str) -> float:
+        key, enc = shlex.quote(str(b.seed_key)), shlex.quote(str(b.root / "seed.sql.gz.enc"))
+        dec = f"openssl enc -d -aes-256-cbc -pbkdf2 -pass file:{key} -in {enc}"
+        psql = f"{b.tool('psql')} -X -q -v ON_ERROR_STOP=1 --dbname={shlex.quote(db)}"
+        return b.shell(f"{dec} | gunzip | {psql} > /dev/null")
+
+    def ours(db: str) -> float:
+        # No password in our argv either: libpq takes it from PGPASSWORD in the env.
+        url = f"postgresql://postgres@127.0.0.1:{b.server.port}/{db}"
+        restore = ["restore", "database", "latest", "--into", url, "--yes"]
+        return b.ours("ours_restore", [*b.cli, *restore, "--no-safety-backup"])
+
+    variants: list[tuple[str, Callable[[], float]]] = [
+        ("pg_restore", lambda: b.into_fresh("plain", pg_restore)),
+        ("seed_restore", lambda: b.into_fresh("seed", seed)),
+        ("ours_restore", lambda: b.into_fresh("ours", ours)),
+    ]
+    if b.args.restore_test:
+        test = [*b.cli, "verify", "--restore-test", "database"]
+        variants.append(("restore_test", lambda: b.ours("restore_test", test)))
+    return variants
+
+
+def one_run(b: Bench, run: int) -> dict[str, float]:
+    seconds: dict[str, float] = {}
+    groups = [backups(b)] if b.args.backup_only else [backups(b), restores(b)]
+    for variants in groups:
+        shift = run % len(variants)  # rotate: each variant takes its turn first
+        for key, measure in variants[shift:] + variants[:shift]:
+            seconds[key] = measure()
     return seconds
 
 
-def main() -> None:
+# -- the report --------------------------------------------------------------------------
+LABELS = {
+    "floor": "`pg_dump -Fc -Z0 > /dev/null` (the floor)",
+    "dd": "`pg_dump -Fc -Z0 \\| dd bs=1M of=/dev/null`",
+    "raw": "`pg_dump -Fc -Z0 --file` (raw dump file)",
+    "zlib": "`pg_dump -Fc` (its own zlib)",
+    "seed": "`pg_dump \\| gzip \\| openssl enc -aes-256-cbc -pbkdf2` (seed)",
+    "borg": "`pg_dump -Fc -Z0 \\| borg create --stdin-name db.dump REPO::A -`",
+    "restic": "`pg_dump -Fc -Z0 \\| restic backup --stdin`",
+    "ours": "`cosmic-backup backup database`",
+    "pg_restore": "`pg_restore --single-transaction` of the -Z0 dump",
+    "seed_restore": "`openssl enc -d \\| gunzip \\| psql` (seed)",
+    "ours_restore": "`cosmic-backup restore database latest --into`",
+    "restore_test": "`cosmic-backup verify --restore-test database`",
+}
+
+
+def mib(size: int) -> str:
+    return f"{size / 2**20:.0f} MiB"
+
+
+def table(b: Bench, medians: dict[str, float], keys: list[str], base: str) -> None:
+    print(f"| what | median s | vs {base} | stored |")
+    print("| --- | ---: | ---: | ---: |")
+    for key in keys:
+        if key not in medians:
+            continue
+        label = LABELS.get(key, f"the same from {key[7:-1]}" if key.startswith("before") else key)
+        label += "".join(f" ({p.label})" for p in b.peers if p.name == key)
+        stored = mib(b.stored[key]) if key in b.stored else ""
+        ratio = medians[key] / medians[base]
+        print(f"| {label} | {medians[key]:.2f} | {ratio:.2f} | {stored} |")
+
+
+def targets(b: Bench, medians: dict[str, float]) -> list[tuple[str, float, float, bool]]:
+    """The issue's targets: (what, measured, limit, met), where the figures are there."""
+    rows: list[tuple[str, float, float, bool]] = []
+
+    def add(what: str, value: float, limit: float) -> None:
+        rows.append((what, value, limit, value <= limit))
+
+    m, s = medians, b.stored
+    add("backup / floor (target ≤ 1.10; ≤ 1.05 at 5 GB)", m["ours"] / m["floor"], 1.10)
+    if "borg" in m:
+        add("backup / borg time (≤ 1.00)", m["ours"] / m["borg"], 1.0)
+        add("stored / borg stored (≤ 0.70)", s["ours"] / s["borg"], 0.70)
+    add("stored / seed stored (≤ 1.15)", s["ours"] / s["seed"], 1.15)
+    if "ours_restore" in m:
+        add("restore / pg_restore (≤ 1.05)", m["ours_restore"] / m["pg_restore"], 1.05)
+        add("restore / seed restore (< 1.00)", m["ours_restore"] / m["seed_restore"], 1.0)
+    peak = max(b.peaks.values()) / 1024
+    add("peak RSS of ours, MiB (< 200)", peak, 200)
+    return rows
+
+
+def report(b: Bench, size: int) -> None:
+    medians = {k: statistics.median(v) for k, v in b.results.items()}
+    runs = len(next(iter(b.results.values())))
+    print(f"\nmachine: {machine()}")
+    print(
+        f"database: {mib(size)} on disk (posts, users with jsonb and bytea, audit); raw "
+        f"dump {mib(b.stored['raw'])}; {runs} runs interleaved, medians\n"
+    )
+    keys = ["floor", "dd", "raw", "zlib", "seed", "borg", "restic", "ours"]
+    keys += [k for k in medians if k.startswith("before")]
+    table(b, medians, keys, "floor")
+    if "ours_restore" in medians:
+        print()
+        table(
+            b, medians, ["pg_restore", "seed_restore", "ours_restore", "restore_test"], "pg_restore"
+        )
+    print("\n| target (issue 13) | measured | limit | |\n| --- | ---: | ---: | --- |")
+    for what, value, limit, met in targets(b, medians):
+        print(f"| {what} | {value:.2f} | {limit:.2f} | {'met' if met else 'NOT met'} |")
+    print()
+    for key, peak in b.peaks.items():
+        cpu = statistics.median(b.cpus[key])
+        print(
+            f"{key}: peak RSS of the cosmic-backup process {peak / 1024:.0f} MiB, "
+            f"CPU seconds (with its children's) {cpu:.2f}"
+        )
+
+
+def ours_stored(b: Bench) -> int:
+    listing = subprocess.run(
+        [*b.cli, "--json", "list", "database"],
+        env=b.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(json.loads(listing.stdout)[-1]["stored_size"])
+
+
+def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", "--mib", type=int, default=1024, help="database size in MiB")
+    parser.add_argument("--size", "--mib", type=int, default=DEFAULT_MIB, help="database MiB")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--cache", type=Path, default=default_cache(), help="where the database is kept"
+    )
+    parser.add_argument("--refill", action="store_true", help="build the database anew")
+    parser.add_argument("--no-peers", action="store_true", help="leave borg and restic out")
     parser.add_argument(
         "--restore-test",
         action="store_true",
@@ -186,78 +361,28 @@ def main() -> None:
         action="append",
         help="also time `backup database` from this other checkout's src folder (repeatable)",
     )
-    args = parser.parse_args()
-    with throwaway_server() as server, tempfile.TemporaryDirectory() as folder:
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse()
+    names = [] if args.no_peers else available(["borg", "restic"])
+    with (
+        bench_server(args.cache, args.size, args.refill) as (server, source, size),
+        tempfile.TemporaryDirectory(prefix="cosmic-db-bench-") as folder,
+    ):
         root = Path(folder)
-        source = server.create_database("bench")
-        began = time.perf_counter()
-        size = fill(server, source, args.size)
-        print(f"filled {size / 2**20:.0f} MiB in {time.perf_counter() - began:.0f} s", flush=True)
-        env = {
-            **os.environ,
-            "PGPASSWORD": server.password,
-            "BACKUP_KEY": "bench key " * 4,
-            "DATABASE_URL": server.url(source),
-        }
-        results: dict[str, list[float]] = {}
-        peaks: dict[str, int] = {}
-        cpus: dict[str, list[float]] = {}
+        peers = [Peer(name, root / f"peer-{name}") for name in names]
+        b = Bench(server, source, root, args, peers)
+        b.seed_key.write_text(SEED_KEY + "\n")
+        b.seed_key.chmod(0o600)
         for run in range(args.runs):
-            seconds = one_run(server, root, source, env, args, peaks, cpus)
-            print(f"run {run + 1}: " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()))
+            seconds = one_run(b, run)
+            print(f"run {run + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
             for name, value in seconds.items():
-                results.setdefault(name, []).append(value)
-        cli = [sys.executable, "-m", "cosmic_backup", "-C", str(root), "--json", "list"]
-        listing = subprocess.run(
-            [*cli, "database"], env=env, capture_output=True, text=True, check=True
-        )
-        stored = json.loads(listing.stdout)[-1]["stored_size"]
-        plain_size = (root / "plain.dump").stat().st_size
-    report(size, plain_size, stored, args.runs, results, peaks)
-    for key, values in cpus.items():
-        print(f"CPU seconds (ours + pg_dump), {key}: median {statistics.median(values):.2f}")
-
-
-def report(
-    size: int,
-    plain: int,
-    stored: int,
-    runs: int,
-    results: dict[str, list[float]],
-    peaks: dict[str, int],
-) -> None:
-    medians = {k: statistics.median(v) for k, v in results.items()}
-    print(
-        f"database: {size / 2**20:.0f} MiB on disk; plain pg_dump -Fc {plain / 2**20:.0f} MiB; "
-        f"ours stored {stored / 2**20:.0f} MiB (gzip + AES); {runs} runs, medians"
-    )
-    rows = [
-        ("pg_dump -Fc -Z0 (raw, to a file)", "pg_dump_raw"),
-        ("pg_dump -Fc (zlib, to a file)", "pg_dump"),
-        ("pg_dump -Fc -Z0 > /dev/null (the floor)", "pg_dump_null"),
-        ("cosmic-backup backup database", "ours_backup"),
-        *((f"  the same from {key[14:-1]}", key) for key in results if key.startswith("before_")),
-        ("pg_restore --single-transaction", "pg_restore"),
-        ("cosmic-backup restore database --into", "ours_restore"),
-        ("cosmic-backup verify --restore-test database", "ours_restore_test"),
-    ]
-    print(f"{'operation':<46}{'seconds':>9}")
-    for label, key in rows:
-        if key in medians:
-            print(f"{label:<46}{medians[key]:>9.2f}")
-    floors = (("pg_dump -Fc", "pg_dump"), ("raw pg_dump -Z0", "pg_dump_raw"))
-    for label, key in (*floors, ("pg_dump -Z0 > /dev/null", "pg_dump_null")):
-        for ours in ("ours_backup", *(k for k in medians if k.startswith("before_"))):
-            print(f"backup ratio {ours} / {label}: {medians[ours] / medians[key]:.2f}")
-    if "ours_restore" in medians:
-        ratio = medians["ours_restore"] / medians["pg_restore"]
-        print(f"restore ratio ours / pg_restore: {ratio:.2f}")
-    if "ours_restore_test" in medians:
-        test, restore = medians["ours_restore_test"], medians["ours_restore"]
-        backup = medians["ours_backup"]
-        print(f"restore test / backup: {test / backup:.2f}; / restore: {test / restore:.2f}")
-    for key, peak in peaks.items():
-        print(f"peak RSS of the cosmic-backup process, {key}: {peak / 1024:.0f} MiB")
+                b.results.setdefault(name, []).append(value)
+        b.stored["ours"] = ours_stored(b)
+    report(b, size)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def main() -> None:
             if index % 1000 == 0:
                 folder.mkdir(parents=True)
             (folder / f"avatar-{index:06d}.txt").write_bytes(os.urandom(256) + b"x" * 1024)
-        env = {**os.environ, "BACKUP_KEY": "many files key", "BACKUP_FILES_DIRS": "uploads"}
+        env = {**os.environ, "BACKUP_KEY": "many files key 16", "BACKUP_FILES_DIRS": "uploads"}
         cli = [sys.executable, "-m", "cosmic_backup", "-C", str(base / "app")]
         backup_s, backup_rss = measure([*cli, "backup", "files"], env)
         restore_s, restore_rss = measure([*cli, "restore", "files", "latest", "--yes"], env)

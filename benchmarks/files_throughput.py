@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import measure
+from _peers import files_peers, files_round, report_files
 
 ITERATIONS = 600_000
 
@@ -40,14 +41,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=2048)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-peers", action="store_true", help="leave borg and restic out")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="cosmic-files-bench-"))
+    peers = files_peers(args.no_peers, base)  # borg, restic: benchmarks/_peers.py
     try:
         project = base / "app"
         make_uploads(project / "uploads", args.mib)
         key = base / "key"
         key.write_text("bench files key\n")
-        env = {**os.environ, "BACKUP_KEY": "bench files key", "BACKUP_FILES_DIRS": "uploads"}
+        env = {**os.environ, "BACKUP_KEY": "bench files key 16", "BACKUP_FILES_DIRS": "uploads"}
         cli = [sys.executable, "-m", "cosmic_backup", "-C", str(project)]
         times: dict[str, list[float]] = {"ours_b": [], "ref_b": [], "ours_r": [], "ref_r": []}
         peak = 0.0
@@ -78,6 +81,11 @@ def main() -> None:
             times["ref_r"].append(seconds)
             shutil.rmtree(out)
             shutil.rmtree(ref_out)
+            for peer in peers:
+                target = base / f"{peer.name}-{run}"
+                backup_s, restore_s = files_round(peer, project, "uploads", target)
+                times.setdefault(f"{peer.name}_b", []).append(backup_s)
+                times.setdefault(f"{peer.name}_r", []).append(restore_s)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     mb = args.mib * 1024 * 1024 / 1e6
@@ -95,6 +103,7 @@ def main() -> None:
     for name, key_name in rows:
         median = statistics.median(times[key_name])
         print(f"{name:<32}{median:>9.2f}{mb / median:>8.0f}")
+    report_files(peers, times, mb)
     backup_ratio = statistics.median(times["ours_b"]) / statistics.median(times["ref_b"])
     restore_ratio = statistics.median(times["ours_r"]) / statistics.median(times["ref_r"])
     print(f"time ratio ours / reference: backup {backup_ratio:.2f}, restore {restore_ratio:.2f}")
