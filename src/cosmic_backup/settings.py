@@ -195,6 +195,14 @@ class Settings:
         "longest wait for a table lock during a dump (s)",
         bounds=(1, 86_400),
     )
+    db_jobs: int = setting(
+        "BACKUP_DB_JOBS",
+        1,
+        _int,
+        "parallel pg_dump jobs; above 1 the dump is written to a temporary folder "
+        "(directory format) and sealed as one tar",
+        bounds=(1, 64),
+    )
     neon_full: bool = setting(
         "BACKUP_NEON_FULL", False, _bool, "take full (not schema-only) backups of Neon databases"
     )

@@ -22,6 +22,7 @@ from cosmic_backup.operations.backup import (
     BackupOutcome,
     backup_components,
 )
+from cosmic_backup.settings import SPEC_BY_NAME
 from cosmic_backup.states import Outcome
 
 
@@ -51,6 +52,15 @@ def backup(
         str | None,
         typer.Option("--metrics-file", help="Prometheus textfile to rewrite after the run."),
     ] = None,
+    jobs: Annotated[
+        str | None,
+        typer.Option(
+            "--jobs",
+            "-j",
+            help="Database: N parallel pg_dump jobs (BACKUP_DB_JOBS); above 1 the dump goes "
+            "through a temporary folder as large as the plain dump.",
+        ),
+    ] = None,
 ) -> None:
     """Take encrypted backups (./scripts/backup.sh all|database|files|config)."""
     names = components_for(what)
@@ -59,10 +69,25 @@ def backup(
     if tag not in (TAG_MANUAL, TAG_SCHEDULED):
         raise UsageError(f"--tag must be {TAG_MANUAL} or {TAG_SCHEDULED}, not '{tag}'.")
     mode = MODE_SCHEMA_ONLY if schema_only else MODE_FULL if full else None
-    runtime = open_cli_runtime(ctx, settings_for(ctx, metrics_file=metrics_file))
+    flags = {"metrics_file": metrics_file, "db_jobs": _jobs(jobs)}
+    runtime = open_cli_runtime(ctx, settings_for(ctx, **flags))
     outcomes = backup_components(runtime, names, BackupRequest(mode=mode, tags=(tag,)))
     _report(ctx, outcomes, runtime.relative(runtime.log_file))
     exit_with(_exit_code(what, outcomes))
+
+
+def _jobs(text: str | None) -> int | None:
+    """--jobs as a number within the setting's bounds (typer's own message for a bad
+    number is a box, not our sentence and exit code)."""
+    if text is None:
+        return None
+    low, high = SPEC_BY_NAME["db_jobs"].bounds or (1, 1)
+    value = text.strip()
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise UsageError(
+            f"--jobs takes a number of parallel pg_dump jobs from {low} to {high}, not '{text}'."
+        )
+    return int(value)
 
 
 def _report(ctx: typer.Context, outcomes: list[BackupOutcome], log_file: str) -> None:

@@ -59,6 +59,18 @@ class RecoveringCatalog(Catalog):
                 self._depth -= 1
 
 
+def remove_dump_folders(settings: Settings, log: logging.Logger) -> None:
+    """Remove the temporary folders of database dumps whose run was killed (--jobs)."""
+    folder = settings.path("backup_dir") / "database"
+    if not any(folder.glob(".dump-*")):  # the usual case: no import of the database package
+        return
+    from cosmic_backup.components.database.directory_dump import remove_leftover_folders
+
+    removed = remove_leftover_folders(folder)
+    if removed:
+        log.info("removed temporary dump folders of killed runs: %s", ", ".join(removed))
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -101,6 +113,7 @@ def open_runtime(
     def recover() -> None:
         for message in recover_interrupted_restore(settings, log):
             say(f"warning: {message}.")
+        remove_dump_folders(settings, log)
 
     catalog = RecoveringCatalog(settings.path("backup_dir"), keys.lookup, recover)
     return Runtime(

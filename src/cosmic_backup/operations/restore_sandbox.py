@@ -119,11 +119,15 @@ def restore_database_and_compare(
 ) -> dict[str, Any]:
     import psycopg
 
+    from cosmic_backup.components.database.directory_dump import DirectoryTocTee
     from cosmic_backup.components.database.objects import TocTee, missing_objects, parse_toc
+    from cosmic_backup.components.database.source import DatabaseSource
     from cosmic_backup.components.database.tools import find_tool
     from cosmic_backup.components.database.url import parse_database_url
 
     component = create_component("database", rt.settings, rt.log)
+    # A directory-format dump is a tar whose first member is its table of contents.
+    tee_type = DirectoryTocTee if DatabaseSource.of(manifest).is_directory else TocTee
     pg_restore = find_tool(
         "pg_restore", _major(manifest.source.get("pg_dump_version")), rt.settings.pg_bin_dir
     )
@@ -132,7 +136,7 @@ def restore_database_and_compare(
         # not have, and privileges are not what a restore test proves.
         request = RestoreRequest(target=url, safety_backup=False, no_privileges=True)
         plan = component.plan_restore(manifest, request)
-        with TocTee(payload, pg_restore, rt.settings.timeout, rt.log) as tee:
+        with tee_type(payload, pg_restore, rt.settings.timeout, rt.log) as tee:
             teed = io.BufferedReader(tee, CHUNK_SIZE)  # kept: collecting it would close tee
             try:
                 component.consume(teed, manifest, plan)

@@ -21,8 +21,14 @@ import psycopg
 from psycopg import sql
 
 from cosmic_backup.components.database.connection import ServerInfo, connect
+from cosmic_backup.components.database.directory_dump import (
+    DirectoryDump,
+    private_dump_folder,
+    run_pg_dump_into,
+    write_dump_tar,
+)
 from cosmic_backup.components.database.migrations import migration_head
-from cosmic_backup.components.database.source import DatabaseSource
+from cosmic_backup.components.database.source import CUSTOM, DIRECTORY, DatabaseSource
 from cosmic_backup.components.database.stream_counts import StreamCounter
 from cosmic_backup.components.database.tools import Tool
 from cosmic_backup.components.database.url import Target
@@ -108,8 +114,13 @@ def take_dump(
     pg_dump: Tool,
     limits: DumpSettings,
     log: logging.Logger,
+    directory: DirectoryDump | None = None,
 ) -> DatabaseSource:
     """Dump `target` into `out`; return what the manifest records of the source.
+
+    With `directory`, pg_dump runs its jobs in parallel into a temporary folder, sealed
+    as one tar (directory_dump.py); the rows are then counted with count(*) in the
+    snapshot, after the dump.
 
     BACKUP_TIMEOUT bounds the whole of it: pg_dump gets what is left after the catalog
     reads, and a count(*) fallback (only if the stream could not be read) what is left
@@ -126,6 +137,13 @@ def take_dump(
         snapshot = str(exporter.execute("SELECT pg_export_snapshot()").fetchone()[0])  # type: ignore[index]
         tables, facts = _read_snapshot(target, snapshot, limits)
         remaining = max(1.0, deadline - time.monotonic())
+        if directory is not None:
+            run = (snapshot, mode, remaining)
+            _run_pg_dump_directory(out, target, run, pg_dump, limits, log, directory)
+            if mode != MODE_SCHEMA_ONLY:
+                facts["row_counts"] = _count_in_snapshot(target, snapshot, tables, limits, deadline)
+            exporter.rollback()
+            return _source(target, server, pg_dump, facts, directory)
         counter = StreamCounter()
         _run_pg_dump(out, target, snapshot, mode, pg_dump, limits, log, remaining, counter)
         if mode != MODE_SCHEMA_ONLY:
@@ -279,6 +297,58 @@ def _run_pg_dump(
         raise OperationFailed(timeout_message(limits.timeout))
     if code != 0:
         raise OperationFailed(_pg_dump_error(child, limits.lock_wait_timeout))
+
+
+def _source(
+    target: Target,
+    server: ServerInfo,
+    pg_dump: Tool,
+    facts: dict[str, Any],
+    directory: DirectoryDump | None,
+) -> DatabaseSource:
+    return DatabaseSource(
+        database=target.dbname,
+        host=target.host,
+        server_version=server.version,
+        pg_dump_version=pg_dump.version,
+        dump_format=DIRECTORY if directory is not None else CUSTOM,
+        **facts,
+    )
+
+
+def _run_pg_dump_directory(
+    out: BinaryIO,
+    target: Target,
+    run: tuple[str, str, float],
+    pg_dump: Tool,
+    limits: DumpSettings,
+    log: logging.Logger,
+    directory: DirectoryDump,
+) -> None:
+    """pg_dump -Fd -j N of the exported snapshot into a private folder (removed whatever
+    happens), then the folder as one tar into `out`. `run`: the snapshot, the mode and
+    the seconds left of BACKUP_TIMEOUT."""
+    snapshot, mode, seconds_left = run
+    argv = [
+        pg_dump.path,
+        "--format=directory",
+        f"--jobs={directory.jobs}",
+        "--compress=0",  # our pipeline compresses the tar
+        f"--snapshot={snapshot}",  # every job reads the same snapshot
+        f"--lock-wait-timeout={limits.lock_wait_timeout}s",
+        "--no-password",
+        f"--dbname={target.conninfo()}",
+    ]
+    if mode == MODE_SCHEMA_ONLY:
+        argv.append("--schema-only")
+    env = {**target.tool_environment(limits.connect_timeout), "PGOPTIONS": "-c statement_timeout=0"}
+    with private_dump_folder(directory.parent) as folder:
+        child, dump = run_pg_dump_into(argv, folder, env=env, timeout=seconds_left, log=log)
+        if child.timed_out:
+            raise OperationFailed(timeout_message(limits.timeout))
+        if child.process.returncode != 0:
+            raise OperationFailed(_pg_dump_error(child, limits.lock_wait_timeout))
+        write_dump_tar(out, dump, log)
 
 
 def _pg_dump_error(child: Child, lock_wait: int) -> str:

@@ -26,6 +26,7 @@ import re
 import subprocess
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, BinaryIO
 
 import psycopg
@@ -115,7 +116,10 @@ def restore_dump(
     log: logging.Logger,
     drop_dependents: bool = False,
     no_privileges: bool = False,
+    dump_dir: Path | None = None,
 ) -> RestoreOutcome:
+    """Restore the custom-format dump `payload`; or, with `dump_dir`, the directory-format
+    dump unpacked there (directory_dump.py), `payload` then being read to its end already."""
     reset = can_reset(target, schemas, limits, drop_dependents=drop_dependents)
     outcome = RestoreOutcome(reset)
     if not reset:
@@ -143,6 +147,8 @@ def restore_dump(
             "Restored without the backup's privileges (--no-privileges): grant what the "
             "app's roles need on this server."
         )
+    if dump_dir is not None:
+        extra = (*extra, str(dump_dir))  # pg_restore reads the folder, not its stdin
     _run_restore(payload, target, prelude, options, (pg_restore, psql), limits, log, extra)
     return outcome
 

@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 
 from cosmic_backup.components.base import Source
 
+# How pg_dump wrote the dump: one custom-format stream (-Fc), or a folder (-Fd, with
+# --jobs) sealed as one tar (directory_dump.py).
+CUSTOM = "custom"
+DIRECTORY = "directory"
+
 
 @dataclass(frozen=True)
 class DatabaseSource(Source):
@@ -20,6 +25,11 @@ class DatabaseSource(Source):
     migration_head: str | None = None  # e.g. "django_migrations: core.0002_more"
     neon: bool = False
     pooler_switched: bool = False  # a Neon -pooler host was swapped for the direct one
+    dump_format: str = CUSTOM  # older manifests lack it: they are all custom-format
+
+    @property
+    def is_directory(self) -> bool:
+        return self.dump_format == DIRECTORY
 
     @property
     def server_major(self) -> int:
