@@ -132,7 +132,8 @@ class Cache:
         self.sockets = folder / "sockets"
         self.meta_file = folder / "bench.json"
         self.prefix, self.uid, self.gid = _run_as()
-        self.bin_dir = Path(find_server(0, os.environ.get("BACKUP_PG_BIN_DIR")).path).parent
+        self.tool = find_server(0, os.environ.get("BACKUP_PG_BIN_DIR"))
+        self.bin_dir = Path(self.tool.path).parent
 
     def pg_ctl(self, *args: str) -> list[str]:
         return [*self.prefix, str(self.bin_dir / "pg_ctl"), "-D", str(self.data), *args]
@@ -156,7 +157,7 @@ class Cache:
         options = f"-p {port} -k {self.sockets} -c listen_addresses=127.0.0.1 {OPTIONS}"
         log = str(self.folder / "server.log")
         _run(self.pg_ctl("-o", options, "-l", log, "-w", "start"))
-        return ThrowawayServer(port, self.bin_dir, password, self.folder)
+        return ThrowawayServer(port, self.bin_dir, password, self.folder, self.tool.version)
 
     def create(self) -> str:
         """An empty cluster in a new cache folder; returns its password."""

@@ -1,7 +1,8 @@
 """Database backup and restore next to pg_dump, the seed's pipeline and the peers, one run.
 
 Usage: python benchmarks/database_throughput.py [--size MIB] [--runs 3] [--cache DIR]
-           [--refill] [--no-peers] [--backup-only] [--restore-test] [--before SRC]
+           [--refill] [--no-peers] [--backup-only] [--restore-test] [--jobs N]
+           [--before SRC]
 
 The database (posts, users with jsonb and bytea, an audit table; --size MiB on disk,
 default 1270: the issue's 1.3 GB with 3 M posts, 750 k users, 3 M audit rows) is built
@@ -20,12 +21,15 @@ always goes first or last), all fed by the same server:
   borg     pg_dump -Fc -Z0 | borg create --stdin-name db.dump REPO::A -  (repokey, lz4)
   restic   pg_dump -Fc -Z0 | restic backup --stdin                       (fresh repo)
   ours     cosmic-backup backup database
+  ours_jN  with --jobs N (repeatable): cosmic-backup backup database --jobs N
   before   with --before SRC (repeatable): the same backup from another checkout's `src`
            (PYTHONPATH=SRC; e.g. `git archive COMMIT src | tar -x -C /tmp/old`)
 then, unless --backup-only, restores into a new empty database each:
   pg_restore      pg_restore --single-transaction of raw.dump
   seed_restore    openssl enc -d | gunzip | psql  of the seed's file
-  ours_restore    cosmic-backup restore database latest --into URL --no-safety-backup
+  ours_restore    cosmic-backup restore database ID --into URL --no-safety-backup
+                  (ID: this run's `ours` backup)
+  ours_restore_jN with --jobs N: the same with --jobs N, of this run's ours_jN backup
   restore_test    with --restore-test: cosmic-backup verify --restore-test database
 borg and restic are installed for the benchmark when missing (_peers.py), or left out
 with a note; --no-peers leaves them out. Prints each run, then medians, ratios to the
@@ -51,7 +55,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _peers import Peer, available, machine, pipeline
-from _pgcache import bench_server, default_cache
+from _pgcache import (
+    AUDIT_PER_MIB,
+    POSTS_PER_MIB,
+    USERS_PER_MIB,
+    bench_server,
+    default_cache,
+)
 
 from cosmic_backup.components.database.throwaway import ThrowawayServer
 
@@ -116,6 +126,7 @@ class Bench:
     peaks: dict[str, int] = field(default_factory=dict)
     cpus: dict[str, list[float]] = field(default_factory=dict)
     stored: dict[str, int] = field(default_factory=dict)
+    ids: dict[str, str] = field(default_factory=dict)  # the backup each of ours took
 
     @property
     def env(self) -> dict[str, str]:
@@ -147,6 +158,20 @@ class Bench:
     def ours(self, key: str, argv: list[str], env: dict[str, str] | None = None) -> float:
         seconds, peak = timed(argv, env or self.env, self.cpus.setdefault(key, []))
         self.peaks[key] = max(self.peaks.get(key, 0), peak)
+        return seconds
+
+    def backup(self, key: str, flags: list[str], env: dict[str, str] | None = None) -> float:
+        """Time our backup; note its id and stored size (untimed) for the restores."""
+        seconds = self.ours(key, [*self.cli, "backup", "database", *flags], env)
+        listing = subprocess.run(
+            [*self.cli, "--json", "list", "database"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        latest = json.loads(listing.stdout)[-1]
+        self.ids[key], self.stored[key] = latest["id"], int(latest["stored_size"])
         return seconds
 
     def into_fresh(self, prefix: str, restore: Callable[[str], float]) -> float:
@@ -189,10 +214,13 @@ def backups(b: Bench) -> list[tuple[str, Callable[[], float]]]:
 
         return run
 
+    def jobs(n: int) -> Callable[[], float]:
+        return lambda: b.backup(f"ours_j{n}", ["--jobs", str(n)])
+
     def before(src: Path) -> Callable[[], float]:
         label = f"before[{src.parent.name}]"
         env = {**b.env, "PYTHONPATH": str(src)}
-        return lambda: b.ours(label, [*b.cli, "backup", "database"], env)
+        return lambda: b.backup(label, [], env)
 
     return [
         ("floor", lambda: b.shell(f"{raw} > /dev/null")),
@@ -201,7 +229,8 @@ def backups(b: Bench) -> list[tuple[str, Callable[[], float]]]:
         ("zlib", to_file("zlib", f"{b.tool('pg_dump')} -Fc {shlex.quote(b.source)}", "zlib.dump")),
         ("seed", seed),
         *((p.name, peer(p)) for p in b.peers),
-        ("ours", lambda: b.ours("ours", [*b.cli, "backup", "database"])),
+        ("ours", lambda: b.backup("ours", [])),
+        *((f"ours_j{n}", jobs(n)) for n in b.args.jobs or []),
         *((f"before[{src.parent.name}]", before(src)) for src in b.args.before or []),
     ]
 
@@ -219,16 +248,24 @@ def restores(b: Bench) -> list[tuple[str, Callable[[], float]]]:
         psql = f"{b.tool('psql')} -X -q -v ON_ERROR_STOP=1 --dbname={shlex.quote(db)}"
         return b.shell(f"{dec} | gunzip | {psql} > /dev/null")
 
-    def ours(db: str) -> float:
-        # No password in our argv either: libpq takes it from PGPASSWORD in the env.
-        url = f"postgresql://postgres@127.0.0.1:{b.server.port}/{db}"
-        restore = ["restore", "database", "latest", "--into", url, "--yes"]
-        return b.ours("ours_restore", [*b.cli, *restore, "--no-safety-backup"])
+    def ours(key: str, backup: str, flags: list[str]) -> Callable[[str], float]:
+        def run(db: str) -> float:
+            # No password in our argv either: libpq takes it from PGPASSWORD in the env.
+            url = f"postgresql://postgres@127.0.0.1:{b.server.port}/{db}"
+            restore = ["restore", "database", b.ids[backup], "--into", url, "--yes", *flags]
+            return b.ours(key, [*b.cli, *restore, "--no-safety-backup"])
+
+        return run
+
+    def jobs(n: int) -> Callable[[], float]:
+        restore = ours(f"ours_restore_j{n}", f"ours_j{n}", ["--jobs", str(n)])
+        return lambda: b.into_fresh("jobs", restore)
 
     variants: list[tuple[str, Callable[[], float]]] = [
         ("pg_restore", lambda: b.into_fresh("plain", pg_restore)),
         ("seed_restore", lambda: b.into_fresh("seed", seed)),
-        ("ours_restore", lambda: b.into_fresh("ours", ours)),
+        ("ours_restore", lambda: b.into_fresh("ours", ours("ours_restore", "ours", []))),
+        *((f"ours_restore_j{n}", jobs(n)) for n in b.args.jobs or []),
     ]
     if b.args.restore_test:
         test = [*b.cli, "verify", "--restore-test", "database"]
@@ -258,7 +295,7 @@ LABELS = {
     "ours": "`cosmic-backup backup database`",
     "pg_restore": "`pg_restore --single-transaction` of the -Z0 dump",
     "seed_restore": "`openssl enc -d \\| gunzip \\| psql` (seed)",
-    "ours_restore": "`cosmic-backup restore database latest --into`",
+    "ours_restore": "`cosmic-backup restore database ID --into`",
     "restore_test": "`cosmic-backup verify --restore-test database`",
 }
 
@@ -267,14 +304,23 @@ def mib(size: int) -> str:
     return f"{size / 2**20:.0f} MiB"
 
 
+def describe(b: Bench, key: str) -> str:
+    if key.startswith("before"):
+        return f"the same from {key[7:-1]}"
+    if key.startswith("ours_j"):
+        return f"`cosmic-backup backup database --jobs {key[6:]}`"
+    if key.startswith("ours_restore_j"):
+        return f"`cosmic-backup restore database ID --jobs {key[14:]} --into`"
+    return LABELS.get(key, key) + "".join(f" ({p.label})" for p in b.peers if p.name == key)
+
+
 def table(b: Bench, medians: dict[str, float], keys: list[str], base: str) -> None:
     print(f"| what | median s | vs {base} | stored |")
     print("| --- | ---: | ---: | ---: |")
     for key in keys:
         if key not in medians:
             continue
-        label = LABELS.get(key, f"the same from {key[7:-1]}" if key.startswith("before") else key)
-        label += "".join(f" ({p.label})" for p in b.peers if p.name == key)
+        label = describe(b, key)
         stored = mib(b.stored[key]) if key in b.stored else ""
         ratio = medians[key] / medians[base]
         print(f"| {label} | {medians[key]:.2f} | {ratio:.2f} | {stored} |")
@@ -305,18 +351,25 @@ def report(b: Bench, size: int) -> None:
     medians = {k: statistics.median(v) for k, v in b.results.items()}
     runs = len(next(iter(b.results.values())))
     print(f"\nmachine: {machine()}")
+    rows = b.args.size * POSTS_PER_MIB, b.args.size * USERS_PER_MIB, b.args.size * AUDIT_PER_MIB
     print(
-        f"database: {mib(size)} on disk (posts, users with jsonb and bytea, audit); raw "
-        f"dump {mib(b.stored['raw'])}; {runs} runs interleaved, medians\n"
+        f"database: {mib(size)} on disk, PostgreSQL {b.server.version}: {rows[0]:,} posts, "
+        f"{rows[1]:,} users with jsonb and bytea, {rows[2]:,} audit rows; raw dump "
+        f"{mib(b.stored['raw'])}; {runs} run(s) interleaved, medians\n"
     )
     keys = ["floor", "dd", "raw", "zlib", "seed", "borg", "restic", "ours"]
-    keys += [k for k in medians if k.startswith("before")]
+    keys += [k for k in medians if k.startswith(("ours_j", "before"))]
     table(b, medians, keys, "floor")
     if "ours_restore" in medians:
         print()
-        table(
-            b, medians, ["pg_restore", "seed_restore", "ours_restore", "restore_test"], "pg_restore"
-        )
+        keys = ["pg_restore", "seed_restore", "ours_restore", "restore_test"]
+        keys += [k for k in medians if k.startswith("ours_restore_j")]
+        table(b, medians, keys, "pg_restore")
+    for n in b.args.jobs or []:
+        gains = [f"backup {medians['ours'] / medians[f'ours_j{n}']:.2f}x"]
+        if f"ours_restore_j{n}" in medians:
+            gains.append(f"restore {medians['ours_restore'] / medians[f'ours_restore_j{n}']:.2f}x")
+        print(f"\n--jobs {n} against one job: " + ", ".join(gains) + " as fast")
     print("\n| target (issue 13) | measured | limit | |\n| --- | ---: | ---: | --- |")
     for what, value, limit, met in targets(b, medians):
         print(f"| {what} | {value:.2f} | {limit:.2f} | {'met' if met else 'NOT met'} |")
@@ -327,17 +380,6 @@ def report(b: Bench, size: int) -> None:
             f"{key}: peak RSS of the cosmic-backup process {peak / 1024:.0f} MiB, "
             f"CPU seconds (with its children's) {cpu:.2f}"
         )
-
-
-def ours_stored(b: Bench) -> int:
-    listing = subprocess.run(
-        [*b.cli, "--json", "list", "database"],
-        env=b.env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(json.loads(listing.stdout)[-1]["stored_size"])
 
 
 def parse() -> argparse.Namespace:
@@ -355,6 +397,12 @@ def parse() -> argparse.Namespace:
         help="also time `verify --restore-test database` (a throwaway server of its own)",
     )
     parser.add_argument("--backup-only", action="store_true", help="leave out the restores")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        action="append",
+        help="also time backup and restore with --jobs N (repeatable)",
+    )
     parser.add_argument(
         "--before",
         type=Path,
@@ -381,7 +429,6 @@ def main() -> None:
             print(f"run {run + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
             for name, value in seconds.items():
                 b.results.setdefault(name, []).append(value)
-        b.stored["ours"] = ours_stored(b)
     report(b, size)
 
 
