@@ -3,8 +3,10 @@ temporary folder, sealed as one tar, against a real PostgreSQL server and the re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -14,8 +16,9 @@ import psycopg
 import pytest
 
 from tests.conftest import Project
-from tests.integration.database.appdb import execute, full_state, table_contents
+from tests.integration.database.appdb import execute, full_state
 from tests.integration.database.conftest import PostgresServer
+from tests.unit.format.test_openssl_compat import doc_block
 
 KEY = "jobs dump tests passphrase 0123456789"
 DUMP_FOLDERS = ".dump-*"
@@ -52,9 +55,7 @@ def only_entry(project: Project) -> dict:
     return entry
 
 
-def test_jobs_backup_restores_identically_and_verifies(
-    jobs_project: Project, jobs_db: str
-) -> None:
+def test_jobs_backup_restores_identically_and_verifies(jobs_project: Project, jobs_db: str) -> None:
     original = full_state(jobs_db)
     backup = jobs_project.run("backup", "database", "--jobs", "2")
     assert backup.returncode == 0, backup.stderr
@@ -89,3 +90,130 @@ def test_old_manifest_without_format_is_custom(jobs_project: Project) -> None:
 
     old = Manifest("database-x", "database", "ok", "full", [], "", "", "", source={})
     assert DatabaseSource.of(old).dump_format == "custom"
+
+
+def test_a_failed_parallel_dump_leaves_no_folder(jobs_project: Project, jobs_db: str) -> None:
+    """pg_dump meets a locked table: one sentence naming it, a failure record, no folder."""
+    with psycopg.connect(jobs_db) as locker:
+        locker.execute("LOCK TABLE billing.notes IN ACCESS EXCLUSIVE MODE")
+        backup = jobs_project.run(
+            "backup", "database", "--jobs", "2", env={"BACKUP_LOCK_WAIT_TIMEOUT": "1"}
+        )
+        locker.rollback()
+    assert backup.returncode == 1, backup.stderr
+    assert "billing.notes is locked by another session" in backup.stderr
+    assert "Traceback" not in backup.stderr
+    assert dump_folders(jobs_project) == []
+    assert only_entry(jobs_project)["status"] == "failed"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sigkill_leaves_the_folder_and_the_next_locked_run_removes_it(
+    jobs_project: Project, jobs_db: str
+) -> None:
+    """The CLI is killed while pg_dump waits for a locked table inside the folder: the
+    folder (and pg_dump, in its own process group) outlive it; the next command that
+    takes the root's lock stops that pg_dump and removes the folder."""
+    with psycopg.connect(jobs_db) as locker:
+        locker.execute("LOCK TABLE billing.notes IN ACCESS EXCLUSIVE MODE")
+        cli = jobs_project.popen("backup", "database", "--jobs", "2")
+        deadline = time.monotonic() + 30
+        owner: dict = {}
+        while time.monotonic() < deadline and not (owner.get("child") or {}).get("pid"):
+            for folder in dump_folders(jobs_project):
+                with contextlib.suppress(OSError, ValueError):
+                    owner = json.loads((folder / "owner.json").read_text())
+            time.sleep(0.05)
+        assert owner.get("child"), "pg_dump never started in a .dump-* folder"
+        cli.send_signal(signal.SIGKILL)
+        cli.communicate(timeout=30)
+        [left] = dump_folders(jobs_project)
+        pg_dump = owner["child"]["pid"]
+        assert _alive(pg_dump)  # orphaned, still waiting for the lock
+
+        verify = jobs_project.run("verify", "database")  # takes the lock; nothing to verify
+        assert "Traceback" not in verify.stderr
+        assert not left.exists()
+        assert dump_folders(jobs_project) == []
+        deadline = time.monotonic() + 10
+        while _alive(pg_dump) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pg_dump)
+        locker.rollback()
+    backup = jobs_project.run("backup", "database", "--jobs", "2")
+    assert backup.returncode == 0, backup.stderr
+    assert dump_folders(jobs_project) == []
+
+
+def test_a_folder_of_a_live_run_is_left_alone(tmp_path: Path) -> None:
+    """A restore test unpacks without holding the lock: a locked command must not remove
+    a folder whose run still lives."""
+    from cosmic_backup.components.database.directory_dump import (
+        private_dump_folder,
+        remove_leftover_folders,
+    )
+
+    with private_dump_folder(tmp_path) as folder:
+        assert remove_leftover_folders(tmp_path) == []
+        assert folder.is_dir() and oct(folder.stat().st_mode & 0o777) == "0o700"
+    assert not folder.exists()
+
+
+JOBS_RANGE = "--jobs takes a number of parallel pg_dump jobs from 1 to 64"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "said"),
+    [
+        (["--jobs", "0"], {}, f"{JOBS_RANGE}, not '0'."),
+        (["--jobs", "abc"], {}, f"{JOBS_RANGE}, not 'abc'."),
+        ([], {"BACKUP_DB_JOBS": "-1"}, "is -1; it must be at least 1 and at most 64."),
+    ],
+)
+def test_bad_jobs_are_one_sentence_usage_errors(
+    project: Project, args: list[str], env: dict[str, str], said: str
+) -> None:
+    result = project.run(
+        "backup", "database", *args, env={"DATABASE_URL": "postgresql://x/y", **env}
+    )
+    assert result.returncode == 2, result.stderr
+    assert said in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_the_documented_hand_recovery_of_a_directory_dump(
+    project: Project, jobs_db: str, postgres: PostgresServer
+) -> None:
+    """docs/format.md's block for a --jobs backup, as written, with the real openssl,
+    gunzip, tar and pg_restore -j, into an empty database."""
+    project.env["DATABASE_URL"] = jobs_db  # no BACKUP_KEY: the key file is made
+    assert project.run("backup", "database", "--jobs", "2").returncode == 0
+    entry = only_entry(project)
+    artifact = f"tmp/backups/database/{entry['artifact']}"
+    block = doc_block("A directory-format database dump (--jobs)")
+    assert f"N={entry['kdf']['iterations']}\n" in block
+    script = re.sub(r"^A=.*$", f"A={artifact}", block, count=1, flags=re.MULTILINE)
+    empty = postgres.create_database("byhand")
+    done = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", script],
+        cwd=project.root,
+        env={
+            **os.environ,
+            "PATH": f"{postgres.bin_dir}:{os.environ['PATH']}",
+            "DATABASE_URL": postgres.url(empty),
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "TABLE DATA billing notes" in done.stdout  # the listing the block prints
+    assert full_state(postgres.url(empty)) == full_state(jobs_db)
