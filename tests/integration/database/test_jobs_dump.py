@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from tests.conftest import Project
 from tests.integration.database.appdb import execute, full_state
@@ -67,6 +68,14 @@ def test_jobs_backup_restores_identically_and_verifies(jobs_project: Project, jo
     assert source["row_counts"]["public.nothing_here"] == 0
     assert source["row_counts"]["billing.notes"] == 300
     assert source["row_counts"]["public.users"] == 500
+    # Counted in the data files as they were sealed, no count(*) scan; and right.
+    log = "".join(p.read_text() for p in (jobs_project.root / "logs").glob("*.log"))
+    assert "not counted in the dump's files" not in log and "count(*)" not in log
+    with psycopg.connect(jobs_db, autocommit=True) as conn:
+        for name in source["tables"]:
+            schema, table = name.split(".")
+            query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))
+            assert source["row_counts"][name] == conn.execute(query).fetchone()[0], name
 
     verify = jobs_project.run("verify", "database", "latest")
     assert verify.returncode == 0, verify.stdout + verify.stderr
@@ -217,3 +226,23 @@ def test_the_documented_hand_recovery_of_a_directory_dump(
     assert done.returncode == 0, done.stderr
     assert "TABLE DATA billing notes" in done.stdout  # the listing the block prints
     assert full_state(postgres.url(empty)) == full_state(jobs_db)
+
+
+def test_data_files_are_named_only_when_one_table_fits() -> None:
+    from cosmic_backup.components.database.directory_dump import table_data_files
+
+    listing = "\n".join(
+        [
+            ";",
+            "; Archive created at 2026-11-29",
+            "3546; 0 16538 TABLE DATA public users app",
+            # "users x", or "users" owned by "x app"?
+            "3547; 0 16540 TABLE DATA public users x app",
+            "3548; 0 16550 TABLE DATA a b c app",  # "a b"."c" or "a"."b c"
+            "3549; 1259 16551 TABLE public users app",
+            "3550; 0 16552 TABLE DATA billing notes app",
+        ]
+    )
+    tables = [("public", "users"), ("public", "users x"), ("a b", "c"), ("a", "b c")]
+    tables += [("billing", "notes")]
+    assert table_data_files(listing, tables) == {"3550.dat": "billing.notes"}

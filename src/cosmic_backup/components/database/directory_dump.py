@@ -24,16 +24,17 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from cosmic_backup.components.archive import TarWriter, check_member, safe_extract
+from cosmic_backup.components.archive import check_member, safe_extract
 from cosmic_backup.components.database.tools import Tool
 from cosmic_backup.errors import IntegrityError, OperationFailed
 from cosmic_backup.process import Child, run_captured, running
@@ -43,6 +44,8 @@ OWNER_FILE = "owner.json"
 ARCHIVE_ROOT = "dump"  # the tar's one folder: `tar -x` gives ./dump/toc.dat, ./dump/3546.dat...
 TOC = "toc.dat"
 TOC_MEMBER = f"{ARCHIVE_ROOT}/{TOC}"
+# The end of every table's data file: a line holding a backslash and a dot, two empty ones.
+TRAILER = b"\\.\n\n\n"
 # A folder with no owner yet is being created right now, unless it is older than this.
 YOUNG_SECONDS = 60
 # The table of contents of tens of thousands of tables fits easily; past this, the
@@ -156,27 +159,131 @@ def run_pg_dump_into(
     return child, dump
 
 
-def write_dump_tar(out: BinaryIO, dump: Path, log: logging.Logger) -> int:
+def write_dump_tar(out: BinaryIO, dump: Path, counted: Mapping[str, str]) -> dict[str, int]:
     """Write the dump folder as a tar stream into `out`, ``toc.dat`` first (a restore
-    test reads the table of contents from the start of the stream); the bytes of files."""
+    test reads the table of contents from the start of the stream).
+
+    The rows of each table in `counted` (data file name -> "schema.table") are counted
+    while its file passes through (see `RowCounter`): no second scan of the data. A
+    table whose count cannot be trusted is left out of the result.
+    """
     names = sorted(path.name for path in dump.iterdir())
     if TOC not in names:
         raise OperationFailed(f"pg_dump wrote no table of contents ({TOC}) into {dump}.")
     names.remove(TOC)
-    with TarWriter(out, log) as writer:
+    rows: dict[str, int] = {}
+    tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+    try:
         for name in (TOC, *names):
-            writer.add_tree(dump / name, f"{ARCHIVE_ROOT}/{name}")
-    stats = writer.stats
-    problems = stats.warnings + stats.unreadable + stats.read_errors
-    if problems or stats.folders or stats.links:
-        # Only pg_dump writes there, in a folder nobody else may enter: anything odd
-        # means the dump cannot be trusted.
-        why = problems[0] if problems else "it holds more than files"
-        raise OperationFailed(
-            f"The dump's temporary folder changed while it was sealed ({why}); run the "
-            "backup again."
-        )
-    return stats.bytes
+            counter = _add_file(tar, dump / name, name in counted)
+            if counter is not None and counter.rows is not None:
+                rows[counted[name]] = counter.rows
+        tar.close()  # the end-of-archive blocks; `out` stays open
+    except BaseException:
+        # Nothing more may be written into a broken output: without this, tarfile's
+        # finaliser would flush its buffer into it later.
+        tar.closed = True
+        tar.fileobj.closed = True  # type: ignore[union-attr]
+        raise
+    return rows
+
+
+def _add_file(tar: tarfile.TarFile, path: Path, count: bool) -> RowCounter | None:
+    """One regular file of the dump, read once; its counter when `count`."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            # Only pg_dump writes there, in a folder nobody else may enter.
+            raise OperationFailed(
+                f"The dump's temporary folder holds {path.name}, which is not a file; run "
+                "the backup again."
+            )
+        member = tarfile.TarInfo(f"{ARCHIVE_ROOT}/{path.name}")
+        member.size, member.mode, member.mtime = info.st_size, 0o600, int(info.st_mtime)
+        counter = RowCounter(handle) if count else None
+        tar.addfile(member, counter or handle)  # type: ignore[arg-type]
+        tar.members.clear()
+        if os.fstat(fd).st_size != info.st_size:
+            raise OperationFailed(
+                f"The dump's file {path.name} changed while it was sealed; run the backup again."
+            )
+    return counter
+
+
+class RowCounter:
+    """Reads a table's data file (COPY text, as pg_dump -Z0 writes it) and counts its rows.
+
+    COPY text escapes a newline inside a value as the two characters backslash and n, so
+    every raw newline ends one row, except those of pg_dump's trailer: each file ends with
+    a line holding a backslash and a dot, then two empty lines. A file that does not end
+    so is not what we think it is: `rows` is then None and the caller counts otherwise.
+    """
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self._newlines = 0
+        self._size = 0
+        self._tail = b""  # the last bytes read: the trailer and the newline before it
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size)
+        self._newlines += data.count(b"\n")
+        self._size += len(data)
+        keep = len(TRAILER) + 1
+        self._tail = (self._tail + data[-keep:])[-keep:]
+        return data
+
+    @property
+    def rows(self) -> int | None:
+        trailer_newlines = TRAILER.count(b"\n")
+        if self._size == len(TRAILER) and self._tail == TRAILER:
+            return 0  # an empty table: the trailer alone
+        if self._tail != b"\n" + TRAILER:  # the trailer must begin a line of its own
+            return None
+        return self._newlines - trailer_newlines
+
+
+def counted_files(
+    dump: Path, pg_dump: Tool, tables: list[tuple[str, str]], timeout: float, log: logging.Logger
+) -> dict[str, str]:
+    """Data file name -> "schema.table" of the tables whose rows `write_dump_tar` counts,
+    read from ``pg_restore --list`` of the folder (the pg_restore beside pg_dump). Empty,
+    and logged, when that cannot be had: the rows are then counted with count(*)."""
+    pg_restore = Path(pg_dump.path).with_name("pg_restore")
+    try:
+        result = run_captured([str(pg_restore), "--list", str(dump)], timeout=timeout)
+    except OperationFailed as exc:
+        log.info("row counts: %s; counting with count(*) instead", exc.message)
+        return {}
+    if result.returncode != 0:
+        log.info("row counts: pg_restore --list failed; counting with count(*) instead")
+        return {}
+    return table_data_files(result.stdout, tables)
+
+
+def table_data_files(listing: str, tables: list[tuple[str, str]]) -> dict[str, str]:
+    """Data file name -> "schema.table", from a directory dump's ``pg_restore --list``.
+
+    A TABLE DATA line reads ``ID; 0 OID TABLE DATA SCHEMA NAME OWNER``, unquoted, so a
+    name holding spaces could be read two ways: a line is only taken when exactly one of
+    `tables` fits it, and a table only when exactly one line names it.
+    """
+    found: dict[str, list[str]] = {}
+    named: dict[str, int] = {}
+    for line in listing.splitlines():
+        head, sep, rest = line.partition("; ")
+        if not (sep and head.strip().isdigit()):
+            continue
+        words = rest.split(" ", 2)
+        if len(words) < 3 or not words[2].startswith("TABLE DATA "):
+            continue
+        described = words[2].removeprefix("TABLE DATA ")
+        fits = [f"{s}.{t}" for s, t in tables if described.startswith(f"{s} {t} ")]
+        found[f"{head.strip()}.dat"] = fits
+        for name in fits:
+            named[name] = named.get(name, 0) + 1
+    return {file: fits[0] for file, fits in found.items() if len(fits) == 1 and named[fits[0]] == 1}
 
 
 # -- reading -------------------------------------------------------------------------------

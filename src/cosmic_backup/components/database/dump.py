@@ -23,6 +23,7 @@ from psycopg import sql
 from cosmic_backup.components.database.connection import ServerInfo, connect
 from cosmic_backup.components.database.directory_dump import (
     DirectoryDump,
+    counted_files,
     private_dump_folder,
     run_pg_dump_into,
     write_dump_tar,
@@ -119,8 +120,8 @@ def take_dump(
     """Dump `target` into `out`; return what the manifest records of the source.
 
     With `directory`, pg_dump runs its jobs in parallel into a temporary folder, sealed
-    as one tar (directory_dump.py); the rows are then counted with count(*) in the
-    snapshot, after the dump.
+    as one tar (directory_dump.py); the rows are counted in the tables' data files as
+    they are sealed.
 
     BACKUP_TIMEOUT bounds the whole of it: pg_dump gets what is left after the catalog
     reads, and a count(*) fallback (only if the stream could not be read) what is left
@@ -138,10 +139,12 @@ def take_dump(
         tables, facts = _read_snapshot(target, snapshot, limits)
         remaining = max(1.0, deadline - time.monotonic())
         if directory is not None:
-            run = (snapshot, mode, remaining)
-            _run_pg_dump_directory(out, target, run, pg_dump, limits, log, directory)
+            dumped = DirectoryRun(snapshot, mode, remaining, tables)
+            rows = _run_pg_dump_directory(out, target, dumped, pg_dump, limits, log, directory)
             if mode != MODE_SCHEMA_ONLY:
-                facts["row_counts"] = _count_in_snapshot(target, snapshot, tables, limits, deadline)
+                facts["row_counts"] = _directory_counts(
+                    target, snapshot, tables, rows, limits, log, deadline
+                )
             exporter.rollback()
             return _source(target, server, pg_dump, facts, directory)
         counter = StreamCounter()
@@ -316,19 +319,29 @@ def _source(
     )
 
 
+@dataclass(frozen=True)
+class DirectoryRun:
+    """What one directory-format dump is of: the snapshot, the mode, the seconds left of
+    BACKUP_TIMEOUT, and the tables whose rows are counted."""
+
+    snapshot: str
+    mode: str
+    seconds_left: float
+    tables: list[tuple[str, str]]
+
+
 def _run_pg_dump_directory(
     out: BinaryIO,
     target: Target,
-    run: tuple[str, str, float],
+    run: DirectoryRun,
     pg_dump: Tool,
     limits: DumpSettings,
     log: logging.Logger,
     directory: DirectoryDump,
-) -> None:
+) -> dict[str, int]:
     """pg_dump -Fd -j N of the exported snapshot into a private folder (removed whatever
-    happens), then the folder as one tar into `out`. `run`: the snapshot, the mode and
-    the seconds left of BACKUP_TIMEOUT."""
-    snapshot, mode, seconds_left = run
+    happens), then the folder as one tar into `out`; the rows counted on the way."""
+    snapshot, mode = run.snapshot, run.mode
     argv = [
         pg_dump.path,
         "--format=directory",
@@ -343,12 +356,35 @@ def _run_pg_dump_directory(
         argv.append("--schema-only")
     env = {**target.tool_environment(limits.connect_timeout), "PGOPTIONS": "-c statement_timeout=0"}
     with private_dump_folder(directory.parent) as folder:
-        child, dump = run_pg_dump_into(argv, folder, env=env, timeout=seconds_left, log=log)
+        child, dump = run_pg_dump_into(argv, folder, env=env, timeout=run.seconds_left, log=log)
         if child.timed_out:
             raise OperationFailed(timeout_message(limits.timeout))
         if child.process.returncode != 0:
             raise OperationFailed(_pg_dump_error(child, limits.lock_wait_timeout))
-        write_dump_tar(out, dump, log)
+        counted = {}
+        if mode != MODE_SCHEMA_ONLY:
+            counted = counted_files(dump, pg_dump, run.tables, limits.timeout, log)
+        return write_dump_tar(out, dump, counted)
+
+
+def _directory_counts(
+    target: Target,
+    snapshot: str,
+    tables: list[tuple[str, str]],
+    rows: dict[str, int],
+    limits: DumpSettings,
+    log: logging.Logger,
+    deadline: float,
+) -> dict[str, int]:
+    """The rows counted in the data files; count(*) in the snapshot (still held open)
+    for a table they did not give (its name read two ways, a file not as expected)."""
+    names = [f"{s}.{t}" for s, t in tables]
+    missing = [table for table, name in zip(tables, names, strict=True) if name not in rows]
+    counts = dict(rows)
+    if missing:
+        log.info("row counts: %d table(s) not counted in the dump's files; counting", len(missing))
+        counts.update(_count_in_snapshot(target, snapshot, missing, limits, deadline))
+    return {name: counts[name] for name in names}
 
 
 def _pg_dump_error(child: Child, lock_wait: int) -> str:
