@@ -124,6 +124,36 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def start_waiting_backup(project: Project) -> tuple[subprocess.Popen[str], dict]:
+    """A `backup database --jobs 2` whose pg_dump runs (waiting for a locked table) in its
+    .dump-* folder; the CLI process and the folder's owner record."""
+    cli = project.popen("backup", "database", "--jobs", "2")
+    deadline = time.monotonic() + 30
+    owner: dict = {}
+    while time.monotonic() < deadline and not (owner.get("child") or {}).get("pid"):
+        for folder in dump_folders(project):
+            with contextlib.suppress(OSError, ValueError):
+                owner = json.loads((folder / "owner.json").read_text())
+        time.sleep(0.05)
+    assert owner.get("child"), "pg_dump never started in a .dump-* folder"
+    return cli, owner
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_parallel_dump_removes_its_folder(
+    jobs_project: Project, jobs_db: str, how: signal.Signals
+) -> None:
+    with psycopg.connect(jobs_db) as locker:
+        locker.execute("LOCK TABLE billing.notes IN ACCESS EXCLUSIVE MODE")
+        cli, owner = start_waiting_backup(jobs_project)
+        cli.send_signal(how)
+        _, err = cli.communicate(timeout=30)
+        locker.rollback()
+    assert cli.returncode == 130, err
+    assert dump_folders(jobs_project) == []
+    assert not _alive(owner["child"]["pid"])  # pg_dump was stopped with its run
+
+
 def test_sigkill_leaves_the_folder_and_the_next_locked_run_removes_it(
     jobs_project: Project, jobs_db: str
 ) -> None:
@@ -132,15 +162,7 @@ def test_sigkill_leaves_the_folder_and_the_next_locked_run_removes_it(
     takes the root's lock stops that pg_dump and removes the folder."""
     with psycopg.connect(jobs_db) as locker:
         locker.execute("LOCK TABLE billing.notes IN ACCESS EXCLUSIVE MODE")
-        cli = jobs_project.popen("backup", "database", "--jobs", "2")
-        deadline = time.monotonic() + 30
-        owner: dict = {}
-        while time.monotonic() < deadline and not (owner.get("child") or {}).get("pid"):
-            for folder in dump_folders(jobs_project):
-                with contextlib.suppress(OSError, ValueError):
-                    owner = json.loads((folder / "owner.json").read_text())
-            time.sleep(0.05)
-        assert owner.get("child"), "pg_dump never started in a .dump-* folder"
+        cli, owner = start_waiting_backup(jobs_project)
         cli.send_signal(signal.SIGKILL)
         cli.communicate(timeout=30)
         [left] = dump_folders(jobs_project)
