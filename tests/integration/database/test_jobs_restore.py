@@ -70,3 +70,22 @@ def test_jobs_2_restores_the_same_content_under_the_same_name(
     assert scalar(app_db, "SHOW search_path") == 'billing, "$user", public'
     assert after[1] == "the app's own"
     assert not list(db_project.backups.glob(".cosmic-restore-*"))
+
+
+def test_a_directory_format_backup_restores_with_jobs_too(
+    project: Project, app_db: str, postgres: PostgresServer
+) -> None:
+    """A `backup database --jobs 2` (a sealed directory-format dump) is unpacked into the
+    private folder and restored with pg_restore -j 2, BACKUP_DB_JOBS asking for it."""
+    project.env.update({"DATABASE_URL": app_db, "BACKUP_KEY": KEY, "BACKUP_DB_JOBS": "2"})
+    assert project.run("backup", "database").returncode == 0
+    expected = full_state(app_db)
+    execute(app_db, "DELETE FROM users WHERE id > 10")
+
+    result = project.run(*RESTORE)
+    assert result.returncode == 0, result.stderr
+    assert "2 parallel jobs" in result.stdout + result.stderr
+    assert "Row counts match the backup" in result.stdout
+    assert full_state(app_db) == expected
+    assert databases(postgres, f"{dbname(app_db)}_cosmic_") == []
+    assert not list(project.backups.glob(".cosmic-restore-*"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import re
 import subprocess
@@ -170,7 +171,7 @@ class DatabaseComponent(Component):
     ) -> list[str]:
         """How the restore will run: --jobs N into a new database and a swap, when this
         server and role allow it; else in one transaction (saying why when --jobs asked)."""
-        jobs = request.jobs if request.jobs is not None else getattr(self.settings, "db_jobs", 1)
+        jobs = request.jobs if request.jobs is not None else self.settings.db_jobs
         one = [
             f"Everything in {target.describe()} is replaced by the backup, in one "
             "transaction: if anything fails, the database stays as it is."
@@ -278,25 +279,34 @@ class DatabaseComponent(Component):
             extra,
         )
 
-        def one_transaction(dump: BinaryIO, why: str) -> list[str]:
-            outcome = restore_dump(
-                dump,
-                target,
-                schemas=source.schemas,
-                pg_restore=pg_restore,
-                psql=psql,
-                server_major=plan.private["server"].major,
-                limits=limits,
-                log=self.log,
-                drop_dependents=request.drop_dependents,
-                no_privileges=request.no_privileges,
-            )
+        def one_transaction(dump: Path, why: str) -> list[str]:
+            # A directory-format dump was read to its end: pg_restore reads its folder.
+            folder = dump if source.is_directory else None
+            with io.BytesIO() if folder else open(dump, "rb") as stream:
+                outcome = restore_dump(
+                    stream,
+                    target,
+                    schemas=source.schemas,
+                    pg_restore=pg_restore,
+                    psql=psql,
+                    server_major=plan.private["server"].major,
+                    limits=limits,
+                    log=self.log,
+                    drop_dependents=request.drop_dependents,
+                    no_privileges=request.no_privileges,
+                    dump_dir=folder,
+                )
             return [why, *outcome.notes]
 
         began = time.monotonic()
         try:
             done = restore_parallel(
-                payload, job, self.settings.path("backup_dir"), self.log, one_transaction
+                payload,
+                job,
+                self.settings.path("backup_dir"),
+                self.log,
+                one_transaction,
+                directory=source.is_directory,
             )
         except psycopg.Error as exc:
             raise OperationFailed(

@@ -38,6 +38,7 @@ from typing import BinaryIO
 import psycopg
 
 from cosmic_backup.components.database import newdb
+from cosmic_backup.components.database.directory_dump import unpack_directory_dump
 from cosmic_backup.components.database.newdb import Shape
 from cosmic_backup.components.database.restore import RestoreLimits, current_row_counts
 from cosmic_backup.components.database.tools import Tool
@@ -66,8 +67,9 @@ class ParallelOutcome:
     notes: list[str] = field(default_factory=list)
 
 
-# The one-transaction restore, given the dump file and the sentence saying why; its notes.
-OneTransaction = Callable[[BinaryIO, str], list[str]]
+# The one-transaction restore, given the dump (a file, or the folder of a directory-format
+# dump) and the sentence saying why; its notes.
+OneTransaction = Callable[[Path, str], list[str]]
 
 
 class Fallback(Exception):
@@ -171,21 +173,26 @@ def restore_parallel(
     backup_root: Path,
     log: logging.Logger,
     one_transaction: OneTransaction,
+    *,
+    directory: bool = False,
 ) -> ParallelOutcome:
-    """Write the dump to a private file, then restore it into a new database and swap.
+    """Write the dump to a private file (a directory-format dump: unpack it into a private
+    folder), then restore it into a new database and swap.
 
     When the server refuses the new database after all (a managed server may refuse
-    CREATE DATABASE to a role with CREATEDB), the same file goes through the
+    CREATE DATABASE to a role with CREATEDB), the same dump goes through the
     one-transaction restore instead."""
     with private_folder(backup_root) as folder:
-        dump = folder / DUMP_FILE
-        write_private(payload, dump, job.target)
+        if directory:
+            dump = unpack_directory_dump(payload, folder / "unpacked")
+        else:
+            dump = folder / DUMP_FILE
+            write_private(payload, dump, job.target)
         try:
             return _into_new_database(dump, job, log)
         except Fallback as fallback:
             log.warning("%s", fallback.sentence)
-            with open(dump, "rb") as source:
-                return ParallelOutcome(None, one_transaction(source, fallback.sentence))
+            return ParallelOutcome(None, one_transaction(dump, fallback.sentence))
 
 
 @contextlib.contextmanager
