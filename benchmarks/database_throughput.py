@@ -261,11 +261,27 @@ def restores(b: Bench) -> list[tuple[str, Callable[[], float]]]:
         restore = ours(f"ours_restore_j{n}", f"ours_j{n}", ["--jobs", str(n)])
         return lambda: b.into_fresh("jobs", restore)
 
+    def pg_restore_jobs(n: int) -> Callable[[], float]:
+        def run(db: str) -> float:  # no transaction: what a parallel pg_restore can do
+            dump = shlex.quote(str(b.root / "raw.dump"))
+            flags = f"--no-owner --jobs={n} --exit-on-error --dbname={shlex.quote(db)}"
+            return b.shell(f"{b.tool('pg_restore')} {flags} {dump}")
+
+        return lambda: b.into_fresh("plainj", run)
+
+    def custom_jobs(n: int) -> Callable[[], float]:
+        # The one-job (custom-format) backup restored with --jobs N: written to a file,
+        # pg_restore -j N into a new database, counts checked, names swapped.
+        restore = ours(f"ours_restore_cj{n}", "ours", ["--jobs", str(n)])
+        return lambda: b.into_fresh("cjobs", restore)
+
     variants: list[tuple[str, Callable[[], float]]] = [
         ("pg_restore", lambda: b.into_fresh("plain", pg_restore)),
         ("seed_restore", lambda: b.into_fresh("seed", seed)),
         ("ours_restore", lambda: b.into_fresh("ours", ours("ours_restore", "ours", []))),
         *((f"ours_restore_j{n}", jobs(n)) for n in b.args.jobs or []),
+        *((f"pg_restore_j{n}", pg_restore_jobs(n)) for n in b.args.jobs or []),
+        *((f"ours_restore_cj{n}", custom_jobs(n)) for n in b.args.jobs or []),
     ]
     if b.args.restore_test:
         test = [*b.cli, "verify", "--restore-test", "database"]
@@ -311,6 +327,10 @@ def describe(b: Bench, key: str) -> str:
         return f"`cosmic-backup backup database --jobs {key[6:]}`"
     if key.startswith("ours_restore_j"):
         return f"`cosmic-backup restore database ID --jobs {key[14:]} --into`"
+    if key.startswith("ours_restore_cj"):
+        return f"the same, of the one-job (custom-format) backup, --jobs {key[15:]}"
+    if key.startswith("pg_restore_j"):
+        return f"`pg_restore -j {key[12:]}` of the -Z0 dump (no transaction)"
     return LABELS.get(key, key) + "".join(f" ({p.label})" for p in b.peers if p.name == key)
 
 
@@ -363,7 +383,8 @@ def report(b: Bench, size: int) -> None:
     if "ours_restore" in medians:
         print()
         keys = ["pg_restore", "seed_restore", "ours_restore", "restore_test"]
-        keys += [k for k in medians if k.startswith("ours_restore_j")]
+        keys += [k for k in medians if k.startswith(("pg_restore_j", "ours_restore_"))]
+        keys = list(dict.fromkeys(keys))  # ours_restore is listed once
         table(b, medians, keys, "pg_restore")
     for n in b.args.jobs or []:
         gains = [f"backup {medians['ours'] / medians[f'ours_j{n}']:.2f}x"]
