@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from cosmic_backup.format.compression import DEFAULT_LEVEL, Decompressor, compre
 from cosmic_backup.format.keys import Key
 
 CHUNK_SIZE = 1024 * 1024
+# Chunks waiting for the sealing thread: enough to ride out a slow write, few MiB.
+QUEUE_DEPTH = 4
 MAC_ALGORITHM = "hmac-sha256"
 
 ProgressCallback = Callable[[int], None]
@@ -76,11 +79,65 @@ class _Derivation:
         return self._encryptor, self._mac_key
 
 
+class _SealingThread:
+    """Runs the writer's gzip, AES, MAC and sink writes in a thread of its own.
+
+    The producer (pg_dump's pipe, tar) then never waits for compression: while this
+    thread compresses one chunk, the caller's thread reads the next and hashes it. isal,
+    cryptography and hashlib release the GIL on large buffers, so the two overlap. The
+    queue is short (QUEUE_DEPTH chunks), so memory stays bounded. An error here is kept
+    and raised in the caller's thread by the next `put` or by `finish`.
+    """
+
+    _END = object()
+
+    def __init__(self, work: Callable[[bytes | bytearray], None]) -> None:
+        self._work = work
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=QUEUE_DEPTH)
+        self._error: BaseException | None = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="cosmic-sealing", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not self._END:
+            if self._error is None and not self._stopping:
+                try:
+                    self._work(item)  # type: ignore[arg-type]
+                except BaseException as exc:  # raised again in the caller's thread
+                    self._error = exc
+
+    def put(self, chunk: bytes | bytearray) -> None:
+        self._raise_error()
+        self._queue.put(chunk)
+
+    def finish(self) -> None:
+        """Wait until every chunk is sealed; raise what went wrong, if anything did."""
+        self._end()
+        self._raise_error()
+
+    def stop(self) -> None:
+        """Drop what is queued and end the thread (after an error upstream)."""
+        self._stopping = True
+        self._end()
+
+    def _end(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(self._END)
+            self._thread.join()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
 class SealingWriter(io.RawIOBase):
     """A writable stream: what is written is compressed, encrypted and MACed into `sink`.
 
     `close()` (or leaving the ``with`` block without an error) finishes the stream and
-    sets `result`. After an error, call `abort()`: nothing more is written.
+    sets `result`. After an error, call `abort()`: nothing more is written. Small writes
+    are gathered into chunks of CHUNK_SIZE; a large `bytes` is handed on as it is (it
+    cannot change), anything else is copied first, since its owner may reuse it.
     """
 
     def __init__(
@@ -104,6 +161,8 @@ class SealingWriter(io.RawIOBase):
         self._iterations = iterations
         self._on_progress = on_progress
         self._aborted = False
+        self._batch = bytearray()
+        self._sealing = _SealingThread(self._seal)
         self.result: SealedArtifact | None = None
 
     def writable(self) -> bool:
@@ -120,11 +179,26 @@ class SealingWriter(io.RawIOBase):
             return 0
         self._sha256.update(view)
         self._plaintext_size += size
-        encryptor = self._encryptor or self._keys_ready()
-        self._store(encryptor.update(self._compressor.compress(view)))
+        if isinstance(data, bytes) and size >= CHUNK_SIZE:
+            self._hand_on_batch()
+            self._sealing.put(data)
+        else:
+            self._batch += view
+            if len(self._batch) >= CHUNK_SIZE:
+                self._hand_on_batch()
         if self._on_progress is not None:
             self._on_progress(size)
         return size
+
+    def _hand_on_batch(self) -> None:
+        if self._batch:
+            batch, self._batch = self._batch, bytearray()
+            self._sealing.put(batch)
+
+    def _seal(self, chunk: bytes | bytearray) -> None:
+        """In the sealing thread: one chunk through gzip, AES and the MAC into the sink."""
+        encryptor = self._encryptor or self._keys_ready()
+        self._store(encryptor.update(self._compressor.compress(chunk)))
 
     def _keys_ready(self) -> Encryptor:
         """The encryptor, once the derivations started in __init__ are done."""
@@ -151,20 +225,28 @@ class SealingWriter(io.RawIOBase):
         if self.closed:
             return
         try:
-            if not self._aborted:
-                encryptor = self._keys_ready()
-                self._store(encryptor.update(self._compressor.flush()))
-                self._store(encryptor.finalize())
-                assert self._mac is not None
-                self.result = SealedArtifact(
-                    plaintext_size=self._plaintext_size,
-                    plaintext_sha256=self._sha256.hexdigest(),
-                    stored_size=self._stored_size,
-                    mac=self._mac.hexdigest(),
-                    iterations=self._iterations,
-                )
+            if self._aborted:
+                self._sealing.stop()
+            else:
+                self._finish()
         finally:
+            self._sealing.stop()  # already ended, unless _finish raised first
             super().close()
+
+    def _finish(self) -> None:
+        self._hand_on_batch()
+        self._sealing.finish()
+        encryptor = self._keys_ready()
+        self._store(encryptor.update(self._compressor.flush()))
+        self._store(encryptor.finalize())
+        assert self._mac is not None
+        self.result = SealedArtifact(
+            plaintext_size=self._plaintext_size,
+            plaintext_sha256=self._sha256.hexdigest(),
+            stored_size=self._stored_size,
+            mac=self._mac.hexdigest(),
+            iterations=self._iterations,
+        )
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is not None:

@@ -7,7 +7,6 @@ leaves a failure record (the seed's "placeholder"), signed when a key is at hand
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -21,7 +20,7 @@ from cosmic_backup.components.base import BackupRequest, Component, Produced
 from cosmic_backup.errors import CosmicError, Interrupted, Locked, NotConfigured, OperationFailed
 from cosmic_backup.format.keys import Key
 from cosmic_backup.format.manifest import Manifest, kdf_description
-from cosmic_backup.format.pipeline import CHUNK_SIZE, SealedArtifact, SealingWriter
+from cosmic_backup.format.pipeline import SealedArtifact, SealingWriter
 from cosmic_backup.operations.appversion import app_version
 from cosmic_backup.operations.context import Runtime
 from cosmic_backup.operations.metrics import write_metrics_file
@@ -154,11 +153,12 @@ def _write_artifact(
         rt.progress(f"{component.name} backup", None) as advance,
         rt.catalog.store.open_write(name) as sink,
     ):
+        # The writer gathers tar's 512-byte writes itself, and takes pg_dump's reads
+        # without a copy, which a BufferedWriter in front would force.
         writer = SealingWriter(sink, key, iterations, on_progress=advance)
-        buffered = io.BufferedWriter(writer, CHUNK_SIZE)  # coalesce tar's 512-byte writes
         try:
-            produced = component.produce(buffered, request)  # type: ignore[arg-type]
-            buffered.close()  # flushes, then finishes the gzip, AES and MAC streams
+            produced = component.produce(writer, request)  # type: ignore[arg-type]
+            writer.close()  # finishes the gzip, AES and MAC streams
         except BaseException:
             writer.abort()
             raise

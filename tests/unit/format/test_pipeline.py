@@ -3,9 +3,12 @@ before any plaintext, the second line of defence, and bounded memory."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import random
+import threading
+import time
 import tracemalloc
 from collections.abc import Callable
 
@@ -173,6 +176,78 @@ def test_writing_after_close_is_a_programming_error() -> None:
     writer.close()  # twice is harmless
     with pytest.raises(ValueError, match="closed"):
         writer.write(b"x")
+
+
+# -- the sealing thread -------------------------------------------------------------------------
+class _GatedSink(io.BytesIO):
+    """A backup disk that stalls until `gate` is set, or fails from `fail_after` bytes on."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.fail_after = fail_after
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        if self.fail_after is not None and self.tell() + len(data) > self.fail_after:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        assert self.gate.wait(10), "the test never opened the gate"
+        return super().write(data)
+
+
+def test_the_producer_is_not_held_up_by_compression_or_a_slow_disk() -> None:
+    """Sealing runs in a thread of its own: with the sink stalled, the caller can still
+    hand over a few chunks (what pg_dump's pipe would otherwise wait for)."""
+    payload = make_payload("random", 3 * CHUNK_SIZE, seed=7)
+    sink = _GatedSink()
+    writer = SealingWriter(sink, KEY, FAST)
+    started = time.monotonic()
+    for start in range(0, len(payload), CHUNK_SIZE):
+        writer.write(payload[start : start + CHUNK_SIZE])
+    assert time.monotonic() - started < 5 and sink.getvalue() == b""
+    sink.gate.set()
+    writer.close()
+    assert writer.result is not None
+    assert unseal(sink.getvalue(), writer.result) == payload
+
+
+def test_a_reused_buffer_is_sealed_as_it_was_when_written() -> None:
+    """A bytearray or memoryview may be refilled by its owner once write() returns."""
+    buffer = bytearray(b"a" * (CHUNK_SIZE + 10))
+    sink = io.BytesIO()
+    with SealingWriter(sink, KEY, FAST) as writer:
+        writer.write(buffer)
+        buffer[:] = b"b" * len(buffer)
+        writer.write(memoryview(buffer))
+        buffer[:] = b"c" * len(buffer)
+        writer.write(b"d" * 3)
+    assert writer.result is not None
+    expected = b"a" * (CHUNK_SIZE + 10) + b"b" * (CHUNK_SIZE + 10) + b"ddd"
+    assert unseal(sink.getvalue(), writer.result) == expected
+
+
+def test_a_full_backup_disk_is_raised_in_the_producers_thread() -> None:
+    sink = _GatedSink(fail_after=CHUNK_SIZE // 2)
+    sink.gate.set()
+    writer = SealingWriter(sink, KEY, FAST)
+    payload = make_payload("random", CHUNK_SIZE, seed=3)
+    with pytest.raises(OSError, match="No space left"):
+        for _ in range(20):
+            writer.write(payload)
+        writer.close()
+    writer.abort()
+    assert writer.result is None and threading.active_count() < 50
+
+
+def test_an_abort_with_chunks_queued_stops_without_sealing_them() -> None:
+    sink = _GatedSink()
+    writer = SealingWriter(sink, KEY, FAST)
+    for _ in range(3):
+        writer.write(make_payload("random", CHUNK_SIZE, seed=4))
+    sink.gate.set()
+    writer.abort()
+    assert writer.result is None
+    assert len(sink.getvalue()) <= 2 * CHUNK_SIZE  # at most the chunk being sealed
+    assert not [t for t in threading.enumerate() if t.name == "cosmic-sealing"]
 
 
 # -- tampering, truncation, the wrong key: refused before any plaintext -----------------------
