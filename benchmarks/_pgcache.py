@@ -1,8 +1,8 @@
 """The benchmark database, built once and kept between runs in a cache folder.
 
 Filling 1.3 GB takes minutes; starting a server on data already there takes a second or
-two. So the database lives in CACHE (default /var/tmp/cosmic-bench-pg-UID, outside the
-throwaway sandbox whose leftovers the next run of the tool removes):
+two. So the database lives in CACHE (default /var/tmp/cosmic-bench-pg-UID-SIZE, one per
+size, outside the throwaway sandbox whose leftovers the next run of the tool removes):
 
   CACHE/data/        the server's PGDATA (owned by the postgres user under root)
   CACHE/sockets/     its Unix sockets
@@ -68,8 +68,9 @@ SENTENCES = [
 AGENTS = ["Mozilla/5.0 (X11; Linux x86_64)", "Mozilla/5.0 (Macintosh)", "okhttp/4.12", "curl/8"]
 
 
-def default_cache() -> Path:
-    return Path("/var/tmp") / f"cosmic-bench-pg-{os.geteuid()}"
+def default_cache(mib: int) -> Path:
+    """One folder per size: a 5 GB run does not throw the 1.3 GB database away."""
+    return Path("/var/tmp") / f"cosmic-bench-pg-{os.geteuid()}-{mib}"
 
 
 Statement = tuple[str, tuple[object, ...]]

@@ -6,9 +6,9 @@ Usage: python benchmarks/database_throughput.py [--size MIB] [--runs 3] [--cache
 
 The database (posts, users with jsonb and bytea, an audit table; --size MiB on disk,
 default 1270: the issue's 1.3 GB with 3 M posts, 750 k users, 3 M audit rows) is built
-once and kept in --cache (default /var/tmp/cosmic-bench-pg-UID): the next invocation of
-the same size starts its server in a second or two instead of filling again (see
-_pgcache.py; --refill builds it anew; `rm -rf` the folder to free the disk).
+once and kept in --cache (default /var/tmp/cosmic-bench-pg-UID-SIZE): the next
+invocation of the same size starts its server in a second or two instead of filling
+again (see _pgcache.py; --refill builds it anew; `rm -rf` the folder frees the disk).
 
 Each run times, one after the other (the order rotates from run to run, so no variant
 always goes first or last), all fed by the same server:
@@ -408,7 +408,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--size", "--mib", type=int, default=DEFAULT_MIB, help="database MiB")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
-        "--cache", type=Path, default=default_cache(), help="where the database is kept"
+        "--cache", type=Path, help="where the database is kept (one folder per size)"
     )
     parser.add_argument("--refill", action="store_true", help="build the database anew")
     parser.add_argument("--no-peers", action="store_true", help="leave borg and restic out")
@@ -435,6 +435,7 @@ def parse() -> argparse.Namespace:
 
 def main() -> None:
     args = parse()
+    args.cache = args.cache or default_cache(args.size)
     names = [] if args.no_peers else available(["borg", "restic"])
     with (
         bench_server(args.cache, args.size, args.refill) as (server, source, size),
