@@ -57,6 +57,7 @@ def backup(
         typer.Option(
             "--jobs",
             "-j",
+            metavar="N",
             help="Database: N parallel pg_dump jobs (BACKUP_DB_JOBS); above 1 the dump goes "
             "through a temporary folder as large as the plain dump.",
         ),

@@ -126,7 +126,8 @@ def remove_leftover_folders(parent: Path) -> list[str]:
             if time.time() - folder.lstat().st_mtime < YOUNG_SECONDS:
                 continue  # being created by a run right now
             owner = {}
-        if not isinstance(owner, dict) or _alive(owner.get("run")):
+        owner = owner if isinstance(owner, dict) else {}
+        if _alive(owner.get("run")):
             continue
         child = owner.get("child")
         if _alive(child):
