@@ -296,6 +296,7 @@ def one_run(b: Bench, run: int) -> dict[str, float]:
         shift = run % len(variants)  # rotate: each variant takes its turn first
         for key, measure in variants[shift:] + variants[:shift]:
             seconds[key] = measure()
+            os.sync()  # untimed: a variant's dirty pages are not written during the next one
     return seconds
 
 
