@@ -153,8 +153,10 @@ def files_round(peer: Peer, parent: Path, folder: str, target: Path) -> tuple[fl
     """(backup s, restore s) of `parent/folder` into a fresh repository and back into
     `target`, which is checked (file count and bytes) and removed after."""
     peer.fresh()
+    os.sync()  # untimed: what the variant before wrote is not flushed during this one
     backup, _ = measure(peer.folder_backup(parent, folder), peer.env)
     peer.stored_bytes = peer.stored()
+    os.sync()
     restore, _ = measure(peer.folder_restore(target), peer.env)
     source, restored = parent / folder, target / folder
     if _count(restored) != _count(source) or tree_bytes(restored) != tree_bytes(source):
