@@ -245,8 +245,12 @@ def split_list(value: str) -> list[str]:
 
 def drop(conn: psycopg.Connection, name: str, log: logging.Logger) -> bool:
     """Drop one of OUR databases (its sessions are our own pg_restore's); True if gone."""
+    statement = sql.SQL("DROP DATABASE IF EXISTS {}").format(_ident(name))
     try:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(_ident(name)))
+        try:
+            conn.execute(statement + sql.SQL(" WITH (FORCE)"))
+        except psycopg.errors.SyntaxError:  # before PostgreSQL 13
+            conn.execute(statement)
     except psycopg.Error as exc:
         log.warning("could not drop the database %s: %s", name, exc)
         return False
