@@ -4,11 +4,14 @@ temporary folder, sealed as one tar, against a real PostgreSQL server and the re
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import logging
 import os
 import re
 import signal
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -268,3 +271,87 @@ def test_data_files_are_named_only_when_one_table_fits() -> None:
     tables = [("public", "users"), ("public", "users x"), ("a b", "c"), ("a", "b c")]
     tables += [("billing", "notes")]
     assert table_data_files(listing, tables) == {"3550.dat": "billing.notes"}
+
+
+# -- the checks of verify and of the restore test, on crafted archives --------------------
+@pytest.fixture
+def dump_dir(tmp_path: Path, jobs_db: str, postgres: PostgresServer) -> Path:
+    """A real directory-format dump of the app database, as pg_dump -Fd -Z0 writes it."""
+    folder = tmp_path / "dump"
+    subprocess.run(
+        [str(postgres.bin_dir / "pg_dump"), "-Fd", "-Z0", f"--file={folder}", jobs_db],
+        check=True,
+        capture_output=True,
+    )
+    return folder
+
+
+def tar_of(members: list[tuple[str, bytes]]) -> io.BytesIO:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    out.seek(0)
+    return out
+
+
+def sealed_members(dump_dir: Path) -> list[tuple[str, bytes]]:
+    """The members our writer puts in the tar, in its order (toc.dat first)."""
+    from cosmic_backup.components.database.directory_dump import write_dump_tar
+
+    out = io.BytesIO()
+    write_dump_tar(out, dump_dir, {})
+    out.seek(0)
+    with tarfile.open(fileobj=out, mode="r|") as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar]  # type: ignore[union-attr]
+
+
+def test_verify_checks_the_tar_and_its_table_of_contents(
+    dump_dir: Path, postgres: PostgresServer
+) -> None:
+    from cosmic_backup.components.database.directory_dump import check_directory_payload
+    from cosmic_backup.components.database.tools import find_tool
+    from cosmic_backup.errors import IntegrityError
+
+    pg_restore = find_tool("pg_restore", postgres.major, str(postgres.bin_dir))
+    members = sealed_members(dump_dir)
+    assert members[0][0] == "dump/toc.dat"
+    figures = check_directory_payload(tar_of(members), pg_restore, 60)
+    assert figures["dump_files"] == len(members) and figures["toc_entries"] > 20
+
+    data = next(name for name, _ in members if name.endswith(".dat") and name[5].isdigit())
+    lacking = [m for m in members if m[0] != data]
+    with pytest.raises(IntegrityError, match=re.escape(f"lacks: {data.split('/')[1]}")):
+        check_directory_payload(tar_of(lacking), pg_restore, 60)
+    with pytest.raises(IntegrityError, match=re.escape("holds no dump/toc.dat")):
+        check_directory_payload(tar_of(members[1:]), pg_restore, 60)
+    with pytest.raises(IntegrityError, match=re.escape("'../evil' was refused")):
+        check_directory_payload(tar_of([*members, ("../evil", b"x")]), pg_restore, 60)
+    with pytest.raises(IntegrityError, match="is not a file of the dump's folder"):
+        check_directory_payload(tar_of([*members, ("dump/sub/x.dat", b"x")]), pg_restore, 60)
+    with pytest.raises(IntegrityError, match="twice"):
+        check_directory_payload(tar_of([*members, members[1]]), pg_restore, 60)
+
+
+def test_the_restore_test_reads_the_toc_from_the_start_of_the_stream(
+    dump_dir: Path, postgres: PostgresServer
+) -> None:
+    from cosmic_backup.components.database.directory_dump import DirectoryTocTee
+    from cosmic_backup.components.database.tools import find_tool
+    from cosmic_backup.errors import OperationFailed
+
+    pg_restore = find_tool("pg_restore", postgres.major, str(postgres.bin_dir))
+    members = sealed_members(dump_dir)
+    log = logging.getLogger("test")
+    whole = tar_of(members).getvalue()
+    with DirectoryTocTee(io.BytesIO(whole), pg_restore, 60, log) as tee:
+        passed = b"".join(iter(lambda: tee.read(1000), b""))
+        assert passed == whole  # handed on unchanged
+        assert "TABLE DATA billing notes" in tee.listing()
+    with DirectoryTocTee(tar_of([*members[1:], members[0]]), pg_restore, 60, log) as tee:
+        while tee.read(1000):
+            pass
+        with pytest.raises(OperationFailed, match="first member is 'dump/"):
+            tee.listing()
