@@ -355,3 +355,26 @@ def test_the_restore_test_reads_the_toc_from_the_start_of_the_stream(
             pass
         with pytest.raises(OperationFailed, match="first member is 'dump/"):
             tee.listing()
+
+
+def test_jobs_with_the_snapshot_works_with_every_pg_dump_here(
+    jobs_project: Project, jobs_db: str
+) -> None:
+    """pg_dump -j N --snapshot=...: each job imports the exported snapshot. Checked with
+    every major version of pg_dump on this machine (15 and 16 here: the system's and the
+    pgserver package's), each dumping and verifying the same database."""
+    from cosmic_backup.components.database.tools import candidates
+
+    by_major = {tool.major: tool for tool in candidates("pg_dump", None, only_configured=False)}
+    assert by_major, "no pg_dump found"
+    for major, tool in sorted(by_major.items()):
+        env = {"BACKUP_PG_BIN_DIR": str(Path(tool.path).parent)}
+        backup = jobs_project.run("--json", "backup", "database", "--jobs", "3", env=env)
+        assert backup.returncode == 0, (major, backup.stderr)
+        [done] = json.loads(backup.stdout)["components"]
+        verify = jobs_project.run("verify", "database", done["id"], env=env)
+        assert verify.returncode == 0, (major, verify.stdout + verify.stderr)
+    listed = json.loads(jobs_project.run("--json", "list", "database").stdout)
+    majors = {int(e["source"]["pg_dump_version"].split(".")[0]) for e in listed}
+    assert majors == set(by_major)
+    assert all(e["source"]["dump_format"] == "directory" for e in listed)
