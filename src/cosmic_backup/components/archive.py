@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, NamedTuple
 
+from cosmic_backup.components.file_writes import Finish, ParallelWrites
 from cosmic_backup.components.tar_writer import (
     TarWriter,
     TreeStats,
@@ -256,10 +257,18 @@ def safe_extract(
         raise OperationFailed(f"The folder {dest} is not empty; extraction needs an empty one.")
     extractor = _Extractor(dest, restore_owner, frozenset(skip))
     try:
-        with _read_stream(source) as tar:
-            for member in tar:
-                extractor.extract(tar, member)
-                tar.members.clear()  # streamed: do not keep every member in memory
+        # Every file written and closed before anything else happens: folders get their
+        # modes after their content, and a caller cleaning up after an error never races
+        # a write. After an error, the error in hand is the one raised.
+        try:
+            with _read_stream(source) as tar:
+                for member in tar:
+                    extractor.extract(tar, member)
+                    tar.members.clear()  # streamed: do not keep every member in memory
+        except BaseException:
+            extractor.writes.drain(raise_errors=False)
+            raise
+        extractor.writes.drain()
         extractor.finish()
         while source.read(COPY_CHUNK):  # read to the end, so the stream's checks run
             pass
@@ -301,6 +310,7 @@ class _Extractor:
         self._folders: list[_Later] = []
         self._links: list[_Later] = []  # created last, once all of them are known safe
         self._made_parent = ""
+        self.writes = ParallelWrites()  # file contents are written by a few threads
 
     def _skipped(self, relative: PurePosixPath) -> bool:
         return bool(self._skip) and any(
@@ -353,15 +363,21 @@ class _Extractor:
         content = tar.extractfile(member)
         assert content is not None  # a regular file always has content
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        with os.fdopen(os.open(target, flags, 0o600), "wb") as handle:
-            while chunk := content.read(COPY_CHUNK):
-                handle.write(chunk)
-            handle.flush()
-            fd = handle.fileno()
-            if self.restore_owner:
-                os.fchown(fd, member.uid, member.gid)  # before chmod: chown drops setuid
-            os.fchmod(fd, self._mode(member.mode))
-            os.utime(fd, (member.mtime, member.mtime))
+        fd = os.open(target, flags, 0o600)  # here, in order: a writer only gets the fd
+        self.writes.write_file(target, fd, content.read, member.size, self._finisher(member))
+
+    def _finisher(self, member: tarfile.TarInfo) -> Finish:
+        """Owner, mode and times of a file, set by its writer once its content is in."""
+        owner = (member.uid, member.gid) if self.restore_owner else None
+        mode, mtime = self._mode(member.mode), member.mtime
+
+        def finish(fd: int) -> None:
+            if owner is not None:
+                os.fchown(fd, *owner)  # before chmod: chown drops setuid
+            os.fchmod(fd, mode)
+            os.utime(fd, (mtime, mtime))
+
+        return finish
 
     def _mode(self, mode: int) -> int:
         # Owners are restored by default as root now: a setuid bit would make any file

@@ -1,0 +1,149 @@
+"""Writing extracted files in parallel, in bounded memory.
+
+The extraction's single thread decrypts, decompresses and parses the tar stream; writing
+the files' contents to disk is handed to a few threads (``os.pwrite`` releases the GIL),
+so both cores work. Everything that decides what is written where, and whether it is
+safe, stays in the extracting thread: it creates each file itself (``O_EXCL``,
+``O_NOFOLLOW``) before handing over its descriptor, so the checks, their order and the
+files that exist at any moment are the same as with one thread. The threads only write
+bytes into descriptors they are given and then set the file's owner, mode and times.
+
+Memory: the bytes handed over and not yet written are capped (`IN_FLIGHT_BYTES`); the
+extracting thread waits when the cap is reached. A write error is raised in the
+extracting thread at its next call. `drain` waits for every write and closes every
+descriptor: call it before the result is used, and after an error before cleaning up,
+so nothing is written into a folder once the caller starts removing it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+IN_FLIGHT_BYTES = 32 * 1024 * 1024
+JOB_COST = 4096  # counted against the cap for every job, besides its bytes
+PIECE = 1024 * 1024  # a larger file is handed over in pieces of this size
+WORKERS = 3  # two cores: the extracting thread and two writers, with one spare for I/O waits
+
+Finish = Callable[[int], None]  # chown/chmod/utime on the descriptor, once it is written
+
+
+class ParallelWrites:
+    def __init__(self, workers: int = WORKERS, cap: int = IN_FLIGHT_BYTES) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore-write")
+        self._cap = cap
+        self._in_flight = 0
+        self._room = threading.Condition()
+        self._futures: set[Future[None]] = set()
+        self._open: set[int] = set()  # descriptors handed over and not closed yet
+        self._lock = threading.Lock()
+
+    # -- the extracting thread ----------------------------------------------------------
+    def write_file(
+        self, path: Path, fd: int, read: Callable[[int], bytes], size: int, finish: Finish
+    ) -> None:
+        """Write `size` bytes, read with `read(n)`, into the new file `fd`, then `finish` it.
+
+        Takes ownership of `fd`: it is closed by a writer thread, or by `drain`. `path`
+        names the file in errors.
+        """
+        with self._lock:
+            self._open.add(fd)
+        if size <= PIECE:  # the common case: one job writes and finishes the file
+            data = read(size)
+            self._submit(path, len(data), self._whole, fd, data, finish)
+            return
+        pieces = []
+        for offset in range(0, size, PIECE):
+            data = read(min(PIECE, size - offset))
+            pieces.append(self._submit(path, len(data), self._piece, fd, data, offset))
+        self._submit(path, 0, self._after, fd, pieces, finish)
+
+    def check(self) -> None:
+        """Raise the first error a writer met (in the extracting thread)."""
+        for future in [future for future in self._futures if future.done()]:
+            self._futures.discard(future)
+            future.result()
+
+    def drain(self, *, raise_errors: bool = True) -> None:
+        """Wait for every write and close every descriptor; raise the first error met.
+
+        `raise_errors=False` after an error of the caller's own, which is the one to
+        report. Calling it again does nothing.
+        """
+        try:
+            errors = [future.exception() for future in self._futures]
+            self._futures.clear()
+            first = next((error for error in errors if error is not None), None)
+            if first is not None and raise_errors:
+                raise first
+        finally:
+            self._pool.shutdown(wait=True)
+            with self._lock:
+                leftover, self._open = self._open, set()
+            for fd in leftover:  # handed over, but the extraction stopped before its end
+                os.close(fd)
+
+    def _submit(
+        self, path: Path, size: int, job: Callable[..., None], *args: object
+    ) -> Future[None]:
+        self.check()
+        size += JOB_COST  # so that a million empty files cannot queue up either
+        with self._room:
+            while self._in_flight and self._in_flight + size > self._cap:
+                self._room.wait()
+            self._in_flight += size
+        future = self._pool.submit(self._run, path, size, job, *args)
+        self._futures.add(future)
+        return future
+
+    # -- the writer threads -------------------------------------------------------------
+    def _run(self, path: Path, size: int, job: Callable[..., None], *args: object) -> None:
+        try:
+            job(*args)
+        except OSError as exc:
+            if exc.filename is None:  # pwrite, fchmod...: say which file it was
+                exc.filename = str(path)
+            raise
+        finally:
+            with self._room:
+                self._in_flight -= size
+                self._room.notify_all()
+
+    def _whole(self, fd: int, data: bytes, finish: Finish) -> None:
+        try:
+            _write_at(fd, data, 0)
+            finish(fd)
+        finally:
+            self._close(fd)
+
+    def _piece(self, fd: int, data: bytes, offset: int) -> None:
+        _write_at(fd, data, offset)
+
+    def _after(self, fd: int, pieces: list[Future[None]], finish: Finish) -> None:
+        # Queued after its pieces, which the pool started first: this never waits on
+        # a job that has no thread.
+        try:
+            for piece in pieces:
+                piece.result()
+            finish(fd)
+        finally:
+            self._close(fd)
+
+    def _close(self, fd: int) -> None:
+        with self._lock:
+            if fd not in self._open:
+                return
+            self._open.discard(fd)
+        os.close(fd)
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
