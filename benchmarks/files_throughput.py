@@ -1,9 +1,20 @@
-"""Files backup and restore throughput next to `tar -czf - | openssl enc`, same run.
+"""Files backup and restore next to `tar | gzip | openssl enc`, borg and restic, same run.
 
-Usage: python benchmarks/files_throughput.py [--mib 2048] [--runs 3]
+Usage: python benchmarks/files_throughput.py [--mib 1024] [--runs 3] [--no-peers]
+           [--before SRC]...
 
-The folder holds uploads-like files: half already-compressed (random bytes, like photos)
-and half text, 1 MiB each. Prints medians of MB/s and the peak RSS of our process.
+The folder is the issue's mixed folder: 1 MiB files, half random bytes (like photos,
+which do not compress) and half text. Every run times each variant's backup, then each
+restore, in a rotating order (interleaved, so a noisy neighbour hits all of them alike),
+with an untimed `sync` before each step. Prints medians of wall seconds and of CPU
+seconds (user + system, with children), what each stored, ratios, and our peak RSS.
+
+  --before SRC   (repeatable) the same backup and restore run from another checkout's
+                 `src` folder, e.g. `git archive HEAD~3 src | tar -x -C /tmp/before`,
+                 each into its own backup folder; afterwards this checkout restores that
+                 backup too (untimed), to show old backups still restore.
+
+The machine has 2 shared cores here: compare ratios from one run, not seconds across runs.
 """
 
 from __future__ import annotations
@@ -13,15 +24,19 @@ import os
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import measure
-from _peers import files_peers, files_round, report_files
+from _peers import files_peers, files_round, report_files, tree_bytes
 
 ITERATIONS = 600_000
+PASSPHRASE = "bench files key 16"  # noqa: S105 - the benchmark's own; 16 chars, the minimum
 
 
 def make_uploads(folder: Path, mib: int) -> None:
@@ -37,77 +52,173 @@ def make_uploads(folder: Path, mib: int) -> None:
         (sub / f"file-{index:05d}.bin").write_bytes(data)
 
 
+def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds with children, peak RSS MiB) of one run; fails loudly."""
+    os.sync()  # untimed: the previous step's writes are not flushed during this one
+    start = time.perf_counter()
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        error = process.stderr.read().decode() if process.stderr else ""
+        raise SystemExit(f"{' '.join(argv)} failed: {error}")
+    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def shell(script: str) -> list[str]:
+    return ["bash", "-o", "pipefail", "-c", script]
+
+
+@dataclass
+class Variant:
+    """One way to back up the folder and restore it, with what it measured."""
+
+    label: str
+    backup: Callable[[], list[str]]
+    restore: Callable[[Path], list[str]]
+    stored: Callable[[], int]
+    env: dict[str, str] | None = None
+    times: dict[str, list[float]] = field(default_factory=dict)
+    peak: float = 0.0
+    stored_bytes: int = 0
+
+    def step(self, what: str, argv: list[str]) -> None:
+        seconds, cpu, rss = run(argv, self.env)
+        self.times.setdefault(what, []).append(seconds)
+        self.times.setdefault(f"{what}_cpu", []).append(cpu)
+        self.peak = max(self.peak, rss)
+
+    def median(self, what: str) -> float:
+        return statistics.median(self.times[what])
+
+
+def ours(label: str, project: Path, base: Path, src: Path | None) -> Variant:
+    """cosmic-backup from this checkout (`src` None) or another one's `src` folder."""
+    backups = base / f"backups-{label}"
+    env = {
+        **os.environ,
+        "BACKUP_KEY": PASSPHRASE,
+        "BACKUP_FILES_DIRS": "uploads",
+        "BACKUP_DIR": str(backups),
+        "BACKUP_LOG_DIR": str(base / f"logs-{label}"),
+    }
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    cli = [sys.executable, "-m", "cosmic_backup", "-C", str(project)]
+
+    def newest() -> int:
+        return max((p.stat().st_mtime, p.stat().st_size) for p in backups.rglob("*.enc"))[1]
+
+    return Variant(
+        label,
+        lambda: [*cli, "backup", "files"],
+        lambda out: [*cli, "restore", "files", "latest", "--target-dir", str(out)],
+        newest,
+        env,
+    )
+
+
+def reference(project: Path, base: Path) -> Variant:
+    """The seed's pipeline: tar | gzip | openssl enc, and back."""
+    key, enc = base / "key", base / "ref.tar.gz.enc"
+    key.write_text(PASSPHRASE + "\n")
+    options = f"-aes-256-cbc -pbkdf2 -iter {ITERATIONS} -md sha256 -pass file:{key}"
+    return Variant(
+        "tar | gzip | openssl enc",
+        lambda: shell(f"tar -cf - -C {project} uploads | gzip | openssl enc {options} -out {enc}"),
+        lambda out: shell(
+            f"mkdir -p {out} && openssl enc -d {options} -in {enc} | gunzip | tar -xf - -C {out}"
+        ),
+        lambda: enc.stat().st_size,
+    )
+
+
+def check_restored(source: Path, out: Path, label: str) -> None:
+    restored = out / "uploads"
+    if tree_bytes(restored) != tree_bytes(source):
+        raise SystemExit(f"{label} restored {restored} incompletely")
+    shutil.rmtree(out)
+
+
+def report(variants: list[Variant], mb: float) -> None:
+    print(f"{'operation':<36}{'seconds':>9}{'MB/s':>8}{'CPU s':>8}{'stored MiB':>12}")
+    for what in ("backup", "restore"):
+        for variant in variants:
+            median = variant.median(what)
+            stored = f"{variant.stored_bytes / 2**20:>12.0f}" if what == "backup" else ""
+            print(
+                f"{f'{variant.label} {what}':<36}{median:>9.2f}{mb / median:>8.0f}"
+                f"{variant.median(f'{what}_cpu'):>8.2f}{stored}"
+            )
+
+
+def ratios(variants: list[Variant], times: dict[str, list[float]], peers: list) -> None:
+    now = variants[0]
+    for other in variants[1:]:
+        print(
+            f"ours / {other.label}: backup {now.median('backup') / other.median('backup'):.2f} "
+            f"(CPU {now.median('backup_cpu') / other.median('backup_cpu'):.2f}), restore "
+            f"{now.median('restore') / other.median('restore'):.2f} "
+            f"(CPU {now.median('restore_cpu') / other.median('restore_cpu'):.2f}), stored "
+            f"{now.stored_bytes / other.stored_bytes:.3f}"
+        )
+    for peer in peers:  # the issue's targets: borg's backup time, restic's size and restore
+        backup = now.median("backup") / statistics.median(times[f"{peer.name}_b"])
+        restore = now.median("restore") / statistics.median(times[f"{peer.name}_r"])
+        stored = now.stored_bytes / peer.stored_bytes if peer.stored_bytes else float("nan")
+        print(
+            f"ours / {peer.label}: backup {backup:.2f}, restore {restore:.2f}, stored {stored:.3f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mib", type=int, default=2048)
+    parser.add_argument("--mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-peers", action="store_true", help="leave borg and restic out")
+    parser.add_argument("--before", type=Path, action="append", default=[], metavar="SRC")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="cosmic-files-bench-"))
     peers = files_peers(args.no_peers, base)  # borg, restic: benchmarks/_peers.py
+    times: dict[str, list[float]] = {}
     try:
         project = base / "app"
         make_uploads(project / "uploads", args.mib)
-        key = base / "key"
-        key.write_text("bench files key\n")
-        env = {**os.environ, "BACKUP_KEY": "bench files key 16", "BACKUP_FILES_DIRS": "uploads"}
-        cli = [sys.executable, "-m", "cosmic_backup", "-C", str(project)]
-        times: dict[str, list[float]] = {"ours_b": [], "ref_b": [], "ours_r": [], "ref_r": []}
-        peak = 0.0
-        for run in range(args.runs):
-            seconds, rss = measure([*cli, "backup", "files"], env)
-            times["ours_b"].append(seconds)
-            peak = max(peak, rss)
-            enc = base / "ref.tar.gz.enc"
-            seconds, _ = measure(
-                f"tar -czf - -C {project} uploads | openssl enc -aes-256-cbc -pbkdf2 -iter "
-                f"{ITERATIONS} -md sha256 -pass file:{key} -out {enc}",
-                shell=True,
-            )
-            times["ref_b"].append(seconds)
-            out = base / f"ours-{run}"
-            seconds, rss = measure(
-                [*cli, "restore", "files", "latest", "--target-dir", str(out)], env
-            )
-            times["ours_r"].append(seconds)
-            peak = max(peak, rss)
-            ref_out = base / f"ref-{run}"
-            ref_out.mkdir()
-            seconds, _ = measure(
-                f"openssl enc -d -aes-256-cbc -pbkdf2 -iter {ITERATIONS} -md sha256 -pass "
-                f"file:{key} -in {enc} | tar -xzf - -C {ref_out}",
-                shell=True,
-            )
-            times["ref_r"].append(seconds)
-            shutil.rmtree(out)
-            shutil.rmtree(ref_out)
+        variants = [ours("cosmic-backup", project, base, None)]
+        for src in args.before:
+            variants.append(ours(f"before[{src.resolve().parent.name}]", project, base, src))
+        variants.append(reference(project, base))
+        for turn in range(args.runs):
+            order = variants[turn % len(variants) :] + variants[: turn % len(variants)]
+            for variant in order:
+                variant.step("backup", variant.backup())
+                variant.stored_bytes = variant.stored()
+            for variant in order:
+                out = base / f"out-{turn}"
+                variant.step("restore", variant.restore(out))
+                check_restored(project / "uploads", out, variant.label)
             for peer in peers:
-                target = base / f"{peer.name}-{run}"
+                target = base / f"{peer.name}-{turn}"
                 backup_s, restore_s = files_round(peer, project, "uploads", target)
                 times.setdefault(f"{peer.name}_b", []).append(backup_s)
                 times.setdefault(f"{peer.name}_r", []).append(restore_s)
+        for variant in variants[1 : 1 + len(args.before)]:  # old backups still restore
+            out = base / "out-compat"
+            env = {k: v for k, v in (variant.env or {}).items() if k != "PYTHONPATH"}
+            run(variants[0].restore(out), env)
+            check_restored(project / "uploads", out, f"this checkout, from {variant.label}")
+            print(f"this checkout restored the {variant.label} backup: ok")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     mb = args.mib * 1024 * 1024 / 1e6
     print(
-        f"folder: {args.mib} MiB in {args.mib} files (half random, half text); "
-        f"{args.runs} runs, medians"
+        f"folder: {args.mib} MiB in {args.mib} files of 1 MiB (half random, half text); "
+        f"{args.runs} runs interleaved, medians"
     )
-    rows = [
-        ("cosmic-backup backup files", "ours_b"),
-        ("tar -czf | openssl enc", "ref_b"),
-        ("cosmic-backup restore files", "ours_r"),
-        ("openssl enc -d | tar -xzf", "ref_r"),
-    ]
-    print(f"{'operation':<32}{'seconds':>9}{'MB/s':>8}")
-    for name, key_name in rows:
-        median = statistics.median(times[key_name])
-        print(f"{name:<32}{median:>9.2f}{mb / median:>8.0f}")
+    report(variants, mb)
     report_files(peers, times, mb)
-    backup_ratio = statistics.median(times["ours_b"]) / statistics.median(times["ref_b"])
-    restore_ratio = statistics.median(times["ours_r"]) / statistics.median(times["ref_r"])
-    print(f"time ratio ours / reference: backup {backup_ratio:.2f}, restore {restore_ratio:.2f}")
-    print(f"peak RSS of cosmic-backup: {peak:.0f} MiB")
+    ratios(variants, times, peers)
+    print(f"peak RSS of cosmic-backup: {variants[0].peak:.0f} MiB")
 
 
 if __name__ == "__main__":
