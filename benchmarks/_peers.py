@@ -18,11 +18,8 @@ import os
 import platform
 import shlex
 import shutil
-import statistics
 import subprocess
 from pathlib import Path
-
-from _measure import measure
 
 PEERS = ["borg", "restic"]
 PACKAGES = {"borg": "borgbackup", "restic": "restic"}
@@ -85,7 +82,6 @@ class Peer:
         self.version = _version(name)
         self.base = base
         self.repo = base / "repo"
-        self.stored_bytes = 0  # what the last backup stored (files_round)
         # Added to the caller's environment (which may hold PGHOST & co for pg_dump).
         self.vars = {
             "BORG_PASSPHRASE": PASSPHRASE,
@@ -132,6 +128,11 @@ class Peer:
             peer = f"restic --repo {repo} backup --host bench {name}"
         return pipeline(f"cd {shlex.quote(str(parent))} && {peer}")
 
+    def fresh_backup(self, parent: Path, folder: str) -> list[str]:
+        """A fresh repository now (untimed), and the argv that backs up into it."""
+        self.fresh()
+        return self.folder_backup(parent, folder)
+
     def folder_restore(self, target: Path) -> list[str]:
         """Restore the one snapshot into the (empty) folder `target`."""
         repo, into = shlex.quote(str(self.repo)), shlex.quote(str(target))
@@ -143,40 +144,9 @@ class Peer:
         return tree_bytes(self.repo)
 
 
-# -- the files benchmark's part (files_throughput.py calls these) --------------------------
 def files_peers(leave_out: bool, base: Path) -> list[Peer]:
     """borg and restic for the files benchmark, each in its own folder under `base`."""
     return [] if leave_out else [Peer(name, base / f"peer-{name}") for name in available(PEERS)]
-
-
-def files_round(peer: Peer, parent: Path, folder: str, target: Path) -> tuple[float, float]:
-    """(backup s, restore s) of `parent/folder` into a fresh repository and back into
-    `target`, which is checked (file count and bytes) and removed after."""
-    peer.fresh()
-    os.sync()  # untimed: what the variant before wrote is not flushed during this one
-    backup, _ = measure(peer.folder_backup(parent, folder), peer.env)
-    peer.stored_bytes = peer.stored()
-    os.sync()
-    restore, _ = measure(peer.folder_restore(target), peer.env)
-    source, restored = parent / folder, target / folder
-    if _count(restored) != _count(source) or tree_bytes(restored) != tree_bytes(source):
-        raise SystemExit(f"{peer.label} restored {restored} incompletely")
-    shutil.rmtree(target)
-    return backup, restore
-
-
-def _count(path: Path) -> int:
-    return sum(len(names) for _, _, names in os.walk(path))
-
-
-def report_files(peers: list[Peer], times: dict[str, list[float]], mb: float) -> None:
-    """The peers' rows, in files_throughput.py's table layout, with what each stored."""
-    for peer in peers:
-        for what, key in (("create", "b"), ("extract", "r")):
-            verb = what if peer.name == "borg" else ("backup" if key == "b" else "restore")
-            median = statistics.median(times[f"{peer.name}_{key}"])
-            stored = f"  stored {peer.stored_bytes / 2**20:.0f} MiB" if key == "b" else ""
-            print(f"{f'{peer.label} {verb}':<32}{median:>9.2f}{mb / median:>8.0f}{stored}")
 
 
 def machine() -> str:

@@ -30,10 +30,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _peers import files_peers, files_round, report_files, tree_bytes
+from _peers import files_peers, tree_bytes
 
 ITERATIONS = 600_000
 PASSPHRASE = "bench files key 16"  # noqa: S105 - the benchmark's own; 16 chars, the minimum
@@ -152,7 +153,7 @@ def report(variants: list[Variant], mb: float) -> None:
             )
 
 
-def ratios(variants: list[Variant], times: dict[str, list[float]], peers: list) -> None:
+def ratios(variants: list[Variant]) -> None:
     now = variants[0]
     for other in variants[1:]:
         print(
@@ -161,13 +162,6 @@ def ratios(variants: list[Variant], times: dict[str, list[float]], peers: list) 
             f"{now.median('restore') / other.median('restore'):.2f} "
             f"(CPU {now.median('restore_cpu') / other.median('restore_cpu'):.2f}), stored "
             f"{now.stored_bytes / other.stored_bytes:.3f}"
-        )
-    for peer in peers:  # the targets: borg's backup time, restic's size and restore
-        backup = now.median("backup") / statistics.median(times[f"{peer.name}_b"])
-        restore = now.median("restore") / statistics.median(times[f"{peer.name}_r"])
-        stored = now.stored_bytes / peer.stored_bytes if peer.stored_bytes else float("nan")
-        print(
-            f"ours / {peer.label}: backup {backup:.2f}, restore {restore:.2f}, stored {stored:.3f}"
         )
 
 
@@ -180,7 +174,6 @@ def main() -> None:
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="cosmic-files-bench-"))
     peers = files_peers(args.no_peers, base)  # borg, restic: benchmarks/_peers.py
-    times: dict[str, list[float]] = {}
     try:
         project = base / "app"
         make_uploads(project / "uploads", args.mib)
@@ -188,6 +181,9 @@ def main() -> None:
         for src in args.before:
             variants.append(ours(f"before[{src.resolve().parent.name}]", project, base, src))
         variants.append(reference(project, base))
+        for peer in peers:  # a fresh repository before each backup, untimed
+            backup = partial(peer.fresh_backup, project, "uploads")
+            variants.append(Variant(peer.label, backup, peer.folder_restore, peer.stored, peer.env))
         for turn in range(args.runs):
             order = variants[turn % len(variants) :] + variants[: turn % len(variants)]
             for variant in order:
@@ -197,11 +193,6 @@ def main() -> None:
                 out = base / f"out-{turn}"
                 variant.step("restore", variant.restore(out))
                 check_restored(project / "uploads", out, variant.label)
-            for peer in peers:
-                target = base / f"{peer.name}-{turn}"
-                backup_s, restore_s = files_round(peer, project, "uploads", target)
-                times.setdefault(f"{peer.name}_b", []).append(backup_s)
-                times.setdefault(f"{peer.name}_r", []).append(restore_s)
         for variant in variants[1 : 1 + len(args.before)]:  # old backups still restore
             out = base / "out-compat"
             env = {k: v for k, v in (variant.env or {}).items() if k != "PYTHONPATH"}
@@ -216,8 +207,7 @@ def main() -> None:
         f"{args.runs} runs interleaved, medians"
     )
     report(variants, mb)
-    report_files(peers, times, mb)
-    ratios(variants, times, peers)
+    ratios(variants)
     print(f"peak RSS of cosmic-backup: {variants[0].peak:.0f} MiB")
 
 
