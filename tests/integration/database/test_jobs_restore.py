@@ -69,7 +69,7 @@ def test_jobs_2_restores_the_same_content_under_the_same_name(
     # What lives outside the dump came along: the database's settings and comment.
     assert scalar(app_db, "SHOW search_path") == 'billing, "$user", public'
     assert after[1] == "the app's own"
-    assert not list(db_project.backups.glob(".cosmic-restore-*"))
+    assert not list(db_project.backups.joinpath("database").glob(".dump-*"))
 
 
 def test_a_directory_format_backup_restores_with_jobs_too(
@@ -88,4 +88,4 @@ def test_a_directory_format_backup_restores_with_jobs_too(
     assert "Row counts match the backup" in result.stdout
     assert full_state(app_db) == expected
     assert databases(postgres, f"{dbname(app_db)}_cosmic_") == []
-    assert not list(project.backups.glob(".cosmic-restore-*"))
+    assert not list(project.backups.joinpath("database").glob(".dump-*"))

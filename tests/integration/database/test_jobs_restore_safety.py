@@ -111,7 +111,7 @@ def test_a_session_that_stays_at_the_swap_is_waited_for_then_refused(
     assert "Traceback" not in err
     assert full_state(big_db) == before
     assert databases(postgres, prefix) == []
-    assert not list(project.backups.glob(".cosmic-restore-*"))
+    assert not list(project.backups.joinpath("database").glob(".dump-*"))
 
 
 def test_terminate_sessions_ends_the_apps_sessions_and_swaps(
@@ -200,14 +200,14 @@ def test_sigkill_of_the_cli_leaves_the_target_and_the_next_run_cleans_up(
         running.kill()
     assert full_state(big_db) == before
     assert len(databases(postgres, prefix)) == 1  # recognisable as ours
-    assert len(list(project.backups.glob(".cosmic-restore-*"))) == 1
+    assert len(list(project.backups.joinpath("database").glob(".dump-*"))) == 1
 
     again = project.run("list")  # a run that takes no lock does not touch them
     assert again.returncode == 0
     done = project.run(*RESTORE)  # the next restore (any restore) removes them
     assert done.returncode == 0, done.stderr
     assert databases(postgres, prefix) == []
-    assert not list(project.backups.glob(".cosmic-restore-*"))
+    assert not list(project.backups.joinpath("database").glob(".dump-*"))
     assert scalar(big_db, "SELECT count(*) FROM big") > 1000
 
 

@@ -148,9 +148,7 @@ class DatabaseComponent(Component):
     def plan_restore(self, manifest: Manifest, request: RestoreRequest) -> RestorePlan:
         target = self._target(request.target)
         server = self._connect_checked(target)
-        remove_leftovers(
-            self.settings.path("backup_dir"), target, self.settings.connect_timeout, self.log
-        )
+        remove_leftovers(target, self.settings.connect_timeout, self.log)
         private = {"target": target, "server": server, "request": request}
         notes = self._jobs_plan(target, request, private)
         notes += self._migration_note(manifest, target)
@@ -303,7 +301,7 @@ class DatabaseComponent(Component):
             done = restore_parallel(
                 payload,
                 job,
-                self.settings.path("backup_dir"),
+                self._dump_folders(),
                 self.log,
                 one_transaction,
                 directory=source.is_directory,

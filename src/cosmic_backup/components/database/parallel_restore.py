@@ -5,8 +5,9 @@ a pipe. So:
 
 1. The verified plaintext (its MAC was checked before a byte of it was decrypted, and
    its SHA-256 is checked when it has been read to the end) is written to a 0600 file in
-   a private 0700 folder in the backup root. The folder is removed in every case; one
-   left by a run killed with SIGKILL is removed by the next restore (it holds the lock).
+   a private 0700 folder beside the dumps (directory_dump.private_dump_folder, the one a
+   parallel dump uses). The folder is removed in every case; one left by a run killed
+   with SIGKILL is removed by the next command that takes the backup folder's lock.
 2. A new database ``<target>_cosmic_<token>`` is created like the target (newdb.py),
    ``pg_restore -j N --exit-on-error`` fills it, and its row counts are compared with the
    manifest's.
@@ -21,16 +22,11 @@ one-transaction restore, and one sentence says why.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import secrets
-import shutil
 import subprocess
-import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -38,7 +34,10 @@ from typing import BinaryIO
 import psycopg
 
 from cosmic_backup.components.database import newdb
-from cosmic_backup.components.database.directory_dump import unpack_directory_dump
+from cosmic_backup.components.database.directory_dump import (
+    private_dump_folder,
+    unpack_directory_dump,
+)
 from cosmic_backup.components.database.newdb import Shape
 from cosmic_backup.components.database.restore import RestoreLimits, current_row_counts
 from cosmic_backup.components.database.tools import Tool
@@ -46,10 +45,7 @@ from cosmic_backup.components.database.url import Target
 from cosmic_backup.errors import IntegrityError, OperationFailed
 from cosmic_backup.process import PUMP_CHUNK, Child, running
 
-TEMP_PREFIX = ".cosmic-restore-"
-OWNER_FILE = "owner.json"
 DUMP_FILE = "database.dump"
-UNOWNED_GRACE = 60  # seconds a folder without its owner file may be a run starting now
 
 
 @dataclass(frozen=True)
@@ -117,13 +113,11 @@ def check_possible(target: Target, options: JobsOptions, connect_timeout: int) -
     return shape
 
 
-def remove_leftovers(backup_root: Path, target: Target, timeout: int, log: logging.Logger) -> None:
-    """Remove what a killed --jobs restore left: its folder and its new database.
+def remove_leftovers(target: Target, timeout: int, log: logging.Logger) -> None:
+    """Drop the new database a killed --jobs restore of `target` left (its folder goes
+    with the other dump folders, see directory_dump.remove_leftover_folders).
 
     Call only while holding the backup root's lock. Never fails the run: it only logs."""
-    for folder in _dead_folders(backup_root):
-        shutil.rmtree(folder, ignore_errors=True)
-        log.info("removed the leftover folder %s of an interrupted --jobs restore", folder)
     try:
         with newdb.connect_maintenance(target, timeout) as conn:
             gone, kept = newdb.leftover_databases(conn, target.dbname)
@@ -135,23 +129,6 @@ def remove_leftovers(backup_root: Path, target: Target, timeout: int, log: loggi
         return
     for name in kept:
         log.warning("%s, the old copy of an earlier --jobs restore, is still there", name)
-
-
-def _dead_folders(root: Path) -> list[Path]:
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.glob(f"{TEMP_PREFIX}*"):
-        if path.is_symlink() or not path.is_dir():
-            continue
-        try:
-            mark = json.loads((path / OWNER_FILE).read_text())
-            alive = newdb.owner_alive(mark)
-        except (OSError, ValueError):
-            alive = time.time() - path.lstat().st_mtime < UNOWNED_GRACE
-        if not alive:
-            found.append(path)
-    return found
 
 
 # -- the restore -------------------------------------------------------------------------
@@ -170,7 +147,7 @@ class Job:
 def restore_parallel(
     payload: BinaryIO,
     job: Job,
-    backup_root: Path,
+    folders: Path,
     log: logging.Logger,
     one_transaction: OneTransaction,
     *,
@@ -182,7 +159,7 @@ def restore_parallel(
     When the server refuses the new database after all (a managed server may refuse
     CREATE DATABASE to a role with CREATEDB), the same dump goes through the
     one-transaction restore instead."""
-    with private_folder(backup_root) as folder:
+    with private_dump_folder(folders) as folder:
         if directory:
             dump = unpack_directory_dump(payload, folder / "unpacked")
         else:
@@ -193,24 +170,6 @@ def restore_parallel(
         except Fallback as fallback:
             log.warning("%s", fallback.sentence)
             return ParallelOutcome(None, one_transaction(dump, fallback.sentence))
-
-
-@contextlib.contextmanager
-def private_folder(root: Path) -> Iterator[Path]:
-    """A 0700 folder in the backup root, marked with this run, removed on the way out."""
-    try:
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        folder = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=root))  # 0700
-        (folder / OWNER_FILE).write_text(json.dumps(newdb.owner_mark()))
-    except OSError as exc:
-        raise OperationFailed(
-            f"The --jobs restore cannot make its temporary folder in {root}: {exc.strerror}; "
-            "fix the folder's permissions or restore without --jobs."
-        ) from None
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_private(payload: BinaryIO, path: Path, target: Target) -> None:
