@@ -89,3 +89,32 @@ def test_a_directory_format_backup_restores_with_jobs_too(
     assert full_state(app_db) == expected
     assert databases(postgres, f"{dbname(app_db)}_cosmic_") == []
     assert not list(project.backups.joinpath("database").glob(".dump-*"))
+
+
+def test_into_url_swaps_the_database_the_url_names(
+    db_project: Project, app_db: str, postgres: PostgresServer
+) -> None:
+    expected = full_state(app_db)
+    other = postgres.create_database("into")
+    execute(postgres.url(other), "CREATE TABLE stale (id int)")
+    # The password in PGPASSWORD, not in the --into URL (argv).
+    url = f"postgresql://postgres@127.0.0.1:{postgres.port}/{other}"
+    result = db_project.run(
+        *RESTORE, "--into", url, "--jobs", "2", env={"PGPASSWORD": postgres.password}
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 parallel jobs" in result.stdout
+    assert full_state(postgres.url(other)) == expected
+    assert databases(postgres, f"{other}_cosmic_") == []
+    assert full_state(app_db) == expected  # the configured database was not touched
+
+
+def test_jobs_is_checked_before_anything_runs(project: Project) -> None:
+    for args, said in [
+        (("restore", "database", "latest", "--jobs", "0"), "from 1 to 64"),
+        (("restore", "files", "latest", "--jobs", "2"), "for the database only"),
+        (("restore", "config", "latest", "--keep-old"), "for the database only"),
+    ]:
+        result = project.run(*args, "--yes")
+        assert result.returncode == 2, result.stderr
+        assert said in result.stderr and "Traceback" not in result.stderr
