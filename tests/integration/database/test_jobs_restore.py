@@ -52,6 +52,7 @@ def test_jobs_2_restores_the_same_content_under_the_same_name(
         app_db,
         f'ALTER DATABASE {dbname(app_db)} SET search_path = billing, "$user", public',
         f"COMMENT ON DATABASE {dbname(app_db)} IS 'the app''s own'",
+        f"ALTER DATABASE {dbname(app_db)} CONNECTION LIMIT 1",
     )
     expected = full_state(app_db)
     execute(app_db, "DELETE FROM users WHERE id > 10", "CREATE TABLE added_since (id int)")
@@ -69,6 +70,8 @@ def test_jobs_2_restores_the_same_content_under_the_same_name(
     # What lives outside the dump came along: the database's settings and comment.
     assert scalar(app_db, "SHOW search_path") == 'billing, "$user", public'
     assert after[1] == "the app's own"
+    limit = "SELECT datconnlimit FROM pg_database WHERE datname = current_database()"
+    assert scalar(app_db, limit) == 1
     assert not list(db_project.backups.joinpath("database").glob(".dump-*"))
 
 

@@ -6,9 +6,10 @@ a database cannot be created, renamed or dropped from a session connected to it.
 - The new database is named ``<target>_cosmic_<token>`` and carries, until the swap, a
   comment naming the run that owns it (pid, its start time, host): the next run on this
   host drops it when that run is gone (killed), and never one whose owner is alive.
-- It is created like the target (owner, encoding, locale, tablespace, connection limit,
-  from template0) and given the target's database-level grants and settings, which a
-  dump without --create does not hold.
+- It is created like the target (owner, encoding, locale, tablespace, from template0)
+  and given the target's database-level grants and settings, which a dump without
+  --create does not hold. Its connection limit is set at the swap, so that pg_restore's
+  N connections are not refused meanwhile.
 - The swap is one short transaction: ``ALTER DATABASE target RENAME TO
   target_cosmic_old_<token>; ALTER DATABASE new RENAME TO target`` (PostgreSQL allows
   RENAME in a transaction block; CREATE and DROP DATABASE it does not). A rename needs
@@ -157,9 +158,9 @@ def _create_statement(shape: Shape, name: str) -> sql.Composed:
         sql.SQL("ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
             shape.encoding, row["datcollate"], row["datctype"]
         ),
-        sql.SQL("TABLESPACE {} CONNECTION LIMIT {}").format(
-            _ident(shape.tablespace), row.get("datconnlimit", -1)
-        ),
+        # No connection limit while pg_restore's N connections fill it: the target's is
+        # set in the swap.
+        sql.SQL("TABLESPACE {}").format(_ident(shape.tablespace)),
     ]
     provider = row.get("datlocprovider")  # 15+: c (libc), i (ICU), b (builtin, 17+)
     locale = row.get("datlocale") or row.get("daticulocale")
@@ -299,6 +300,8 @@ def _rename_pair(conn: psycopg.Connection, shape: Shape, new: str, old: str) -> 
     # (which the next run would drop) and gets the target's comment.
     comment = sql.SQL("COMMENT ON DATABASE {} IS {}")
     conn.execute(comment.format(_ident(shape.name), shape.comment))
+    limit = sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}")
+    conn.execute(limit.format(_ident(shape.name), int(shape.row.get("datconnlimit", -1))))
     conn.commit()
 
 
