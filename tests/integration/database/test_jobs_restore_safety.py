@@ -85,7 +85,7 @@ def test_a_session_on_the_target_at_the_start_means_one_transaction(
     with psycopg.connect(app_db, autocommit=True):  # the app, connected
         result = project.run(*JOBS)
     assert result.returncode == 0, result.stderr
-    said = "1 are connected now (stop the app, or pass --terminate-sessions); restoring in one"
+    said = "1 is connected now (stop the app, or pass --terminate-sessions); restoring in one"
     assert said in result.stderr
     assert scalar(app_db, "SELECT count(*) FROM users") == 500
     assert databases(postgres, f"{dbname(app_db)}_cosmic_") == []

@@ -107,7 +107,8 @@ def check_possible(target: Target, options: JobsOptions, connect_timeout: int) -
     if sessions and not options.terminate_sessions:
         raise Fallback(
             f"--jobs {n} needs no other sessions on database {target.dbname} at the swap and "
-            f"{sessions} are connected now (stop the app, or pass --terminate-sessions); "
+            f"{sessions} {'is' if sessions == 1 else 'are'} connected now (stop the app, or "
+            "pass --terminate-sessions); "
             "restoring in one transaction instead."
         )
     return shape
