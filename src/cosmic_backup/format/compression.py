@@ -46,7 +46,7 @@ WORTH_IT = 0.97  # a block compressed to more than this share of its size: store
 PROBE = 1024  # bytes of a stored block's head and tail test-compressed
 PROBE_WORTH_IT = 0.90  # random bytes probe at 1.0-1.35, text at 0.2-0.35
 THREAD_MIN = 64 * 1024  # smaller writes are compressed inline: a thread hop costs more
-IN_FLIGHT = 2  # chunks handed to the worker and not yet returned: bounded memory
+IN_FLIGHT = 2 * 1024 * 1024  # bytes handed to the worker and not yet returned: bounded
 
 # The same 10-byte header the backend writes for a gzip stream of its own.
 GZIP_HEADER = _zlib.compress(b"", DEFAULT_LEVEL, GZIP_WBITS)[:10]
@@ -148,7 +148,7 @@ class AdaptiveDeflate:
 
 
 class ThreadedCompressor:
-    """Runs a compressor in one worker thread, up to IN_FLIGHT chunks behind the caller.
+    """Runs a compressor in one worker thread, up to IN_FLIGHT bytes behind the caller.
 
     `compress` hands a copy of the chunk over (the caller may reuse its buffer) and returns
     what the worker has finished, in order; `flush` waits for the rest. An error in the
@@ -159,22 +159,27 @@ class ThreadedCompressor:
     def __init__(self, inner: AdaptiveDeflate) -> None:
         self._inner = inner
         self._pool: ThreadPoolExecutor | None = None
-        self._pending: deque[Future[bytes]] = deque()
+        self._pending: deque[tuple[int, Future[bytes]]] = deque()
+        self._pending_bytes = 0
 
     def compress(self, data: bytes | bytearray | memoryview) -> bytes:
         if not self._pending and len(data) < THREAD_MIN:
             return self._inner.compress(data)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gzip")
-        self._pending.append(self._pool.submit(self._inner.compress, bytes(data)))
+        self._pending.append((len(data), self._pool.submit(self._inner.compress, bytes(data))))
+        self._pending_bytes += len(data)
         done = []
-        while self._pending and (len(self._pending) > IN_FLIGHT or self._pending[0].done()):
-            done.append(self._pending.popleft().result())
+        while self._pending and (self._pending_bytes > IN_FLIGHT or self._pending[0][1].done()):
+            size, future = self._pending.popleft()
+            self._pending_bytes -= size
+            done.append(future.result())
         return b"".join(done)
 
     def flush(self) -> bytes:
-        done = [future.result() for future in self._pending]
+        done = [future.result() for _, future in self._pending]
         self._pending.clear()
+        self._pending_bytes = 0
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None

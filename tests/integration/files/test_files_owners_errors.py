@@ -248,7 +248,7 @@ def test_a_read_error_names_the_source_file_and_the_backup_finishes(project: Pro
     uploads.mkdir()
     (uploads / "fine.txt").write_text("fine")
     bad = uploads / "bad.bin"
-    bad.write_bytes(os.urandom(300_000))
+    bad.write_bytes(os.urandom(3_000_000))  # more than one read: files are read 1 MiB at a time
     # Only reads of bad.bin fail, from the second one on: a disk failing mid-file.
     strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(bad)]
     strace += ["-e", "trace=read", "-e", "inject=read:error=EIO:when=2+"]
