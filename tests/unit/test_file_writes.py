@@ -11,6 +11,7 @@ import random
 import tarfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from cosmic_backup.components.archive import UnsafeArchive, safe_extract
 from cosmic_backup.components.file_writes import PIECE, ParallelWrites
 
 MIB = 1024 * 1024
+FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 
 
 def open_fds() -> set[str]:
@@ -90,8 +92,10 @@ def test_bytes_in_flight_stay_under_the_cap(tmp_path: Path) -> None:
 
     def extract() -> None:
         for index in range(40):
-            fd = os.open(tmp_path / f"f{index}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            writes.write_file(tmp_path / f"f{index}", fd, io.BytesIO(bytes(MIB)).read, MIB, finish)
+            create = partial(os.open, tmp_path / f"f{index}", FLAGS, 0o600)
+            writes.write_file(
+                tmp_path / f"f{index}", create, io.BytesIO(bytes(MIB)).read, MIB, finish
+            )
             handed.append(index)
 
     thread = threading.Thread(target=extract)
@@ -116,8 +120,8 @@ def test_a_writers_error_is_raised_with_its_file_and_every_fd_closed(tmp_path: P
         try:
             for index, finish in enumerate([lambda _fd: None, broken, lambda _fd: None]):
                 path = tmp_path / f"f{index}"
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                writes.write_file(path, fd, io.BytesIO(b"data").read, 4, finish)
+                create = partial(os.open, path, FLAGS, 0o600)
+                writes.write_file(path, create, io.BytesIO(b"data").read, 4, finish)
                 time.sleep(0.1)
         except BaseException:
             writes.drain(raise_errors=False)
@@ -129,3 +133,18 @@ def test_a_writers_error_is_raised_with_its_file_and_every_fd_closed(tmp_path: P
     assert raised.value.errno == errno.EIO
     assert raised.value.filename == str(tmp_path / "f1")
     assert open_fds() == before
+
+
+def test_a_hard_link_right_after_its_file_finds_it_created(tmp_path: Path) -> None:
+    """Files are created by the writers: a link to one waits until it exists."""
+    members: list[tuple[tarfile.TarInfo, bytes]] = []
+    for index in range(50):
+        members.append(file(f"f{index}", bytes([index]) * (PIECE - index)))
+        link = tarfile.TarInfo(f"l{index}")
+        link.type, link.linkname = tarfile.LNKTYPE, f"f{index}"
+        members.append((link, b""))
+    safe_extract(io.BytesIO(archive(members)), tmp_path / "out")
+    for index in range(50):
+        linked = tmp_path / "out" / f"l{index}"
+        assert linked.read_bytes() == bytes([index]) * (PIECE - index)
+        assert linked.stat().st_ino == (tmp_path / "out" / f"f{index}").stat().st_ino

@@ -19,6 +19,7 @@ import stat
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, NamedTuple
 
@@ -48,6 +49,10 @@ __all__ = [
 COPY_CHUNK = 64 * 1024  # measured: tarfile reads records one by one, so bigger is slower
 SAFE_MODE_BITS = 0o1777  # permission bits and sticky; never setuid/setgid
 PRIVATE_DIR = 0o700
+# A new file: never over an existing one, never through a link. The parents are folders
+# this extraction made (0700) and no symlink exists until finish(), so a writer thread
+# creating the file later than this thread checked it still lands where it was checked.
+CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 LINK_HOPS = 40  # the kernel's own limit: a longer chain is a loop nobody can follow
 
 
@@ -336,6 +341,7 @@ class _Extractor:
             self._links.append(_later(target, member))
         elif member.islnk():
             source = self.dest.joinpath(*self.names.hard_link_source(member).parts)
+            self.writes.settle()  # its source may still be being created by a writer
             os.link(source, target, follow_symlinks=False)
         else:
             self._write_file(tar, member, target)
@@ -362,9 +368,8 @@ class _Extractor:
     def _write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
         content = tar.extractfile(member)
         assert content is not None  # a regular file always has content
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(target, flags, 0o600)  # here, in order: a writer only gets the fd
-        self.writes.write_file(target, fd, content.read, member.size, self._finisher(member))
+        create = partial(os.open, target, CREATE_FLAGS, 0o600)
+        self.writes.write_file(target, create, content.read, member.size, self._finisher(member))
 
     def _finisher(self, member: tarfile.TarInfo) -> Finish:
         """Owner, mode and times of a file, set by its writer once its content is in."""
