@@ -4,7 +4,6 @@ exactly the ones pg_dump writes itself when it can seek in its output."""
 
 from __future__ import annotations
 
-import mmap
 import os
 import subprocess
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from cosmic_backup.components.database import toc_offsets
 from cosmic_backup.components.database.stream_counts import walk_c
 from cosmic_backup.components.database.toc_offsets import set_data_offsets, toc_offset_fields
 from tests.integration.database.conftest import PostgresServer
@@ -19,15 +19,17 @@ from tests.integration.database.conftest import PostgresServer
 
 def offset_fields(path: Path) -> dict[int, bytes]:
     """dump id -> its TOC entry's offset field (flag byte + offset), as stored."""
-    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        fields, _, _, size = toc_offset_fields(m)
-        return {dump_id: bytes(m[at : at + 1 + size]) for dump_id, at in fields.items()}
+    data = path.read_bytes()
+    fields, _, _, size = toc_offset_fields(data)
+    return {dump_id: data[at : at + 1 + size] for dump_id, at in fields.items()}
 
 
 @pytest.mark.skipif(walk_c is None, reason="built without the C walker: offsets are left unset")
-def test_offsets_filled_in_are_those_pg_dump_writes_to_a_file(
-    postgres: PostgresServer, tmp_path: Path
+@pytest.mark.parametrize("window", [toc_offsets.WINDOW, 1000])  # 1000: prefixes and chunks
+def test_offsets_filled_in_are_those_pg_dump_writes_to_a_file(  # split across windows
+    postgres: PostgresServer, tmp_path: Path, window: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(toc_offsets, "WINDOW", window)
     name = postgres.create_database("offsets")
     with psycopg.connect(postgres.url(name), autocommit=True) as conn:
         conn.execute(
