@@ -68,6 +68,8 @@ def test_jobs_backup_restores_identically_and_verifies(jobs_project: Project, jo
     source = entry["source"]
     assert source["dump_format"] == "directory"
     assert entry["artifact"].endswith(".dump.tar.gz.enc")
+    shown = jobs_project.run("list", "database")
+    assert "directory format" in shown.stdout, shown.stdout
     assert source["row_counts"]["public.nothing_here"] == 0
     assert source["row_counts"]["billing.notes"] == 300
     assert source["row_counts"]["public.users"] == 500

@@ -41,6 +41,8 @@ class DatabaseSource(Source):
 
     def summary(self) -> str:
         parts = [self.database]
+        if self.is_directory:
+            parts.append("directory format")
         if self.migration_head:
             parts.append(f"migration head {self.migration_head}")
         return ", ".join(filter(None, [*parts, super().summary()]))
