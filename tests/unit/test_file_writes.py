@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cosmic_backup.components.archive import UnsafeArchive, safe_extract
-from cosmic_backup.components.file_writes import PIECE, ParallelWrites
+from cosmic_backup.components.file_writes import INLINE_BELOW, PIECE, ParallelWrites
 
 MIB = 1024 * 1024
 FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL
@@ -109,7 +109,10 @@ def test_bytes_in_flight_stay_under_the_cap(tmp_path: Path) -> None:
     assert all((tmp_path / f"f{index}").stat().st_size == MIB for index in range(40))
 
 
-def test_a_writers_error_is_raised_with_its_file_and_every_fd_closed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", [4, INLINE_BELOW])  # written here, and by a writer
+def test_a_writers_error_is_raised_with_its_file_and_every_fd_closed(
+    tmp_path: Path, size: int
+) -> None:
     writes = ParallelWrites()
     before = open_fds()
 
@@ -121,7 +124,7 @@ def test_a_writers_error_is_raised_with_its_file_and_every_fd_closed(tmp_path: P
             for index, finish in enumerate([lambda _fd: None, broken, lambda _fd: None]):
                 path = tmp_path / f"f{index}"
                 create = partial(os.open, path, FLAGS, 0o600)
-                writes.write_file(path, create, io.BytesIO(b"data").read, 4, finish)
+                writes.write_file(path, create, io.BytesIO(bytes(size)).read, size, finish)
                 time.sleep(0.1)
         except BaseException:
             writes.drain(raise_errors=False)
