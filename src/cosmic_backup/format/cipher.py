@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -59,12 +60,22 @@ def read_salt(header: bytes) -> bytes:
     return header[len(MAGIC) : HEADER_LEN]
 
 
-class Decryptor:
-    """Streaming decryption of a whole artifact, header included."""
+KeySource = Callable[[bytes, bytes, int], tuple[bytes, bytes]]
 
-    def __init__(self, passphrase: bytes, iterations: int) -> None:
+
+class Decryptor:
+    """Streaming decryption of a whole artifact, header included.
+
+    `derive` turns (passphrase, salt, iterations) into key and IV: PBKDF2 by default; a
+    reader that started the derivation early passes one that waits for its result.
+    """
+
+    def __init__(
+        self, passphrase: bytes, iterations: int, derive: KeySource = derive_key_iv
+    ) -> None:
         self._passphrase = passphrase
         self._iterations = iterations
+        self._derive = derive
         self._pending = b""
         self._cipher = None
         self._unpadder = padding.PKCS7(BLOCK_BITS).unpadder()
@@ -75,7 +86,7 @@ class Decryptor:
             if len(self._pending) < HEADER_LEN:
                 return b""
             salt = read_salt(self._pending)
-            key, iv = derive_key_iv(self._passphrase, salt, self._iterations)
+            key, iv = self._derive(self._passphrase, salt, self._iterations)
             self._cipher = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
             data, self._pending = self._pending[HEADER_LEN:], b""
         return self._unpadder.update(self._cipher.update(data))

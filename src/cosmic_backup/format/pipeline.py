@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from cosmic_backup.errors import IntegrityError
-from cosmic_backup.format.cipher import HEADER_LEN, Decryptor, Encryptor, read_salt
+from cosmic_backup.format.cipher import (
+    HEADER_LEN,
+    Decryptor,
+    Encryptor,
+    KeySource,
+    derive_key_iv,
+    read_salt,
+)
 from cosmic_backup.format.compression import DEFAULT_LEVEL, Decompressor, compressor
 from cosmic_backup.format.keys import Key
 
@@ -297,10 +304,11 @@ class UnsealingReader(io.RawIOBase):
         expected_size: int | None = None,
         on_progress: ProgressCallback | None = None,
         chunk_size: int = CHUNK_SIZE,
+        derive: KeySource = derive_key_iv,
     ) -> None:
         super().__init__()
         self._source = source
-        self._decryptor = Decryptor(key.passphrase, iterations)
+        self._decryptor = Decryptor(key.passphrase, iterations, derive)
         self._decompressor = Decompressor()
         self._sha256 = hashlib.sha256()
         self._size = 0
@@ -308,7 +316,10 @@ class UnsealingReader(io.RawIOBase):
         self._expected_size = expected_size
         self.on_progress = on_progress
         self._chunk_size = chunk_size
-        self._buffer = bytearray()
+        # What is left of the last decompressed chunk: a view of it, not a copy into a
+        # buffer of our own (appending to and deleting from a bytearray copied each byte
+        # twice more).
+        self._buffer = memoryview(b"")
         self._input_done = False
         self._eof = False
 
@@ -333,7 +344,7 @@ class UnsealingReader(io.RawIOBase):
                 self._eof = True
                 out = b""
             self._account(out)
-            self._buffer += out
+            self._buffer = memoryview(out)
         if self._eof and not self._buffer:
             self._check_totals()
 
@@ -362,7 +373,7 @@ class UnsealingReader(io.RawIOBase):
         self._fill()
         count = min(len(target), len(self._buffer))
         target[:count] = self._buffer[:count]
-        del self._buffer[:count]
+        self._buffer = self._buffer[count:]
         return count
 
 
@@ -377,8 +388,16 @@ def open_verified(
     expected_plaintext_size: int | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> UnsealingReader:
-    """Check the MAC of the whole (seekable) `source`, then return a plaintext reader on it."""
+    """Check the MAC of the whole (seekable) `source`, then return a plaintext reader on it.
+
+    The AES key and IV (PBKDF2 of the file's own salt, ~0.3 s) are derived in a thread
+    started before the MAC pass, so the derivation overlaps it and whatever the caller
+    does before its first read (a restore's connection test and schema-reset trial). The
+    salt is a stored byte, not a decrypted one: nothing is decrypted before the MAC check.
+    """
     start = source.tell()
+    derivation = _SaltDerivation.start(source.read(HEADER_LEN), key, iterations)
+    source.seek(start)
     check_mac(source, key, expected_mac, expected_stored_size)
     source.seek(start)
     header = source.read(HEADER_LEN)
@@ -391,4 +410,35 @@ def open_verified(
         expected_sha256=expected_sha256,
         expected_size=expected_plaintext_size,
         on_progress=on_progress,
+        derive=derivation.derive if derivation else derive_key_iv,
     )
+
+
+class _SaltDerivation:
+    """PBKDF2 of one artifact's salt in a daemon thread (hashlib releases the GIL)."""
+
+    def __init__(self, salt: bytes, key: Key, iterations: int) -> None:
+        self._salt = salt
+        self._result: tuple[bytes, bytes] | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(key.passphrase, iterations), daemon=True
+        )
+        self._thread.start()
+
+    @classmethod
+    def start(cls, header: bytes, key: Key, iterations: int) -> _SaltDerivation | None:
+        """None for a header that is not openssl's: the MAC check says what is wrong."""
+        try:
+            return cls(read_salt(header), key, iterations)
+        except IntegrityError:
+            return None
+
+    def _run(self, passphrase: bytes, iterations: int) -> None:
+        self._result = derive_key_iv(passphrase, self._salt, iterations)
+
+    def derive(self, passphrase: bytes, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
+        """The result for the salt it was started with; anything else is derived now."""
+        self._thread.join()
+        if salt != self._salt or self._result is None:
+            return derive_key_iv(passphrase, salt, iterations)
+        return self._result
