@@ -1,16 +1,19 @@
 """Restoring a dump in ONE transaction, so a failure anywhere leaves the database as it was.
 
 ``pg_restore --single-transaction --file=-`` turns the custom-format dump (read from our
-verified stream) into SQL wrapped in one BEGIN ... COMMIT, which we relay to psql
-(ON_ERROR_STOP) after a prelude: our own ``BEGIN`` (pg_restore's then only warns), then
-the reset (reset.py): drop the schemas the backup recreates (and ``public``) and the
-large objects, recreate ``public`` as it was, refuse to drop objects outside those
-schemas, and never queue for a lock while holding others.
+verified stream) into SQL wrapped in one BEGIN ... COMMIT, which psql (ON_ERROR_STOP)
+reads straight from pg_restore's pipe after a prelude we write into that pipe first: our
+own ``BEGIN`` (pg_restore's then only warns), then the reset (reset.py): drop the schemas
+the backup recreates (and ``public``) and the large objects, recreate ``public`` as it
+was, refuse to drop objects outside those schemas, and never queue for a lock while
+holding others. No byte of the SQL passes through this process.
 
-The COMMIT is in the last bytes of pg_restore's output, and the relay holds those back
-until pg_restore has ended well and our stream has passed its size and SHA-256 check. If
-anything fails first (a truncated stream, a timeout, an interrupt), psql reaches the end
-of its input inside the open transaction and the server rolls it back. (``psql
+pg_restore writes its COMMIT only after it has read the whole dump (the last bytes end
+the last data block, or the table of contents of a dump without data), so the pump
+holds the dump's last HELD_BACK bytes back until our stream has passed its size and
+SHA-256 check. If anything fails first (a truncated stream, a failed check, a timeout,
+an interrupt), pg_restore never writes its COMMIT, psql reaches the end of its input
+inside the open transaction (or is stopped), and the server rolls it back. (``psql
 --single-transaction`` would COMMIT whatever had arrived; and without ``-1`` pg_restore
 wraps large objects in a BEGIN/COMMIT of its own, which would commit half a restore.)
 
@@ -21,10 +24,11 @@ When this user may not drop the schemas (managed databases), the reset is left o
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
 import re
 import subprocess
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO
@@ -37,10 +41,14 @@ from cosmic_backup.components.database.reset import lock_block, reset_block
 from cosmic_backup.components.database.tools import Tool
 from cosmic_backup.components.database.url import Target
 from cosmic_backup.errors import OperationFailed
-from cosmic_backup.process import PUMP_CHUNK, Child, pump, running
+from cosmic_backup.process import PUMP_CHUNK, Child, running
 
-# pg_restore's COMMIT and the comments after it are its last ~200 bytes.
+# The dump's last bytes, held back from pg_restore until the stream passed its final
+# check: without them pg_restore cannot finish, so it cannot write its COMMIT.
 HELD_BACK = 64 * 1024
+# Pipes of 1 MiB (Linux's default limit for a user) instead of 64 KiB: fewer wake-ups
+# and stalls between us, pg_restore and psql.
+PIPE_SIZE = 1024 * 1024
 CLIENT_CHECK_MS = 1000
 
 
@@ -169,64 +177,103 @@ def _run_restore(
     restore_argv += ["--no-owner", "--clean", "--if-exists", *extra]
     psql_argv = [psql.path, "--no-psqlrc", "--quiet", "--no-password", "--set=ON_ERROR_STOP=1"]
     psql_argv += [f"--dbname={target.conninfo()}", "--file=-"]
-    converter = Child(restore_argv, env=env, timeout=limits.timeout, log=log, stdin=subprocess.PIPE)
-    runner = Child(
-        psql_argv,
-        env=env,
-        timeout=limits.timeout,
-        log=log,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-    )
-    assert converter.process.stdin and converter.process.stdout and runner.process.stdin
-    relay = _Relay(prelude.encode(), converter.process.stdout, runner.process.stdin)
+    runner, converter = _start_joined(restore_argv, psql_argv, prelude.encode(), env, limits, log)
+    assert converter.process.stdin is not None
     with running(converter, runner):
-        relay.start()
-        pump(payload, converter.process.stdin)
-        if not (converter.ended_badly or runner.ended_badly):
-            while payload.read(PUMP_CHUNK):  # pg_restore may stop early; the last read checks
-                pass  # the stream's size and SHA-256, and must happen before any COMMIT
-        restore_code = converter.wait()
-        relay.join()
-        complete = restore_code == 0 and not converter.timed_out and relay.tail is not None
-        _finish(runner.process.stdin, relay.tail if complete else None)
+        if _pump_holding_back(payload, converter.process.stdin):
+            converter.wait()
+            if converter.process.returncode == 0:
+                while payload.read(PUMP_CHUNK):  # pg_restore stopped reading, yet ended well:
+                    pass  # the stream's size and SHA-256 are still checked to its end
+        converter.wait()
         runner.wait()
     _check_outcome(converter, runner, limits.timeout)
 
 
-class _Relay(threading.Thread):
-    """The prelude, then pg_restore's SQL, into psql: all but the last HELD_BACK bytes."""
-
-    def __init__(self, prelude: bytes, source: IO[bytes], sink: IO[bytes]) -> None:
-        super().__init__(daemon=True)
-        self.prelude, self.source, self.sink = prelude, source, sink
-        self.tail: bytes | None = None  # what was held back, once the source has ended
-
-    def run(self) -> None:
+def _start_joined(
+    restore_argv: list[str],
+    psql_argv: list[str],
+    prelude: bytes,
+    env: dict[str, str],
+    limits: RestoreLimits,
+    log: logging.Logger,
+) -> tuple[Child, Child]:
+    """psql reading one pipe into which the prelude is written first, then pg_restore
+    writing its SQL into the same pipe (our end closed, so psql sees the end of it when
+    pg_restore ends)."""
+    read_end, write_end = os.pipe()
+    try:
+        _widen(write_end)
+        runner = Child(
+            psql_argv,
+            env=env,
+            timeout=limits.timeout,
+            log=log,
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+        )
+        os.close(read_end)
+        read_end = -1
         try:
-            self.sink.write(self.prelude)
-            pending = b""
-            while chunk := self.source.read(PUMP_CHUNK):
-                pending += chunk
-                if len(pending) > HELD_BACK:
-                    self.sink.write(memoryview(pending)[:-HELD_BACK])
-                    pending = pending[-HELD_BACK:]
-            self.tail = pending
-        except BrokenPipeError:
-            pass  # psql stopped (and pg_restore with it): psql's exit code and stderr say why
+            with contextlib.suppress(BrokenPipeError):  # psql ended: its stderr says why
+                _write_all(write_end, prelude)
+            converter = Child(
+                restore_argv,
+                env=env,
+                timeout=limits.timeout,
+                log=log,
+                stdin=subprocess.PIPE,
+                stdout=write_end,
+            )
+        except BaseException:
+            runner.kill()
+            runner.wait()
+            raise
+    finally:
+        for end in (read_end, write_end):
+            if end >= 0:
+                os.close(end)
+    return runner, converter
 
 
-def _finish(sink: IO[bytes], tail: bytes | None) -> None:
-    """End psql's input: with the tail (and its COMMIT) when all is well, else bare."""
-    with contextlib.suppress(BrokenPipeError):
-        if tail is not None:
-            if b"\nCOMMIT;\n" not in tail:
-                raise OperationFailed(
-                    "pg_restore's output did not end with its COMMIT, so the restore was "
-                    "rolled back; the database is unchanged."
-                )
-            sink.write(tail)
-        sink.close()
+def _pump_holding_back(payload: BinaryIO, sink: IO[bytes]) -> bool:
+    """Copy `payload` into pg_restore's stdin, its last HELD_BACK bytes only once the
+    payload's final read (its size and SHA-256 check) has passed; then close it.
+
+    True when pg_restore stopped reading first: its exit code and stderr say why.
+    """
+    fd = sink.fileno()
+    _widen(fd)
+    held: bytes | memoryview = b""
+    try:
+        while chunk := payload.read(PUMP_CHUNK):
+            if len(chunk) >= HELD_BACK:
+                _write_all(fd, held)
+                _write_all(fd, memoryview(chunk)[:-HELD_BACK])
+                held = memoryview(chunk)[-HELD_BACK:]
+            else:  # a short read: the tail held is the last HELD_BACK bytes of both
+                joined = bytes(held) + chunk
+                _write_all(fd, memoryview(joined)[:-HELD_BACK])
+                held = joined[-HELD_BACK:]
+        _write_all(fd, held)  # the payload's last read passed: pg_restore may finish
+    except BrokenPipeError:
+        return True
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            sink.close()
+    return False
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _widen(fd: int) -> None:
+    """Best effort: a pipe keeps its default size where the system refuses."""
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
 
 def _check_outcome(converter: Child, runner: Child, timeout: int) -> None:
