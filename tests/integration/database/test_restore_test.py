@@ -231,6 +231,19 @@ def wait_for_restore(process: subprocess.Popen[str]) -> set[int]:
     raise AssertionError("the restore never started")
 
 
+def hold_restore(process: subprocess.Popen[str]) -> None:
+    """Stop the run's psql (SIGSTOP), so the restore is still under way whenever the test
+    signals the run: a fast restore test could otherwise have ended just before, and a
+    signal during the interpreter's exit kills it (-2) instead of reaching our handler."""
+    children = subprocess.run(
+        ["pgrep", "-f", "--", "psql --no-psqlrc"], capture_output=True, text=True
+    ).stdout.split()
+    held = [int(child) for child in children if _parent(int(child)) == process.pid]
+    assert held, "no psql of this run to hold"
+    for pid in held:
+        os.kill(pid, signal.SIGSTOP)  # the run's SIGKILL of its children still ends it
+
+
 def alive(pid: int) -> bool:
     """Running (a zombie that init has not reaped yet is not)."""
     try:
@@ -265,6 +278,7 @@ def test_sigint_leaves_nothing_and_a_backup_meanwhile_does_not_wait(big_project:
     once. Then Ctrl-C: no server process, database or folder remains (by pid and folder)."""
     process = big_project.popen("verify", "--restore-test", "database")
     pids = wait_for_restore(process)
+    hold_restore(process)
     began = time.monotonic()
     result = big_project.run("backup", "config")
     assert result.returncode == 0, result.stderr
@@ -281,6 +295,7 @@ def test_sigint_leaves_nothing_and_a_backup_meanwhile_does_not_wait(big_project:
 def test_sigterm_leaves_no_server_or_folder(big_project: Project) -> None:
     process = big_project.popen("verify", "--restore-test", "database")
     pids = wait_for_restore(process)
+    hold_restore(process)
     process.send_signal(signal.SIGTERM)
     _out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
