@@ -183,6 +183,35 @@ def pump(source: BinaryIO, sink: IO[bytes]) -> None:
             sink.close()
 
 
+# -- who owns a leftover -------------------------------------------------------------------
+def process_start(pid: int) -> str | None:
+    """The start time of `pid` (field 22 of /proc/PID/stat): a pid alone may be reused.
+    None when it is gone or a zombie (killed, not yet reaped)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def process_mark(pid: int | None = None) -> dict[str, Any]:
+    """What names a process for a later run: its pid and start time (this one by default)."""
+    pid = os.getpid() if pid is None else pid
+    return {"pid": pid, "started": process_start(pid)}
+
+
+def mark_alive(mark: object) -> bool:
+    """Is the process a `process_mark` names still running (itself, not a reused pid)?"""
+    if not isinstance(mark, dict):
+        return False
+    try:
+        pid = int(mark["pid"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    started = process_start(pid)
+    return started is not None and started == mark.get("started")
+
+
 def run_captured(
     argv: list[str], *, timeout: float, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

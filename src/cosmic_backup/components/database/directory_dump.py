@@ -37,7 +37,7 @@ from typing import BinaryIO
 from cosmic_backup.components.archive import check_member, safe_extract
 from cosmic_backup.components.database.tools import Tool
 from cosmic_backup.errors import IntegrityError, OperationFailed
-from cosmic_backup.process import Child, run_captured, running
+from cosmic_backup.process import Child, mark_alive, process_mark, run_captured, running
 
 FOLDER_PREFIX = ".dump-"
 OWNER_FILE = "owner.json"
@@ -62,29 +62,8 @@ class DirectoryDump:
 
 
 # -- private folders ---------------------------------------------------------------------
-def _process_start(pid: int) -> str | None:
-    """The start time of `pid` (field 22 of /proc/PID/stat), since a pid may be reused;
-    None when it is gone or a zombie."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else fields[19]
-
-
-def _mark(pid: int) -> dict[str, object]:
-    return {"pid": pid, "started": _process_start(pid)}
-
-
-def _alive(mark: object) -> bool:
-    if not isinstance(mark, dict) or not isinstance(mark.get("pid"), int):
-        return False
-    started = _process_start(mark["pid"])
-    return started is not None and started == mark.get("started")
-
-
 def _write_owner(folder: Path, child: int | None = None) -> None:
-    owner = {"run": _mark(os.getpid()), "child": _mark(child) if child else None}
+    owner = {"run": process_mark(), "child": process_mark(child) if child else None}
     temp = folder / f".{OWNER_FILE}.tmp"
     temp.write_text(json.dumps(owner))
     temp.replace(folder / OWNER_FILE)  # never a half-written owner for the next run
@@ -127,10 +106,10 @@ def remove_leftover_folders(parent: Path) -> list[str]:
                 continue  # being created by a run right now
             owner = {}
         owner = owner if isinstance(owner, dict) else {}
-        if _alive(owner.get("run")):
+        if mark_alive(owner.get("run")):
             continue
         child = owner.get("child")
-        if _alive(child):
+        if mark_alive(child):
             assert isinstance(child, dict)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(child["pid"], signal.SIGKILL)  # its own group: pg_dump's workers too

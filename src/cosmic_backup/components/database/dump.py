@@ -266,6 +266,29 @@ def _count_batch(
         raise OperationFailed(timeout_message(limits.timeout)) from None
 
 
+def _pg_dump_command(
+    pg_dump: Tool, target: Target, snapshot: str, mode: str, limits: DumpSettings, *fmt: str
+) -> tuple[list[str], dict[str, str]]:
+    """pg_dump's argv and environment for `fmt` (the format, and the jobs if parallel).
+
+    Uncompressed: our pipeline compresses, faster and beside the dump. Every job of a
+    parallel dump reads the same exported snapshot. The password stays in the environment.
+    """
+    argv = [
+        pg_dump.path,
+        *fmt,
+        "--compress=0",
+        f"--snapshot={snapshot}",
+        f"--lock-wait-timeout={limits.lock_wait_timeout}s",
+        "--no-password",
+        f"--dbname={target.conninfo()}",
+    ]
+    if mode == MODE_SCHEMA_ONLY:
+        argv.append("--schema-only")
+    env = {**target.tool_environment(limits.connect_timeout), "PGOPTIONS": "-c statement_timeout=0"}
+    return argv, env
+
+
 def _run_pg_dump(
     out: BinaryIO,
     target: Target,
@@ -277,18 +300,7 @@ def _run_pg_dump(
     seconds_left: float,
     counter: StreamCounter,
 ) -> None:
-    argv = [
-        pg_dump.path,
-        "--format=custom",
-        "--compress=0",  # our pipeline compresses, faster and in parallel with the dump
-        f"--snapshot={snapshot}",
-        f"--lock-wait-timeout={limits.lock_wait_timeout}s",
-        "--no-password",
-        f"--dbname={target.conninfo()}",
-    ]
-    if mode == MODE_SCHEMA_ONLY:
-        argv.append("--schema-only")
-    env = {**target.tool_environment(limits.connect_timeout), "PGOPTIONS": "-c statement_timeout=0"}
+    argv, env = _pg_dump_command(pg_dump, target, snapshot, mode, limits, "--format=custom")
     child = Child(argv, env=env, timeout=seconds_left, log=log)
     assert child.process.stdout is not None
     with running(child):
@@ -342,19 +354,9 @@ def _run_pg_dump_directory(
     """pg_dump -Fd -j N of the exported snapshot into a private folder (removed whatever
     happens), then the folder as one tar into `out`; the rows counted on the way."""
     snapshot, mode = run.snapshot, run.mode
-    argv = [
-        pg_dump.path,
-        "--format=directory",
-        f"--jobs={directory.jobs}",
-        "--compress=0",  # our pipeline compresses the tar
-        f"--snapshot={snapshot}",  # every job reads the same snapshot
-        f"--lock-wait-timeout={limits.lock_wait_timeout}s",
-        "--no-password",
-        f"--dbname={target.conninfo()}",
-    ]
-    if mode == MODE_SCHEMA_ONLY:
-        argv.append("--schema-only")
-    env = {**target.tool_environment(limits.connect_timeout), "PGOPTIONS": "-c statement_timeout=0"}
+    argv, env = _pg_dump_command(
+        pg_dump, target, snapshot, mode, limits, "--format=directory", f"--jobs={directory.jobs}"
+    )
     with private_dump_folder(directory.parent) as folder:
         child, dump = run_pg_dump_into(argv, folder, env=env, timeout=run.seconds_left, log=log)
         if child.timed_out:

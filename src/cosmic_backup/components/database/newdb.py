@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -32,6 +30,7 @@ from psycopg import sql
 
 from cosmic_backup.components.database.connection import connect
 from cosmic_backup.components.database.url import Target
+from cosmic_backup.process import mark_alive, process_mark
 
 MARK = "_cosmic_"
 OLD_MARK = "_cosmic_old_"
@@ -117,28 +116,8 @@ def _prefix(target_name: str) -> str:
 
 
 # -- ownership marks -------------------------------------------------------------------
-def process_start(pid: int) -> str | None:
-    """The start time of `pid` (field 22 of /proc/PID/stat), as a pid alone may be reused;
-    None when it is gone or a zombie."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else fields[19]
-
-
 def owner_mark() -> dict[str, Any]:
-    pid = os.getpid()
-    return {"pid": pid, "started": process_start(pid), "host": socket.gethostname()}
-
-
-def owner_alive(mark: dict[str, Any]) -> bool:
-    try:
-        pid = int(mark["pid"])
-    except (KeyError, TypeError, ValueError):
-        return False
-    started = process_start(pid)
-    return started is not None and started == mark.get("started")
+    return {**process_mark(), "host": socket.gethostname()}
 
 
 # -- creating, filling, dropping -------------------------------------------------------
@@ -337,7 +316,7 @@ def _gone(text: str) -> bool:
         mark = json.loads(text)
     except ValueError:
         return False
-    return mark.get("host") == socket.gethostname() and not owner_alive(mark)
+    return mark.get("host") == socket.gethostname() and not mark_alive(mark)
 
 
 def _ident(name: str) -> sql.Identifier:

@@ -40,7 +40,7 @@ from psycopg import sql
 
 from cosmic_backup.components.database.tools import Tool, candidates
 from cosmic_backup.errors import OperationFailed
-from cosmic_backup.process import run_captured
+from cosmic_backup.process import mark_alive, process_mark, run_captured
 
 OWNER_FILE = "owner.json"
 SERVER_PROGRAMS = ("initdb", "pg_ctl")
@@ -196,7 +196,7 @@ def private_folder(prefix: str, uid: int | None = None, gid: int | None = None) 
         )
     os.chmod(root, 0o711)  # noqa: S103 - traverse only: the server user reaches its own folder
     base = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
-    owner = {"pid": os.getpid(), "started": _process_start(os.getpid())}
+    owner = process_mark()
     (base / OWNER_FILE).write_text(json.dumps(owner))
     if uid is not None and gid is not None:
         os.chown(base, uid, gid)
@@ -234,24 +234,14 @@ def _stop(base: Path, pg_ctl: list[str]) -> None:
 
 
 # -- leftovers of killed runs ------------------------------------------------------------
-def _process_start(pid: int) -> str | None:
-    """The start time of `pid` (field 22 of /proc/PID/stat): a pid alone may be reused.
-    None when it is gone or a zombie (killed, not yet reaped)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else fields[19]
-
-
 def _owner_alive(base: Path) -> bool:
     try:
         owner = json.loads((base / OWNER_FILE).read_text())
-        pid = int(owner["pid"])
+        int(owner["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         # No owner yet: a run is creating it right now, unless the folder is old.
         return time.time() - os.lstat(base).st_mtime < 60
-    return _process_start(pid) is not None and _process_start(pid) == owner.get("started")
+    return mark_alive(owner)
 
 
 def _postmaster_pid(base: Path) -> int | None:
