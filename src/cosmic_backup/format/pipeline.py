@@ -25,7 +25,7 @@ from cosmic_backup.format.cipher import (
     derive_key_iv,
     read_salt,
 )
-from cosmic_backup.format.compression import DEFAULT_LEVEL, Decompressor, compressor
+from cosmic_backup.format.compression import DEFAULT_LEVEL, Decompressor, compressor, threads_pay
 from cosmic_backup.format.keys import Key
 
 CHUNK_SIZE = 1024 * 1024
@@ -98,13 +98,15 @@ class _SealingThread:
 
     _END = object()
 
-    def __init__(self, work: Callable[[bytes | bytearray], None]) -> None:
+    def __init__(self, work: Callable[[bytes | bytearray], None], *, threaded: bool) -> None:
         self._work = work
+        self._threaded = threaded
         self._queue: queue.Queue[object] = queue.Queue(maxsize=QUEUE_DEPTH)
         self._error: BaseException | None = None
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="cosmic-sealing", daemon=True)
-        self._thread.start()
+        if threaded:
+            self._thread.start()
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not self._END:
@@ -116,7 +118,10 @@ class _SealingThread:
 
     def put(self, chunk: bytes | bytearray) -> None:
         self._raise_error()
-        self._queue.put(chunk)
+        if self._threaded:
+            self._queue.put(chunk)
+        else:  # few cores: sealing here costs less than handing it on (see compression.py)
+            self._work(chunk)
 
     def finish(self) -> None:
         """Wait until every chunk is sealed; raise what went wrong, if anything did."""
@@ -144,7 +149,9 @@ class SealingWriter(io.RawIOBase):
     `close()` (or leaving the ``with`` block without an error) finishes the stream and
     sets `result`. After an error, call `abort()`: nothing more is written. Small writes
     are gathered into chunks of CHUNK_SIZE; a large `bytes` is handed on as it is (it
-    cannot change), anything else is copied first, since its owner may reuse it.
+    cannot change), anything else is copied first, since its owner may reuse it. With
+    `threaded` (by default when the machine has cores to spare: compression.threads_pay)
+    gzip and the sealing run in threads of their own; otherwise in the caller's.
     """
 
     def __init__(
@@ -155,10 +162,12 @@ class SealingWriter(io.RawIOBase):
         *,
         level: int = DEFAULT_LEVEL,
         on_progress: ProgressCallback | None = None,
+        threaded: bool | None = None,
     ) -> None:
         super().__init__()
+        threaded = threads_pay() if threaded is None else threaded
         self._sink = sink
-        self._compressor = compressor(level)
+        self._compressor = compressor(level, threaded=threaded)
         self._derivation: _Derivation | None = _Derivation(key, iterations)
         self._encryptor: Encryptor | None = None
         self._mac: hmac.HMAC | None = None
@@ -169,7 +178,7 @@ class SealingWriter(io.RawIOBase):
         self._on_progress = on_progress
         self._aborted = False
         self._batch = bytearray()
-        self._sealing = _SealingThread(self._seal)
+        self._sealing = _SealingThread(self._seal, threaded=threaded)
         self.result: SealedArtifact | None = None
 
     def writable(self) -> bool:

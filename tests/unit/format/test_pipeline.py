@@ -199,7 +199,7 @@ def test_the_producer_is_not_held_up_by_compression_or_a_slow_disk() -> None:
     hand over a few chunks (what pg_dump's pipe would otherwise wait for)."""
     payload = make_payload("random", 3 * CHUNK_SIZE, seed=7)
     sink = _GatedSink()
-    writer = SealingWriter(sink, KEY, FAST)
+    writer = SealingWriter(sink, KEY, FAST, threaded=True)
     started = time.monotonic()
     for start in range(0, len(payload), CHUNK_SIZE):
         writer.write(payload[start : start + CHUNK_SIZE])
@@ -210,11 +210,12 @@ def test_the_producer_is_not_held_up_by_compression_or_a_slow_disk() -> None:
     assert unseal(sink.getvalue(), writer.result) == payload
 
 
-def test_a_reused_buffer_is_sealed_as_it_was_when_written() -> None:
+@pytest.mark.parametrize("threaded", [True, False])
+def test_a_reused_buffer_is_sealed_as_it_was_when_written(threaded: bool) -> None:
     """A bytearray or memoryview may be refilled by its owner once write() returns."""
     buffer = bytearray(b"a" * (CHUNK_SIZE + 10))
     sink = io.BytesIO()
-    with SealingWriter(sink, KEY, FAST) as writer:
+    with SealingWriter(sink, KEY, FAST, threaded=threaded) as writer:
         writer.write(buffer)
         buffer[:] = b"b" * len(buffer)
         writer.write(memoryview(buffer))
@@ -225,10 +226,11 @@ def test_a_reused_buffer_is_sealed_as_it_was_when_written() -> None:
     assert unseal(sink.getvalue(), writer.result) == expected
 
 
-def test_a_full_backup_disk_is_raised_in_the_producers_thread() -> None:
+@pytest.mark.parametrize("threaded", [True, False])
+def test_a_full_backup_disk_is_raised_in_the_producers_thread(threaded: bool) -> None:
     sink = _GatedSink(fail_after=CHUNK_SIZE // 2)
     sink.gate.set()
-    writer = SealingWriter(sink, KEY, FAST)
+    writer = SealingWriter(sink, KEY, FAST, threaded=threaded)
     payload = make_payload("random", CHUNK_SIZE, seed=3)
     with pytest.raises(OSError, match="No space left"):
         for _ in range(20):
@@ -240,7 +242,7 @@ def test_a_full_backup_disk_is_raised_in_the_producers_thread() -> None:
 
 def test_an_abort_with_chunks_queued_stops_without_sealing_them() -> None:
     sink = _GatedSink()
-    writer = SealingWriter(sink, KEY, FAST)
+    writer = SealingWriter(sink, KEY, FAST, threaded=True)
     for _ in range(3):
         writer.write(make_payload("random", CHUNK_SIZE, seed=4))
     sink.gate.set()
@@ -248,6 +250,17 @@ def test_an_abort_with_chunks_queued_stops_without_sealing_them() -> None:
     assert writer.result is None
     assert len(sink.getvalue()) <= 2 * CHUNK_SIZE  # at most the chunk being sealed
     assert not [t for t in threading.enumerate() if t.name == "cosmic-sealing"]
+
+
+def test_threads_are_used_only_with_cores_to_spare() -> None:
+    """On 2 cores the threads made a database backup slower (compression.py says by how
+    much); the default follows the cores this process may use."""
+    from cosmic_backup.format import compression
+
+    writer = SealingWriter(io.BytesIO(), KEY, FAST)
+    threaded = [t for t in threading.enumerate() if t.name == "cosmic-sealing"]
+    writer.close()
+    assert bool(threaded) == (compression.usable_cores() >= compression.THREADS_FROM_CORES)
 
 
 # -- tampering, truncation, the wrong key: refused before any plaintext -----------------------

@@ -45,7 +45,7 @@ def mixed(parts: int, size: int = MIB // 4) -> bytes:
 
 
 def gzipped(payload: bytes, write_size: int) -> bytes:
-    packer = compressor()
+    packer = compressor(threaded=True)
     out = [packer.compress(payload[i : i + write_size]) for i in range(0, len(payload), write_size)]
     return b"".join([*out, packer.flush()])
 
@@ -99,7 +99,7 @@ def test_text_after_random_is_compressed_again() -> None:
     "payload", [b"", b"x", noise(BLOCK, 3), noise(BLOCK + 1, 4), text(BLOCK - 1, 5)]
 )
 def test_edges_stay_one_valid_gzip_stream(payload: bytes) -> None:
-    for packer in (compressor(), AdaptiveDeflate()):
+    for packer in (compressor(threaded=True), compressor(threaded=False), AdaptiveDeflate()):
         stream = packer.compress(payload) + packer.flush()
         assert gzip.decompress(stream) == payload
         assert ours(stream) == payload
