@@ -102,6 +102,9 @@ class RestoreReport:
 class Component(ABC):
     name: ClassVar[str]
     payload: ClassVar[str]  # the plaintext's kind, in the artifact's name: "dump", "tar"
+    # Cores the producer keeps busy besides our process (the database's server and
+    # pg_dump): the backup seals in threads only if cores are left (compression.py).
+    producer_cores: ClassVar[int] = 0
 
     def __init__(self, settings: Settings, log: logging.Logger) -> None:
         self.settings = settings

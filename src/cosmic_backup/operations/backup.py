@@ -18,6 +18,7 @@ from cosmic_backup.clock import iso
 from cosmic_backup.components import create_component
 from cosmic_backup.components.base import BackupRequest, Component, Produced
 from cosmic_backup.errors import CosmicError, Interrupted, Locked, NotConfigured, OperationFailed
+from cosmic_backup.format.compression import threads_pay
 from cosmic_backup.format.keys import Key
 from cosmic_backup.format.manifest import Manifest, kdf_description
 from cosmic_backup.format.pipeline import SealedArtifact, SealingWriter
@@ -155,7 +156,8 @@ def _write_artifact(
     ):
         # The writer gathers tar's 512-byte writes itself, and takes pg_dump's reads
         # without a copy, which a BufferedWriter in front would force.
-        writer = SealingWriter(sink, key, iterations, on_progress=advance)
+        threaded = threads_pay(component.producer_cores)
+        writer = SealingWriter(sink, key, iterations, on_progress=advance, threaded=threaded)
         try:
             produced = component.produce(writer, request)  # type: ignore[arg-type]
             writer.close()  # finishes the gzip, AES and MAC streams

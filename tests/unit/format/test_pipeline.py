@@ -253,14 +253,18 @@ def test_an_abort_with_chunks_queued_stops_without_sealing_them() -> None:
 
 
 def test_threads_are_used_only_with_cores_to_spare() -> None:
-    """On 2 cores the threads made a database backup slower (compression.py says by how
-    much); the default follows the cores this process may use."""
+    """Two cores of our own beside the producer's: a database backup (the server and
+    pg_dump busy) seals inline on 2 cores, a files backup in threads (compression.py
+    says what was measured)."""
     from cosmic_backup.format import compression
 
     writer = SealingWriter(io.BytesIO(), KEY, FAST)
     threaded = [t for t in threading.enumerate() if t.name == "cosmic-sealing"]
     writer.close()
-    assert bool(threaded) == (compression.usable_cores() >= compression.THREADS_FROM_CORES)
+    cores = compression.usable_cores()
+    assert bool(threaded) == (cores >= 2)
+    assert compression.threads_pay(2) == (cores >= 4)
+    assert compression.threads_pay(cores - 1) is False
 
 
 # -- tampering, truncation, the wrong key: refused before any plaintext -----------------------

@@ -63,6 +63,7 @@ __all__ = ["DatabaseComponent"]
 class DatabaseComponent(Component):
     name = "database"
     payload = "dump"
+    producer_cores = 2  # the server's COPY and pg_dump
 
     def __init__(self, settings: Settings, log: logging.Logger) -> None:
         super().__init__(settings, log)
