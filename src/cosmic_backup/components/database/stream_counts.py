@@ -76,12 +76,14 @@ class _Reader:
 
 @dataclass
 class Head:
-    """What the counter needs of the header and TOC."""
+    """What the counter (and toc_offsets.py) need of the header and TOC."""
 
     version: tuple[int, int]
     int_size: int
     tables: dict[int, str]  # dump id of a TABLE DATA entry -> "schema.table"
     size: int  # bytes of header + TOC
+    offset_size: int = 8
+    offset_fields: dict[int, int] = field(default_factory=dict)  # dump id -> its offset field
 
 
 def parse_head(data: bytes) -> Head:
@@ -104,8 +106,8 @@ def parse_head(data: bytes) -> Head:
         reader.int()
     for _ in range(3):  # database name, server version, pg_dump version
         reader.str()
-    tables = _read_toc(reader, version, offset_size)
-    return Head(version, reader.int_size, tables, reader.pos)
+    tables, offset_fields = _read_toc(reader, version, offset_size)
+    return Head(version, reader.int_size, tables, reader.pos, offset_size, offset_fields)
 
 
 def _read_compression(reader: _Reader, version: tuple[int, int]) -> None:
@@ -116,8 +118,12 @@ def _read_compression(reader: _Reader, version: tuple[int, int]) -> None:
         raise ArchiveFormatError("the archive's data is compressed")
 
 
-def _read_toc(reader: _Reader, version: tuple[int, int], offset_size: int) -> dict[int, str]:
+def _read_toc(
+    reader: _Reader, version: tuple[int, int], offset_size: int
+) -> tuple[dict[int, str], dict[int, int]]:
+    """The TABLE DATA entries' names, and where each entry's data offset field is."""
     tables: dict[int, str] = {}
+    offset_fields: dict[int, int] = {}
     for _ in range(reader.int()):
         dump_id = reader.int()
         reader.int()  # hadDumper
@@ -138,10 +144,11 @@ def _read_toc(reader: _Reader, version: tuple[int, int], offset_size: int) -> di
         reader.str()  # "false": WITH OIDS is gone
         while reader.str() is not None:  # dependencies, ended by a NULL string
             pass
+        offset_fields[dump_id] = reader.pos
         reader.take(1 + offset_size)  # custom format's data offset (flag + offset)
         if desc == "TABLE DATA" and tag is not None and namespace is not None:
             tables[dump_id] = f"{namespace}.{tag}"
-    return tables
+    return tables, offset_fields
 
 
 # States of the data part.

@@ -26,15 +26,11 @@ from cosmic_backup.components.database.stream_counts import (
     BLK_DATA,
     CHUNK_GOES_ON,
     END_OF_TABLE,
-    FORMAT_CUSTOM,
-    KNOWN_VERSIONS,
-    MAGIC,
     MAX_HEAD,
     PREFIX_SPLIT,
     ArchiveFormatError,
     _NeedMore,
-    _read_compression,
-    _Reader,
+    parse_head,
     walk_c,
 )
 
@@ -86,48 +82,9 @@ def _read_head(fd: int) -> bytes:
 
 def toc_offset_fields(data: Any) -> tuple[dict[int, int], int, int, int]:
     """(dump id -> position of its TOC entry's offset field, where the data part starts,
-    the archive's int size, its offset size)."""
-    reader = _Reader(data)
-    if reader.take(5) != MAGIC:
-        raise ArchiveFormatError("not a pg_dump custom-format archive")
-    version = (reader.byte(), reader.byte())
-    reader.byte()  # revision
-    if version not in KNOWN_VERSIONS:
-        raise ArchiveFormatError(f"unknown archive version {version}")
-    reader.int_size = reader.byte()
-    offset_size = reader.byte()
-    if reader.byte() != FORMAT_CUSTOM:
-        raise ArchiveFormatError("not a custom-format archive")
-    _read_compression(reader, version)
-    for _ in range(7):  # creation time
-        reader.int()
-    for _ in range(3):  # database name, server version, pg_dump version
-        reader.str()
-    fields: dict[int, int] = {}
-    for _ in range(reader.int()):
-        dump_id = reader.int()
-        _skip_entry(reader, version)
-        fields[dump_id] = reader.pos
-        reader.take(1 + offset_size)
-    return fields, reader.pos, reader.int_size, offset_size
-
-
-def _skip_entry(reader: _Reader, version: tuple[int, int]) -> None:
-    """A TOC entry's fields after its dump id, up to its data offset (ReadToc)."""
-    reader.int()  # hadDumper
-    for _ in range(4):  # tableoid, oid, tag, desc
-        reader.str()
-    reader.int()  # section
-    for _ in range(5):  # defn, dropStmt, copyStmt, namespace, tablespace
-        reader.str()
-    if version >= (1, 14):
-        reader.str()  # table access method
-    if version >= (1, 16):
-        reader.int()  # relkind
-    reader.str()  # owner
-    reader.str()  # WITH OIDS
-    while reader.str() is not None:  # dependencies
-        pass
+    the archive's int size, its offset size), read by the stream counter's parser."""
+    head = parse_head(data)
+    return head.offset_fields, head.size, head.int_size, head.offset_size
 
 
 def block_starts(fd: int, pos: int, int_size: int) -> dict[int, int]:
