@@ -3,7 +3,8 @@
 The CLI runs as a subprocess (``python -m cosmic_backup``) so tests see exactly what an
 operator sees: exit codes, stdout, stderr, files on disk. Servers (PostgreSQL, S3) are
 started once per session: PostgreSQL by tests/integration/database/conftest.py, S3
-(SeaweedFS) here, since several packages use it.
+(SeaweedFS) here, since several packages use it, with the fault-injecting proxy in front of
+it (tests/s3proxy.py: `s3_proxy`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.s3proxy import S3Proxy
 from tests.s3server import S3Server, seaweedfs
 
 # Environment variables of the developer's shell that must never leak into a test run.
@@ -129,3 +131,20 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 def remote_url(s3_server: S3Server) -> str:
     """A BACKUP_REMOTE of this test's own, in the shared bucket."""
     return f"s3://{TEST_BUCKET}/t{os.getpid()}-{next(_prefixes)}"
+
+
+@pytest.fixture(scope="session")
+def _s3_proxy_session(s3_server: S3Server) -> Iterator[S3Proxy]:
+    proxy = S3Proxy(s3_server.endpoint, s3_server.client(), s3_server.env())
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def s3_proxy(_s3_proxy_session: S3Proxy) -> Iterator[S3Proxy]:
+    """The fault-injecting proxy in front of the session's SeaweedFS, with no rules yet;
+    `s3_proxy.env()` points a CLI run at it. Rules added by the test are cleared after it."""
+    _s3_proxy_session.clear()
+    yield _s3_proxy_session
+    _s3_proxy_session.clear()
