@@ -152,6 +152,7 @@ class Seen:
     target: str
     fault: str  # the fault's kind, or "" when forwarded untouched
     status: int  # the status the client was sent (0: none, the connection was cut)
+    ranged: bool = False  # the request had a Range header
 
 
 class S3Proxy:
@@ -272,28 +273,28 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(fault.seconds)
         body = self._request_body()
         if fault is not None and fault.kind == "drop":
-            self._record(method, target, kind, 0)
+            self._record(method, target, kind, 0, ranged)
             self._cut(reset=True)
             return
         if fault is not None and fault.kind == "status":
             _drain(body)  # the connection stays usable for the next request
-            self._record(method, target, kind, fault.code)
+            self._record(method, target, kind, fault.code, ranged)
             self._answer_error(fault.code, method)
             return
         if fault is not None and fault.kind == "range200":
             _drain(body)
             self._answer_whole_object(target)
-            self._record(method, target, kind, 200)
+            self._record(method, target, kind, 200, ranged)
             return
         answer, connection = self._forward(method, body)
         try:
-            self._record(method, target, kind, answer.status)
+            self._record(method, target, kind, answer.status, ranged)
             self._relay(answer, method, fault)
         finally:
             connection.close()
 
-    def _record(self, method: str, target: str, kind: str, status: int) -> None:
-        self.owner.seen.append(Seen(method, target, kind, status))
+    def _record(self, method: str, target: str, kind: str, status: int, ranged: bool) -> None:
+        self.owner.seen.append(Seen(method, target, kind, status, ranged))
 
     def _request_body(self) -> Iterator[bytes]:
         """The request body as it came (chunked or not), read lazily in bounded chunks."""

@@ -50,9 +50,14 @@ _DENIED = {
     "403",
     "Forbidden",
 }
+_CONTENT_RANGE = re.compile(r"^bytes (?P<start>\d+)-(?P<end>\d+)/(?P<total>\d+)$")
 _TRANSIENT = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "503", "500"}
 
 T = TypeVar("T")
+
+
+class CorruptTransfer(StoreUnavailable):
+    """A download whose bytes failed the store's checksum: retried from the first byte."""
 
 
 @dataclass(frozen=True)
@@ -160,12 +165,14 @@ class S3Store:
     @contextlib.contextmanager
     def _calling(self, what: str, name: str = "") -> Iterator[None]:
         """Turn boto's exceptions into the contract's kinds, each with one sentence."""
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
 
         try:
             yield
         except ClientError as exc:
             raise self._client_error(exc, what, name) from None
+        except FlexibleChecksumError:
+            raise CorruptTransfer(f"The download of {name} failed its SHA-256 check.") from None
         except BotoCoreError as exc:
             raise self._core_error(exc, what) from None
 
@@ -352,7 +359,14 @@ class S3Store:
             )
 
     def _check_arrived(self, name: str, size: int) -> ObjectInfo:
-        info = self.stat(name)
+        try:
+            info = self.stat(name)
+        except StoreNotFound:  # not a local file missing: the store lost or hides the upload
+            raise StoreUnavailable(
+                f"The off-site store does not show {name} right after accepting its upload "
+                f"(404 Not Found at {self.describe()}); run 'cosmic-backup sync' to upload "
+                "it again."
+            ) from None
         if info.size != size:
             raise IntegrityError(
                 f"The off-site copy of {name} has {info.size} bytes instead of {size}; run "
@@ -377,24 +391,60 @@ class S3Store:
         return spool  # type: ignore[return-value]
 
     def _download(self, name: str, sink: BinaryIO) -> int:
-        key = self._key(name)
+        """Fetch `name` into `sink`; the object's size. After a dropped connection the next
+        attempt resumes where the bytes stopped; after bytes that failed their checksum it
+        starts again from the first byte, since none of them can be trusted."""
         for attempt in range(1, self.attempts + 1):
-            offset = sink.tell()
-            arguments: dict[str, Any] = {"Bucket": self.location.bucket, "Key": key}
-            if offset:
-                arguments["Range"] = f"bytes={offset}-"
             try:
-                with self._calling("read", name):
-                    answer = self.client.get_object(**arguments)
-                    total = offset + int(answer["ContentLength"])
-                    for chunk in answer["Body"].iter_chunks(DOWNLOAD_CHUNK):
-                        sink.write(chunk)
-                return total
+                return self._download_once(name, sink)
+            except CorruptTransfer:
+                sink.seek(0)
+                sink.truncate()
+                if attempt == self.attempts:
+                    raise IntegrityError(
+                        f"The off-site copy of {name} failed its SHA-256 check on each of "
+                        f"{self.attempts} downloads from {self.describe()}: the stored object "
+                        "is damaged; use another backup (see 'cosmic-backup list')."
+                    ) from None
             except StoreUnavailable:
                 if attempt == self.attempts:
                     raise
-                time.sleep(min(0.2 * 2**attempt, 5.0))
+            time.sleep(min(0.2 * 2**attempt, 5.0))
         raise AssertionError("unreachable")
+
+    def _download_once(self, name: str, sink: BinaryIO) -> int:
+        offset = sink.tell()
+        arguments: dict[str, Any] = {"Bucket": self.location.bucket, "Key": self._key(name)}
+        if offset:
+            arguments["Range"] = f"bytes={offset}-"
+        with self._calling("read", name):
+            answer = self.client.get_object(**arguments)
+            total = self._continue_at(name, answer, offset, sink)
+            for chunk in answer["Body"].iter_chunks(DOWNLOAD_CHUNK):
+                sink.write(chunk)
+        return total
+
+    def _continue_at(self, name: str, answer: dict[str, Any], offset: int, sink: BinaryIO) -> int:
+        """The object's size, with `sink` positioned where the answer's body goes.
+
+        A resumed download appends only a 206 whose Content-Range starts at `offset`; a 200
+        (a store or proxy that ignores Range) is the whole object, so it starts over."""
+        status = answer.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if offset and status == 206:
+            match = _CONTENT_RANGE.match(str(answer.get("ContentRange", "")))
+            if match is None or int(match.group("start")) != offset:
+                answer["Body"].close()
+                sink.seek(0)
+                sink.truncate()
+                raise StoreUnavailable(
+                    f"The off-site store answered another range of {name} than was asked "
+                    f"({answer.get('ContentRange')!r}); try again."
+                )
+            return int(match.group("total"))
+        if offset:
+            sink.seek(0)
+            sink.truncate()
+        return int(answer["ContentLength"])
 
     # -- for doctor -----------------------------------------------------------------------
     def probe(self) -> list[str]:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import io
+import os
 
 import pytest
 
-from cosmic_backup.errors import ExitCode, UsageError
+from cosmic_backup.errors import ExitCode, IntegrityError, UsageError
 from cosmic_backup.storage.base import StorePermanent, StoreUnavailable
 from cosmic_backup.storage.s3 import S3Store, make_client, parse_remote
 from tests.conftest import TEST_BUCKET
+from tests.s3proxy import Fault, S3Proxy
 from tests.s3server import S3Server, free_ports
 
 
@@ -123,3 +125,52 @@ def test_a_failed_multipart_upload_leaves_no_object(
     client = s3_server.client()
     uploads = client.list_multipart_uploads(Bucket=TEST_BUCKET).get("Uploads", [])
     assert not [u for u in uploads if u["Key"].startswith(store.location.base)]  # aborted
+
+
+def test_a_download_failing_its_checksum_starts_over_and_one_always_bad_is_named(
+    s3_server: S3Server, s3_proxy: S3Proxy, remote_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store(s3_server, monkeypatch, remote_url, AWS_ENDPOINT_URL=s3_proxy.endpoint)
+    body = bytes(range(256)) * 64
+    store.put("config/a.manifest.json", io.BytesIO(body))
+    s3_proxy.add(Fault.corrupt(), method="GET", path="a.manifest.json", nth=1)
+    with store.open_read("config/a.manifest.json") as handle:
+        assert handle.read() == body
+    reads = s3_proxy.requests("GET", "a.manifest.json")
+    assert [(s.fault, s.ranged) for s in reads] == [("corrupt", False), ("", False)]  # no Range
+
+    s3_proxy.clear()
+    s3_proxy.add(Fault.corrupt(), method="GET", path="a.manifest.json")  # bad every time
+    with pytest.raises(IntegrityError, match=r"config/a\.manifest\.json failed its SHA-256 check"):
+        store.open_read("config/a.manifest.json")
+    assert not [s for s in s3_proxy.requests("GET") if s.ranged]
+
+
+def test_a_200_answer_to_a_resumed_download_replaces_the_partial_bytes(
+    s3_server: S3Server, s3_proxy: S3Proxy, remote_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store(s3_server, monkeypatch, remote_url, AWS_ENDPOINT_URL=s3_proxy.endpoint)
+    body = os.urandom(3 * 1024 * 1024)
+    store.put("files/a.tar.gz.enc", io.BytesIO(body))
+    s3_proxy.add(Fault.truncate(after=1024 * 1024 + 100), method="GET", path="a.tar.gz.enc", nth=1)
+    s3_proxy.add(Fault.full_body_for_range(), method="GET")
+    with store.open_read("files/a.tar.gz.enc") as handle:
+        assert handle.read() == body
+    reads = s3_proxy.requests("GET", "a.tar.gz.enc")
+    assert [(s.fault, s.ranged) for s in reads] == [("truncate", False), ("range200", True)]
+
+    s3_proxy.clear()  # a plain resume still appends the 206 answer
+    s3_proxy.add(Fault.truncate(after=1024 * 1024 + 100), method="GET", path="a.tar.gz.enc", nth=1)
+    with store.open_read("files/a.tar.gz.enc") as handle:
+        assert handle.read() == body
+    assert [s.status for s in s3_proxy.requests("GET", "a.tar.gz.enc")][-1] == 206
+
+
+def test_a_404_on_the_check_after_an_upload_is_the_store_s_not_a_local_file_s(
+    s3_server: S3Server, s3_proxy: S3Proxy, remote_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store(s3_server, monkeypatch, remote_url, AWS_ENDPOINT_URL=s3_proxy.endpoint)
+    s3_proxy.add(Fault.status(404), method="HEAD")
+    with pytest.raises(StoreUnavailable, match="does not show config/a right after") as caught:
+        store.put("config/a", io.BytesIO(b"abc"))
+    assert not isinstance(caught.value, OSError)  # never read as a local file that is missing
