@@ -89,10 +89,17 @@ def make_id(component: str, started: datetime, attempt: int) -> str:
 class StoreCatalog:
     """The backups held in one `Store`, read and written through the contract alone."""
 
-    def __init__(self, store: Store, key_lookup: KeyLookup, where: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        key_lookup: KeyLookup,
+        where: str,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
         self.store = store
         self.where = where  # "local" or "remote", for listings and messages
         self._key_lookup = key_lookup
+        self._warn = warn or (lambda message: None)  # what a listing skipped, for the operator
 
     @staticmethod
     def manifest_name(component: str, backup_id: str) -> str:
@@ -120,9 +127,21 @@ class StoreCatalog:
         found: list[Entry] = []
         for name in COMPONENTS if component is None else (component,):
             for info in self.store.list(f"{name}/"):
-                if info.name.endswith(MANIFEST_SUFFIX):
-                    found.append(self._load(info.name))
+                if info.name.endswith(MANIFEST_SUFFIX) and (entry := self._load_listed(info.name)):
+                    found.append(entry)
         return sorted(found, key=lambda entry: (entry.manifest.started_at, entry.id))
+
+    def _load_listed(self, name: str) -> Entry | None:
+        """`_load`, or None for a manifest removed since the listing (another host's prune
+        between LIST and GET): it is no backup any more, and the others stay usable."""
+        try:
+            return self._load(name)
+        except StoreNotFound:
+            self._warn(
+                f"{name} was listed in {self.store.describe()} but is gone since "
+                "(removed by a prune?); it is skipped."
+            )
+            return None
 
     def _load(self, name: str) -> Entry:
         component, file_name = name.split("/", 1)

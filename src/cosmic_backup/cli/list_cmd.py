@@ -19,7 +19,7 @@ from cosmic_backup.cli.common import (
 from cosmic_backup.cli.common import stdout as console
 from cosmic_backup.clock import parse_iso
 from cosmic_backup.components import source_of
-from cosmic_backup.operations.offsite import locate_all, require_remote
+from cosmic_backup.operations.offsite import locate_everywhere, require_remote, warn_unlisted
 from cosmic_backup.states import Outcome, Trust
 
 
@@ -36,17 +36,23 @@ def list_backups(
     check_component(what)
     runtime = open_cli_runtime(ctx, settings_for(ctx))
     where: dict[str, str] = {}
+    unlisted = False  # the off-site copies could not be listed: "no backups" would be a lie
     if remote:
         entries = require_remote(runtime).entries(what)
         where = {entry.id: "remote" for entry in entries}
     elif runtime.settings.remote:  # local, remote or both
-        located = locate_all(runtime, what)
+        located, problem = locate_everywhere(runtime, what)
+        if problem is not None:
+            warn_unlisted(runtime, problem)
+            unlisted = True
         entries = [item.entry for item in located]
         where = {item.entry.id: item.where for item in located}
     else:
         entries = runtime.catalog.entries(what)
     if state(ctx).json:
         emit_json([entry_json(entry, where.get(entry.id, "local")) for entry in entries])
+    elif not entries and unlisted:
+        console.print("No local backups here, and the off-site ones cannot be listed (see above).")
     else:
         console.print(_table(entries, where))
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from cosmic_backup.catalog import Entry, StoreCatalog
+from cosmic_backup.catalog import ID_PATTERN, Entry, StoreCatalog
 from cosmic_backup.clock import iso
 from cosmic_backup.errors import CosmicError, IntegrityError, OperationFailed, UsageError
 from cosmic_backup.format.keys import Key
@@ -50,8 +50,13 @@ def remote_catalog(rt: Runtime) -> StoreCatalog | None:
     store = S3Store(
         location, spool_dir=rt.catalog.root, lock_days=rt.settings.remote_lock_days or None
     )
-    rt.remote = StoreCatalog(store, rt.keys.lookup, "remote")
+    rt.remote = StoreCatalog(store, rt.keys.lookup, "remote", warn=lambda m: _warn(rt, m))
     return rt.remote
+
+
+def _warn(rt: Runtime, message: str) -> None:
+    rt.log.warning("off-site: %s", message)
+    rt.say(f"warning: {message}")
 
 
 def require_remote(rt: Runtime) -> StoreCatalog:
@@ -303,20 +308,34 @@ class Located:
 def locate_all(rt: Runtime, component: str | None) -> list[Located]:
     """Every backup, local or off-site, oldest first; a local copy is preferred when its
     artifact is there. Off-site problems are reported and leave the local ones listed."""
+    located, problem = locate_everywhere(rt, component)
+    if problem is not None:
+        warn_unlisted(rt, problem)
+    return located
+
+
+def locate_everywhere(rt: Runtime, component: str | None) -> tuple[list[Located], str | None]:
+    """`locate_all` without the warning: the backups, and why the off-site copies could
+    not be listed (None when they were, or when there is no BACKUP_REMOTE)."""
     local = {e.id: e for e in rt.catalog.entries(component)}
     remote_entries: dict[str, Entry] = {}
     remote = None
+    problem = None
     try:
         remote = remote_catalog(rt)
         if remote is not None:
             remote_entries = {e.id: e for e in remote.entries(component)}
     except CosmicError as exc:
-        rt.log.warning("the off-site copies cannot be listed: %s", exc.message)
-        rt.say(f"warning: the off-site copies cannot be listed: {exc.message}")
+        problem = exc.message
     found: list[Located] = []
     for backup_id in local.keys() | remote_entries.keys():
         found.append(_locate_one(rt, remote, local.get(backup_id), remote_entries.get(backup_id)))
-    return sorted(found, key=lambda x: (x.entry.manifest.started_at, x.entry.id))
+    return sorted(found, key=lambda x: (x.entry.manifest.started_at, x.entry.id)), problem
+
+
+def warn_unlisted(rt: Runtime, problem: str) -> None:
+    rt.log.warning("the off-site copies cannot be listed: %s", problem)
+    rt.say(f"warning: the off-site copies cannot be listed: {problem}")
 
 
 def _locate_one(
@@ -336,7 +355,9 @@ def select_anywhere(rt: Runtime, component: str, selector: str) -> Located:
     """`Catalog.select` over the local and the off-site backups together."""
     if not rt.settings.remote:
         return Located(rt.catalog.select(component, selector), rt.catalog, "local")
-    located = locate_all(rt, component)
+    located, problem = locate_everywhere(rt, component)
+    if problem is not None:
+        _local_alone(rt, component, selector, located, problem)
     entry = rt.catalog.select(component, selector, [x.entry for x in located])
     for item in located:
         if item.entry is entry:
@@ -344,3 +365,29 @@ def select_anywhere(rt: Runtime, component: str, selector: str) -> Located:
                 rt.say(f"Using the off-site copy of {entry.id} ({item.catalog.store.describe()}).")
             return item
     raise OperationFailed(f"The backup {entry.id} was selected but not located.")  # a bug
+
+
+def _local_alone(
+    rt: Runtime, component: str, selector: str, located: list[Located], problem: str
+) -> None:
+    """Go on with the local backups only for an id held here: 'latest' or a date may be a
+    newer backup off-site, and an empty local folder is no proof that none exists."""
+    if any(x.entry.id == selector for x in located):
+        warn_unlisted(rt, problem)
+        return
+    if ID_PATTERN.match(selector):
+        unknown = f"There is no {component} backup {selector} here, and it may be off-site"
+    else:
+        unknown = (
+            f"'{selector}' is not resolved from the local {component} backups alone, since "
+            "a newer backup may be off-site"
+        )
+    try:
+        newest = rt.catalog.select(component, selector, [x.entry for x in located]).id
+        advice = (
+            f"try again once the store answers, or restore the newest local one by its id: "
+            f"'cosmic-backup restore {component} {newest}'"
+        )
+    except CosmicError:
+        advice = "try again once the store answers (no local backup matches either)"
+    raise OperationFailed(f"{unknown}, where the copies cannot be listed; {advice}. {problem}")
