@@ -273,7 +273,11 @@ class S3Store:
         first = source.read(self.part_size)
         if len(first) < self.part_size:
             return self._put_small(name, key, first)
-        return self._put_multipart(name, key, first, source)
+        # Handed over in a list the parts loop empties, so no frame keeps the first part
+        # alive for the whole upload: at most one part is in memory, not three.
+        parts = [first]
+        del first
+        return self._put_multipart(name, key, parts, source)
 
     def _lock_arguments(self) -> dict[str, Any]:
         if not self.lock_days:
@@ -294,7 +298,9 @@ class S3Store:
         self._compare(name, checksum, answer.get("ChecksumSHA256"))
         return self._check_arrived(name, len(data))
 
-    def _put_multipart(self, name: str, key: str, first: bytes, source: BinaryIO) -> ObjectInfo:
+    def _put_multipart(
+        self, name: str, key: str, first: list[bytes], source: BinaryIO
+    ) -> ObjectInfo:
         bucket = self.location.bucket
         with self._calling("write to", name):
             upload = self.client.create_multipart_upload(
@@ -315,12 +321,12 @@ class S3Store:
         return self._check_arrived(name, size)
 
     def _upload_parts(
-        self, name: str, key: str, upload_id: str, first: bytes, source: BinaryIO
+        self, name: str, key: str, upload_id: str, first: list[bytes], source: BinaryIO
     ) -> tuple[list[dict[str, Any]], list[bytes], int]:
         parts: list[dict[str, Any]] = []
         digests: list[bytes] = []
         size = 0
-        data = first
+        data = first.pop()
         while data:
             digest = hashlib.sha256(data).digest()
             number = len(parts) + 1
@@ -339,6 +345,7 @@ class S3Store:
             )
             digests.append(digest)
             size += len(data)
+            data = b""  # drop this part before the next is read
             data = source.read(self.part_size)
         return parts, digests, size
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import tracemalloc
+from pathlib import Path
 
 import pytest
 
@@ -174,3 +176,22 @@ def test_a_404_on_the_check_after_an_upload_is_the_store_s_not_a_local_file_s(
     with pytest.raises(StoreUnavailable, match="does not show config/a right after") as caught:
         store.put("config/a", io.BytesIO(b"abc"))
     assert not isinstance(caught.value, OSError)  # never read as a local file that is missing
+
+
+def test_a_multipart_upload_holds_one_part_in_memory_not_three(
+    s3_server: S3Server, remote_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    store = _store(s3_server, monkeypatch, remote_url)
+    store.part_size = 5 * 1024 * 1024
+    source = tmp_path / "artifact"
+    source.write_bytes(os.urandom(4 * store.part_size))
+    with source.open("rb") as handle:
+        tracemalloc.start()
+        try:
+            store.put("database/big", handle)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert store.stat("database/big").size == 4 * store.part_size
+    # One part at a time, plus what boto3 allocates for the request.
+    assert peak < 2 * store.part_size, peak / store.part_size  # 3 parts before
