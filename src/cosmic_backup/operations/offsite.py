@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from cosmic_backup.catalog import ID_PATTERN, Entry, StoreCatalog
+from cosmic_backup.catalog import DATE_PATTERN, ID_PATTERN, Entry, StoreCatalog
 from cosmic_backup.clock import iso
 from cosmic_backup.errors import CosmicError, IntegrityError, OperationFailed, UsageError
 from cosmic_backup.format.keys import Key
@@ -372,22 +372,27 @@ def _local_alone(
 ) -> None:
     """Go on with the local backups only for an id held here: 'latest' or a date may be a
     newer backup off-site, and an empty local folder is no proof that none exists."""
-    if any(x.entry.id == selector for x in located):
-        warn_unlisted(rt, problem)
+    if any(x.entry.id == selector for x in located) or not (
+        selector == "latest" or DATE_PATTERN.match(selector) or ID_PATTERN.match(selector)
+    ):
+        warn_unlisted(rt, problem)  # held here, or malformed: `select` says which
         return
     if ID_PATTERN.match(selector):
-        unknown = f"There is no {component} backup {selector} here, and it may be off-site"
+        unknown = (
+            f"There is no {component} backup {selector} here, and the off-site copies, "
+            "where it may be, cannot be listed"
+        )
     else:
         unknown = (
-            f"'{selector}' is not resolved from the local {component} backups alone, since "
-            "a newer backup may be off-site"
+            f"'{selector}' cannot be resolved while the off-site copies cannot be listed: "
+            f"a newer {component} backup than the local ones may be there"
         )
     try:
         newest = rt.catalog.select(component, selector, [x.entry for x in located]).id
         advice = (
-            f"try again once the store answers, or restore the newest local one by its id: "
-            f"'cosmic-backup restore {component} {newest}'"
+            f"try again once the store answers, or name the newest local match by its id "
+            f"({newest}), as in 'cosmic-backup restore {component} {newest}'"
         )
     except CosmicError:
         advice = "try again once the store answers (no local backup matches either)"
-    raise OperationFailed(f"{unknown}, where the copies cannot be listed; {advice}. {problem}")
+    raise OperationFailed(f"{unknown}; {advice}. {problem}")

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+from datetime import datetime
 from typing import Any
 
 from tests.conftest import Project, ProjectFactory
@@ -59,10 +60,13 @@ def test_an_unlistable_store_never_turns_latest_into_the_latest_local_one(
     restore = project.run("restore", "files", "latest", "--yes", "--no-safety-backup")
     assert restore.returncode == 1, restore.stderr
     line = _one_error_line(restore)
-    assert "not resolved from the local files backups alone" in line
+    assert "'latest' cannot be resolved while the off-site copies cannot be listed" in line
     assert f"cosmic-backup restore files {older}" in line and "503" in line
     assert (project.root / "uploads" / "avatar.png").read_bytes() == b"damaged"  # untouched
     assert s3_proxy.requests("GET")  # the store was asked, and failed
+    today = datetime.now().astimezone().date().isoformat()
+    dated = project.run("restore", "files", today, "--yes", "--no-safety-backup")
+    assert dated.returncode == 1 and f"'{today}' cannot be resolved" in dated.stderr
 
     explicit = project.run("restore", "files", older, "--yes", "--no-safety-backup")
     assert explicit.returncode == 0, explicit.stderr  # the local one, when named
