@@ -70,17 +70,18 @@ class S3Server:
             "AWS_EC2_METADATA_DISABLED": "true",  # never probe a cloud metadata address
         }
 
-    def client(self) -> Any:
+    def client(self, endpoint: str | None = None, attempts: int = 2) -> Any:
+        """A boto3 client of this server (or of `endpoint` in front of it, a proxy)."""
         import boto3
         from botocore.config import Config
 
         return boto3.session.Session().client(
             "s3",
-            endpoint_url=self.endpoint,
+            endpoint_url=endpoint or self.endpoint,
             aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key,
             region_name="us-east-1",
-            config=Config(retries={"mode": "standard", "max_attempts": 2}),
+            config=Config(retries={"mode": "standard", "max_attempts": attempts}),
         )
 
     def start(self) -> None:

@@ -6,11 +6,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tests.conftest import TEST_BUCKET
@@ -20,21 +17,10 @@ from tests.s3server import S3Server
 BODY = bytes(range(256)) * 400
 
 
-def _client(server: S3Server, proxy: S3Proxy) -> Any:
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=proxy.endpoint,
-        aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key,
-        region_name="us-east-1",
-        config=Config(retries={"mode": "standard", "max_attempts": 1}),
-    )
-
-
 def test_each_fault_reaches_the_client_as_it_would_from_a_real_network(
     s3_server: S3Server, s3_proxy: S3Proxy, remote_url: str
 ) -> None:
-    client = _client(s3_server, s3_proxy)
+    client = s3_server.client(s3_proxy.endpoint, attempts=1)
     key = remote_url.removeprefix(f"s3://{TEST_BUCKET}/") + "/x.manifest.json"
     checksum = base64.b64encode(hashlib.sha256(BODY).digest()).decode()
     client.put_object(Bucket=TEST_BUCKET, Key=key, Body=BODY, ChecksumSHA256=checksum)
