@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import time
 
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError
@@ -61,3 +62,19 @@ def test_each_fault_reaches_the_client_as_it_would_from_a_real_network(
     with pytest.raises(ClientError, match="404"):
         client.head_object(Bucket=TEST_BUCKET, Key=key)
     assert [s.status for s in s3_proxy.requests("HEAD")] == [404]
+
+    s3_proxy.clear()
+    some = s3_proxy.add(Fault.status(403), method="HEAD", fraction=0.5)  # seeded: repeatable
+    refused = 0
+    for _ in range(20):
+        try:
+            client.head_object(Bucket=TEST_BUCKET, Key=key)
+        except ClientError:
+            refused += 1
+    assert some.matched == 20 and refused == some.fired and 3 <= refused <= 17
+
+    s3_proxy.clear()
+    s3_proxy.add(Fault.delay(0.3), method="GET", limit=1)
+    began = time.monotonic()
+    assert get() == BODY
+    assert time.monotonic() - began >= 0.3
