@@ -275,9 +275,9 @@ class S3Store:
             return self._put_small(name, key, first)
         # Handed over in a list the parts loop empties, so no frame keeps the first part
         # alive for the whole upload: at most one part is in memory, not three.
-        parts = [first]
+        first_part = [first]
         del first
-        return self._put_multipart(name, key, parts, source)
+        return self._put_multipart(name, key, first_part, source)
 
     def _lock_arguments(self) -> dict[str, Any]:
         if not self.lock_days:
@@ -299,7 +299,7 @@ class S3Store:
         return self._check_arrived(name, len(data))
 
     def _put_multipart(
-        self, name: str, key: str, first: list[bytes], source: BinaryIO
+        self, name: str, key: str, first_part: list[bytes], source: BinaryIO
     ) -> ObjectInfo:
         bucket = self.location.bucket
         with self._calling("write to", name):
@@ -308,7 +308,7 @@ class S3Store:
             )
         upload_id = upload["UploadId"]
         try:
-            parts, digests, size = self._upload_parts(name, key, upload_id, first, source)
+            parts, digests, size = self._upload_parts(name, key, upload_id, first_part, source)
             expected = f"{_b64(hashlib.sha256(b''.join(digests)).digest())}-{len(parts)}"
             with self._calling("write to", name):
                 answer = self.client.complete_multipart_upload(
@@ -321,12 +321,13 @@ class S3Store:
         return self._check_arrived(name, size)
 
     def _upload_parts(
-        self, name: str, key: str, upload_id: str, first: list[bytes], source: BinaryIO
+        self, name: str, key: str, upload_id: str, first_part: list[bytes], source: BinaryIO
     ) -> tuple[list[dict[str, Any]], list[bytes], int]:
+        """Send `first_part` (a one-item list, emptied here) and the rest of `source`."""
         parts: list[dict[str, Any]] = []
         digests: list[bytes] = []
         size = 0
-        data = first.pop()
+        data = first_part.pop()
         while data:
             digest = hashlib.sha256(data).digest()
             number = len(parts) + 1
