@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from cosmic_backup.errors import IntegrityError, OperationFailed, UsageError
+from cosmic_backup.errors import CosmicError, IntegrityError, OperationFailed, UsageError
 from cosmic_backup.storage.base import (
     ObjectInfo,
     StoreNotFound,
@@ -134,6 +134,15 @@ def make_client(attempts: int | None = None) -> Any:
 
 def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
+
+
+def _sha256_of_next(source: BinaryIO, size: int) -> bytes:
+    """The SHA-256 of the next `size` bytes of `source` (fewer at its end), 1 MiB at a time."""
+    digest = hashlib.sha256()
+    while size > 0 and (data := source.read(min(DOWNLOAD_CHUNK, size))):
+        digest.update(data)
+        size -= len(data)
+    return digest.digest()
 
 
 class S3Store:
@@ -402,9 +411,13 @@ class S3Store:
         """Fetch `name` into `sink`; the object's size. After a dropped connection the next
         attempt resumes where the bytes stopped; after bytes that failed their checksum it
         starts again from the first byte, since none of them can be trusted."""
+        checksum: str | None = None
         for attempt in range(1, self.attempts + 1):
             try:
-                return self._download_once(name, sink)
+                total, answered = self._download_once(name, sink)
+                checksum = answered or checksum  # a resumed (206) answer carries none
+                self._check_parts(name, sink, checksum)
+                return total
             except CorruptTransfer:
                 sink.seek(0)
                 sink.truncate()
@@ -420,7 +433,9 @@ class S3Store:
             time.sleep(min(0.2 * 2**attempt, 5.0))
         raise AssertionError("unreachable")
 
-    def _download_once(self, name: str, sink: BinaryIO) -> int:
+    def _download_once(self, name: str, sink: BinaryIO) -> tuple[int, str | None]:
+        """One GET, from where `sink` stands: the object's size, and the SHA-256 the store
+        answered for the whole object (None for a range)."""
         offset = sink.tell()
         arguments: dict[str, Any] = {"Bucket": self.location.bucket, "Key": self._key(name)}
         if offset:
@@ -430,7 +445,44 @@ class S3Store:
             total = self._continue_at(name, answer, offset, sink)
             for chunk in answer["Body"].iter_chunks(DOWNLOAD_CHUNK):
                 sink.write(chunk)
-        return total
+        whole = answer.get("ResponseMetadata", {}).get("HTTPStatusCode") == 200
+        return total, answer.get("ChecksumSHA256") if whole else None
+
+    def _check_parts(self, name: str, sink: BinaryIO, checksum: str | None) -> None:
+        """Check a multipart object's composite SHA-256 (``<sha256 of the parts'
+        digests>-<count>``) over the downloaded bytes, part by part; botocore checks only
+        a whole-object one. Skipped when the store does not say how the object was cut."""
+        if not checksum or "-" not in checksum:
+            return
+        expected, _, count = checksum.rpartition("-")
+        sizes = self._part_sizes(name)
+        if sizes is None or str(len(sizes)) != count:
+            return
+        end = sink.tell()
+        sink.seek(0)
+        digests = [_sha256_of_next(sink, size) for size in sizes]
+        sink.seek(end)
+        if sum(sizes) != end or _b64(hashlib.sha256(b"".join(digests)).digest()) != expected:
+            raise CorruptTransfer(f"The download of {name} failed its SHA-256 check.")
+
+    def _part_sizes(self, name: str) -> list[int] | None:
+        """The sizes of the object's parts, in order (None: the store does not list them)."""
+        sizes: list[int] = []
+        marker = 0
+        with contextlib.suppress(CosmicError, StoreNotFound), self._calling("read", name):
+            while True:  # not permitted or not supported: the artifact's MAC still decides
+                answer = self.client.get_object_attributes(
+                    Bucket=self.location.bucket,
+                    Key=self._key(name),
+                    ObjectAttributes=["ObjectParts"],
+                    PartNumberMarker=marker,
+                )
+                parts = answer.get("ObjectParts", {})
+                sizes.extend(int(part["Size"]) for part in parts.get("Parts", []))
+                if not parts.get("IsTruncated"):
+                    return sizes or None
+                marker = int(parts["NextPartNumberMarker"])
+        return None
 
     def _continue_at(self, name: str, answer: dict[str, Any], offset: int, sink: BinaryIO) -> int:
         """The object's size, with `sink` positioned where the answer's body goes.

@@ -195,3 +195,17 @@ def test_a_multipart_upload_holds_one_part_in_memory_not_three(
     assert store.stat("database/big").size == 4 * store.part_size
     # One part at a time, plus what boto3 allocates for the request.
     assert peak < 2 * store.part_size, peak / store.part_size  # 3 parts before
+
+
+def test_a_multipart_object_corrupted_in_transit_is_fetched_again(
+    s3_server: S3Server, s3_proxy: S3Proxy, remote_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store(s3_server, monkeypatch, remote_url, AWS_ENDPOINT_URL=s3_proxy.endpoint)
+    store.part_size = 5 * 1024 * 1024
+    body = os.urandom(2 * store.part_size + 1000)  # three parts: botocore checks none
+    store.put("files/big.tar.gz.enc", io.BytesIO(body))
+    s3_proxy.add(Fault.corrupt(), method="GET", path="big.tar.gz.enc", nth=1)
+    with store.open_read("files/big.tar.gz.enc") as handle:
+        assert handle.read() == body
+    reads = [s for s in s3_proxy.requests("GET", "big.tar.gz.enc") if "attributes" not in s.target]
+    assert [(s.fault, s.ranged) for s in reads] == [("corrupt", False), ("", False)]
