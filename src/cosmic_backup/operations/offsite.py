@@ -14,22 +14,28 @@ import hashlib
 import hmac
 import io
 import json
+import os
 import socket
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from cosmic_backup.catalog import Entry, StoreCatalog
+from cosmic_backup.catalog import ARTIFACT_SUFFIX, MANIFEST_SUFFIX, Entry, StoreCatalog
 from cosmic_backup.clock import iso
 from cosmic_backup.errors import CosmicError, IntegrityError, OperationFailed, UsageError
 from cosmic_backup.format.keys import Key
 from cosmic_backup.format.manifest import Manifest
 from cosmic_backup.format.pipeline import check_mac
 from cosmic_backup.operations.context import Runtime
+from cosmic_backup.settings import check_offsite_environment
 from cosmic_backup.states import Trust
+from cosmic_backup.storage.base import StoreNotFound
 from cosmic_backup.storage.local import replace_file
 
 PENDING_FILE = ".offsite-pending.json"
+OWNER_FILE = "root.json"  # beside the component folders: which backup roots wrote here
+UNCONFIRMED = "its upload was not confirmed (it was interrupted, or is still running)."
 
 
 # -- the remote -----------------------------------------------------------------------------
@@ -45,13 +51,20 @@ def remote_catalog(rt: Runtime) -> StoreCatalog | None:
         return rt.remote
     from cosmic_backup.storage.s3 import S3Store, parse_remote  # boto3 only when used
 
+    check_offsite_environment(os.environ)
     location = parse_remote(rt.settings.remote, host_prefix(rt))
     rt.catalog.store.ensure_folder()  # downloads spool there, beside the backups
     store = S3Store(
         location, spool_dir=rt.catalog.root, lock_days=rt.settings.remote_lock_days or None
     )
-    rt.remote = StoreCatalog(store, rt.keys.lookup, "remote")
-    return rt.remote
+    remote = StoreCatalog(store, rt.keys.lookup, "remote")
+    remote.host = location.host
+    try:
+        remote.roots = frozenset(read_owners(remote))
+    except IntegrityError as exc:  # readable still; writing waits for a take-over
+        rt.log.warning("%s", exc.message)
+    rt.remote = remote
+    return remote
 
 
 def require_remote(rt: Runtime) -> StoreCatalog:
@@ -62,6 +75,64 @@ def require_remote(rt: Runtime) -> StoreCatalog:
             "usual AWS credentials."
         )
     return remote
+
+
+# -- which backup root writes to this host's folder -----------------------------------------
+def read_owners(remote: StoreCatalog) -> list[str]:
+    """The roots that wrote to this folder, the current one last ([]: none recorded yet)."""
+    try:
+        with remote.store.open_read(OWNER_FILE) as handle:
+            roots = json.loads(handle.read()).get("roots")
+    except StoreNotFound:
+        return []
+    except (ValueError, AttributeError):
+        roots = None
+    if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
+        raise IntegrityError(
+            f"The record of which backup root owns {remote.store.describe()} ({OWNER_FILE}) is "
+            "damaged; run 'cosmic-backup sync --take-over' from the root that should own it."
+        )
+    return roots
+
+
+def _write_owners(remote: StoreCatalog, roots: list[str]) -> None:
+    body = json.dumps({"roots": roots}, indent=1).encode() + b"\n"
+    remote.store.put(OWNER_FILE, io.BytesIO(body))
+    remote.roots = frozenset(roots)
+
+
+def claim_folder(rt: Runtime, remote: StoreCatalog) -> None:
+    """Make sure this root owns its host's off-site folder before writing or deleting there.
+
+    Two roots under one BACKUP_REMOTE_HOST would take the same ids and overwrite (and
+    prune) each other's backups; the second is refused, with what to set.
+    """
+    ours = rt.catalog.root_id()
+    owners = read_owners(remote)
+    if not owners:
+        _write_owners(remote, [ours])
+        owners = read_owners(remote)  # two roots claiming at once: the last write wins
+    if owners[-1] != ours:
+        raise UsageError(
+            f"The off-site folder {remote.store.describe()} belongs to another backup root "
+            f"(id {owners[-1]}; this one is {ours}): two roots share BACKUP_REMOTE_HOST "
+            f"'{host_prefix(rt)}'. Set BACKUP_REMOTE_HOST to a name of this root's own; or, "
+            "if this root replaces that one (a rebuilt server), run "
+            "'cosmic-backup sync --take-over' once."
+        )
+
+
+def take_over(rt: Runtime) -> str:
+    """Make this root the owner of its host's folder (after a rebuild); the previous
+    owners' backups stay trusted there. Returns the sentence to show."""
+    remote = require_remote(rt)
+    ours = rt.catalog.root_id()
+    owners = read_owners(remote)
+    if owners and owners[-1] == ours:
+        return f"This backup root ({ours}) already owns {remote.store.describe()}."
+    _write_owners(remote, [r for r in owners if r != ours] + [ours])
+    rt.log.info("took over %s from %s", remote.store.describe(), owners[-1:] or "nobody")
+    return f"This backup root ({ours}) now owns {remote.store.describe()}."
 
 
 # -- the record of failed uploads -----------------------------------------------------------
@@ -86,14 +157,38 @@ def _write_pending(rt: Runtime, pending: dict[str, dict[str, str]]) -> None:
     replace_file(path, json.dumps(pending, indent=1, sort_keys=True).encode())
 
 
-def _mark_pending(rt: Runtime, manifest: Manifest, error: str) -> None:
+def _mark_pending(rt: Runtime, manifest: Manifest, error: str, **extra: Any) -> None:
     pending = read_pending(rt.catalog.root)
     pending[manifest.id] = {
         "component": manifest.component,
         "error": error,
         "at": iso(rt.clock.now()),
+        **extra,
     }
     _write_pending(rt, pending)
+
+
+def mark_upload_pending(rt: Runtime, manifest: Manifest) -> None:
+    """Record a backup as not yet off-site, before its upload starts: a kill at any
+    moment then leaves it pending, so `status` says so until `sync` completes it."""
+    try:
+        _mark_pending(rt, manifest, UNCONFIRMED, pid=os.getpid())
+    except OSError as exc:  # the upload itself still runs; only the record is missing
+        rt.log.error("could not record the upload of %s as pending: %s", manifest.id, exc)
+
+
+def _uploading_now(item: dict[str, Any]) -> bool:
+    """A pending upload whose process still runs (another run of ours, outside the lock)."""
+    pid = item.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _clear_pending(rt: Runtime, ids: set[str]) -> None:
@@ -137,6 +232,7 @@ def upload(rt: Runtime, remote: StoreCatalog, entry: Entry) -> None:
     """Copy one local backup off-site: artifact first, checked, then its manifest."""
     manifest = entry.manifest
     local = rt.catalog
+    claim_folder(rt, remote)  # never write over another root's backups
     if manifest.artifact:
         key = rt.keys.for_backup(manifest.id, manifest.key_fingerprint)
         name = f"{manifest.component}/{manifest.artifact}"
@@ -208,32 +304,100 @@ class SyncItem:
         }
 
 
-def _remote_ids(remote: StoreCatalog, component: str) -> set[str]:
-    suffix = ".manifest.json"
-    return {
-        info.name.split("/", 1)[1].removesuffix(suffix)
-        for info in remote.store.list(f"{component}/")
-        if info.name.endswith(suffix)
-    }
+def _remote_sizes(remote: StoreCatalog, component: str) -> dict[str, int]:
+    """Every object of the component off-site, by name, with its size (one listing)."""
+    return {info.name: info.size for info in remote.store.list(f"{component}/")}
+
+
+def _complete_there(entry: Entry, there: dict[str, int]) -> bool:
+    """The manifest is off-site and so is the artifact, at its recorded size."""
+    manifest = entry.manifest
+    if StoreCatalog.manifest_name(manifest.component, manifest.id) not in there:
+        return False
+    if not manifest.artifact:
+        return True
+    return there.get(f"{manifest.component}/{manifest.artifact}") == manifest.stored_size
 
 
 def sync_push(rt: Runtime, components: list[str]) -> list[SyncItem]:
-    """Upload every good local backup that has no manifest off-site."""
+    """Upload every good local backup whose off-site copy is missing or incomplete, then
+    clean what killed runs left there (open multipart uploads, artifacts without manifest)."""
     remote = require_remote(rt)
+    started = rt.clock.now()
     items: list[SyncItem] = []
     with rt.catalog.lock("sync", wait=rt.wait):
+        claim_folder(rt, remote)
         for component in components:
-            there = _remote_ids(remote, component)
-            for entry in rt.catalog.entries(component):
-                if entry.id in there or not entry.manifest.ok:
-                    continue
-                items.append(_push_one(rt, remote, entry))
+            there = _remote_sizes(remote, component)
+            local = rt.catalog.entries(component)
+            for entry in local:
+                if entry.manifest.ok and not _complete_there(entry, there):
+                    items.append(_push_one(rt, remote, entry))
+            items += _gaps_without_local_copy(rt, remote, component, {e.id for e in local})
         done = {item.id for item in items if item.action == "uploaded"}
-        gone = set(read_pending(rt.catalog.root)) - {
-            e.id for e in rt.catalog.entries() if e.manifest.ok
-        }
+        good_here = {e.id for e in rt.catalog.entries() if e.manifest.ok}
+        gaps = {item.id for item in items if item.action == "failed"}
+        gone = set(read_pending(rt.catalog.root)) - good_here - gaps
         _clear_pending(rt, done | gone)  # also forget failures of backups pruned since
+        clean_offsite_leftovers(rt, remote, components, started)
     return items
+
+
+def _gaps_without_local_copy(
+    rt: Runtime, remote: StoreCatalog, component: str, here: set[str]
+) -> list[SyncItem]:
+    """Off-site backups whose artifact is gone and that no local copy can complete: a
+    known gap, recorded so `status` reports it."""
+    there = _remote_sizes(remote, component)
+    with_artifact = {_id_of(n) for n in there if n.endswith(ARTIFACT_SUFFIX)}
+    suspects = {_id_of(n) for n in there if n.endswith(MANIFEST_SUFFIX) and _id_of(n) not in here}
+    if not suspects - with_artifact:  # the common case: nothing to read
+        return []
+    items = []
+    for entry in remote.entries(component):
+        if entry.id not in suspects or not entry.manifest.ok or _complete_there(entry, there):
+            continue
+        message = (
+            f"its artifact is missing off-site (or has the wrong size) and no local copy "
+            f"remains to upload again; its off-site copy is lost: run 'cosmic-backup backup "
+            f"{component}' for a new one, then 'cosmic-backup prune'."
+        )
+        rt.log.error("sync: %s %s", entry.id, message)
+        _mark_pending(rt, entry.manifest, message, gap=True)
+        items.append(SyncItem(entry.id, component, "failed", message))
+    return items
+
+
+def clean_offsite_leftovers(
+    rt: Runtime, remote: StoreCatalog, components: list[str], started: datetime
+) -> list[str]:
+    """Remove our own leftovers of killed runs off-site: multipart uploads opened before
+    this run and never finished (billed, invisible), and artifacts without a manifest
+    (a prune or an upload killed between its two objects). Uploads still running in
+    another process of this root are left alone."""
+    live = {k for k, v in read_pending(rt.catalog.root).items() if _uploading_now(v)}
+    removed: list[str] = []
+    abandoned = getattr(remote.store, "abandoned_uploads", None)
+    if abandoned is not None:
+        for name, upload_id in abandoned(started):
+            if _id_of(name) not in live:
+                remote.store.abort_upload(name, upload_id)  # type: ignore[attr-defined]
+                removed.append(f"{name} (unfinished upload)")
+    for component in components:
+        names = set(_remote_sizes(remote, component))
+        for name in sorted(names):
+            backup_id = _id_of(name)
+            manifest = StoreCatalog.manifest_name(component, backup_id)
+            if name.endswith(ARTIFACT_SUFFIX) and manifest not in names and backup_id not in live:
+                remote.store.delete(name)
+                removed.append(name)
+    for name in removed:
+        rt.log.info("removed off-site leftover of an interrupted run: %s", name)
+    return removed
+
+
+def _id_of(name: str) -> str:
+    return name.split("/")[-1].split(".")[0]
 
 
 def _push_one(rt: Runtime, remote: StoreCatalog, entry: Entry) -> SyncItem:
@@ -241,6 +405,7 @@ def _push_one(rt: Runtime, remote: StoreCatalog, entry: Entry) -> SyncItem:
         reason = entry.problem or f"its manifest is {entry.trust}"
         return SyncItem(entry.id, entry.manifest.component, "skipped", reason)
     try:
+        mark_upload_pending(rt, entry.manifest)
         upload(rt, remote, entry)
     except (CosmicError, OSError) as exc:
         message = _sentence(exc)

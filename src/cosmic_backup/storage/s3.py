@@ -396,6 +396,28 @@ class S3Store:
                 time.sleep(min(0.2 * 2**attempt, 5.0))
         raise AssertionError("unreachable")
 
+    # -- leftovers of killed uploads ------------------------------------------------------
+    def abandoned_uploads(self, before: datetime) -> list[tuple[str, str]]:
+        """Multipart uploads under this host's prefix opened before `before` and never
+        completed or aborted (a killed process): (name, upload id) of each."""
+        base = self.location.base
+        found = []
+        with self._calling("list the unfinished uploads of"):
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.location.bucket, Prefix=base
+            )
+            for page in pages:
+                for item in page.get("Uploads", []):
+                    if item["Initiated"] < before:
+                        found.append((item["Key"][len(base) :], item["UploadId"]))
+        return found
+
+    def abort_upload(self, name: str, upload_id: str) -> None:
+        with self._calling("abort an unfinished upload to", name):
+            self.client.abort_multipart_upload(
+                Bucket=self.location.bucket, Key=self._key(name), UploadId=upload_id
+            )
+
     # -- for doctor -----------------------------------------------------------------------
     def probe(self) -> list[str]:
         """Write, list, read and delete a small object; the steps that worked, in order.
