@@ -92,8 +92,8 @@ def _backup_locked(rt: Runtime, component: Component, request: BackupRequest) ->
             rt, component, request, backup_id, started, key, produced, sealed, artifact
         )
         rt.catalog.write_manifest(manifest, key)  # last: only now is the backup listed as good
-        if rt.settings.remote:  # pending off-site until an upload is confirmed, whatever dies
-            mark_upload_pending(rt, manifest)
+        if rt.settings.remote and not manifest.is_pre_restore:  # uploaded next: pending
+            mark_upload_pending(rt, manifest)  # until confirmed, whatever dies in between
     except BaseException as exc:
         error = _as_cosmic_error(exc)
         _record_failure(rt, component, request, backup_id, started, key, error)

@@ -258,6 +258,7 @@ def upload_after_backup(rt: Runtime, manifest: Manifest) -> str | None:
     The local backup stays good whatever happens here.
     """
     remote = None
+    mark_upload_pending(rt, manifest)
     try:
         remote = remote_catalog(rt)
         if remote is None:
