@@ -19,7 +19,7 @@ from cosmic_backup.cli.common import (
 from cosmic_backup.cli.common import stdout as console
 from cosmic_backup.clock import parse_iso
 from cosmic_backup.components import source_of
-from cosmic_backup.operations.offsite import locate_all, require_remote
+from cosmic_backup.operations.offsite import listed_offsite, locate_all, require_remote
 from cosmic_backup.states import Outcome, Trust
 
 
@@ -37,7 +37,7 @@ def list_backups(
     runtime = open_cli_runtime(ctx, settings_for(ctx))
     where: dict[str, str] = {}
     if remote:
-        entries = require_remote(runtime).entries(what)
+        entries = listed_offsite(runtime, require_remote(runtime), what)
         where = {entry.id: "remote" for entry in entries}
     elif runtime.settings.remote:  # local, remote or both
         located = locate_all(runtime, what)

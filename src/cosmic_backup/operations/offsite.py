@@ -10,23 +10,32 @@ since the backup is never copied as good).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import io
 import json
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from cosmic_backup.catalog import ARTIFACT_SUFFIX, MANIFEST_SUFFIX, Entry, StoreCatalog
+from cosmic_backup.catalog import (
+    ARTIFACT_SUFFIX,
+    COMPONENTS,
+    MANIFEST_SUFFIX,
+    Entry,
+    StoreCatalog,
+)
 from cosmic_backup.clock import iso
 from cosmic_backup.errors import CosmicError, IntegrityError, OperationFailed, UsageError
 from cosmic_backup.format.keys import Key
 from cosmic_backup.format.manifest import Manifest
-from cosmic_backup.format.pipeline import check_mac
+from cosmic_backup.format.pipeline import UnsealingReader, check_mac
+from cosmic_backup.operations.artifacts import open_plaintext
 from cosmic_backup.operations.context import Runtime
 from cosmic_backup.settings import check_offsite_environment
 from cosmic_backup.states import Trust
@@ -457,6 +466,37 @@ def _pull_one(rt: Runtime, remote: StoreCatalog, entry: Entry) -> SyncItem:
 
 
 # -- reading from anywhere ------------------------------------------------------------------
+def listed_offsite(rt: Runtime, remote: StoreCatalog, component: str | None) -> list[Entry]:
+    """`remote.entries`, and a warning when delete markers hide backups the store still
+    keeps (a plain DELETE over Object Lock): never "no backups" while they are there."""
+    entries = remote.entries(component)
+    if rt.settings.remote_lock_days or not entries:
+        _warn_of_delete_markers(rt, remote, component)
+    return entries
+
+
+def _warn_of_delete_markers(rt: Runtime, remote: StoreCatalog, component: str | None) -> None:
+    hidden_by = getattr(remote.store, "hidden_by_delete_markers", None)
+    if hidden_by is None:
+        return
+    hidden: list[str] = []
+    for name in COMPONENTS if component is None else (component,):
+        try:
+            hidden += [n for n in hidden_by(f"{name}/") if n.endswith(MANIFEST_SUFFIX)]
+        except CosmicError as exc:  # a store without versions: nothing can hide there
+            rt.log.debug("versions of %s not listed: %s", name, exc.message)
+    if hidden:
+        message = (
+            f"{len(hidden)} off-site backup(s) were deleted with a plain DELETE but are still "
+            f"kept by the store behind delete markers (Object Lock), the newest "
+            f"{_id_of(max(hidden, key=_id_of))}; remove the delete markers to bring them "
+            "back (docs/offsite.md, 'Deleted backups behind delete markers') and change the "
+            "credentials that deleted them."
+        )
+        rt.log.warning("%s", message)
+        rt.say(f"warning: {message}")
+
+
 @dataclass
 class Located:
     """A backup and the catalog its artifact is read from."""
@@ -475,7 +515,7 @@ def locate_all(rt: Runtime, component: str | None) -> list[Located]:
     try:
         remote = remote_catalog(rt)
         if remote is not None:
-            remote_entries = {e.id: e for e in remote.entries(component)}
+            remote_entries = {e.id: e for e in listed_offsite(rt, remote, component)}
     except CosmicError as exc:
         rt.log.warning("the off-site copies cannot be listed: %s", exc.message)
         rt.say(f"warning: the off-site copies cannot be listed: {exc.message}")
@@ -510,3 +550,39 @@ def select_anywhere(rt: Runtime, component: str, selector: str) -> Located:
                 rt.say(f"Using the off-site copy of {entry.id} ({item.catalog.store.describe()}).")
             return item
     raise OperationFailed(f"The backup {entry.id} was selected but not located.")  # a bug
+
+
+@contextlib.contextmanager
+def open_intact(rt: Runtime, located: Located, key: Key) -> Iterator[UnsealingReader]:
+    """The plaintext of a located backup, its whole MAC checked first. When the local copy
+    fails that check and an intact off-site copy exists, the off-site copy is used: nothing
+    was read from the damaged one yet, so nothing of it reaches the restore."""
+    entry = located.entry
+    artifact = located.catalog.open_artifact(entry)
+    try:
+        reader = open_plaintext(rt, artifact, entry.manifest, key)
+    except IntegrityError as exc:
+        artifact.close()
+        there = _offsite_twin(rt, located)
+        if there is None:
+            raise
+        rt.log.warning("the local copy of %s is damaged (%s); using off-site", entry.id, exc)
+        rt.say(
+            f"warning: the local copy of {entry.id} is damaged ({exc.message.rstrip('.')}); "
+            f"using its off-site copy ({there[1].store.describe()})."
+        )
+        artifact = there[1].open_artifact(there[0])
+        reader = open_plaintext(rt, artifact, there[0].manifest, key)
+    with artifact:
+        yield reader
+
+
+def _offsite_twin(rt: Runtime, located: Located) -> tuple[Entry, StoreCatalog] | None:
+    """The trusted off-site entry of a local backup, when there is one."""
+    if located.where != "both" or rt.remote is None:
+        return None
+    for entry in rt.remote.entries(located.entry.manifest.component):
+        same = entry.manifest.artifact_mac == located.entry.manifest.artifact_mac
+        if entry.id == located.entry.id and entry.trust == Trust.VERIFIED and same:
+            return entry, rt.remote
+    return None

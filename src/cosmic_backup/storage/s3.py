@@ -396,6 +396,21 @@ class S3Store:
                 time.sleep(min(0.2 * 2**attempt, 5.0))
         raise AssertionError("unreachable")
 
+    def hidden_by_delete_markers(self, prefix: str) -> list[str]:
+        """Names whose newest version is a delete marker over older versions: deleted by a
+        plain DELETE, yet still there (Object Lock keeps every locked version)."""
+        base = self.location.base
+        markers: set[str] = set()
+        versions: set[str] = set()
+        with self._calling("list the versions of"):
+            pages = self.client.get_paginator("list_object_versions").paginate(
+                Bucket=self.location.bucket, Prefix=base + prefix
+            )
+            for page in pages:
+                markers |= {m["Key"] for m in page.get("DeleteMarkers", []) if m.get("IsLatest")}
+                versions |= {v["Key"] for v in page.get("Versions", [])}
+        return sorted(key[len(base) :] for key in markers & versions)
+
     # -- leftovers of killed uploads ------------------------------------------------------
     def abandoned_uploads(self, before: datetime) -> list[tuple[str, str]]:
         """Multipart uploads under this host's prefix opened before `before` and never

@@ -179,3 +179,65 @@ def test_a_typo_in_an_aws_setting_is_one_sentence_and_never_stops_local_backups(
         assert setting in checks["off-site"]["detail"]
     ok(project.run("sync"))
     assert set(health(project).values()) <= {"OK", "NOT CONFIGURED"}
+
+
+def test_verify_with_read_only_credentials_keeps_its_result_and_says_so(
+    make_project: ProjectFactory, s3_server: S3Server, remote_url: str
+) -> None:
+    project = offsite_project(make_project, s3_server, remote_url)
+    only_there = backup_id(project, "config")
+    for path in project.backups.glob(f"config/{only_there}.*"):
+        path.unlink()  # the backup is off-site only
+    verify = project.run("--json", "verify", "config", only_there, env=s3_server.readonly_env())
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    (result,) = json.loads(verify.stdout)
+    assert result["ok"] and "could not be written" in result["message"]
+    assert "refused the credentials" in result["message"]
+    kept = json.loads((project.backups / ".offsite-verified.json").read_text())
+    assert only_there in kept
+
+
+def test_a_damaged_local_copy_is_restored_from_its_intact_off_site_copy(
+    make_project: ProjectFactory, s3_server: S3Server, remote_url: str
+) -> None:
+    project = offsite_project(make_project, s3_server, remote_url)
+    backup_id(project, "files")
+    original = (project.root / "uploads" / "avatar.png").read_bytes()
+    (artifact,) = project.backups.glob("files/*.enc")
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # bit rot in the local copy
+    artifact.write_bytes(bytes(data))
+    (project.root / "uploads" / "avatar.png").write_bytes(b"damaged")
+    restore = project.run("restore", "files", "latest", "--yes", "--no-safety-backup")
+    assert restore.returncode == 0, restore.stdout + restore.stderr
+    assert "using its off-site copy" in restore.stderr
+    assert (project.root / "uploads" / "avatar.png").read_bytes() == original
+
+
+def test_delete_markers_over_locked_versions_are_said_and_the_recovery_works(
+    make_project: ProjectFactory, s3_server: S3Server
+) -> None:
+    client = s3_server.client()
+    client.create_bucket(Bucket="cosmic-locked-markers", ObjectLockEnabledForBucket=True)
+    project = offsite_project(make_project, s3_server, "s3://cosmic-locked-markers/app")
+    project.env["BACKUP_REMOTE_LOCK_DAYS"] = "2"
+    kept = backup_id(project, "config")
+    prefix = "app/web-1/config/"
+    listing = client.list_objects_v2(Bucket="cosmic-locked-markers", Prefix=prefix)
+    for item in listing["Contents"]:  # stolen credentials: a plain DELETE of each object
+        client.delete_object(Bucket="cosmic-locked-markers", Key=item["Key"])
+
+    rebuilt = fresh_root(make_project, project)
+    remote = rebuilt.run("list", "--remote")
+    assert "delete markers" in remote.stderr and kept in remote.stderr
+    latest = rebuilt.run("restore", "config", "latest", "--yes")
+    assert latest.returncode != 0 and "delete markers" in latest.stderr
+
+    # The recovery docs/offsite.md gives: remove the delete markers, the versions return.
+    versions = client.list_object_versions(Bucket="cosmic-locked-markers", Prefix=prefix)
+    for marker in versions.get("DeleteMarkers", []):
+        client.delete_object(
+            Bucket="cosmic-locked-markers", Key=marker["Key"], VersionId=marker["VersionId"]
+        )
+    assert [e["id"] for e in listed(rebuilt, "--remote")] == [kept]
+    ok(rebuilt.run("restore", "config", "latest", "--yes"))
