@@ -207,7 +207,10 @@ def _clear_pending(rt: Runtime, ids: set[str]) -> None:
 
 
 def pending_components(backup_dir: Path) -> set[str]:
-    return {item.get("component", "") for item in read_pending(backup_dir).values()}
+    """Components with an upload not yet done (a lost off-site copy is not one: prune may
+    go on there)."""
+    pending = read_pending(backup_dir).values()
+    return {item.get("component", "") for item in pending if not item.get("gap")}
 
 
 # -- upload ---------------------------------------------------------------------------------
@@ -356,23 +359,30 @@ def sync_push(rt: Runtime, components: list[str]) -> list[SyncItem]:
 def _gaps_without_local_copy(
     rt: Runtime, remote: StoreCatalog, component: str, here: set[str]
 ) -> list[SyncItem]:
-    """Off-site backups whose artifact is gone and that no local copy can complete: a
-    known gap, recorded so `status` reports it."""
+    """Off-site backups whose artifact is gone and that no local copy can complete. One
+    newer than every complete off-site backup is a known gap, recorded so `status`
+    reports it until a newer backup is complete there; an older one is only said."""
     there = _remote_sizes(remote, component)
     with_artifact = {_id_of(n) for n in there if n.endswith(ARTIFACT_SUFFIX)}
     suspects = {_id_of(n) for n in there if n.endswith(MANIFEST_SUFFIX) and _id_of(n) not in here}
     if not suspects - with_artifact:  # the common case: nothing to read
         return []
+    entries = [e for e in remote.entries(component) if e.manifest.ok]
+    complete = [e for e in entries if e.trust == Trust.VERIFIED and _complete_there(e, there)]
+    newest_complete = max((e.manifest.started_at for e in complete), default="")
     items = []
-    for entry in remote.entries(component):
-        if entry.id not in suspects or not entry.manifest.ok or _complete_there(entry, there):
+    for entry in entries:
+        if entry.id not in suspects or _complete_there(entry, there):
             continue
         message = (
-            f"its artifact is missing off-site (or has the wrong size) and no local copy "
-            f"remains to upload again; its off-site copy is lost: run 'cosmic-backup backup "
-            f"{component}' for a new one, then 'cosmic-backup prune'."
+            "its artifact is missing off-site (or has the wrong size) and no local copy "
+            "remains to upload again: its off-site copy is lost"
         )
         rt.log.error("sync: %s %s", entry.id, message)
+        if entry.manifest.started_at < newest_complete:
+            items.append(SyncItem(entry.id, component, "skipped", f"{message} (a newer one is)"))
+            continue
+        message += f"; run 'cosmic-backup backup {component}', then 'cosmic-backup sync'."
         _mark_pending(rt, entry.manifest, message, gap=True)
         items.append(SyncItem(entry.id, component, "failed", message))
     return items

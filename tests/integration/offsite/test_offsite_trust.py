@@ -131,8 +131,8 @@ def test_sync_uploads_a_missing_artifact_again_and_status_reports_a_lost_one(
 ) -> None:
     project = offsite_project(make_project, s3_server, remote_url)
     kept = backup_id(project, "config")
+    backup_id(project, "files")  # an older one, intact everywhere
     lost = backup_id(project, "files")
-    backup_id(project, "files")  # a newer one, intact everywhere
     client = s3_server.client()
     artifact = {
         backup: next(k for k in remote_keys(s3_server, remote_url) if backup in k and ".enc" in k)
@@ -153,6 +153,10 @@ def test_sync_uploads_a_missing_artifact_again_and_status_reports_a_lost_one(
     assert head["ContentLength"] == kept_artifact.stat().st_size
     now = health(project)
     assert now["config"] == "OK" and now["files"] == "OFFSITE-MISSING"
+    backup_id(project, "files")  # a newer backup, complete off-site: the gap is history
+    again = ok(project.run("sync"))
+    assert f"skipped     {lost}" in again.stdout
+    assert health(project)["files"] == "OK"
 
 
 def test_a_typo_in_an_aws_setting_is_one_sentence_and_never_stops_local_backups(
