@@ -14,29 +14,36 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TEST_BUCKET, ProjectFactory
+from tests.conftest import TEST_BUCKET, Project, ProjectFactory
 from tests.s3server import S3Server, s3_gateway
 
 KEY = "interrupted upload passphrase 0123456789"
+
+
+def big_files_project(
+    make_project: ProjectFactory, s3_env: dict[str, str], remote_url: str
+) -> Project:
+    project = make_project()
+    project.env.update(s3_env)
+    project.env.update(
+        {
+            "BACKUP_KEY": KEY,
+            "BACKUP_REMOTE": remote_url,
+            "BACKUP_REMOTE_HOST": "web-1",
+            "BACKUP_FILES_DIRS": "uploads",
+        }
+    )
+    (project.root / "uploads").mkdir()
+    # Incompressible, so the artifact is several 16 MiB parts.
+    (project.root / "uploads" / "video.bin").write_bytes(os.urandom(40 * 1024 * 1024))
+    return project
 
 
 def test_a_server_dying_mid_upload_leaves_the_local_backup_good_and_sync_completes_it(
     make_project: ProjectFactory, tmp_path: Path, s3_server: S3Server, remote_url: str
 ) -> None:
     with s3_gateway(s3_server, tmp_path / "gateway") as server:
-        project = make_project()
-        project.env.update(server.env())
-        project.env.update(
-            {
-                "BACKUP_KEY": KEY,
-                "BACKUP_REMOTE": remote_url,
-                "BACKUP_REMOTE_HOST": "web-1",
-                "BACKUP_FILES_DIRS": "uploads",
-            }
-        )
-        (project.root / "uploads").mkdir()
-        # Incompressible, so the artifact is several 16 MiB parts.
-        (project.root / "uploads" / "video.bin").write_bytes(os.urandom(40 * 1024 * 1024))
+        project = big_files_project(make_project, server.env(), remote_url)
 
         running = project.popen("--json", "backup", "files")
         client = s3_server.client()
@@ -86,18 +93,7 @@ def test_a_killed_upload_stays_pending_until_sync_which_also_cleans_what_kills_l
     """SIGKILL and SIGTERM while a multipart upload is open: the backup is pending off-site
     (status unhealthy) until `sync` completes it, and no upload stays open. An artifact
     left without its manifest (a prune killed between its two deletes) is removed."""
-    project = make_project()
-    project.env.update(s3_server.env())
-    project.env.update(
-        {
-            "BACKUP_KEY": KEY,
-            "BACKUP_REMOTE": remote_url,
-            "BACKUP_REMOTE_HOST": "web-1",
-            "BACKUP_FILES_DIRS": "uploads",
-        }
-    )
-    (project.root / "uploads").mkdir()
-    (project.root / "uploads" / "video.bin").write_bytes(os.urandom(36 * 1024 * 1024))
+    project = big_files_project(make_project, s3_server.env(), remote_url)
     client = s3_server.client()
     prefix = remote_url.removeprefix(f"s3://{TEST_BUCKET}/") + "/web-1/"
     killed = []
