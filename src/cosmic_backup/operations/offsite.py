@@ -11,6 +11,7 @@ since the backup is never copied as good).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import io
@@ -33,7 +34,7 @@ from cosmic_backup.catalog import (
 from cosmic_backup.clock import iso
 from cosmic_backup.errors import CosmicError, IntegrityError, OperationFailed, UsageError
 from cosmic_backup.format.keys import Key
-from cosmic_backup.format.manifest import Manifest
+from cosmic_backup.format.manifest import Manifest, dump_manifest
 from cosmic_backup.format.pipeline import UnsealingReader, check_mac
 from cosmic_backup.operations.artifacts import open_plaintext
 from cosmic_backup.operations.context import Runtime
@@ -260,6 +261,13 @@ def upload(rt: Runtime, remote: StoreCatalog, entry: Entry) -> None:
                 "not copied off-site; run 'cosmic-backup verify' and take a new backup."
             )
     manifest_name = local.manifest_name(manifest.component, manifest.id)
+    if manifest.host not in (None, remote.host):
+        # Made before BACKUP_REMOTE_HOST was set or changed: bound, and signed, anew for
+        # the folder it now goes to (only the key's holder can; a copy by hand is refused).
+        key = rt.keys.for_backup(manifest.id, manifest.key_fingerprint)
+        rebound = dataclasses.replace(manifest, host=remote.host)
+        remote.store.put(manifest_name, io.BytesIO(dump_manifest(rebound, key)))
+        return
     with local.store.open_read(manifest_name) as source:
         remote.store.put(manifest_name, source)
 
@@ -367,8 +375,9 @@ def _gaps_without_local_copy(
     suspects = {_id_of(n) for n in there if n.endswith(MANIFEST_SUFFIX) and _id_of(n) not in here}
     if not suspects - with_artifact:  # the common case: nothing to read
         return []
-    entries = [e for e in remote.entries(component) if e.manifest.ok]
-    complete = [e for e in entries if e.trust == Trust.VERIFIED and _complete_there(e, there)]
+    # Only what checks out is a backup of ours: a moved manifest is TAMPERED in `list`.
+    entries = [e for e in remote.entries(component) if e.manifest.ok and e.trust == Trust.VERIFIED]
+    complete = [e for e in entries if _complete_there(e, there)]
     newest_complete = max((e.manifest.started_at for e in complete), default="")
     items = []
     for entry in entries:

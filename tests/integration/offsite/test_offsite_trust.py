@@ -78,6 +78,14 @@ def test_a_rolled_back_or_moved_manifest_is_tampered_and_hides_nothing(
     (moved,) = listed(elsewhere, "--remote")
     assert moved["trust"] == "tampered" and "of the host web-1" in moved["problem"]
 
+    # A backup made before BACKUP_REMOTE_HOST was set goes off-site bound to its folder.
+    (elsewhere.root / "uploads").mkdir()
+    (elsewhere.root / "uploads" / "a.txt").write_text("a\n")
+    ok(elsewhere.run("backup", "files", env={"BACKUP_REMOTE": "", "BACKUP_REMOTE_HOST": ""}))
+    ok(elsewhere.run("sync", "--take-over"))
+    uploaded = [e for e in listed(elsewhere, "--remote") if e["component"] == "files"]
+    assert [(e["host"], e["trust"]) for e in uploaded] == [("web-2", "verified")]
+
 
 def test_a_second_root_under_one_host_is_refused_and_never_touches_the_first(
     make_project: ProjectFactory, s3_server: S3Server, remote_url: str
