@@ -192,7 +192,12 @@ def _uploading_now(item: dict[str, Any]) -> bool:
     pid = item.get("pid")
     if not isinstance(pid, int) or pid == os.getpid():
         return False
-    try:
+    if Path("/proc/self").is_dir():  # a pid taken since by another program is not ours
+        try:
+            return b"cosmic" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+    try:  # no /proc here: whether the process lives must do
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
@@ -351,8 +356,11 @@ def sync_push(rt: Runtime, components: list[str]) -> list[SyncItem]:
         for component in components:
             there = _remote_sizes(remote, component)
             local = rt.catalog.entries(component)
+            busy = {k for k, v in read_pending(rt.catalog.root).items() if _uploading_now(v)}
             for entry in local:
-                if entry.manifest.ok and not _complete_there(entry, there):
+                if entry.id in busy:  # its own backup run is uploading it right now
+                    items.append(SyncItem(entry.id, component, "skipped", "being uploaded"))
+                elif entry.manifest.ok and not _complete_there(entry, there):
                     items.append(_push_one(rt, remote, entry))
             items += _gaps_without_local_copy(rt, remote, component, {e.id for e in local})
         done = {item.id for item in items if item.action == "uploaded"}
