@@ -585,22 +585,22 @@ def open_intact(rt: Runtime, located: Located, key: Key) -> Iterator[UnsealingRe
     fails that check and an intact off-site copy exists, the off-site copy is used: nothing
     was read from the damaged one yet, so nothing of it reaches the restore."""
     entry = located.entry
-    artifact = located.catalog.open_artifact(entry)
-    try:
-        reader = open_plaintext(rt, artifact, entry.manifest, key)
-    except IntegrityError as exc:
-        artifact.close()
-        there = _offsite_twin(rt, located)
-        if there is None:
-            raise
-        rt.log.warning("the local copy of %s is damaged (%s); using off-site", entry.id, exc)
-        rt.say(
-            f"warning: the local copy of {entry.id} is damaged ({exc.message.rstrip('.')}); "
-            f"using its off-site copy ({there[1].store.describe()})."
-        )
-        artifact = there[1].open_artifact(there[0])
-        reader = open_plaintext(rt, artifact, there[0].manifest, key)
-    with artifact:
+    with contextlib.ExitStack() as stack:
+        artifact = stack.enter_context(located.catalog.open_artifact(entry))
+        try:
+            reader = open_plaintext(rt, artifact, entry.manifest, key)
+        except IntegrityError as exc:
+            there = _offsite_twin(rt, located)
+            if there is None:
+                raise
+            rt.log.warning("the local copy of %s is damaged (%s); using off-site", entry.id, exc)
+            rt.say(
+                f"warning: the local copy of {entry.id} is damaged "
+                f"({exc.message.rstrip('.')}); using its off-site copy "
+                f"({there[1].store.describe()})."
+            )
+            artifact = stack.enter_context(there[1].open_artifact(there[0]))
+            reader = open_plaintext(rt, artifact, there[0].manifest, key)
         yield reader
 
 

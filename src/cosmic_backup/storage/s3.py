@@ -396,20 +396,33 @@ class S3Store:
                 time.sleep(min(0.2 * 2**attempt, 5.0))
         raise AssertionError("unreachable")
 
-    def hidden_by_delete_markers(self, prefix: str) -> list[str]:
-        """Names whose newest version is a delete marker over older versions: deleted by a
-        plain DELETE, yet still there (Object Lock keeps every locked version)."""
+    def hidden_by_delete_markers(self, prefix: str, newest: int = 20) -> list[str]:
+        """Names whose current version is a delete marker over a version Object Lock still
+        holds: deleted by a plain DELETE, yet kept. Only the `newest` such names are
+        checked (one HEAD each); an expired version a prune deleted is not one."""
         base = self.location.base
         markers: set[str] = set()
-        versions: set[str] = set()
+        versions: dict[str, tuple[datetime, str]] = {}  # name -> its newest real version
         with self._calling("list the versions of"):
             pages = self.client.get_paginator("list_object_versions").paginate(
                 Bucket=self.location.bucket, Prefix=base + prefix
             )
             for page in pages:
                 markers |= {m["Key"] for m in page.get("DeleteMarkers", []) if m.get("IsLatest")}
-                versions |= {v["Key"] for v in page.get("Versions", [])}
-        return sorted(key[len(base) :] for key in markers & versions)
+                for v in page.get("Versions", []):
+                    if v["Key"] not in versions or versions[v["Key"]][0] < v["LastModified"]:
+                        versions[v["Key"]] = (v["LastModified"], v["VersionId"])
+        now = datetime.now(UTC)
+        hidden = []
+        for key in sorted(markers & versions.keys(), reverse=True)[:newest]:
+            with self._calling("read", key):
+                head = self.client.head_object(
+                    Bucket=self.location.bucket, Key=key, VersionId=versions[key][1]
+                )
+            until = head.get("ObjectLockRetainUntilDate")
+            if isinstance(until, datetime) and until > now:
+                hidden.append(key[len(base) :])
+        return sorted(hidden)
 
     # -- leftovers of killed uploads ------------------------------------------------------
     def abandoned_uploads(self, before: datetime) -> list[tuple[str, str]]:

@@ -234,6 +234,9 @@ def test_delete_markers_over_locked_versions_are_said_and_the_recovery_works(
     project.env["BACKUP_REMOTE_LOCK_DAYS"] = "2"
     kept = backup_id(project, "config")
     prefix = "app/web-1/config/"
+    pruned = f"{prefix}config-20200101T000000Z.manifest.json"  # a version no lock holds:
+    client.put_object(Bucket="cosmic-locked-markers", Key=pruned, Body=b"{}")
+    client.delete_object(Bucket="cosmic-locked-markers", Key=pruned)  # what a prune leaves
     listing = client.list_objects_v2(Bucket="cosmic-locked-markers", Prefix=prefix)
     for item in listing["Contents"]:  # stolen credentials: a plain DELETE of each object
         client.delete_object(Bucket="cosmic-locked-markers", Key=item["Key"])
@@ -241,12 +244,15 @@ def test_delete_markers_over_locked_versions_are_said_and_the_recovery_works(
     rebuilt = fresh_root(make_project, project)
     remote = rebuilt.run("list", "--remote")
     assert "delete markers" in remote.stderr and kept in remote.stderr
+    assert "1 off-site backup(s) were deleted" in remote.stderr  # not the pruned one
     latest = rebuilt.run("restore", "config", "latest", "--yes")
     assert latest.returncode != 0 and "delete markers" in latest.stderr
 
     # The recovery docs/offsite.md gives: remove the delete markers, the versions return.
     versions = client.list_object_versions(Bucket="cosmic-locked-markers", Prefix=prefix)
     for marker in versions.get("DeleteMarkers", []):
+        if marker["Key"] == pruned:
+            continue  # pruned on purpose: left deleted
         client.delete_object(
             Bucket="cosmic-locked-markers", Key=marker["Key"], VersionId=marker["VersionId"]
         )
