@@ -137,7 +137,10 @@ def take_over(rt: Runtime) -> str:
     owners' backups stay trusted there. Returns the sentence to show."""
     remote = require_remote(rt)
     ours = rt.catalog.root_id()
-    owners = read_owners(remote)
+    try:
+        owners = read_owners(remote)
+    except IntegrityError:  # a damaged record: this root's claim replaces it
+        owners = []
     if owners and owners[-1] == ours:
         return f"This backup root ({ours}) already owns {remote.store.describe()}."
     _write_owners(remote, [r for r in owners if r != ours] + [ours])
