@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,9 @@ class S3Server:
     access_key: str
     secret_key: str
     process: subprocess.Popen[bytes] | None = None
+    # A second identity that may only read and list (stolen or audit credentials).
+    readonly_access_key: str = field(default_factory=lambda: "RO" + secrets.token_hex(8).upper())
+    readonly_secret_key: str = field(default_factory=lambda: "RS" + secrets.token_hex(16))
 
     @property
     def endpoint(self) -> str:
@@ -68,6 +71,14 @@ class S3Server:
             "AWS_CONFIG_FILE": os.devnull,
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
             "AWS_EC2_METADATA_DISABLED": "true",  # never probe a cloud metadata address
+        }
+
+    def readonly_env(self) -> dict[str, str]:
+        """`env` with the read-only identity's credentials."""
+        return {
+            **self.env(),
+            "AWS_ACCESS_KEY_ID": self.readonly_access_key,
+            "AWS_SECRET_ACCESS_KEY": self.readonly_secret_key,
         }
 
     def client(self, endpoint: str | None = None, attempts: int = 2) -> Any:
@@ -88,7 +99,7 @@ class S3Server:
         data = self.folder / "data"
         data.mkdir(parents=True, exist_ok=True)
         identities = self.folder / "s3.json"
-        identities.write_text(json.dumps(_identities(self.access_key, self.secret_key)))
+        identities.write_text(json.dumps(_identities(self)))
         master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = self.ports
         argv = [
             weed_binary(),
@@ -175,14 +186,24 @@ class S3Server:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def _identities(access_key: str, secret_key: str) -> dict[str, Any]:
+def _identities(server: S3Server) -> dict[str, Any]:
     return {
         "identities": [
             {
                 "name": "cosmic",
-                "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                "credentials": [{"accessKey": server.access_key, "secretKey": server.secret_key}],
                 "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-            }
+            },
+            {
+                "name": "cosmic-readonly",
+                "credentials": [
+                    {
+                        "accessKey": server.readonly_access_key,
+                        "secretKey": server.readonly_secret_key,
+                    }
+                ],
+                "actions": ["Read", "List"],
+            },
         ]
     }
 
@@ -205,6 +226,9 @@ class S3Gateway:
     folder: Path
     ports: list[int]
     process: subprocess.Popen[bytes] | None = None
+    # A second identity that may only read and list (stolen or audit credentials).
+    readonly_access_key: str = field(default_factory=lambda: "RO" + secrets.token_hex(8).upper())
+    readonly_secret_key: str = field(default_factory=lambda: "RS" + secrets.token_hex(16))
 
     @property
     def endpoint(self) -> str:
@@ -215,9 +239,7 @@ class S3Gateway:
 
     def start(self) -> None:
         identities = self.folder / "s3.json"
-        identities.write_text(
-            json.dumps(_identities(self.server.access_key, self.server.secret_key))
-        )
+        identities.write_text(json.dumps(_identities(self.server)))
         filer, filer_grpc = self.server.ports[4], self.server.ports[5]
         argv = [
             weed_binary(),

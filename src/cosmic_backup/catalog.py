@@ -17,6 +17,7 @@ import io
 import json
 import os
 import re
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ COMPONENTS = ("database", "files", "config")
 ARTIFACT_SUFFIX = ".gz.enc"
 MANIFEST_SUFFIX = ".manifest.json"
 LOCK_FILE = ".lock"
+ROOT_ID_FILE = ".root-id"
+ROOT_ID_PATTERN = re.compile(r"^[0-9a-f]{16}$")
 ID_PATTERN = re.compile(
     r"^(?P<component>database|files|config)-(?P<stamp>\d{8}T\d{6}Z)(?:-\d{2,})?$"
 )
@@ -100,6 +103,10 @@ class StoreCatalog:
         self.where = where  # "local" or "remote", for listings and messages
         self._key_lookup = key_lookup
         self._warn = warn or (lambda message: None)  # what a listing skipped, for the operator
+        # Off-site: the host this folder is for and the roots that may write to it; a
+        # manifest that names another is moved or replayed (None/empty: not checked).
+        self.host: str | None = None
+        self.roots: frozenset[str] = frozenset()
 
     @staticmethod
     def manifest_name(component: str, backup_id: str) -> str:
@@ -156,7 +163,15 @@ class StoreCatalog:
             stub = Manifest(expected_id, component, Outcome.FAILED, "?", [], when, when, "?")
             return Entry(stub, Trust.TAMPERED, exc.message)
         if manifest.id != expected_id or manifest.component != component:
-            return Entry(manifest, Trust.TAMPERED, f"The manifest {name} names another backup.")
+            # Keyed by its own name: a copy of another manifest must not stand in for it.
+            when = _time_of_id(expected_id)
+            stub = Manifest(expected_id, component, Outcome.FAILED, "?", [], when, when, "?")
+            return Entry(
+                stub,
+                Trust.TAMPERED,
+                f"The manifest {name} holds the manifest of {manifest.id}: it was moved or "
+                "replayed. Do not trust this backup; use another one.",
+            )
         if body.get("mac") is None:
             if manifest.ok:
                 return Entry(manifest, Trust.TAMPERED, f"The manifest {name} has no MAC.")
@@ -170,7 +185,23 @@ class StoreCatalog:
             check_manifest_mac(body, key, name)
         except IntegrityError as exc:
             return Entry(manifest, Trust.TAMPERED, exc.message)
+        misplaced = self._misplaced(manifest, name)
+        if misplaced:
+            return Entry(manifest, Trust.TAMPERED, misplaced)
         return Entry(manifest, Trust.VERIFIED)
+
+    def _misplaced(self, manifest: Manifest, name: str) -> str | None:
+        """Why an authentic manifest does not belong here (another host's, another root's)."""
+        if self.host and manifest.host and manifest.host != self.host:
+            whose = f"of the host {manifest.host}"
+        elif self.roots and manifest.root_id and manifest.root_id not in self.roots:
+            whose = f"of another backup root ({manifest.root_id})"
+        else:
+            return None
+        return (
+            f"The manifest {name} is {whose}, not of this folder: it was moved or replayed. "
+            "Do not trust this backup; use another one."
+        )
 
     def open_artifact(self, entry: Entry) -> BinaryIO:
         """A seekable reader of the backup's stored bytes (not yet checked: see artifacts.py)."""
@@ -268,6 +299,18 @@ class Catalog(StoreCatalog):
         return self.store.path(f"{entry.manifest.component}/{entry.manifest.artifact}")
 
     # -- layout -----------------------------------------------------------------------
+    def root_id(self) -> str:
+        """This backup folder's identity, recorded in each manifest; created on first use."""
+        path = self.root / ROOT_ID_FILE
+        with contextlib.suppress(FileNotFoundError):
+            text = path.read_text().strip()
+            if ROOT_ID_PATTERN.match(text):
+                return text
+        self.store.ensure_folder()
+        created = secrets.token_hex(8)
+        self.store.write_bytes(ROOT_ID_FILE, created.encode() + b"\n")
+        return created
+
     def ensure_layout(self) -> None:
         self.store.ensure_folder()
         for component in COMPONENTS:

@@ -4,6 +4,7 @@ where the effective value came from (defaults < toml < environment < flags)."""
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -330,6 +331,31 @@ def _parse(spec: Spec, raw: Any, source: str) -> Any:
                 f"and at most {high}{off}."
             )
     return value
+
+
+def check_offsite_environment(environ: Mapping[str, str]) -> None:
+    """The AWS variables boto reads itself, checked before any client is made, so a typo is
+    one sentence naming it (and only the off-site copy fails, never the local backup)."""
+    endpoint = environ.get("AWS_ENDPOINT_URL", "").strip()
+    if endpoint and not re.match(r"^https?://[^/\s?#]+(/\S*)?$", endpoint):
+        raise UsageError(
+            f"The setting AWS_ENDPOINT_URL ('{_masked_url(endpoint)}') is not an http:// or "
+            "https:// URL; write it as https://host[:port]."
+        )
+    attempts = environ.get("AWS_MAX_ATTEMPTS", "").strip()
+    if attempts and (not attempts.isdigit() or not 1 <= int(attempts) <= 100):
+        raise UsageError(
+            f"The setting AWS_MAX_ATTEMPTS ('{attempts}') is not a whole number from 1 to 100."
+        )
+    style = environ.get("AWS_S3_ADDRESSING_STYLE", "").strip()
+    if style and style not in ("path", "virtual", "auto"):
+        raise UsageError(
+            f"The setting AWS_S3_ADDRESSING_STYLE ('{style}') is not one of path, virtual, auto."
+        )
+
+
+def _masked_url(url: str) -> str:
+    return re.sub(r"^([^/]*//)?[^/@]*@", r"\1***@", url)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

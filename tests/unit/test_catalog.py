@@ -146,8 +146,37 @@ def test_every_kind_of_tampering_is_shown_as_tampered(catalog: Catalog, backups:
     problems = {e.id: e.problem for e in catalog.entries("database") if e.trust == Trust.TAMPERED}
     assert "edited or damaged" in (problems[edited] or "")
     assert "not valid JSON" in (problems[garbled] or "")
-    assert "names another backup" in (problems[renamed] or "")
+    assert "holds the manifest of" in (problems[elsewhere] or "")  # keyed by where it lies
+    assert renamed not in problems  # and never stands in for the backup it copies
     assert "has no MAC" in (problems[stripped] or "")
+
+
+def test_a_manifest_is_bound_to_its_name_host_and_root(catalog: Catalog, backups: Backups) -> None:
+    """A rolled-back manifest (an older one's bytes over the newest) is the newest entry,
+    TAMPERED, and the older genuine one is still listed, once; a manifest of another host
+    or root is TAMPERED; a manifest of an older version, without host and root, loads."""
+    older, newer, legacy = (backups.add(after=timedelta(minutes=1)) for _ in range(3))
+    for backup_id, host, root in ((older, "web-1", "a" * 16), (newer, "web-1", "a" * 16)):
+        manifest = next(e.manifest for e in catalog.entries() if e.id == backup_id)
+        manifest.host, manifest.root_id = host, root
+        catalog.write_manifest(manifest, KEY)
+    genuine_newer = backups.manifest_path(newer).read_bytes()
+    backups.manifest_path(newer).write_bytes(backups.manifest_path(older).read_bytes())
+    catalog.host, catalog.roots = "web-1", frozenset({"a" * 16})
+    entries = catalog.entries("database")
+    assert [(e.id, e.trust) for e in entries] == [
+        (older, Trust.VERIFIED),
+        (newer, Trust.TAMPERED),
+        (legacy, Trust.VERIFIED),  # no host, no root: as before
+    ]
+    assert "moved or replayed" in (entries[1].problem or "")
+    backups.manifest_path(newer).write_bytes(genuine_newer)
+    assert {e.id: e.trust for e in catalog.entries()}[newer] == Trust.VERIFIED
+    catalog.host = "web-2"  # the same bytes found in another host's folder
+    assert {e.id: e.trust for e in catalog.entries()}[newer] == Trust.TAMPERED
+    catalog.host, catalog.roots = "web-1", frozenset({"b" * 16})  # another root's folder
+    problem = {e.id: e.problem for e in catalog.entries()}[newer]
+    assert "another backup root" in (problem or "")
 
 
 def test_a_tampered_manifest_is_never_taken_for_a_good_backup(

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from cosmic_backup.errors import UsageError
-from cosmic_backup.settings import CONFIG_FILE_NAME, MIN_KDF_ITERATIONS, SPECS, load_settings
+from cosmic_backup.settings import (
+    CONFIG_FILE_NAME,
+    MIN_KDF_ITERATIONS,
+    SPECS,
+    check_offsite_environment,
+    load_settings,
+)
 
 SECRET = "hunter2-very-secret"
 
@@ -148,3 +154,32 @@ def test_settings_are_typed_attributes_and_unknown_names_are_errors(tmp_path: Pa
     changed = settings.with_overrides({"retention_days": "3"}, "command line")
     assert changed.retention_days == 3 and changed.sources["retention_days"] == "command line"
     assert settings.retention_days == 12
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("AWS_ENDPOINT_URL", "minio.internal:9000"),
+        ("AWS_ENDPOINT_URL", "ftp://minio.internal"),
+        ("AWS_MAX_ATTEMPTS", "five"),
+        ("AWS_MAX_ATTEMPTS", "0"),
+        ("AWS_S3_ADDRESSING_STYLE", "paths"),
+    ],
+)
+def test_a_bad_aws_setting_is_one_sentence_naming_it(name: str, value: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        check_offsite_environment({name: value})
+    assert caught.value.message.startswith(f"The setting {name} ")
+
+
+def test_good_aws_settings_pass_and_a_url_s_password_is_never_echoed() -> None:
+    check_offsite_environment(
+        {
+            "AWS_ENDPOINT_URL": "https://minio.internal:9000",
+            "AWS_MAX_ATTEMPTS": "5",
+            "AWS_S3_ADDRESSING_STYLE": "virtual",
+        }
+    )
+    with pytest.raises(UsageError) as caught:
+        check_offsite_environment({"AWS_ENDPOINT_URL": "user:hunter2@minio"})
+    assert "hunter2" not in caught.value.message

@@ -19,7 +19,12 @@ from cosmic_backup.cli.common import (
 from cosmic_backup.cli.common import stdout as console
 from cosmic_backup.clock import parse_iso
 from cosmic_backup.components import source_of
-from cosmic_backup.operations.offsite import locate_everywhere, require_remote, warn_unlisted
+from cosmic_backup.operations.offsite import (
+    listed_offsite,
+    locate_everywhere,
+    require_remote,
+    warn_unlisted,
+)
 from cosmic_backup.states import Outcome, Trust
 
 
@@ -38,7 +43,7 @@ def list_backups(
     where: dict[str, str] = {}
     unlisted = False  # the off-site copies could not be listed: "no backups" would be a lie
     if remote:
-        entries = require_remote(runtime).entries(what)
+        entries = listed_offsite(runtime, require_remote(runtime), what)
         where = {entry.id: "remote" for entry in entries}
     elif runtime.settings.remote:  # local, remote or both
         located, problem = locate_everywhere(runtime, what)

@@ -18,6 +18,7 @@ from cosmic_backup.cli.common import (
 from cosmic_backup.components import COMPONENT_NAMES
 from cosmic_backup.errors import ExitCode
 from cosmic_backup.operations.offsite import remote_catalog, sync_pull, sync_push
+from cosmic_backup.operations.offsite import take_over as offsite_take_over
 
 
 def sync(
@@ -35,11 +36,21 @@ def sync(
         str | None,
         typer.Option("--remote", help="Off-site location s3://bucket/prefix (BACKUP_REMOTE)."),
     ] = None,
+    take_over: Annotated[
+        bool,
+        typer.Option(
+            "--take-over",
+            help="Make this backup root the owner of its host's off-site folder (a rebuilt "
+            "server continuing the old one's backups), then sync.",
+        ),
+    ] = False,
 ) -> None:
     """Upload every local backup missing off-site (or, with --pull, download the reverse)."""
     check_component(what)
     runtime = open_cli_runtime(ctx, settings_for(ctx, remote=remote))
     components = [what] if what else list(COMPONENT_NAMES)
+    if take_over:
+        runtime.say(offsite_take_over(runtime))
     items = sync_pull(runtime, components) if pull else sync_push(runtime, components)
     failed = [item for item in items if item.action == "failed"]
     if state(ctx).json:

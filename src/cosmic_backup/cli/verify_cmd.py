@@ -64,7 +64,7 @@ def verify(
     for result in results if not state(ctx).json else []:
         stdout.print(
             f"{result.id:<32} {'ok' if result.ok else 'FAILED'}  "
-            f"{'' if result.ok else result.message}",
+            f"{result.message.removeprefix('ok').lstrip('; ') if result.ok else result.message}",
             markup=False,
         )
     exit_with(0 if all(r.ok for r in results) else int(ExitCode.INTEGRITY))

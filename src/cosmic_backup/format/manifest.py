@@ -3,6 +3,12 @@
 A manifest is JSON. Its ``mac`` field is an HMAC-SHA256, under the key's manifest MAC key,
 of the canonical JSON of every other field, so an edited manifest is detected. Failure
 records made when no key could be had carry no MAC; they are never restorable.
+
+The MAC also covers where the backup belongs: its id and component (which its object name
+must repeat), its host (the off-site folder it is written to) and its root (the backup
+folder that made it). The catalog compares them with where the manifest is found, so a
+manifest copied to another name, folder or root is refused as moved, never taken for the
+backup that lives there. Manifests made before these two fields (None) still load.
 """
 
 from __future__ import annotations
@@ -55,6 +61,9 @@ class Manifest:
     restore_tested_at: str | None = None
     restore_test: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
+    # Where it belongs (see the module's docstring); None in manifests of older versions.
+    host: str | None = None
+    root_id: str | None = None
 
     @property
     def ok(self) -> bool:

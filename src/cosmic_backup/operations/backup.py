@@ -26,7 +26,7 @@ from cosmic_backup.operations.appversion import app_version
 from cosmic_backup.operations.context import Runtime
 from cosmic_backup.operations.metrics import write_metrics_file
 from cosmic_backup.operations.notify import send, summary
-from cosmic_backup.operations.offsite import upload_after_backup
+from cosmic_backup.operations.offsite import host_prefix, mark_upload_pending, upload_after_backup
 from cosmic_backup.operations.prune import prune
 from cosmic_backup.operations.retention import Policy
 from cosmic_backup.states import Outcome
@@ -92,6 +92,8 @@ def _backup_locked(rt: Runtime, component: Component, request: BackupRequest) ->
             rt, component, request, backup_id, started, key, produced, sealed, artifact
         )
         rt.catalog.write_manifest(manifest, key)  # last: only now is the backup listed as good
+        if rt.settings.remote and not manifest.is_pre_restore:  # uploaded next: pending
+            mark_upload_pending(rt, manifest)  # until confirmed, whatever dies in between
     except BaseException as exc:
         error = _as_cosmic_error(exc)
         _record_failure(rt, component, request, backup_id, started, key, error)
@@ -142,6 +144,8 @@ def _good_manifest(
         key_fingerprint=key.fingerprint,
         warnings=list(produced.warnings),
         log_file=rt.relative(rt.log_file),
+        host=host_prefix(rt),
+        root_id=rt.catalog.root_id(),
     )
 
 
@@ -213,10 +217,12 @@ def _record_failure(
         key_fingerprint=signing_key.fingerprint if signing_key else None,
         error=error.message,
         log_file=rt.relative(rt.log_file),
+        host=host_prefix(rt),
     )
     try:
         if locked:
             rt.catalog.remove_leftovers()
+        manifest.root_id = rt.catalog.root_id()
         rt.catalog.write_manifest(manifest, signing_key)
     except (OSError, CosmicError) as exc:  # e.g. the disk is full: the log still says it
         rt.log.error("could not write the failure record of %s: %s", backup_id, exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import stat
 import tempfile
@@ -13,7 +14,7 @@ from cosmic_backup.components.files import interrupted_restore
 from cosmic_backup.errors import CosmicError
 from cosmic_backup.operations.keys import KeySource
 from cosmic_backup.process import run_captured
-from cosmic_backup.settings import SPECS, Settings
+from cosmic_backup.settings import SPECS, Settings, check_offsite_environment
 from cosmic_backup.states import Outcome
 
 LOW_DISK_BYTES = 1024**3
@@ -70,6 +71,7 @@ def check_remote(settings: Settings) -> Check:
     from cosmic_backup.storage.s3 import S3Store, parse_remote
 
     try:
+        check_offsite_environment(os.environ)
         location = parse_remote(settings.remote, settings.remote_host or socket.gethostname())
         done = S3Store(location).probe()
     except (CosmicError, OSError) as exc:

@@ -10,26 +10,44 @@ since the backup is never copied as good).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import hmac
 import io
 import json
+import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from cosmic_backup.catalog import DATE_PATTERN, ID_PATTERN, Entry, StoreCatalog
+from cosmic_backup.catalog import (
+    ARTIFACT_SUFFIX,
+    COMPONENTS,
+    DATE_PATTERN,
+    ID_PATTERN,
+    MANIFEST_SUFFIX,
+    Entry,
+    StoreCatalog,
+)
 from cosmic_backup.clock import iso
 from cosmic_backup.errors import CosmicError, IntegrityError, OperationFailed, UsageError
 from cosmic_backup.format.keys import Key
-from cosmic_backup.format.manifest import Manifest
-from cosmic_backup.format.pipeline import check_mac
+from cosmic_backup.format.manifest import Manifest, dump_manifest
+from cosmic_backup.format.pipeline import UnsealingReader, check_mac
+from cosmic_backup.operations.artifacts import open_plaintext
 from cosmic_backup.operations.context import Runtime
+from cosmic_backup.settings import check_offsite_environment
 from cosmic_backup.states import Trust
+from cosmic_backup.storage.base import StoreNotFound
 from cosmic_backup.storage.local import replace_file
 
 PENDING_FILE = ".offsite-pending.json"
+OWNER_FILE = "root.json"  # beside the component folders: which backup roots wrote here
+UNCONFIRMED = "its upload was not confirmed (it was interrupted, or is still running)."
 
 
 # -- the remote -----------------------------------------------------------------------------
@@ -45,13 +63,20 @@ def remote_catalog(rt: Runtime) -> StoreCatalog | None:
         return rt.remote
     from cosmic_backup.storage.s3 import S3Store, parse_remote  # boto3 only when used
 
+    check_offsite_environment(os.environ)
     location = parse_remote(rt.settings.remote, host_prefix(rt))
     rt.catalog.store.ensure_folder()  # downloads spool there, beside the backups
     store = S3Store(
         location, spool_dir=rt.catalog.root, lock_days=rt.settings.remote_lock_days or None
     )
-    rt.remote = StoreCatalog(store, rt.keys.lookup, "remote", warn=lambda m: _warn(rt, m))
-    return rt.remote
+    remote = StoreCatalog(store, rt.keys.lookup, "remote", warn=lambda m: _warn(rt, m))
+    remote.host = location.host
+    try:
+        remote.roots = frozenset(read_owners(remote))
+    except IntegrityError as exc:  # readable still; writing waits for a take-over
+        rt.log.warning("%s", exc.message)
+    rt.remote = remote
+    return remote
 
 
 def _warn(rt: Runtime, message: str) -> None:
@@ -67,6 +92,67 @@ def require_remote(rt: Runtime) -> StoreCatalog:
             "usual AWS credentials."
         )
     return remote
+
+
+# -- which backup root writes to this host's folder -----------------------------------------
+def read_owners(remote: StoreCatalog) -> list[str]:
+    """The roots that wrote to this folder, the current one last ([]: none recorded yet)."""
+    try:
+        with remote.store.open_read(OWNER_FILE) as handle:
+            roots = json.loads(handle.read()).get("roots")
+    except StoreNotFound:
+        return []
+    except (ValueError, AttributeError):
+        roots = None
+    if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
+        raise IntegrityError(
+            f"The record of which backup root owns {remote.store.describe()} ({OWNER_FILE}) is "
+            "damaged; run 'cosmic-backup sync --take-over' from the root that should own it."
+        )
+    return roots
+
+
+def _write_owners(remote: StoreCatalog, roots: list[str]) -> None:
+    body = json.dumps({"roots": roots}, indent=1).encode() + b"\n"
+    remote.store.put(OWNER_FILE, io.BytesIO(body))
+    remote.roots = frozenset(roots)
+
+
+def claim_folder(rt: Runtime, remote: StoreCatalog) -> None:
+    """Make sure this root owns its host's off-site folder before writing or deleting there.
+
+    Two roots under one BACKUP_REMOTE_HOST would take the same ids and overwrite (and
+    prune) each other's backups; the second is refused, with what to set.
+    """
+    ours = rt.catalog.root_id()
+    owners = read_owners(remote)
+    if not owners:
+        _write_owners(remote, [ours])
+        owners = read_owners(remote)  # two roots claiming at once: the last write wins
+    if owners[-1] != ours:
+        raise UsageError(
+            f"The off-site folder {remote.store.describe()} belongs to another backup root "
+            f"(id {owners[-1]}; this one is {ours}): two roots share BACKUP_REMOTE_HOST "
+            f"'{host_prefix(rt)}'. Set BACKUP_REMOTE_HOST to a name of this root's own; or, "
+            "if this root replaces that one (a rebuilt server), run "
+            "'cosmic-backup sync --take-over' once."
+        )
+
+
+def take_over(rt: Runtime) -> str:
+    """Make this root the owner of its host's folder (after a rebuild); the previous
+    owners' backups stay trusted there. Returns the sentence to show."""
+    remote = require_remote(rt)
+    ours = rt.catalog.root_id()
+    try:
+        owners = read_owners(remote)
+    except IntegrityError:  # a damaged record: this root's claim replaces it
+        owners = []
+    if owners and owners[-1] == ours:
+        return f"This backup root ({ours}) already owns {remote.store.describe()}."
+    _write_owners(remote, [r for r in owners if r != ours] + [ours])
+    rt.log.info("took over %s from %s", remote.store.describe(), owners[-1:] or "nobody")
+    return f"This backup root ({ours}) now owns {remote.store.describe()}."
 
 
 # -- the record of failed uploads -----------------------------------------------------------
@@ -91,14 +177,43 @@ def _write_pending(rt: Runtime, pending: dict[str, dict[str, str]]) -> None:
     replace_file(path, json.dumps(pending, indent=1, sort_keys=True).encode())
 
 
-def _mark_pending(rt: Runtime, manifest: Manifest, error: str) -> None:
+def _mark_pending(rt: Runtime, manifest: Manifest, error: str, **extra: Any) -> None:
     pending = read_pending(rt.catalog.root)
     pending[manifest.id] = {
         "component": manifest.component,
         "error": error,
         "at": iso(rt.clock.now()),
+        **extra,
     }
     _write_pending(rt, pending)
+
+
+def mark_upload_pending(rt: Runtime, manifest: Manifest) -> None:
+    """Record a backup as not yet off-site, before its upload starts: a kill at any
+    moment then leaves it pending, so `status` says so until `sync` completes it."""
+    try:
+        _mark_pending(rt, manifest, UNCONFIRMED, pid=os.getpid())
+    except OSError as exc:  # the upload itself still runs; only the record is missing
+        rt.log.error("could not record the upload of %s as pending: %s", manifest.id, exc)
+
+
+def _uploading_now(item: dict[str, Any]) -> bool:
+    """A pending upload whose process still runs (another run of ours, outside the lock)."""
+    pid = item.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    if Path("/proc/self").is_dir():  # a pid taken since by another program is not ours
+        try:
+            return b"cosmic" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+    try:  # no /proc here: whether the process lives must do
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _clear_pending(rt: Runtime, ids: set[str]) -> None:
@@ -108,7 +223,10 @@ def _clear_pending(rt: Runtime, ids: set[str]) -> None:
 
 
 def pending_components(backup_dir: Path) -> set[str]:
-    return {item.get("component", "") for item in read_pending(backup_dir).values()}
+    """Components with an upload not yet done (a lost off-site copy is not one: prune may
+    go on there)."""
+    pending = read_pending(backup_dir).values()
+    return {item.get("component", "") for item in pending if not item.get("gap")}
 
 
 # -- upload ---------------------------------------------------------------------------------
@@ -142,6 +260,7 @@ def upload(rt: Runtime, remote: StoreCatalog, entry: Entry) -> None:
     """Copy one local backup off-site: artifact first, checked, then its manifest."""
     manifest = entry.manifest
     local = rt.catalog
+    claim_folder(rt, remote)  # never write over another root's backups
     if manifest.artifact:
         key = rt.keys.for_backup(manifest.id, manifest.key_fingerprint)
         name = f"{manifest.component}/{manifest.artifact}"
@@ -157,6 +276,13 @@ def upload(rt: Runtime, remote: StoreCatalog, entry: Entry) -> None:
                 "not copied off-site; run 'cosmic-backup verify' and take a new backup."
             )
     manifest_name = local.manifest_name(manifest.component, manifest.id)
+    if manifest.host not in (None, remote.host):
+        # Made before BACKUP_REMOTE_HOST was set or changed: bound, and signed, anew for
+        # the folder it now goes to (only the key's holder can; a copy by hand is refused).
+        key = rt.keys.for_backup(manifest.id, manifest.key_fingerprint)
+        rebound = dataclasses.replace(manifest, host=remote.host)
+        remote.store.put(manifest_name, io.BytesIO(dump_manifest(rebound, key)))
+        return
     with local.store.open_read(manifest_name) as source:
         remote.store.put(manifest_name, source)
 
@@ -167,6 +293,7 @@ def upload_after_backup(rt: Runtime, manifest: Manifest) -> str | None:
     The local backup stays good whatever happens here.
     """
     remote = None
+    mark_upload_pending(rt, manifest)
     try:
         remote = remote_catalog(rt)
         if remote is None:
@@ -213,32 +340,111 @@ class SyncItem:
         }
 
 
-def _remote_ids(remote: StoreCatalog, component: str) -> set[str]:
-    suffix = ".manifest.json"
-    return {
-        info.name.split("/", 1)[1].removesuffix(suffix)
-        for info in remote.store.list(f"{component}/")
-        if info.name.endswith(suffix)
-    }
+def _remote_sizes(remote: StoreCatalog, component: str) -> dict[str, int]:
+    """Every object of the component off-site, by name, with its size (one listing)."""
+    return {info.name: info.size for info in remote.store.list(f"{component}/")}
+
+
+def _complete_there(entry: Entry, there: dict[str, int]) -> bool:
+    """The manifest is off-site and so is the artifact, at its recorded size."""
+    manifest = entry.manifest
+    if StoreCatalog.manifest_name(manifest.component, manifest.id) not in there:
+        return False
+    if not manifest.artifact:
+        return True
+    return there.get(f"{manifest.component}/{manifest.artifact}") == manifest.stored_size
 
 
 def sync_push(rt: Runtime, components: list[str]) -> list[SyncItem]:
-    """Upload every good local backup that has no manifest off-site."""
+    """Upload every good local backup whose off-site copy is missing or incomplete, then
+    clean what killed runs left there (open multipart uploads, artifacts without manifest)."""
     remote = require_remote(rt)
+    started = rt.clock.now()
     items: list[SyncItem] = []
     with rt.catalog.lock("sync", wait=rt.wait):
+        claim_folder(rt, remote)
         for component in components:
-            there = _remote_ids(remote, component)
-            for entry in rt.catalog.entries(component):
-                if entry.id in there or not entry.manifest.ok:
-                    continue
-                items.append(_push_one(rt, remote, entry))
+            there = _remote_sizes(remote, component)
+            local = rt.catalog.entries(component)
+            busy = {k for k, v in read_pending(rt.catalog.root).items() if _uploading_now(v)}
+            for entry in local:
+                if entry.id in busy:  # its own backup run is uploading it right now
+                    items.append(SyncItem(entry.id, component, "skipped", "being uploaded"))
+                elif entry.manifest.ok and not _complete_there(entry, there):
+                    items.append(_push_one(rt, remote, entry))
+            items += _gaps_without_local_copy(rt, remote, component, {e.id for e in local})
         done = {item.id for item in items if item.action == "uploaded"}
-        gone = set(read_pending(rt.catalog.root)) - {
-            e.id for e in rt.catalog.entries() if e.manifest.ok
-        }
+        good_here = {e.id for e in rt.catalog.entries() if e.manifest.ok}
+        gaps = {item.id for item in items if item.action == "failed"}
+        gone = set(read_pending(rt.catalog.root)) - good_here - gaps
         _clear_pending(rt, done | gone)  # also forget failures of backups pruned since
+        clean_offsite_leftovers(rt, remote, components, started)
     return items
+
+
+def _gaps_without_local_copy(
+    rt: Runtime, remote: StoreCatalog, component: str, here: set[str]
+) -> list[SyncItem]:
+    """Off-site backups whose artifact is gone and that no local copy can complete. One
+    newer than every complete off-site backup is a known gap, recorded so `status`
+    reports it until a newer backup is complete there; an older one is only said."""
+    there = _remote_sizes(remote, component)
+    with_artifact = {_id_of(n) for n in there if n.endswith(ARTIFACT_SUFFIX)}
+    suspects = {_id_of(n) for n in there if n.endswith(MANIFEST_SUFFIX) and _id_of(n) not in here}
+    if not suspects - with_artifact:  # the common case: nothing to read
+        return []
+    # Only what checks out is a backup of ours: a moved manifest is TAMPERED in `list`.
+    entries = [e for e in remote.entries(component) if e.manifest.ok and e.trust == Trust.VERIFIED]
+    complete = [e for e in entries if _complete_there(e, there)]
+    newest_complete = max((e.manifest.started_at for e in complete), default="")
+    items = []
+    for entry in entries:
+        if entry.id not in suspects or _complete_there(entry, there):
+            continue
+        message = (
+            "its artifact is missing off-site (or has the wrong size) and no local copy "
+            "remains to upload again: its off-site copy is lost"
+        )
+        rt.log.error("sync: %s %s", entry.id, message)
+        if entry.manifest.started_at < newest_complete:
+            items.append(SyncItem(entry.id, component, "skipped", f"{message} (a newer one is)"))
+            continue
+        message += f"; run 'cosmic-backup backup {component}', then 'cosmic-backup sync'."
+        _mark_pending(rt, entry.manifest, message, gap=True)
+        items.append(SyncItem(entry.id, component, "failed", message))
+    return items
+
+
+def clean_offsite_leftovers(
+    rt: Runtime, remote: StoreCatalog, components: list[str], started: datetime
+) -> list[str]:
+    """Remove our own leftovers of killed runs off-site: multipart uploads opened before
+    this run and never finished (billed, invisible), and artifacts without a manifest
+    (a prune or an upload killed between its two objects). Uploads still running in
+    another process of this root are left alone."""
+    live = {k for k, v in read_pending(rt.catalog.root).items() if _uploading_now(v)}
+    removed: list[str] = []
+    abandoned = getattr(remote.store, "abandoned_uploads", None)
+    if abandoned is not None:
+        for name, upload_id in abandoned(started):
+            if _id_of(name) not in live:
+                remote.store.abort_upload(name, upload_id)  # type: ignore[attr-defined]
+                removed.append(f"{name} (unfinished upload)")
+    for component in components:
+        names = set(_remote_sizes(remote, component))
+        for name in sorted(names):
+            backup_id = _id_of(name)
+            manifest = StoreCatalog.manifest_name(component, backup_id)
+            if name.endswith(ARTIFACT_SUFFIX) and manifest not in names and backup_id not in live:
+                remote.store.delete(name)
+                removed.append(name)
+    for name in removed:
+        rt.log.info("removed off-site leftover of an interrupted run: %s", name)
+    return removed
+
+
+def _id_of(name: str) -> str:
+    return name.split("/")[-1].split(".")[0]
 
 
 def _push_one(rt: Runtime, remote: StoreCatalog, entry: Entry) -> SyncItem:
@@ -246,6 +452,7 @@ def _push_one(rt: Runtime, remote: StoreCatalog, entry: Entry) -> SyncItem:
         reason = entry.problem or f"its manifest is {entry.trust}"
         return SyncItem(entry.id, entry.manifest.component, "skipped", reason)
     try:
+        mark_upload_pending(rt, entry.manifest)
         upload(rt, remote, entry)
     except (CosmicError, OSError) as exc:
         message = _sentence(exc)
@@ -296,6 +503,37 @@ def _pull_one(rt: Runtime, remote: StoreCatalog, entry: Entry) -> SyncItem:
 
 
 # -- reading from anywhere ------------------------------------------------------------------
+def listed_offsite(rt: Runtime, remote: StoreCatalog, component: str | None) -> list[Entry]:
+    """`remote.entries`, and a warning when delete markers hide backups the store still
+    keeps (a plain DELETE over Object Lock): never "no backups" while they are there."""
+    entries = remote.entries(component)
+    if rt.settings.remote_lock_days or not entries:
+        _warn_of_delete_markers(rt, remote, component)
+    return entries
+
+
+def _warn_of_delete_markers(rt: Runtime, remote: StoreCatalog, component: str | None) -> None:
+    hidden_by = getattr(remote.store, "hidden_by_delete_markers", None)
+    if hidden_by is None:
+        return
+    hidden: list[str] = []
+    for name in COMPONENTS if component is None else (component,):
+        try:
+            hidden += [n for n in hidden_by(f"{name}/") if n.endswith(MANIFEST_SUFFIX)]
+        except CosmicError as exc:  # a store without versions: nothing can hide there
+            rt.log.debug("versions of %s not listed: %s", name, exc.message)
+    if hidden:
+        message = (
+            f"{len(hidden)} off-site backup(s) were deleted with a plain DELETE but are still "
+            f"kept by the store behind delete markers (Object Lock), the newest "
+            f"{_id_of(max(hidden, key=_id_of))}; remove the delete markers to bring them "
+            "back (docs/offsite.md, 'Deleted backups behind delete markers') and change the "
+            "credentials that deleted them."
+        )
+        rt.log.warning("%s", message)
+        rt.say(f"warning: {message}")
+
+
 @dataclass
 class Located:
     """A backup and the catalog its artifact is read from."""
@@ -324,7 +562,7 @@ def locate_everywhere(rt: Runtime, component: str | None) -> tuple[list[Located]
     try:
         remote = remote_catalog(rt)
         if remote is not None:
-            remote_entries = {e.id: e for e in remote.entries(component)}
+            remote_entries = {e.id: e for e in listed_offsite(rt, remote, component)}
     except CosmicError as exc:
         problem = exc.message
     found: list[Located] = []
@@ -396,3 +634,39 @@ def _local_alone(
     except CosmicError:
         advice = "try again once the store answers (no local backup matches either)"
     raise OperationFailed(f"{unknown}; {advice}. {problem}")
+
+
+@contextlib.contextmanager
+def open_intact(rt: Runtime, located: Located, key: Key) -> Iterator[UnsealingReader]:
+    """The plaintext of a located backup, its whole MAC checked first. When the local copy
+    fails that check and an intact off-site copy exists, the off-site copy is used: nothing
+    was read from the damaged one yet, so nothing of it reaches the restore."""
+    entry = located.entry
+    with contextlib.ExitStack() as stack:
+        artifact = stack.enter_context(located.catalog.open_artifact(entry))
+        try:
+            reader = open_plaintext(rt, artifact, entry.manifest, key)
+        except IntegrityError as exc:
+            there = _offsite_twin(rt, located)
+            if there is None:
+                raise
+            rt.log.warning("the local copy of %s is damaged (%s); using off-site", entry.id, exc)
+            rt.say(
+                f"warning: the local copy of {entry.id} is damaged "
+                f"({exc.message.rstrip('.')}); using its off-site copy "
+                f"({there[1].store.describe()})."
+            )
+            artifact = stack.enter_context(there[1].open_artifact(there[0]))
+            reader = open_plaintext(rt, artifact, there[0].manifest, key)
+        yield reader
+
+
+def _offsite_twin(rt: Runtime, located: Located) -> tuple[Entry, StoreCatalog] | None:
+    """The trusted off-site entry of a local backup, when there is one."""
+    if located.where != "both" or rt.remote is None:
+        return None
+    for entry in rt.remote.entries(located.entry.manifest.component):
+        same = entry.manifest.artifact_mac == located.entry.manifest.artifact_mac
+        if entry.id == located.entry.id and entry.trust == Trust.VERIFIED and same:
+            return entry, rt.remote
+    return None

@@ -5,10 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cosmic_backup.catalog import StoreCatalog
+from cosmic_backup.catalog import Entry, StoreCatalog
 from cosmic_backup.errors import CosmicError
 from cosmic_backup.operations.context import Runtime
-from cosmic_backup.operations.offsite import pending_components, remote_catalog
+from cosmic_backup.operations.offsite import (
+    claim_folder,
+    clean_offsite_leftovers,
+    pending_components,
+    remote_catalog,
+)
 from cosmic_backup.operations.retention import Policy, RetentionPlan, old_log_files, plan_retention
 
 
@@ -67,11 +72,21 @@ def _prune_offsite(
         ]
     if remote is None:
         return []
+    try:
+        if not dry_run:
+            claim_folder(rt, remote)  # never prune another root's backups
+    except CosmicError as exc:
+        rt.log.warning("retention off-site skipped: %s", exc.message)
+        return [
+            PruneResult(c, RetentionPlan([]), [], "remote", f"not pruned: {exc.message}")
+            for c in components
+        ]
+    started = rt.clock.now()
     failing = pending_components(rt.catalog.root)
     results = []
     for component in components:
         try:
-            entries = remote.entries(component)
+            entries = [e for e in remote.entries(component) if _of_this_folder(remote, e)]
         except CosmicError as exc:  # the local retention stands; the remote waits
             note = f"off-site copies not pruned: {exc.message}"
             rt.log.warning("retention off-site for %s: %s", component, note)
@@ -92,7 +107,19 @@ def _prune_offsite(
                 rt.log.info("retention removed %s off-site", entry.id)
             removed.append(entry.id)
         results.append(PruneResult(component, plan, removed, "remote"))
+    if not dry_run:
+        try:  # what a prune or an upload killed half-way left there
+            clean_offsite_leftovers(rt, remote, components, started)
+        except CosmicError as exc:
+            rt.log.warning("off-site leftovers not cleaned: %s", exc.message)
     return results
+
+
+def _of_this_folder(remote: StoreCatalog, entry: Entry) -> bool:
+    """Written by a root that owns (or owned) this folder, or by a version before roots:
+    another root's backups are never this retention's to remove."""
+    root = entry.manifest.root_id
+    return root is None or not remote.roots or root in remote.roots
 
 
 def _unless_locked(rt: Runtime, remote: StoreCatalog, plan: RetentionPlan) -> RetentionPlan:

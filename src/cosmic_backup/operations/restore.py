@@ -18,10 +18,10 @@ from cosmic_backup.components.base import Component, RestorePlan, RestoreReport,
 from cosmic_backup.errors import CosmicError, OperationFailed
 from cosmic_backup.format.manifest import Manifest
 from cosmic_backup.format.pipeline import CHUNK_SIZE, UnsealingReader
-from cosmic_backup.operations.artifacts import open_plaintext, trusted_key
+from cosmic_backup.operations.artifacts import trusted_key
 from cosmic_backup.operations.backup import backup_component
 from cosmic_backup.operations.context import Runtime
-from cosmic_backup.operations.offsite import select_anywhere
+from cosmic_backup.operations.offsite import open_intact, select_anywhere
 
 
 @dataclass
@@ -69,8 +69,7 @@ def restore_component(
         manifest = entry.manifest
         key = trusted_key(rt, entry)
         rt.log.info("restore of %s requested (%s, %s)", manifest.id, selector, located.where)
-        with located.catalog.open_artifact(entry) as artifact:
-            reader = open_plaintext(rt, artifact, manifest, key)
+        with open_intact(rt, located, key) as reader:  # the off-site copy if this one is bad
             plan = component.plan_restore(manifest, request)
             wants_safety = plan.safety_backup is not None and request.safety_backup
             if not confirm(RestorePreview(manifest, plan, wants_safety)):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,10 +16,14 @@ from cosmic_backup.catalog import Entry, StoreCatalog
 from cosmic_backup.clock import iso
 from cosmic_backup.components import create_component
 from cosmic_backup.errors import CosmicError
+from cosmic_backup.format.manifest import Manifest
 from cosmic_backup.format.pipeline import CHUNK_SIZE
 from cosmic_backup.operations.artifacts import open_plaintext, trusted_key
 from cosmic_backup.operations.context import Runtime
 from cosmic_backup.operations.offsite import locate_all, select_anywhere
+from cosmic_backup.storage.local import replace_file
+
+VERIFIED_FILE = ".offsite-verified.json"  # verifications the store would not let us record
 
 
 @dataclass
@@ -63,6 +68,28 @@ def _verify_one(rt: Runtime, entry: Entry, catalog: StoreCatalog) -> VerifyResul
         rt.log.error("verify %s failed: %s", manifest.id, message)
         return VerifyResult(manifest.id, manifest.component, False, message)
     verified = dataclasses.replace(manifest, verified_at=iso(rt.clock.now()))
-    catalog.write_manifest(verified, key)  # where it was read from: never a stray manifest
+    message = "ok"
+    try:
+        catalog.write_manifest(verified, key)  # where it was read from: never a stray manifest
+    except CosmicError as exc:  # read-only credentials: the verification itself stands
+        record_verified_offsite(rt, verified)
+        message = (
+            f"ok; the off-site record of this verification could not be written "
+            f"({exc.message.rstrip('.')}), so it is kept locally in {VERIFIED_FILE}"
+        )
+        rt.log.warning("verify %s: %s", manifest.id, message)
     rt.log.info("verify %s ok: %s", manifest.id, figures)
-    return VerifyResult(manifest.id, manifest.component, True, "ok", figures)
+    return VerifyResult(manifest.id, manifest.component, True, message, figures)
+
+
+def record_verified_offsite(rt: Runtime, manifest: Manifest) -> None:
+    """Keep, in the backup folder, when a backup that exists only off-site was verified."""
+    path = rt.catalog.root / VERIFIED_FILE
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    known[manifest.id] = manifest.verified_at
+    replace_file(path, json.dumps(known, indent=1, sort_keys=True).encode())

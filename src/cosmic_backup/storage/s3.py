@@ -506,6 +506,56 @@ class S3Store:
             sink.truncate()
         return int(answer["ContentLength"])
 
+    def hidden_by_delete_markers(self, prefix: str, newest: int = 20) -> list[str]:
+        """Names whose current version is a delete marker over a version Object Lock still
+        holds: deleted by a plain DELETE, yet kept. Only the `newest` such names are
+        checked (one HEAD each); an expired version a prune deleted is not one."""
+        base = self.location.base
+        markers: set[str] = set()
+        versions: dict[str, tuple[datetime, str]] = {}  # name -> its newest real version
+        with self._calling("list the versions of"):
+            pages = self.client.get_paginator("list_object_versions").paginate(
+                Bucket=self.location.bucket, Prefix=base + prefix
+            )
+            for page in pages:
+                markers |= {m["Key"] for m in page.get("DeleteMarkers", []) if m.get("IsLatest")}
+                for v in page.get("Versions", []):
+                    if v["Key"] not in versions or versions[v["Key"]][0] < v["LastModified"]:
+                        versions[v["Key"]] = (v["LastModified"], v["VersionId"])
+        now = datetime.now(UTC)
+        hidden = []
+        for key in sorted(markers & versions.keys(), reverse=True)[:newest]:
+            with self._calling("read", key):
+                head = self.client.head_object(
+                    Bucket=self.location.bucket, Key=key, VersionId=versions[key][1]
+                )
+            until = head.get("ObjectLockRetainUntilDate")
+            if isinstance(until, datetime) and until > now:
+                hidden.append(key[len(base) :])
+        return sorted(hidden)
+
+    # -- leftovers of killed uploads ------------------------------------------------------
+    def abandoned_uploads(self, before: datetime) -> list[tuple[str, str]]:
+        """Multipart uploads under this host's prefix opened before `before` and never
+        completed or aborted (a killed process): (name, upload id) of each."""
+        base = self.location.base
+        found = []
+        with self._calling("list the unfinished uploads of"):
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.location.bucket, Prefix=base
+            )
+            for page in pages:
+                for item in page.get("Uploads", []):
+                    if item["Initiated"] < before:
+                        found.append((item["Key"][len(base) :], item["UploadId"]))
+        return found
+
+    def abort_upload(self, name: str, upload_id: str) -> None:
+        with self._calling("abort an unfinished upload to", name):
+            self.client.abort_multipart_upload(
+                Bucket=self.location.bucket, Key=self._key(name), UploadId=upload_id
+            )
+
     # -- for doctor -----------------------------------------------------------------------
     def probe(self) -> list[str]:
         """Write, list, read and delete a small object; the steps that worked, in order.
