@@ -230,8 +230,7 @@ def backup_components(rt: Runtime, names: list[str], request: BackupRequest) -> 
         try:
             manifest = backup_component(rt, name, request)
         except NotConfigured as exc:
-            rt.log.info("%s skipped: %s", name, exc.message)
-            outcomes.append(BackupOutcome(name, Outcome.SKIPPED, exc.message, error=exc))
+            outcomes.append(_unconfigured(rt, name, exc))
             continue
         except (Interrupted, Locked) as exc:
             # The run ends here, but monitoring still hears of it: a refused or killed
@@ -255,6 +254,22 @@ def backup_components(rt: Runtime, names: list[str], request: BackupRequest) -> 
         outcomes.append(outcome)
     after_run(rt, outcomes)
     return outcomes
+
+
+def _unconfigured(rt: Runtime, name: str, exc: NotConfigured) -> BackupOutcome:
+    """A skip, unless this root has backups of the component: then its settings went
+    missing (under cron, DATABASE_URL not reaching the run is the usual case), which is a
+    failure, or the backups would silently stop."""
+    earlier = [e for e in rt.catalog.entries(name) if not e.manifest.is_pre_restore]
+    if not earlier:
+        rt.log.info("%s skipped: %s", name, exc.message)
+        return BackupOutcome(name, Outcome.SKIPPED, exc.message, error=exc)
+    error = NotConfigured(
+        f"This backup root has {name} backups (the latest {earlier[-1].id}), but {name} "
+        f"is not configured now: {exc.message}"
+    )
+    rt.log.error("%s failed: %s", name, error.message)
+    return BackupOutcome(name, Outcome.FAILED, error.message, error=error)
 
 
 def after_run(rt: Runtime, outcomes: list[BackupOutcome], *, retention: bool = True) -> None:

@@ -87,6 +87,24 @@ def test_backup_all_skips_what_is_not_configured(project: Project) -> None:
     assert [e["component"] for e in listed(project)] == ["config"]
 
 
+def test_backup_all_fails_a_component_that_has_backups_but_is_unconfigured_now(
+    project: Project,
+) -> None:
+    """Under cron a setting that stops reaching the run must not turn backups into skips."""
+    make_config(project)
+    (project.root / "uploads").mkdir()
+    (project.root / "uploads" / "a.txt").write_text("a")
+    assert project.run("backup", "files").returncode == 0
+    (project.root / "uploads" / "a.txt").unlink()
+    (project.root / "uploads").rmdir()  # now no file folder exists: files is unconfigured
+    result = project.run("backup", "all")
+    assert result.returncode == 3, result.stdout  # a partial failure
+    [files_line] = [line for line in result.stdout.splitlines() if line.startswith("files")]
+    assert "failed" in files_line and "This backup root has files backups" in files_line
+    assert "database  skipped" in result.stdout  # never backed up here: still a skip
+    assert "config    ok" in result.stdout
+
+
 def test_json_summary_of_backup(project: Project) -> None:
     make_config(project)
     result = project.run("--json", "backup", "config")
