@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
-from cosmic_backup.cli.common import emit_json, state, stdout
-from cosmic_backup.operations.init import init_project
+from cosmic_backup.cli.common import emit_json, settings_for, state, stdout
+from cosmic_backup.errors import UsageError
+from cosmic_backup.operations.init import INSTALLATION_FILE, init_project
 
 
 def init(ctx: typer.Context) -> None:
@@ -16,7 +19,26 @@ def init(ctx: typer.Context) -> None:
         return
     for step in steps:
         stdout.print(f"{step.action:<8} {step.path}", markup=False)
-    stdout.print("Next: ./scripts/backup.sh all   (creates the key on first run)", markup=False)
+    stdout.print(
+        f"The wrappers run {sys.executable} -m cosmic_backup (recorded in {INSTALLATION_FILE}).",
+        markup=False,
+    )
+    stdout.print(f"Next: ./scripts/backup.sh all   ({_key_note(ctx)})", markup=False)
+
+
+def _key_note(ctx: typer.Context) -> str:
+    """Where the first backup's key comes from: only a missing key is created."""
+    try:
+        settings = settings_for(ctx)
+    except UsageError as exc:  # a broken setting: the backup will say so too
+        return f"first fix the settings: {exc.message}"
+    if settings.key:
+        return "the key comes from BACKUP_KEY"
+    if settings.key_command:
+        return "the key comes from BACKUP_KEY_COMMAND"
+    if settings.path("key_file").exists():
+        return f"with the existing key {settings.key_file}"
+    return f"creates the key {settings.key_file} on the first run"
 
 
 def register(app: typer.Typer) -> None:

@@ -80,7 +80,7 @@ class DatabaseComponent(Component):
         if not self.settings.database_url:
             raise NotConfigured(
                 "DATABASE_URL is not set, so there is no database to back up; set it to "
-                "the app's PostgreSQL URL."
+                "the app's PostgreSQL URL, in the environment or the app's .env."
             )
 
     def _target(self, url: str | None) -> Target:
