@@ -56,6 +56,11 @@ def test_config_backup_list_restore_round_trip(project: Project) -> None:
     assert (project.root / "config" / "app.yaml").read_text() == "name: changed\n"
     assert str(review) in restore.stdout
     assert "config/app.yaml" in restore.stdout  # changed
+    # and where in the review folder the differing files are
+    assert "Files (in files/ of the review folder) different from now: config/app.yaml" in (
+        restore.stdout
+    )
+    assert "Environment variables (in environment.env)" in restore.stdout
     assert "config/nested/db.yaml" in restore.stdout  # only in the backup
     assert "APP_FEATURE_FLAG" in restore.stdout  # a variable set then, not now
     assert "s3cr3t-value" not in restore.stdout + restore.stderr
