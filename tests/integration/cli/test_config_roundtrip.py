@@ -218,3 +218,36 @@ def test_a_remote_that_cannot_be_used_is_not_silently_ignored(project: Project) 
     assert result.returncode == 0, result.stderr  # the local backup is good
     assert "the off-site copy of config-" in result.stderr
     assert "credentials" in result.stderr  # none are set: that is the sentence
+
+
+def test_wrappers_without_a_recorded_python_try_the_venv_then_path(
+    project: Project, tmp_path: Path
+) -> None:
+    """The seed's wrappers as written (no `init` here): ./.venv, then PATH, else exit 127."""
+    repo_scripts = Path(__file__).resolve().parents[3] / "scripts"
+    (project.root / "scripts").mkdir()
+    for name in ("backup.sh", "restore.sh"):
+        (project.root / "scripts" / name).write_text((repo_scripts / name).read_text())
+        (project.root / "scripts" / name).chmod(0o755)
+    entry_point = Path(sys.executable).parent / "cosmic-backup"
+
+    def under_cron(wrapper: str, path: str = "/usr/bin:/bin") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["env", "-i", f"HOME={tmp_path}", f"PATH={path}", f"./scripts/{wrapper}", "--help"],
+            cwd=project.root,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    missing = under_cron("backup.sh")
+    assert missing.returncode == 127 and "run 'cosmic-backup init'" in missing.stderr
+    assert "No module named" not in missing.stderr
+    on_path = tmp_path / "bin"
+    on_path.mkdir()
+    (on_path / "cosmic-backup").symlink_to(entry_point)
+    assert under_cron("restore.sh", f"{on_path}:/usr/bin:/bin").returncode == 0
+    (project.root / ".venv" / "bin").mkdir(parents=True)
+    (project.root / ".venv" / "bin" / "cosmic-backup").symlink_to(entry_point)
+    found = under_cron("backup.sh")
+    assert found.returncode == 0 and "cosmic-backup backup" in found.stdout, found.stderr
