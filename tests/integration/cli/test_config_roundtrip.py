@@ -108,6 +108,11 @@ def test_backup_all_fails_a_component_that_has_backups_but_is_unconfigured_now(
     assert "failed" in files_line and "This backup root has files backups" in files_line
     assert "database  skipped" in result.stdout  # never backed up here: still a skip
     assert "config    ok" in result.stdout
+    # and a failure record, so the same day's status check raises the alarm
+    status = project.run("--json", "status")
+    assert status.returncode == 8
+    [files] = [c for c in json.loads(status.stdout)["components"] if c["component"] == "files"]
+    assert files["health"] == "FAILING" and "not configured now" in files["message"]
 
 
 def test_json_summary_of_backup(project: Project) -> None:
