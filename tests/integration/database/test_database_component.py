@@ -144,8 +144,8 @@ def test_dump_streams_through_a_pipe_into_another_database(
     plan = component(app_db).plan_restore(manifest_of(produced), request)
     assert "into_" in plan.target_description
     assert plan.safety_backup == BackupRequest(
-        mode="full", tags=("pre-restore",), source_override=other
-    )
+        mode="full", tags=("pre-restore", "other-target"), source_override=other
+    )  # a copy of another database than the app's: tagged so
     received.seek(0)
     component(app_db).consume(received, manifest_of(produced), plan)
     assert full_state(other) == full_state(app_db)

@@ -111,6 +111,13 @@ def test_every_schedule_line_runs_under_cron(
     restore = under_cron(f"cd {project.root} && ./scripts/restore.sh config latest", home, {})
     assert restore.returncode == 0 and "Extracted" in restore.stdout, restore.stderr
 
+    # DATABASE_URL stops reaching the runs: a failure, not a skip, and status says so.
+    (project.root / ".env").write_text("SECRET_KEY=abc\n")
+    lost = under_cron(commands[0], home, cron_env)
+    assert lost.returncode == 1 and "This backup root has database backups" in lost.stderr
+    alarm = under_cron(commands[4], home, cron_env)
+    assert alarm.returncode == 8 and "database" in alarm.stdout
+
     # The recorded installation is gone: one clear sentence, not "No module named ...".
     (project.root / ".cosmic-backup-python").write_text(f"{tmp_path}/gone/bin/python\n")
     gone = under_cron(commands[0], home, cron_env)
