@@ -40,8 +40,10 @@ def test_doctor_table_is_narrow_shows_the_git_version_and_warns_of_a_readable_en
 def test_a_second_init_knows_the_key_exists(project: Project) -> None:
     first = project.run("init")
     assert "creates the key ./.backup_key on the first run" in first.stdout
+    assert "DATABASE_URL is not set: put it in the app's .env" in first.stdout
     assert project.run("key", "init").returncode == 0
-    second = project.run("init")
+    second = project.run("init", env={"DATABASE_URL": "postgresql://h/app"})
     assert second.returncode == 0, second.stderr
+    assert "which cron has not: put it in the app's .env" in second.stdout
     assert "creates the key" not in second.stdout
     assert "with the existing key ./.backup_key" in second.stdout
