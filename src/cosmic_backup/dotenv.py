@@ -30,7 +30,8 @@ def read_dotenv(path: Path, names: Collection[str], environ: Mapping[str, str]) 
     except OSError as exc:
         raise UsageError(
             f"The app's {path} cannot be read ({exc.strerror}); cosmic-backup reads its "
-            "settings (e.g. DATABASE_URL) from it: make it readable or remove it."
+            "settings (e.g. DATABASE_URL) from it: run as the user the app runs as, or "
+            "let this user read it (chmod 640 and the app's group)."
         ) from exc
     values: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), start=1):
