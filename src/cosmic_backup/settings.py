@@ -1,5 +1,5 @@
 """Every setting: its default, its `cosmic-backup.toml` key, its environment variable, and
-where the effective value came from (defaults < toml < environment < flags)."""
+where the effective value came from (defaults < the app's .env < toml < environment < flags)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from cosmic_backup.dotenv import DOTENV_FILE_NAME, read_dotenv
 from cosmic_backup.errors import UsageError
 
 CONFIG_FILE_NAME = "cosmic-backup.toml"
@@ -307,6 +308,8 @@ SPECS: tuple[Spec, ...] = tuple(
     Spec(item.name, **item.metadata["spec"]) for item in fields(Settings) if "spec" in item.metadata
 )
 SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
+# What the app's .env may set: what the settings file may (never the key itself).
+_DOTENV_NAMES = frozenset(spec.env for spec in SPECS if spec.env and spec.in_toml)
 
 
 def mask_secret_setting(name: str, value: str) -> str:
@@ -379,14 +382,24 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     flags: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Merge defaults, the project's `cosmic-backup.toml`, the environment and flags."""
+    """Merge defaults, the app's `.env`, the project's `cosmic-backup.toml`, the environment
+    and flags.
+
+    The app's `.env` is read below everything else the operator sets because it is the
+    app's file (the tool's own settings file and the real environment are more specific),
+    and at all because under cron it is the one place that holds DATABASE_URL. Never the
+    key from it: the config backups hold the `.env`, and files never hold the key.
+    """
     environ = os.environ if environ is None else environ
     toml_path = project_root / CONFIG_FILE_NAME
     from_toml = _read_toml(toml_path) if toml_path.is_file() else {}
+    from_dotenv = read_dotenv(project_root / DOTENV_FILE_NAME, _DOTENV_NAMES, environ)
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for spec in SPECS:
         raw, source = spec.default, "default"
+        if spec.env and from_dotenv.get(spec.env, "") != "":
+            raw, source = from_dotenv[spec.env], f"{DOTENV_FILE_NAME} {spec.env}"
         if spec.name in from_toml:
             raw, source = from_toml[spec.name], CONFIG_FILE_NAME
         if spec.env and environ.get(spec.env, "") != "":

@@ -6,7 +6,25 @@ import subprocess
 from pathlib import Path
 
 from cosmic_backup.operations.appversion import app_version, git_commit
-from cosmic_backup.operations.init import GITIGNORE_ENTRIES, init_project
+from cosmic_backup.operations.init import (
+    GITIGNORE_ENTRIES,
+    INSTALLATION_FILE,
+    init_project,
+    wrapper_text,
+)
+
+# The wrapper earlier versions of init wrote: it knew only ./.venv and PATH, so under cron
+# it never found a virtualenv elsewhere.
+EARLIER_BACKUP_SH = """#!/bin/sh
+# Back up this app with cosmic-backup: ./scripts/backup.sh all|database|files|config [flags]
+# Runs from the project root (this script's parent folder), so cron can call it from anywhere.
+set -eu
+cd "$(dirname "$0")/.."
+if [ -n "${COSMIC_BACKUP:-}" ]; then exec $COSMIC_BACKUP backup "$@"; fi
+if [ -x ./.venv/bin/cosmic-backup ]; then exec ./.venv/bin/cosmic-backup backup "$@"; fi
+if command -v cosmic-backup >/dev/null 2>&1; then exec cosmic-backup backup "$@"; fi
+exec python3 -m cosmic_backup backup "$@"
+"""
 
 
 def test_git_commit_of_a_real_repository(tmp_path: Path) -> None:
@@ -37,6 +55,7 @@ def test_init_keeps_existing_files_and_adds_missing_gitignore_lines(tmp_path: Pa
     assert steps == {
         "backup.sh": "kept",
         "restore.sh": "created",
+        ".cosmic-backup-python": "created",
         "cosmic-backup.toml": "created",
         ".gitignore": "updated",
     }
@@ -62,3 +81,16 @@ def test_the_settings_template_uncommented_is_valid_and_changes_nothing(tmp_path
     from_file = load_settings(tmp_path, environ={})
     assert from_file.values == load_settings(tmp_path / "elsewhere", environ={}).values
     assert from_file.sources["retention_days"] == CONFIG_FILE_NAME
+
+
+def test_init_records_its_python_and_updates_unchanged_earlier_wrappers(tmp_path: Path) -> None:
+    import sys
+
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "backup.sh").write_text(EARLIER_BACKUP_SH)
+    (tmp_path / INSTALLATION_FILE).write_text("/old/venv/bin/python\n")
+    steps = {Path(s.path).name: s.action for s in init_project(tmp_path)}
+    assert steps["backup.sh"] == "updated" and steps[INSTALLATION_FILE] == "updated"
+    assert (tmp_path / "scripts" / "backup.sh").read_text() == wrapper_text("backup.sh")
+    assert (tmp_path / INSTALLATION_FILE).read_text() == sys.executable + "\n"
+    assert INSTALLATION_FILE in (tmp_path / ".gitignore").read_text().splitlines()

@@ -39,7 +39,7 @@ def state(ctx: typer.Context) -> CliState:
 
 
 def settings_for(ctx: typer.Context, **flags: Any) -> Settings:
-    """Effective settings: defaults < cosmic-backup.toml < environment < these flags."""
+    """Effective settings: defaults < .env < cosmic-backup.toml < environment < these flags."""
     cli = state(ctx)
     given = {
         "log_format": cli.log_format,

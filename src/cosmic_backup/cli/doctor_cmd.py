@@ -10,6 +10,8 @@ from cosmic_backup.errors import ExitCode
 from cosmic_backup.operations.doctor import run_checks, settings_report
 from cosmic_backup.states import Outcome
 
+VALUE_WIDTH = 56
+
 
 def doctor(ctx: typer.Context) -> None:
     """Show every setting and where it came from; check key, folders, disk and tools."""
@@ -20,10 +22,15 @@ def doctor(ctx: typer.Context) -> None:
         emit_json({"settings": report, "checks": [c.to_dict() for c in checks]})
     else:
         table = Table(box=None, header_style="bold", pad_edge=False)
-        for column in ("setting", "value", "from"):
-            table.add_column(column, overflow="fold")
+        table.add_column("setting", overflow="fold")
+        # A long list (env_exclude) wraps at its commas instead of making the table 190
+        # columns wide; a long word (a URL) folds.
+        table.add_column("value", overflow="fold", max_width=VALUE_WIDTH)
+        table.add_column("from", overflow="fold")
         for row in report:
-            table.add_row(row["name"], row["value"], row["source"])
+            listed = isinstance(getattr(settings, row["name"]), tuple)
+            value = row["value"].replace(",", ", ") if listed else row["value"]
+            table.add_row(row["name"], value, row["source"])
         stdout.print(table)
         stdout.print("")
         for check in checks:

@@ -16,6 +16,7 @@ from cosmic_backup.cli.common import (
     exit_with,
     human_size,
     open_cli_runtime,
+    say,
     settings_for,
     state,
     stdout,
@@ -25,7 +26,13 @@ from cosmic_backup.components import COMPONENT_NAMES
 from cosmic_backup.errors import UsageError
 from cosmic_backup.operations.prune import prune
 from cosmic_backup.operations.retention import Policy
-from cosmic_backup.operations.schedule import crontab, install_systemd, kubernetes, systemd_units
+from cosmic_backup.operations.schedule import (
+    crontab,
+    install_systemd,
+    kubernetes,
+    systemd_units,
+    wrappers_problem,
+)
 from cosmic_backup.operations.status import (
     ComponentStatus,
     collect,
@@ -167,12 +174,15 @@ def schedule(
     if install is not None and not systemd:
         raise UsageError("--install goes with --systemd.")
     root = state(ctx).root
+    problem = None if k8s else wrappers_problem(root)  # a pod runs the image's own install
+    if problem:
+        say(f"warning: {problem}")
     if systemd and install is not None:
         for path in install_systemd(root, install):
             stdout.print(f"wrote {path}", markup=False)
         stdout.print(
             "Then: systemctl daemon-reload && systemctl enable --now "
-            "cosmic-backup-{database,files,config,status}.timer",
+            "cosmic-backup-{database,files,config,restore-test,status}.timer",
             markup=False,
         )
     elif systemd:

@@ -131,8 +131,9 @@ class ConfigComponent(Component):
         )
         env = compare_env(saved_env, current_env)
         lines = [f"Extracted {stats.files} file(s) for review into {review}."]
-        lines += _describe("files", files)
-        lines += _describe("environment variables", env)
+        # say where in the review folder each is: the names are relative to the project root
+        lines += _describe(f"files (in {FILES_MEMBER}/ of the review folder)", files)
+        lines += _describe(f"environment variables (in {ENV_MEMBER})", env)
         lines.append("Review them and copy what you need into place by hand.")
         details = {"review_folder": str(review), "files": files, "environment": env}
         return RestoreReport(lines, details)

@@ -29,6 +29,9 @@ MODE_SCHEMA_ONLY = "schema-only"
 TAG_PRE_RESTORE = "pre-restore"
 TAG_SCHEDULED = "scheduled"
 TAG_MANUAL = "manual"
+# With pre-restore: the copy is of a restore's other target (`restore --into`), not of the
+# app's configured source, so it is not one of the app's backups in counts.
+TAG_OTHER_TARGET = "other-target"
 MAC_DOMAIN = b"cosmic-backup manifest v1\n"
 CIPHER_DESCRIPTION = "aes-256-cbc, openssl enc -pbkdf2 -md sha256 format"
 
@@ -72,6 +75,10 @@ class Manifest:
     @property
     def is_pre_restore(self) -> bool:
         return TAG_PRE_RESTORE in self.tags
+
+    @property
+    def is_other_target(self) -> bool:
+        return TAG_OTHER_TARGET in self.tags
 
     @property
     def iterations(self) -> int:

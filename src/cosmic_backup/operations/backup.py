@@ -68,7 +68,7 @@ def backup_component(rt: Runtime, name: str, request: BackupRequest) -> Manifest
             if removed:
                 rt.log.info("removed leftovers of interrupted runs: %s", ", ".join(removed))
             if request.source_override is None:
-                component.check_configured()
+                _check_configured(rt, component, request)
             return _backup_locked(rt, component, request)
     except LockFailed as exc:  # a full disk: still try to leave the failure record
         started = rt.clock.now()
@@ -78,6 +78,27 @@ def backup_component(rt: Runtime, name: str, request: BackupRequest) -> Manifest
             raise exc from None
         _record_failure(rt, component, request, backup_id, started, None, exc, locked=False)
         raise
+
+
+def _check_configured(rt: Runtime, component: Component, request: BackupRequest) -> None:
+    """Nothing to back up is a skip (NotConfigured), unless this root has backups of the
+    component: then its settings went missing (under cron, DATABASE_URL not reaching the
+    run is the usual case). That is a failure with a record, so `status` says so at once
+    instead of the backups silently stopping."""
+    try:
+        component.check_configured()
+    except NotConfigured as exc:
+        earlier = [e for e in rt.catalog.entries(component.name) if not e.manifest.is_pre_restore]
+        if not earlier:
+            raise
+        error = OperationFailed(
+            f"This backup root has {component.name} backups (the latest {earlier[-1].id}), "
+            f"but {component.name} is not configured now: {exc.message}"
+        )
+        started = rt.clock.now()
+        backup_id = rt.catalog.new_id(component.name, started)
+        _record_failure(rt, component, request, backup_id, started, None, error)
+        raise error from exc
 
 
 def _backup_locked(rt: Runtime, component: Component, request: BackupRequest) -> Manifest:

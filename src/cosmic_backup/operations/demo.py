@@ -286,7 +286,8 @@ def _finish(
     if review is not None:
         show(
             f"  The configuration was restored for review (never in place) into "
-            f"{review.relative_to(demo.app)}: compare it with .env and copy back what you need."
+            f"{review.relative_to(demo.app)}: compare its files/.env with .env and copy back "
+            "what you need."
         )
     if keep is not None:
         show(

@@ -8,13 +8,16 @@ import shutil
 import stat
 import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from cosmic_backup.components.files import interrupted_restore
+from cosmic_backup.dotenv import DOTENV_FILE_NAME
 from cosmic_backup.errors import CosmicError
+from cosmic_backup.operations.appversion import app_version
 from cosmic_backup.operations.keys import KeySource
 from cosmic_backup.process import run_captured
-from cosmic_backup.settings import SPECS, Settings, check_offsite_environment
+from cosmic_backup.settings import CONFIG_FILE_NAME, SPECS, Settings, check_offsite_environment
 from cosmic_backup.states import Outcome
 
 LOW_DISK_BYTES = 1024**3
@@ -32,20 +35,22 @@ class Check:
 
 
 def settings_report(settings: Settings) -> list[dict[str, str]]:
-    return [
-        {
-            "name": spec.name,
-            "env": spec.env or "",
-            "value": settings.shown(spec.name),
-            "source": settings.sources.get(spec.name, "default"),
-        }
-        for spec in SPECS
-    ]
+    report = []
+    for spec in SPECS:
+        value, source = settings.shown(spec.name), settings.sources.get(spec.name, "default")
+        if spec.name == "app_version" and settings.app_version is None:
+            # unset, the backups record the git commit: show that, not "(not set)"
+            commit = app_version(settings.project_root, None)
+            if commit is not None:
+                value, source = commit, "default: the project's git commit"
+        report.append({"name": spec.name, "env": spec.env or "", "value": value, "source": source})
+    return report
 
 
 def run_checks(settings: Settings) -> list[Check]:
     return [
         check_key(settings),
+        check_settings_files(settings),
         check_backup_dir(settings),
         check_files_restore(settings),
         check_disk(settings),
@@ -54,6 +59,41 @@ def run_checks(settings: Settings) -> list[Check]:
         check_database(settings),
         check_remote(settings),
     ]
+
+
+def check_settings_files(settings: Settings) -> Check:
+    """A secret setting (DATABASE_URL, the webhook) read from a file others can read."""
+    exposed: dict[str, list[str]] = {}  # file name -> the secret settings read from it
+    for spec in SPECS:
+        file_name = _settings_file(settings.sources.get(spec.name, "default"))
+        if spec.secret and file_name is not None:
+            exposed.setdefault(file_name, []).append(spec.env or spec.name)
+    readable = [name for name in exposed if _others_can_read(settings.project_root / name)]
+    if not readable:
+        return Check("settings files", Outcome.OK, "no secret setting in a file others can read")
+    shown = "; ".join(f"{name} ({', '.join(exposed[name])})" for name in readable)
+    return Check(
+        "settings files",
+        Outcome.WARNING,
+        f"other users can read secret settings in {shown}",
+        f"chmod 600 {' '.join(readable)} (or 640, for the group the app runs as)",
+    )
+
+
+def _others_can_read(path: Path) -> bool:
+    try:
+        return bool(path.stat().st_mode & stat.S_IROTH)
+    except OSError:
+        return False
+
+
+def _settings_file(source: str) -> str | None:
+    """The file a value was read from, or None for defaults, the environment and flags."""
+    if source == CONFIG_FILE_NAME:
+        return CONFIG_FILE_NAME
+    if source.startswith(f"{DOTENV_FILE_NAME} "):
+        return DOTENV_FILE_NAME
+    return None
 
 
 def check_remote(settings: Settings) -> Check:
@@ -205,7 +245,7 @@ def check_database(settings: Settings) -> Check:
             "database",
             Outcome.WARNING,
             "DATABASE_URL is not set: no database backups",
-            "set DATABASE_URL to back up the database",
+            "set DATABASE_URL (in the environment or the app's .env) to back up the database",
         )
     from cosmic_backup.components.database.connection import check_connection
     from cosmic_backup.components.database.url import parse_database_url

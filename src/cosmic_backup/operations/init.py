@@ -2,21 +2,39 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from cosmic_backup.settings import CONFIG_FILE_NAME, SPECS
 
-GITIGNORE_ENTRIES = (".backup_key", ".backup_keyring/", "tmp/backups/", "tmp/restores/", "logs/")
+# The Python that ran `init`, for the wrappers: cron's PATH finds no virtualenv or pipx
+# install. Machine-specific, so git-ignored, while the wrappers stay the same everywhere.
+INSTALLATION_FILE = ".cosmic-backup-python"
+GITIGNORE_ENTRIES = (
+    ".backup_key",
+    ".backup_keyring/",
+    "tmp/backups/",
+    "tmp/restores/",
+    "logs/",
+    INSTALLATION_FILE,
+)
 WRAPPERS = ("backup.sh", "restore.sh")
+# SHA-256 of the wrappers earlier versions wrote: found unchanged, they are replaced by
+# today's (which find the recorded installation); edited ones are the operator's and kept.
+EARLIER_WRAPPERS = {
+    "backup.sh": {"9d7f924347111189c299886cad05247fdb204a7089136541a9ec33dd36bbc612"},
+    "restore.sh": {"67ef46e168d57c91c3a06257ed925c94ee06382817580c762a65bb8827d57344"},
+}
 
 
 @dataclass
 class InitStep:
     path: str
-    action: str  # "created", "kept" (already there), "updated"
+    action: str  # "created", "kept" (already there), "updated", "skipped"
 
 
 def wrapper_text(name: str) -> str:
@@ -26,8 +44,11 @@ def wrapper_text(name: str) -> str:
 def settings_template() -> str:
     lines = [
         "# cosmic-backup settings for this project. Every line is optional: the values shown",
-        "# are the defaults. Environment variables (in brackets) and flags override this file.",
+        "# are the defaults. Environment variables (in brackets) and flags override this file;",
+        "# this file overrides the app's .env, which is read for the same variables.",
         "# Never put the key here: use the key file, BACKUP_KEY or BACKUP_KEY_COMMAND.",
+        "# Keep DATABASE_URL and BACKUP_NOTIFY_URL (secrets) in the app's .env, private",
+        "# (chmod 600), and out of this file, which may be committed.",
         "",
     ]
     for spec in SPECS:
@@ -53,12 +74,39 @@ def settings_template() -> str:
 
 
 def init_project(root: Path) -> list[InitStep]:
-    steps = []
-    for name in WRAPPERS:
-        steps.append(_create(root / "scripts" / name, wrapper_text(name), mode=0o755))
+    steps = [_wrapper(root / "scripts" / name) for name in WRAPPERS]
+    steps.append(_record_installation(root / INSTALLATION_FILE))
     steps.append(_create(root / CONFIG_FILE_NAME, settings_template(), mode=0o644))
     steps.append(_ensure_gitignore(root / ".gitignore"))
     return steps
+
+
+def _wrapper(path: Path) -> InitStep:
+    text = wrapper_text(path.name)
+    if path.is_file() and _sha256(path) in EARLIER_WRAPPERS[path.name]:
+        path.write_text(text)
+        return InitStep(str(path), "updated")
+    return _create(path, text, mode=0o755)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _record_installation(path: Path) -> InitStep:
+    """Write which Python runs this cosmic-backup (the wrappers run `<it> -m cosmic_backup`).
+
+    sys.executable as it is, not resolved: a virtualenv's python is a symlink whose target
+    does not see the virtualenv's packages.
+    """
+    if not sys.executable:  # an embedded interpreter: nothing to record
+        return InitStep(str(path), "skipped")
+    text = sys.executable + "\n"
+    if path.is_file() and path.read_text() == text:
+        return InitStep(str(path), "kept")
+    action = "updated" if path.exists() else "created"
+    path.write_text(text)
+    return InitStep(str(path), action)
 
 
 def _create(path: Path, text: str, mode: int) -> InitStep:
@@ -76,7 +124,8 @@ def _ensure_gitignore(path: Path) -> InitStep:
     if not missing:
         return InitStep(str(path), "kept")
     prefix = "\n" if existing and existing[-1].strip() else ""
-    block = prefix + "# cosmic-backup: never commit the key, backups or logs\n" + "\n".join(missing)
+    heading = "# cosmic-backup: never commit the key, backups, logs or this machine's install\n"
+    block = prefix + heading + "\n".join(missing)
     with path.open("a") as handle:
         handle.write(
             ("\n" if existing and not path.read_text().endswith("\n") else "") + block + "\n"

@@ -43,7 +43,8 @@ def component_values(entries: list[Entry]) -> dict[str, float]:
     ordered = sorted(entries, key=lambda e: (e.manifest.started_at, e.id))
     attempts = [e for e in ordered if not e.manifest.is_pre_restore]
     good = [e for e in attempts if e.manifest.ok and e.trust != Trust.TAMPERED]
-    values: dict[str, float] = {"cosmic_backup_backups": float(len(entries))}
+    own = [e for e in entries if not e.manifest.is_other_target]  # not --into copies
+    values: dict[str, float] = {"cosmic_backup_backups": float(len(own))}
     if good:
         last_good = good[-1].manifest
         values["cosmic_backup_last_success_timestamp_seconds"] = parse_iso(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from cosmic_backup.errors import OperationFailed
+from cosmic_backup.operations.init import INSTALLATION_FILE
 
 
 @dataclass(frozen=True)
@@ -69,12 +70,36 @@ def jobs(status_command: list[str] | None = None) -> list[Job]:
     ]
 
 
+def wrappers_problem(root: Path) -> str | None:
+    """Why the backup entries would not run this installation under cron, if they would not.
+
+    They call ./scripts/backup.sh, which runs the Python recorded by `init`: cron's PATH
+    (/usr/bin:/bin) finds no virtualenv or pipx install.
+    """
+    if not (root / "scripts" / "backup.sh").is_file():
+        return (
+            "scripts/backup.sh does not exist, so the backup entries would fail; "
+            "run 'cosmic-backup init' first."
+        )
+    recorded = root / INSTALLATION_FILE
+    if recorded.is_file() and recorded.read_text().strip() == sys.executable:
+        return None
+    if not recorded.is_file() and (root / ".venv" / "bin" / "cosmic-backup").is_file():
+        return None  # the wrappers' next choice
+    return (
+        f"scripts/backup.sh would not run this cosmic-backup ({sys.executable}) under cron, "
+        f"since {INSTALLATION_FILE} does not name it; run 'cosmic-backup init' to record it."
+    )
+
+
 def crontab(root: Path) -> str:
     lines = [
         f"# cosmic-backup: recommended schedule for {root} (install with crontab -e)",
         "# Output is mailed by cron (set MAILTO); details are in the project's ./logs.",
-        "# cron's environment is almost empty: DATABASE_URL (and BACKUP_KEY, unless the key",
-        "# file is used) must come from cosmic-backup.toml (chmod 600) or be set above.",
+        "# cron's environment is almost empty: cosmic-backup reads DATABASE_URL (and its other",
+        "# settings, never the key) from the app's .env in the project root when the",
+        "# environment has none; keep .env private (chmod 600 .env: doctor warns otherwise).",
+        "# The key comes from the key file (.backup_key), or set BACKUP_KEY above.",
         "# A backup that finds another one still running waits for it instead of failing:",
         "BACKUP_WAIT=1",
     ]
@@ -106,7 +131,8 @@ def systemd_units(root: Path) -> dict[str, str]:
             f"WorkingDirectory={_systemd_path(root)}\n"
             f"ExecStart={exec_start}\n"
             "Environment=BACKUP_WAIT=1\n"
-            "# Put DATABASE_URL and the key settings in this file (mode 0600):\n"
+            "# DATABASE_URL is read from the app's .env; this optional file (mode 0600)\n"
+            "# is for settings of the scheduled runs alone (e.g. BACKUP_KEY):\n"
             f"EnvironmentFile=-{_systemd_path(root / '.env.backup')}\n"
         )
         units[f"{unit}.timer"] = (

@@ -49,7 +49,10 @@ def component_status(
     grace: timedelta,
     configured: bool,
 ) -> ComponentStatus:
-    ordered = sorted(entries, key=lambda e: (e.manifest.started_at, e.id))
+    # Copies of other databases (a pre-restore backup before `restore --into`) are not
+    # this app's backups: listed, never counted.
+    own = [e for e in entries if not e.manifest.is_other_target]
+    ordered = sorted(own, key=lambda e: (e.manifest.started_at, e.id))
     attempts = [e for e in ordered if not e.manifest.is_pre_restore]
     good = [e for e in attempts if e.manifest.ok and e.trust != Trust.TAMPERED]
     failures = [e for e in attempts if not e.manifest.ok]

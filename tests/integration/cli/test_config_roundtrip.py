@@ -56,6 +56,11 @@ def test_config_backup_list_restore_round_trip(project: Project) -> None:
     assert (project.root / "config" / "app.yaml").read_text() == "name: changed\n"
     assert str(review) in restore.stdout
     assert "config/app.yaml" in restore.stdout  # changed
+    # and where in the review folder the differing files are
+    assert "Files (in files/ of the review folder) different from now: config/app.yaml" in (
+        restore.stdout
+    )
+    assert "Environment variables (in environment.env)" in restore.stdout
     assert "config/nested/db.yaml" in restore.stdout  # only in the backup
     assert "APP_FEATURE_FLAG" in restore.stdout  # a variable set then, not now
     assert "s3cr3t-value" not in restore.stdout + restore.stderr
@@ -85,6 +90,29 @@ def test_backup_all_skips_what_is_not_configured(project: Project) -> None:
     assert "database  skipped" in result.stdout and "DATABASE_URL" in result.stdout
     assert "config    ok" in result.stdout
     assert [e["component"] for e in listed(project)] == ["config"]
+
+
+def test_backup_all_fails_a_component_that_has_backups_but_is_unconfigured_now(
+    project: Project,
+) -> None:
+    """Under cron a setting that stops reaching the run must not turn backups into skips."""
+    make_config(project)
+    (project.root / "uploads").mkdir()
+    (project.root / "uploads" / "a.txt").write_text("a")
+    assert project.run("backup", "files").returncode == 0
+    (project.root / "uploads" / "a.txt").unlink()
+    (project.root / "uploads").rmdir()  # now no file folder exists: files is unconfigured
+    result = project.run("backup", "all")
+    assert result.returncode == 3, result.stdout  # a partial failure
+    [files_line] = [line for line in result.stdout.splitlines() if line.startswith("files")]
+    assert "failed" in files_line and "This backup root has files backups" in files_line
+    assert "database  skipped" in result.stdout  # never backed up here: still a skip
+    assert "config    ok" in result.stdout
+    # and a failure record, so the same day's status check raises the alarm
+    status = project.run("--json", "status")
+    assert status.returncode == 8
+    [files] = [c for c in json.loads(status.stdout)["components"] if c["component"] == "files"]
+    assert files["health"] == "FAILING" and "not configured now" in files["message"]
 
 
 def test_json_summary_of_backup(project: Project) -> None:
@@ -195,3 +223,36 @@ def test_a_remote_that_cannot_be_used_is_not_silently_ignored(project: Project) 
     assert result.returncode == 0, result.stderr  # the local backup is good
     assert "the off-site copy of config-" in result.stderr
     assert "credentials" in result.stderr  # none are set: that is the sentence
+
+
+def test_wrappers_without_a_recorded_python_try_the_venv_then_path(
+    project: Project, tmp_path: Path
+) -> None:
+    """The seed's wrappers as written (no `init` here): ./.venv, then PATH, else exit 127."""
+    repo_scripts = Path(__file__).resolve().parents[3] / "scripts"
+    (project.root / "scripts").mkdir()
+    for name in ("backup.sh", "restore.sh"):
+        (project.root / "scripts" / name).write_text((repo_scripts / name).read_text())
+        (project.root / "scripts" / name).chmod(0o755)
+    entry_point = Path(sys.executable).parent / "cosmic-backup"
+
+    def under_cron(wrapper: str, path: str = "/usr/bin:/bin") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["env", "-i", f"HOME={tmp_path}", f"PATH={path}", f"./scripts/{wrapper}", "--help"],
+            cwd=project.root,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    missing = under_cron("backup.sh")
+    assert missing.returncode == 127 and "run 'cosmic-backup init'" in missing.stderr
+    assert "No module named" not in missing.stderr
+    on_path = tmp_path / "bin"
+    on_path.mkdir()
+    (on_path / "cosmic-backup").symlink_to(entry_point)
+    assert under_cron("restore.sh", f"{on_path}:/usr/bin:/bin").returncode == 0
+    (project.root / ".venv" / "bin").mkdir(parents=True)
+    (project.root / ".venv" / "bin" / "cosmic-backup").symlink_to(entry_point)
+    found = under_cron("backup.sh")
+    assert found.returncode == 0 and "cosmic-backup backup" in found.stdout, found.stderr

@@ -124,6 +124,12 @@ def test_schema_only_backup_and_restore(db_project: Project, postgres: PostgresS
     assert all(rows == [] for rows in contents.values())
     listing = db_project.run("list", "database")
     assert "schema-only" in listing.stdout
+    # The pre-restore copy is of the other database: tagged so, and not counted as the app's.
+    [copy] = [e for e in listed(db_project) if "pre-restore" in e["tags"]]
+    assert "other-target" in copy["tags"]
+    status = json.loads(db_project.run("--json", "status").stdout)
+    [database] = [s for s in status["components"] if s["component"] == "database"]
+    assert database["backups"] == 1
 
 
 def owned_by_role(postgres: PostgresServer, url: str, role: str, password: str) -> str:

@@ -144,8 +144,8 @@ def test_dump_streams_through_a_pipe_into_another_database(
     plan = component(app_db).plan_restore(manifest_of(produced), request)
     assert "into_" in plan.target_description
     assert plan.safety_backup == BackupRequest(
-        mode="full", tags=("pre-restore",), source_override=other
-    )
+        mode="full", tags=("pre-restore", "other-target"), source_override=other
+    )  # a copy of another database than the app's: tagged so
     received.seek(0)
     component(app_db).consume(received, manifest_of(produced), plan)
     assert full_state(other) == full_state(app_db)
@@ -384,6 +384,15 @@ def test_a_url_without_password_uses_pgpassword(
 
 
 MIGRATION_TABLES = [
+    (  # Django records a squashed migration last, after the newer ones of its run
+        "CREATE TABLE django_migrations (id serial, app text, name text, applied timestamptz);"
+        "INSERT INTO django_migrations (app, name, applied) VALUES "
+        "('core', '0001_initial', '2026-01-01 10:00'), "
+        "('wagtailcore', '0016_change_url_path', '2026-01-01 10:01'), "
+        "('wagtailcore', '0090_latest', '2026-01-01 10:02'), "
+        "('wagtailcore', '0001_squashed_0016_change_url_path', '2026-01-01 10:03')",
+        "django_migrations: wagtailcore.0090_latest",
+    ),
     (
         "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY);"
         "INSERT INTO alembic_version VALUES ('ae1027a6acf')",

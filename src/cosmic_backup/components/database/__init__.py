@@ -52,7 +52,13 @@ from cosmic_backup.components.database.source import DatabaseSource
 from cosmic_backup.components.database.tools import Tool, find_tool
 from cosmic_backup.components.database.url import Target, parse_database_url
 from cosmic_backup.errors import IntegrityError, NotConfigured, OperationFailed
-from cosmic_backup.format.manifest import MODE_FULL, MODE_SCHEMA_ONLY, TAG_PRE_RESTORE, Manifest
+from cosmic_backup.format.manifest import (
+    MODE_FULL,
+    MODE_SCHEMA_ONLY,
+    TAG_OTHER_TARGET,
+    TAG_PRE_RESTORE,
+    Manifest,
+)
 from cosmic_backup.process import Child, pump, running
 from cosmic_backup.redact import redact
 from cosmic_backup.settings import Settings
@@ -80,7 +86,7 @@ class DatabaseComponent(Component):
         if not self.settings.database_url:
             raise NotConfigured(
                 "DATABASE_URL is not set, so there is no database to back up; set it to "
-                "the app's PostgreSQL URL."
+                "the app's PostgreSQL URL, in the environment or the app's .env."
             )
 
     def _target(self, url: str | None) -> Target:
@@ -160,9 +166,9 @@ class DatabaseComponent(Component):
             )
         # The database is overwritten, so a full copy of it comes first; the operation
         # leaves it out (and logs so) when the operator insists with --no-safety-backup.
-        safety = BackupRequest(
-            mode=MODE_FULL, tags=(TAG_PRE_RESTORE,), source_override=request.target
-        )
+        # A copy of another database (--into) is tagged so: it is not one of this app's.
+        tags = (TAG_PRE_RESTORE, TAG_OTHER_TARGET) if request.target else (TAG_PRE_RESTORE,)
+        safety = BackupRequest(mode=MODE_FULL, tags=tags, source_override=request.target)
         return RestorePlan(target.describe(), notes, safety, private)
 
     def _jobs_plan(

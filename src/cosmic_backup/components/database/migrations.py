@@ -7,8 +7,12 @@ from psycopg import sql
 
 # table -> query for the newest migration (the table is looked up in any schema)
 KNOWN = {
+    # Django records a squashed migration (0001_squashed_0016_...) at the end of the
+    # `migrate` that applied what it replaces: the latest row, but an old first migration.
+    # So the latest by time among the others; a squashed one only if nothing else is there.
     "django_migrations": (
-        "SELECT app || '.' || name FROM {t} ORDER BY applied DESC, id DESC LIMIT 1"
+        "SELECT app || '.' || name FROM {t} "
+        "ORDER BY name LIKE '%\\_squashed\\_%', applied DESC, id DESC LIMIT 1"
     ),
     "alembic_version": "SELECT version_num FROM {t} LIMIT 1",
     "_prisma_migrations": (
