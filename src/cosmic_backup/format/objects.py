@@ -16,6 +16,7 @@ import functools
 import hashlib
 import hmac
 import secrets
+import struct
 
 from cosmic_backup.errors import IntegrityError, KeyProblem
 from cosmic_backup.format.cipher import Decryptor, Encryptor, derive_key_iv
@@ -29,6 +30,12 @@ DATA_KEY_BYTES = 32
 # gets it without the passphrase on a command line.
 WRAP_MAC_SALT = b"cbwrapv2"
 READ_STEP = 1024 * 1024
+MEMBER_ALIGNMENT = 64  # a pack's members start and end at multiples of this
+GZIP_FLAG_OFFSET = 3
+GZIP_FIXED_HEADER = 10
+FEXTRA = 0x04
+PADDING_SUBFIELD = b"CP"  # RFC 1952 extra subfield id: cosmic padding, zeros
+SUBFIELD_HEADER = 4  # SI1, SI2 and a 2-byte length
 
 
 class DataKey:
@@ -119,6 +126,30 @@ def gunzip_member(member: bytes) -> bytes:
         out.append(chunk)
     reader.finish()
     return b"".join(out)
+
+
+def aligned_member(data: bytes, alignment: int = MEMBER_ALIGNMENT) -> bytes:
+    """One gzip member of `data` whose length is a multiple of `alignment`.
+
+    The padding goes in the member's own header, as an extra field (FEXTRA) holding one
+    subfield of zeros, which every gzip reader skips: a pack's plaintext stays nothing but
+    gzip members, and the recovery script cuts one out with `dd` in whole blocks.
+    """
+    member = gzip_member(data)
+    shortfall = -len(member) % alignment
+    if shortfall == 0:
+        return member
+    # The extra field costs 2 bytes of XLEN, then a subfield of at least 4 bytes (or none).
+    extra_length = shortfall - 2
+    while extra_length < 0 or 0 < extra_length < SUBFIELD_HEADER:
+        extra_length += alignment
+    extra = b""
+    if extra_length:
+        fill = extra_length - SUBFIELD_HEADER
+        extra = PADDING_SUBFIELD + struct.pack("<H", fill) + bytes(fill)
+    header = bytearray(member[:GZIP_FIXED_HEADER])
+    header[GZIP_FLAG_OFFSET] |= FEXTRA
+    return bytes(header) + struct.pack("<H", len(extra)) + extra + member[GZIP_FIXED_HEADER:]
 
 
 def seal_object(

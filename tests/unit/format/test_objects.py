@@ -4,6 +4,8 @@ damaged input refused before anything is decrypted."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -11,11 +13,15 @@ import pytest
 
 from cosmic_backup.errors import IntegrityError, KeyProblem
 from cosmic_backup.format.objects import (
+    MEMBER_ALIGNMENT,
     OBJECT_ITERATIONS,
     WRAP_MAC_SALT,
     DataKey,
+    aligned_member,
+    gunzip_member,
     mac_of,
     open_object,
+    seal,
     seal_object,
     unwrap_data_key,
     wrap_data_key,
@@ -23,6 +29,7 @@ from cosmic_backup.format.objects import (
 )
 from tests.unit.format import FAST, KEY, OTHER_KEY, enc_options, openssl, write_key_file
 
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "format.md"
 PINNED = DataKey(bytes(range(32)))
 TEXT = b"cosmic-backup chunk list 2\nbackup files-20261124T020000Z\n" * 300
 
@@ -36,8 +43,9 @@ def test_derivations_are_pinned_and_match_openssl_hmac() -> None:
     assert PINNED.chunk_id(b"abc").hex() == chunk_id
     # ... and they are what the recovery script computes with openssl dgst.
     hexkey = PINNED.passphrase.decode()
-    by_openssl = openssl("dgst", "-sha256", "-mac", "HMAC", "-macopt", f"hexkey:{hexkey}",
-                         stdin=b"pack-mac")  # fmt: skip
+    by_openssl = openssl(
+        "dgst", "-sha256", "-mac", "HMAC", "-macopt", f"hexkey:{hexkey}", stdin=b"pack-mac"
+    )
     assert by_openssl.decode().split("= ")[-1].strip() == pack_mac
 
 
@@ -48,8 +56,9 @@ def test_wrap_mac_key_is_what_openssl_enc_prints_without_the_passphrase_on_argv(
         "666426e6dbd6c6df37618aea027e4c4cf1e99470d020d48cac6dd2922454bf90"
     )
     key_file = write_key_file(tmp_path)
-    printed = openssl("enc", *enc_options(FAST), "-pass", f"file:{key_file}",
-                      "-S", WRAP_MAC_SALT.hex(), "-P").decode()  # fmt: skip
+    printed = openssl(
+        "enc", *enc_options(FAST), "-pass", f"file:{key_file}", "-S", WRAP_MAC_SALT.hex(), "-P"
+    ).decode()
     assert f"key={wrap_mac_key(KEY, FAST).hex().upper()}" in printed.replace(" ", "")
 
 
@@ -60,8 +69,9 @@ def test_object_opens_with_openssl_and_gunzip_and_with_us(tmp_path: Path) -> Non
     assert open_object(stored, data_key, "list-mac", mac) == TEXT
     key_file = tmp_path / "datakey"
     key_file.write_bytes(data_key.line)
-    decrypted = openssl("enc", "-d", *enc_options(OBJECT_ITERATIONS), "-pass",
-                        f"file:{key_file}", stdin=stored)  # fmt: skip
+    decrypted = openssl(
+        "enc", "-d", *enc_options(OBJECT_ITERATIONS), "-pass", f"file:{key_file}", stdin=stored
+    )
     plain = subprocess.run(["gunzip"], input=decrypted, capture_output=True, check=True)
     assert plain.stdout == TEXT
 
@@ -71,8 +81,9 @@ def test_openssl_sealed_object_opens_with_us(tmp_path: Path) -> None:
     key_file = tmp_path / "datakey"
     key_file.write_bytes(data_key.line)
     member = subprocess.run(["gzip", "-c"], input=TEXT, capture_output=True, check=True).stdout
-    stored = openssl("enc", *enc_options(OBJECT_ITERATIONS), "-pass", f"file:{key_file}",
-                     stdin=member)  # fmt: skip
+    stored = openssl(
+        "enc", *enc_options(OBJECT_ITERATIONS), "-pass", f"file:{key_file}", stdin=member
+    )
     mac = mac_of(stored, data_key.derive("index-mac"))
     assert open_object(stored, data_key, "index-mac", mac) == TEXT
 
@@ -106,8 +117,7 @@ def test_wrap_round_trip_and_openssl_unwraps_it_to_a_usable_key_file(tmp_path: P
     stored, mac = wrap_data_key(data_key, KEY, FAST)
     assert unwrap_data_key(stored, mac, KEY, FAST).passphrase == data_key.passphrase
     key_file = write_key_file(tmp_path)
-    unwrapped = openssl("enc", "-d", *enc_options(FAST), "-pass", f"file:{key_file}",
-                        stdin=stored)  # fmt: skip
+    unwrapped = openssl("enc", "-d", *enc_options(FAST), "-pass", f"file:{key_file}", stdin=stored)
     assert unwrapped == data_key.line  # openssl -pass file: reads it as it is
 
 
@@ -125,3 +135,45 @@ def test_wrap_with_another_key_or_damaged_is_refused_in_one_sentence() -> None:
 def test_data_key_never_shows_its_secret() -> None:
     assert PINNED.passphrase.decode() not in repr(PINNED)
     assert PINNED.fingerprint in repr(PINNED)
+
+
+def documented_member_cut() -> str:
+    """The shell command docs/format.md gives to cut one member out of a decrypted pack."""
+    blocks = re.findall(r"```sh\n(.*?)```", DOCS.read_text(), flags=re.DOTALL)
+    return next(block for block in blocks if "dd bs=64" in block)
+
+
+def test_pack_members_are_aligned_and_cut_out_by_the_documented_dd(tmp_path: Path) -> None:
+    sizes = [0, 1, 5, 63, 64, 4095, 70_000, 1_048_576, 123_457]  # empty to a MiB and odd
+    chunks = [os.urandom(size // 2) + b"row\t" * (size // 8) for size in sizes]
+    members = [aligned_member(chunk) for chunk in chunks]
+    assert all(len(member) % MEMBER_ALIGNMENT == 0 for member in members)
+    assert [gunzip_member(member) for member in members] == chunks
+    data_key = DataKey.generate()
+    stored, _ = seal(
+        b"".join(members), data_key.passphrase, OBJECT_ITERATIONS, data_key.derive("pack-mac")
+    )
+    key_file = tmp_path / "datakey"
+    key_file.write_bytes(data_key.line)
+    (tmp_path / "pack").write_bytes(
+        openssl(
+            "enc", "-d", *enc_options(OBJECT_ITERATIONS), "-pass", f"file:{key_file}", stdin=stored
+        )
+    )
+    whole = subprocess.run(
+        ["gunzip"], input=(tmp_path / "pack").read_bytes(), capture_output=True, check=True
+    )
+    assert whole.stdout == b"".join(chunks)  # gunzip of the whole pack: every chunk in order
+    offset = 0
+    for chunk, member in zip(chunks, members, strict=True):
+        env = {
+            "PATH": os.environ["PATH"],
+            "T": str(tmp_path),
+            "OFF": str(offset),
+            "LEN": str(len(member)),
+        }
+        cut = subprocess.run(
+            ["sh", "-c", documented_member_cut()], env=env, capture_output=True, check=True
+        )
+        assert cut.stdout == chunk
+        offset += len(member)
