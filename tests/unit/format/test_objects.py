@@ -137,10 +137,23 @@ def test_data_key_never_shows_its_secret() -> None:
     assert PINNED.fingerprint in repr(PINNED)
 
 
-def documented_member_cut() -> str:
-    """The shell command docs/format.md gives to cut one member out of a decrypted pack."""
+def documented_block(marker: str) -> str:
+    """The shell block of docs/format.md that contains `marker`."""
     blocks = re.findall(r"```sh\n(.*?)```", DOCS.read_text(), flags=re.DOTALL)
-    return next(block for block in blocks if "dd bs=64" in block)
+    return next(block for block in blocks if marker in block)
+
+
+def test_documented_wrap_mac_key_command_prints_our_key(tmp_path: Path) -> None:
+    write_key_file(tmp_path)  # the block runs from the project root, beside .backup_key
+    env = {"PATH": os.environ["PATH"], "WRAP_N": str(FAST)}
+    printed = subprocess.run(
+        ["sh", "-c", documented_block("-S 6362777261707632")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        check=True,
+    )
+    assert printed.stdout.decode().strip().lower() == wrap_mac_key(KEY, FAST).hex()
 
 
 def test_pack_members_are_aligned_and_cut_out_by_the_documented_dd(tmp_path: Path) -> None:
@@ -173,7 +186,7 @@ def test_pack_members_are_aligned_and_cut_out_by_the_documented_dd(tmp_path: Pat
             "LEN": str(len(member)),
         }
         cut = subprocess.run(
-            ["sh", "-c", documented_member_cut()], env=env, capture_output=True, check=True
+            ["sh", "-c", documented_block("dd bs=64")], env=env, capture_output=True, check=True
         )
         assert cut.stdout == chunk
         offset += len(member)
