@@ -153,7 +153,7 @@ def _leads_outside(link: str, root: str) -> bool:
     """The kernel's verdict: a loop leads nowhere, a dangling link where it would go."""
     try:
         real = os.path.realpath(link, strict=True)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # dangling: judged by where it points
         real = os.path.realpath(link)
     except OSError as exc:
         assert exc.errno == errno.ELOOP
