@@ -150,6 +150,11 @@ def restore_dump(
     # --no-privileges: no GRANT/REVOKE and no default privileges from the backup, for
     # roles it names that this server does not have.
     extra = ("--no-privileges",) if no_privileges else ()
+    if not reset:
+        # Item 3: after our reset the schemas are empty, and pg_restore's own drops would
+        # fail on what the reset took away (ALTER DOMAIN ... DROP CONSTRAINT IF EXISTS of
+        # a NOT VALID constraint errs once the domain is gone): --clean only without it.
+        extra = ("--clean", "--if-exists", *extra)
     if no_privileges:
         outcome.notes.append(
             "Restored without the backup's privileges (--no-privileges): grant what the "
@@ -174,7 +179,7 @@ def _run_restore(
     pg_restore, psql = tools
     env = {**target.tool_environment(limits.connect_timeout), "PGOPTIONS": options}
     restore_argv = [pg_restore.path, "--file=-", "--single-transaction", "--exit-on-error"]
-    restore_argv += ["--no-owner", "--clean", "--if-exists", *extra]
+    restore_argv += ["--no-owner", *extra]
     psql_argv = [psql.path, "--no-psqlrc", "--quiet", "--no-password", "--set=ON_ERROR_STOP=1"]
     psql_argv += [f"--dbname={target.conninfo()}", "--file=-"]
     runner, converter = _start_joined(restore_argv, psql_argv, prelude.encode(), env, limits, log)
