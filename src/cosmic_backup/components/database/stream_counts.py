@@ -84,6 +84,8 @@ class Head:
     size: int  # bytes of header + TOC
     offset_size: int = 8
     offset_fields: dict[int, int] = field(default_factory=dict)  # dump id -> its offset field
+    # The DROP statements of the entries in no schema (a publication, a cast...), in order.
+    unschemed_drops: list[tuple[str, str]] = field(default_factory=list)  # (kind, statement)
 
 
 def parse_head(data: bytes) -> Head:
@@ -106,8 +108,8 @@ def parse_head(data: bytes) -> Head:
         reader.int()
     for _ in range(3):  # database name, server version, pg_dump version
         reader.str()
-    tables, offset_fields = _read_toc(reader, version, offset_size)
-    return Head(version, reader.int_size, tables, reader.pos, offset_size, offset_fields)
+    tables, offset_fields, drops = _read_toc(reader, version, offset_size)
+    return Head(version, reader.int_size, tables, reader.pos, offset_size, offset_fields, drops)
 
 
 def _read_compression(reader: _Reader, version: tuple[int, int]) -> None:
@@ -120,10 +122,12 @@ def _read_compression(reader: _Reader, version: tuple[int, int]) -> None:
 
 def _read_toc(
     reader: _Reader, version: tuple[int, int], offset_size: int
-) -> tuple[dict[int, str], dict[int, int]]:
-    """The TABLE DATA entries' names, and where each entry's data offset field is."""
+) -> tuple[dict[int, str], dict[int, int], list[tuple[str, str]]]:
+    """The TABLE DATA entries' names, where each entry's data offset field is, and the
+    DROP statements of the entries in no schema."""
     tables: dict[int, str] = {}
     offset_fields: dict[int, int] = {}
+    drops: list[tuple[str, str]] = []
     for _ in range(reader.int()):
         dump_id = reader.int()
         reader.int()  # hadDumper
@@ -132,8 +136,9 @@ def _read_toc(
         tag = reader.str()
         desc = reader.str()
         reader.int()  # section
-        for _field in ("defn", "dropStmt", "copyStmt"):
-            reader.str()
+        reader.str()  # defn
+        drop = reader.str()
+        reader.str()  # copyStmt
         namespace = reader.str()
         reader.str()  # tablespace
         if version >= (1, 14):
@@ -148,7 +153,9 @@ def _read_toc(
         reader.take(1 + offset_size)  # custom format's data offset (flag + offset)
         if desc == "TABLE DATA" and tag is not None and namespace is not None:
             tables[dump_id] = f"{namespace}.{tag}"
-    return tables, offset_fields
+        if drop and desc and not namespace:
+            drops.append((desc, drop))
+    return tables, offset_fields, drops
 
 
 # States of the data part.
