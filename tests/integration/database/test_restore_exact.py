@@ -9,7 +9,11 @@ stops reading it. So each case restores in every way and the checks must stay si
 from __future__ import annotations
 
 import io
+import json
+import os
 import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,7 +23,8 @@ from cosmic_backup.components.base import RestoreRequest
 from cosmic_backup.components.database.objects import missing_objects, parse_toc
 from cosmic_backup.components.database.url import parse_database_url
 from cosmic_backup.errors import OperationFailed
-from tests.integration.database.appdb import execute, table_contents
+from tests.conftest import Project
+from tests.integration.database.appdb import execute, scalar, table_contents
 from tests.integration.database.conftest import ComponentFactory, PostgresServer
 from tests.integration.database.test_database_component import dump_into_memory
 
@@ -244,3 +249,82 @@ def test_an_inheritance_parent_counts_its_own_rows_as_the_backup_did(
     report = restore(component, url, dump, manifest, target=fresh)
     assert report.details["row_counts"]["public.animals"] == 2
     assert table_contents(fresh) == table_contents(url)
+
+
+RESTORE = ("restore", "database", "latest", "--yes", "--no-safety-backup")
+
+
+def run_ok(project: Project, *args: str) -> dict[str, Any]:
+    result = project.run("--json", *args)
+    assert result.returncode == 0, (args, result.stdout[-2000:], result.stderr[-3000:])
+    return json.loads(result.stdout) if result.stdout.strip() else {}
+
+
+@pytest.mark.slow
+def test_every_kind_restores_in_every_way_with_identical_content(
+    project: Project, exact_db: str, postgres: PostgresServer
+) -> None:
+    """The database of every case above: in place, --into, --jobs 2 and the restore test
+    (throwaway server, whose roles the policy names are created) all end in exit 0 and
+    the same catalog and rows."""
+    project.env.update({"DATABASE_URL": exact_db, "BACKUP_KEY": KEY})
+    run_ok(project, "backup", "database")
+    before = content(exact_db)
+    changes = ("DELETE FROM stock", "DELETE FROM dogs", "DROP POLICY auditors_read ON secrets")
+    execute(exact_db, *changes)
+    run_ok(project, *RESTORE)
+    assert_same(content(exact_db), before)
+    into = postgres.url(postgres.create_database("into"))
+    run_ok(project, *RESTORE, "--into", into)
+    assert_same(content(into), before)
+    execute(exact_db, *changes)
+    run_ok(project, *RESTORE, "--jobs", "2")
+    assert_same(content(exact_db), before)
+    report = run_ok(project, "verify", "--restore-test", "database")
+    assert report["results"][0]["status"] == "ok", report
+    assert report["results"][0]["figures"]["objects"] > 40
+
+
+def django_settings(url: str) -> str:
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    database = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": params["dbname"],
+        "USER": params["user"],
+        "PASSWORD": params["password"],
+        "HOST": params["host"],
+        "PORT": params["port"],
+    }
+    apps = ["admin", "auth", "contenttypes", "sessions"]
+    return (
+        f"SECRET_KEY = 'test'\nUSE_TZ = True\nDATABASES = {{'default': {database!r}}}\n"
+        f"INSTALLED_APPS = {[f'django.contrib.{app}' for app in apps]!r}\n"
+    )
+
+
+@pytest.mark.slow
+def test_djangos_own_migrations_back_up_and_pass_the_restore_test(
+    project: Project, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = postgres.url(postgres.create_database("django"))
+    (tmp_path / "djsettings.py").write_text(django_settings(url))
+    migrate = subprocess.run(
+        [sys.executable, "-m", "django", "migrate", "--no-input", "--skip-checks"],
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "djsettings", "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    longest = scalar(
+        url,
+        "SELECT max(octet_length(c.relname::text || ' ' || co.conname::text)) "
+        "FROM pg_constraint co JOIN pg_class c ON c.oid = co.conrelid",
+    )
+    assert longest > 63  # the names that were cut
+    project.env.update({"DATABASE_URL": url, "BACKUP_KEY": KEY})
+    run_ok(project, "backup", "database")
+    report = run_ok(project, "verify", "--restore-test", "database")
+    assert report["results"][0]["status"] == "ok", report
+    listed = json.loads(project.run("--json", "list", "database").stdout)
+    assert listed[-1]["restore_test"]["ok"] is True

@@ -13,6 +13,7 @@ dump itself recreates is dropped: a publication made after the backup stays.
 from __future__ import annotations
 
 import io
+import re
 from typing import BinaryIO
 
 from psycopg import sql
@@ -21,6 +22,7 @@ from cosmic_backup.components.database.reset import dollar_tag
 from cosmic_backup.components.database.stream_counts import (
     MAX_HEAD,
     ArchiveFormatError,
+    Head,
     _NeedMore,
     parse_head,
 )
@@ -62,27 +64,84 @@ class _Replay(io.RawIOBase):
             return out
         return self._rest.read(size)
 
+    def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
+        if not self._head:
+            return self._rest.readinto(target)  # type: ignore[attr-defined]
+        n = min(len(target), len(self._head))
+        memoryview(target)[:n] = self._head[:n]
+        self._head = self._head[n:]
+        return n
 
-def read_unschemed_drops(payload: BinaryIO) -> tuple[BinaryIO, list[str] | None]:
-    """The stream to restore from (the same bytes) and the DROP statements to run after
-    the reset; None when the head cannot be read this way (a compressed archive of an
-    older version): then pg_restore --clean drops as before."""
+
+def read_head(payload: BinaryIO) -> tuple[BinaryIO, Head | None]:
+    """The stream to go on reading (the same bytes) and the dump's header and TOC; None
+    when they cannot be read this way (a compressed archive of an older version)."""
     buffered = b""
     want = FIRST_READ
     while True:
         chunk = payload.read(want - len(buffered))
         buffered += chunk or b""
         try:
-            head = parse_head(buffered)
+            return _Replay(buffered, payload), parse_head(buffered)
         except _NeedMore:
             if not chunk or len(buffered) > MAX_HEAD:
                 return _Replay(buffered, payload), None
             want *= 2  # parse again once doubled: a large TOC costs linear time
-            continue
         except ArchiveFormatError:
             return _Replay(buffered, payload), None
-        drops = [drop for kind, drop in head.unschemed_drops if kind in DROPPED_KINDS]
-        return _Replay(buffered, payload), drops
+
+
+def read_unschemed_drops(payload: BinaryIO) -> tuple[BinaryIO, list[str] | None]:
+    """The stream to restore from (the same bytes) and the DROP statements to run after
+    the reset; None when the head cannot be read: then pg_restore --clean drops as before."""
+    stream, head = read_head(payload)
+    if head is None:
+        return stream, None
+    return stream, [drop for kind, drop in head.unschemed_drops if kind in DROPPED_KINDS]
+
+
+def policy_roles(head: Head) -> set[str]:
+    """The roles the dump's policies name (``CREATE POLICY p ON t ... TO a, "B"``): a
+    database restores only where they exist. pg_dump writes each as quote_ident gives it."""
+    roles: set[str] = set()
+    for defn in head.policies:
+        words = _identifiers(defn)
+        if "TO" in words:
+            after = words[words.index("TO") + 1 :]
+            roles.update(_list_of_names(after))
+    return roles - {"public", "PUBLIC"}
+
+
+def _identifiers(text: str) -> list[str]:
+    """The words of `text` up to its USING or WITH CHECK: bare words upper-cased as SQL
+    keywords are, quoted ones as they are (a TO inside quotes is a name, not the word)."""
+    words: list[str] = []
+    for match in _TOKEN.finditer(text):
+        quoted, bare, comma = match.group(1), match.group(2), match.group(3)
+        if quoted is not None:
+            words.append('"' + quoted.replace('""', '"'))
+        elif comma:
+            words.append(",")
+        elif bare:
+            if bare.upper() in ("USING", "WITH"):
+                break
+            words.append(bare.upper() if bare.upper() == "TO" else bare)
+    return words
+
+
+def _list_of_names(words: list[str]) -> list[str]:
+    names = []
+    for index, word in enumerate(words):
+        if word == ",":
+            continue
+        if index > 0 and words[index - 1] != ",":
+            break  # the list ended
+        names.append(word[1:] if word.startswith('"') else word)
+    return names
+
+
+# A quoted identifier, a bare word (or qualified name: table names hold dots), a comma.
+_TOKEN = re.compile(r'"((?:[^"]|"")*)"|([^\s,"();]+)|(,)')
 
 
 def drop_block(drops: list[str]) -> str:
