@@ -21,8 +21,11 @@ import pytest
 
 from cosmic_backup.components.base import RestoreRequest
 from cosmic_backup.components.database.objects import missing_objects, parse_toc
+from cosmic_backup.components.database.stream_counts import Head
+from cosmic_backup.components.database.unschemed import policy_roles
 from cosmic_backup.components.database.url import parse_database_url
 from cosmic_backup.errors import OperationFailed
+from cosmic_backup.operations.restore_sandbox import with_role_advice
 from tests.conftest import Project
 from tests.integration.database.appdb import execute, scalar, table_contents
 from tests.integration.database.conftest import ComponentFactory, PostgresServer
@@ -328,3 +331,26 @@ def test_djangos_own_migrations_back_up_and_pass_the_restore_test(
     assert report["results"][0]["status"] == "ok", report
     listed = json.loads(project.run("--json", "list", "database").stdout)
     assert listed[-1]["restore_test"]["ok"] is True
+
+
+def test_the_roles_policies_name_are_read_as_pg_dump_quotes_them() -> None:
+    head = Head((1, 15), 4, {}, 0)
+    head.policies = [
+        "CREATE POLICY auditors ON public.secrets FOR SELECT TO cosmic_auditor USING (true);",
+        'CREATE POLICY "p TO x" ON public."a b" AS RESTRICTIVE TO "Weird ""Role""", bob '
+        "WITH CHECK (true);",
+        "CREATE POLICY everyone ON public.t USING (true);",
+    ]
+    assert policy_roles(head) == {"cosmic_auditor", 'Weird "Role"', "bob"}
+
+
+def test_a_role_the_throwaway_server_lacks_is_advised_with_into() -> None:
+    failure = OperationFailed(
+        "The restore failed and was rolled back; the database is unchanged. psql: ERROR:  role "
+        '"mapper" does not exist. Create that role on this server: the backup names it '
+        "beyond its GRANTs."
+    )
+    advised = with_role_advice(failure, throwaway=True).message
+    assert "on this server" not in advised
+    assert 'role "mapper" does not exist' in advised and "--into URL" in advised
+    assert with_role_advice(failure, throwaway=False) is failure
