@@ -58,6 +58,19 @@ class Sandbox:
             )
         return self._server
 
+    def provide_roles(self, roles: set[str]) -> None:
+        """Create `roles` (without login) on the throwaway server, that the dump's policies
+        name: it is ours and thrown away. A server of --into is the operator's: untouched."""
+        if self.into is not None or self._server is None or not roles:
+            return
+        from psycopg import sql
+
+        with self._server.admin() as conn:
+            have = {row[0] for row in conn.execute("SELECT rolname FROM pg_catalog.pg_roles")}
+            for role in sorted(roles - have):
+                conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+        self.rt.log.info("created on the throwaway server the roles policies name: %s", roles)
+
     @contextlib.contextmanager
     def database(self, manifest: Manifest) -> Iterator[str]:
         """The URL of a new, empty database for `manifest`'s dump; dropped afterwards."""
@@ -123,6 +136,7 @@ def restore_database_and_compare(
     from cosmic_backup.components.database.objects import TocTee, missing_objects, parse_toc
     from cosmic_backup.components.database.source import DatabaseSource
     from cosmic_backup.components.database.tools import find_tool
+    from cosmic_backup.components.database.unschemed import policy_roles, read_head
     from cosmic_backup.components.database.url import parse_database_url
 
     component = create_component("database", rt.settings, rt.log)
@@ -132,6 +146,9 @@ def restore_database_and_compare(
         "pg_restore", _major(manifest.source.get("pg_dump_version")), rt.settings.pg_bin_dir
     )
     with sandbox.database(manifest) as url:
+        if tee_type is TocTee and sandbox.into is None:
+            payload, head = read_head(payload)  # its policies name roles a throwaway lacks
+            sandbox.provide_roles(policy_roles(head) if head else set())
         # Without the GRANTs: they name the app's roles, which a throwaway server does
         # not have, and privileges are not what a restore test proves.
         request = RestoreRequest(target=url, safety_backup=False, no_privileges=True)
@@ -141,7 +158,8 @@ def restore_database_and_compare(
             try:
                 component.consume(teed, manifest, plan)
             except OperationFailed as exc:
-                raise with_extension_advice(exc, sandbox.into is None) from None
+                advised = with_extension_advice(exc, sandbox.into is None)
+                raise with_role_advice(advised, sandbox.into is None) from None
             listed = parse_toc(tee.listing())
         target = parse_database_url(url, "the restore test's database")
         try:
@@ -179,6 +197,20 @@ def with_extension_advice(exc: OperationFailed, throwaway: bool) -> OperationFai
     return OperationFailed(
         f"{text.rstrip('.')}. The throwaway server lacks an extension the backup uses: "
         "install it for that server, or test on a server that has it with --into URL."
+    )
+
+
+def with_role_advice(exc: OperationFailed, throwaway: bool) -> OperationFailed:
+    """A role the dump names beyond its GRANTs that the throwaway server still lacks (the
+    roles of policies are created there; others, such as a user mapping's, are not): the
+    advice to create it "on this server" would name a server that is thrown away."""
+    text = exc.message
+    if not (throwaway and 'role "' in text and "does not exist" in text):
+        return exc
+    sentence = text.split(". Create that role on this server")[0].rstrip(".")
+    return OperationFailed(
+        f"{sentence}. The backup names that role beyond its GRANTs and the throwaway "
+        "server does not have it: test on a server that has the role with --into URL."
     )
 
 

@@ -95,9 +95,11 @@ def list_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
 def count_rows(
     conn: psycopg.Connection, tables: list[tuple[str, str]], lock_wait: int
 ) -> dict[str, int]:
+    """Each table's own rows: ONLY, so that an inheritance parent's count leaves out its
+    children's rows, as the dump (and the manifest) counts each table alone."""
     counts = {}
     for schema, table in tables:
-        query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))
+        query = sql.SQL("SELECT count(*) FROM ONLY {}").format(sql.Identifier(schema, table))
         try:
             row = conn.execute(query).fetchone()
         except psycopg.errors.LockNotAvailable:

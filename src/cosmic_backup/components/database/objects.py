@@ -87,30 +87,35 @@ def parse_toc(listing: str) -> set[DbObject]:
 
 
 # Every object of the checked kinds in the connected database, named as pg_dump names it.
+# Every column is text in every branch: a UNION takes its columns' types from the first
+# branch, and as `name` (63 bytes) a constraint's "table constraint" would be cut short.
+# Run under an empty search_path, as pg_dump runs: oidvectortypes() then qualifies a
+# function's argument types outside pg_catalog ("f(public.mood)"), as the TOC does.
 PRESENT_OBJECTS = """
 SELECT CASE c.relkind WHEN 'r' THEN 'TABLE' WHEN 'p' THEN 'TABLE' WHEN 'v' THEN 'VIEW'
-       WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE' ELSE 'INDEX' END,
-       n.nspname, c.relname
+       WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE' ELSE 'INDEX' END::text,
+       n.nspname::text, c.relname::text
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'i', 'I')
 UNION ALL
-SELECT CASE co.contype WHEN 'f' THEN 'FK CONSTRAINT' ELSE 'CONSTRAINT' END, n.nspname,
-       coalesce(c.relname, t.typname) || ' ' || co.conname
+SELECT CASE co.contype WHEN 'f' THEN 'FK CONSTRAINT' ELSE 'CONSTRAINT' END, n.nspname::text,
+       coalesce(c.relname, t.typname)::text || ' ' || co.conname::text
 FROM pg_catalog.pg_constraint co JOIN pg_catalog.pg_namespace n ON n.oid = co.connamespace
 LEFT JOIN pg_catalog.pg_class c ON c.oid = co.conrelid
 LEFT JOIN pg_catalog.pg_type t ON t.oid = co.contypid
 UNION ALL
-SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, n.nspname,
-       p.proname || '(' || pg_catalog.oidvectortypes(p.proargtypes) || ')'
+SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, n.nspname::text,
+       p.proname::text || '(' || pg_catalog.oidvectortypes(p.proargtypes) || ')'
 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 UNION ALL
-SELECT 'EXTENSION', '-', e.extname FROM pg_catalog.pg_extension e
+SELECT 'EXTENSION', '-', e.extname::text FROM pg_catalog.pg_extension e
 """
 
 
 def missing_objects(target: Target, listed: set[DbObject], timeout: int) -> list[DbObject]:
     """The objects of `listed` that the database at `target` does not have."""
     with connect(target, timeout, autocommit=True) as conn:
+        conn.execute("SELECT pg_catalog.set_config('search_path', '', false)")
         present = {DbObject(*row) for row in conn.execute(PRESENT_OBJECTS).fetchall()}
     return sorted(listed - present)
 

@@ -32,8 +32,14 @@ ATTEMPT_LOCK_TIMEOUT_MS = 200
 
 # Objects with a dependency (pg_depend), each with the schema it lives in: for triggers,
 # rules, column defaults, policies and publication members that of their table; for an
-# extension or a schema's default privileges, that schema. Toast tables go with theirs,
-# and an extension's members (casts...) with the extension.
+# extension, a schema's default privileges or a publication's schema, that schema. Toast
+# tables go with theirs, and an extension's members (casts...) with the extension.
+# Objects of no schema belong where what they are made of lives, so that the dump that
+# holds those recreates them too: an operator-class member with its class (even in a
+# pg_catalog family), a cast with its types and function outside pg_catalog (a range
+# type's multirange cast with the range type). An operator-family member added with
+# ALTER OPERATOR FAMILY to a pg_catalog family stays in pg_catalog: pg_dump leaves it out,
+# so the reset would lose it.
 _OUTSIDE_OBJECTS = """
 SELECT DISTINCT d.classid::oid || '/' || d.objid || '/' || d.objsubid
 FROM pg_catalog.pg_depend d
@@ -61,19 +67,39 @@ CROSS JOIN LATERAL (SELECT CASE d.classid
   WHEN 'pg_catalog.pg_policy'::regclass THEN
     (SELECT c.relnamespace FROM pg_catalog.pg_policy p
      JOIN pg_catalog.pg_class c ON c.oid = p.polrelid WHERE p.oid = d.objid)
-  WHEN 'pg_catalog.pg_amop'::regclass THEN
+  WHEN 'pg_catalog.pg_amop'::regclass THEN coalesce(
+    (SELECT c.opcnamespace FROM pg_catalog.pg_depend i
+     JOIN pg_catalog.pg_opclass c ON c.oid = i.refobjid
+     WHERE i.classid = d.classid AND i.objid = d.objid AND i.deptype = 'i'
+       AND i.refclassid = 'pg_catalog.pg_opclass'::regclass),
     (SELECT f.opfnamespace FROM pg_catalog.pg_amop o
-     JOIN pg_catalog.pg_opfamily f ON f.oid = o.amopfamily WHERE o.oid = d.objid)
-  WHEN 'pg_catalog.pg_amproc'::regclass THEN
+     JOIN pg_catalog.pg_opfamily f ON f.oid = o.amopfamily WHERE o.oid = d.objid))
+  WHEN 'pg_catalog.pg_amproc'::regclass THEN coalesce(
+    (SELECT c.opcnamespace FROM pg_catalog.pg_depend i
+     JOIN pg_catalog.pg_opclass c ON c.oid = i.refobjid
+     WHERE i.classid = d.classid AND i.objid = d.objid AND i.deptype = 'i'
+       AND i.refclassid = 'pg_catalog.pg_opclass'::regclass),
     (SELECT f.opfnamespace FROM pg_catalog.pg_amproc o
-     JOIN pg_catalog.pg_opfamily f ON f.oid = o.amprocfamily WHERE o.oid = d.objid)
+     JOIN pg_catalog.pg_opfamily f ON f.oid = o.amprocfamily WHERE o.oid = d.objid))
+  WHEN 'pg_catalog.pg_cast'::regclass THEN
+    (SELECT coalesce(min(x.ns) FILTER (WHERE NOT x.ns = ANY (doomed)), min(x.ns))
+     FROM pg_catalog.pg_cast c
+     CROSS JOIN LATERAL (VALUES
+       ((SELECT typnamespace FROM pg_catalog.pg_type WHERE oid = c.castsource)),
+       ((SELECT typnamespace FROM pg_catalog.pg_type WHERE oid = c.casttarget)),
+       ((SELECT pronamespace FROM pg_catalog.pg_proc WHERE oid = c.castfunc))) x(ns)
+     WHERE c.oid = d.objid AND x.ns <> 'pg_catalog'::regnamespace)
   WHEN 'pg_catalog.pg_default_acl'::regclass THEN
     (SELECT defaclnamespace FROM pg_catalog.pg_default_acl WHERE oid = d.objid)
   WHEN 'pg_catalog.pg_publication_rel'::regclass THEN
     (SELECT c.relnamespace FROM pg_catalog.pg_publication_rel p
      JOIN pg_catalog.pg_class c ON c.oid = p.prrelid WHERE p.oid = d.objid)
-  ELSE pg_catalog.to_regnamespace(
-    pg_catalog.quote_ident((pg_catalog.pg_identify_object(d.classid, d.objid, 0)).schema))
+  ELSE pg_catalog.to_regnamespace(pg_catalog.quote_ident(coalesce(
+    (pg_catalog.pg_identify_object(d.classid, d.objid, 0)).schema,
+    -- a FOR TABLES IN SCHEMA member (PostgreSQL 15 and later): the schema it names
+    (SELECT a.object_names[1]
+     FROM pg_catalog.pg_identify_object_as_address(d.classid, d.objid, 0) a
+     WHERE a.type = 'publication namespace'))))
   END AS home) h
 LEFT JOIN pg_catalog.pg_namespace n ON n.oid = h.home
 WHERE d.classid <> 0
@@ -261,7 +287,7 @@ def reset_block(schemas: list[str], *, lock_wait: int, drop_dependents: bool = F
         for name in names
     )
     return _BLOCK.format(
-        tag=_tag(),
+        tag=dollar_tag(),
         check="false" if drop_dependents else "true",
         wait=_interval(lock_wait),
         attempt_ms=ATTEMPT_LOCK_TIMEOUT_MS,
@@ -278,7 +304,7 @@ def lock_block(schemas: list[str], *, lock_wait: int) -> str:
     """Lock the tables of `schemas` (and public) that this user may lock, without ever
     queueing for one while holding others; SQLSTATE 55P03 after `lock_wait` seconds."""
     return _LOCKS.format(
-        tag=_tag(),
+        tag=dollar_tag(),
         wait=_interval(lock_wait),
         attempt_ms=ATTEMPT_LOCK_TIMEOUT_MS,
         names=_array(_names(schemas)),
@@ -286,7 +312,7 @@ def lock_block(schemas: list[str], *, lock_wait: int) -> str:
     )
 
 
-def _tag() -> str:
+def dollar_tag() -> str:
     """A dollar-quote tag no schema name in the block can contain (names come from the
     backed-up database), so none can end the block early."""
     return f"cosmic_{secrets.token_hex(8)}"

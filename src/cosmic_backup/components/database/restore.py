@@ -39,6 +39,7 @@ from cosmic_backup.components.database.connection import connect
 from cosmic_backup.components.database.dump import count_rows
 from cosmic_backup.components.database.reset import lock_block, reset_block
 from cosmic_backup.components.database.tools import Tool
+from cosmic_backup.components.database.unschemed import drop_block, read_unschemed_drops
 from cosmic_backup.components.database.url import Target
 from cosmic_backup.errors import OperationFailed
 from cosmic_backup.process import PUMP_CHUNK, Child, running
@@ -137,8 +138,13 @@ def restore_dump(
         )
         log.warning("schema reset not permitted on %s; restoring without it", target.describe())
     wait = min(limits.lock_wait_timeout, limits.timeout)
+    drops: list[str] | None = None
     if reset:
         first = reset_block(schemas, lock_wait=wait, drop_dependents=drop_dependents)
+        if dump_dir is None:  # a directory-format dump keeps --clean (its toc.dat differs)
+            payload, drops = read_unschemed_drops(payload)
+        if drops:
+            first += "\n" + drop_block(drops)
     else:
         first = lock_block(schemas, lock_wait=wait)
     prelude = f"BEGIN;\n{first}\n"
@@ -150,6 +156,12 @@ def restore_dump(
     # --no-privileges: no GRANT/REVOKE and no default privileges from the backup, for
     # roles it names that this server does not have.
     extra = ("--no-privileges",) if no_privileges else ()
+    if drops is None:
+        # Item 3: after our reset the schemas are empty, and pg_restore's own drops would
+        # fail on what the reset took away (ALTER DOMAIN ... DROP CONSTRAINT IF EXISTS of
+        # a NOT VALID constraint errs once the domain is gone): --clean only without it,
+        # or when the dump's objects in no schema could not be read (unschemed.py).
+        extra = ("--clean", "--if-exists", *extra)
     if no_privileges:
         outcome.notes.append(
             "Restored without the backup's privileges (--no-privileges): grant what the "
@@ -174,7 +186,7 @@ def _run_restore(
     pg_restore, psql = tools
     env = {**target.tool_environment(limits.connect_timeout), "PGOPTIONS": options}
     restore_argv = [pg_restore.path, "--file=-", "--single-transaction", "--exit-on-error"]
-    restore_argv += ["--no-owner", "--clean", "--if-exists", *extra]
+    restore_argv += ["--no-owner", *extra]
     psql_argv = [psql.path, "--no-psqlrc", "--quiet", "--no-password", "--set=ON_ERROR_STOP=1"]
     psql_argv += [f"--dbname={target.conninfo()}", "--file=-"]
     runner, converter = _start_joined(restore_argv, psql_argv, prelude.encode(), env, limits, log)

@@ -84,6 +84,9 @@ class Head:
     size: int  # bytes of header + TOC
     offset_size: int = 8
     offset_fields: dict[int, int] = field(default_factory=dict)  # dump id -> its offset field
+    # The DROP statements of the entries in no schema (a publication, a cast...), in order.
+    unschemed_drops: list[tuple[str, str]] = field(default_factory=list)  # (kind, statement)
+    policies: list[str] = field(default_factory=list)  # each POLICY entry's CREATE POLICY
 
 
 def parse_head(data: bytes) -> Head:
@@ -106,8 +109,10 @@ def parse_head(data: bytes) -> Head:
         reader.int()
     for _ in range(3):  # database name, server version, pg_dump version
         reader.str()
-    tables, offset_fields = _read_toc(reader, version, offset_size)
-    return Head(version, reader.int_size, tables, reader.pos, offset_size, offset_fields)
+    head = Head(version, reader.int_size, {}, 0, offset_size)
+    _read_toc(reader, version, head)
+    head.size = reader.pos
+    return head
 
 
 def _read_compression(reader: _Reader, version: tuple[int, int]) -> None:
@@ -118,12 +123,9 @@ def _read_compression(reader: _Reader, version: tuple[int, int]) -> None:
         raise ArchiveFormatError("the archive's data is compressed")
 
 
-def _read_toc(
-    reader: _Reader, version: tuple[int, int], offset_size: int
-) -> tuple[dict[int, str], dict[int, int]]:
-    """The TABLE DATA entries' names, and where each entry's data offset field is."""
-    tables: dict[int, str] = {}
-    offset_fields: dict[int, int] = {}
+def _read_toc(reader: _Reader, version: tuple[int, int], head: Head) -> None:
+    """Into `head`: the TABLE DATA entries' names, where each entry's data offset field
+    is, the DROP statements of the entries in no schema, and the policies."""
     for _ in range(reader.int()):
         dump_id = reader.int()
         reader.int()  # hadDumper
@@ -132,8 +134,9 @@ def _read_toc(
         tag = reader.str()
         desc = reader.str()
         reader.int()  # section
-        for _field in ("defn", "dropStmt", "copyStmt"):
-            reader.str()
+        defn = reader.str()
+        drop = reader.str()
+        reader.str()  # copyStmt
         namespace = reader.str()
         reader.str()  # tablespace
         if version >= (1, 14):
@@ -144,11 +147,14 @@ def _read_toc(
         reader.str()  # "false": WITH OIDS is gone
         while reader.str() is not None:  # dependencies, ended by a NULL string
             pass
-        offset_fields[dump_id] = reader.pos
-        reader.take(1 + offset_size)  # custom format's data offset (flag + offset)
+        head.offset_fields[dump_id] = reader.pos
+        reader.take(1 + head.offset_size)  # custom format's data offset (flag + offset)
         if desc == "TABLE DATA" and tag is not None and namespace is not None:
-            tables[dump_id] = f"{namespace}.{tag}"
-    return tables, offset_fields
+            head.tables[dump_id] = f"{namespace}.{tag}"
+        if drop and desc and not namespace:
+            head.unschemed_drops.append((desc, drop))
+        if desc == "POLICY" and defn:
+            head.policies.append(defn)
 
 
 # States of the data part.
