@@ -1,0 +1,99 @@
+"""PostgreSQL's own regression database, restored every way cosmic-backup restores.
+
+The dump in tests/data (made by tests/data/make_regression_dump.sh: pg_regress's whole
+parallel schedule, 684 tables of every kind PostgreSQL 15 has) restores with plain
+pg_restore without an error. Every path of ours must restore it too, with exactly the
+content plain pg_restore gives, and the restore test must pass it: a backup tool restores
+whatever its database can hold, and its checks never cry wolf.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Project
+from tests.integration.database.conftest import PostgresServer
+
+DUMP = Path(__file__).parents[2] / "data" / "regression-pg15.dump"
+KEY = "regression database passphrase 0123456789"
+
+pytestmark = pytest.mark.slow
+
+
+def _tool(server: PostgresServer, name: str) -> str:
+    return str(server.bin_dir / name)
+
+
+def _env(server: PostgresServer) -> dict[str, str]:
+    return {"PGPASSWORD": server.password, "PATH": "/usr/bin:/bin"}
+
+
+def schema_and_data(server: PostgresServer, dbname: str) -> str:
+    """The database as plain SQL, less the per-run \\restrict key of newer pg_dumps."""
+    out = subprocess.run(
+        [_tool(server, "pg_dump"), "-Fp", "--no-password", server.url(dbname, password="")],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=_env(server),
+    ).stdout
+    return "\n".join(line for line in out.splitlines() if not line.startswith("\\"))
+
+
+@pytest.fixture(scope="module")
+def regression(postgres: PostgresServer) -> tuple[str, str, float]:
+    """A database restored from the dump by plain pg_restore; its SQL; pg_restore's time."""
+    if postgres.major < 15:
+        pytest.fail("the regression dump needs a PostgreSQL 15 or newer test server")
+    name = postgres.create_database("regression")
+    dsn = postgres.url(name, password="")  # the password in PGPASSWORD, not in argv
+    started = time.monotonic()
+    subprocess.run(
+        [_tool(postgres, "pg_restore"), "--no-password", "--exit-on-error", "-d", dsn, str(DUMP)],
+        check=True,
+        env=_env(postgres),
+    )
+    return name, schema_and_data(postgres, name), time.monotonic() - started
+
+
+@pytest.fixture
+def reg_project(project: Project, postgres: PostgresServer, regression) -> Project:
+    template, _, _ = regression
+    source = postgres.create_database("regapp", template=template)
+    project.env.update({"DATABASE_URL": postgres.url(source), "BACKUP_KEY": KEY})
+    return project
+
+
+def _ok(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_regression_database_restores_every_way_with_plain_pg_restores_content(
+    reg_project: Project, postgres: PostgresServer, regression
+) -> None:
+    _, expected, plain_seconds = regression
+    source = reg_project.env["DATABASE_URL"].rsplit("/", 1)[1]
+    _ok(reg_project.run("backup", "database"))
+
+    _ok(reg_project.run("verify", "--restore-test", "database", "latest"))
+
+    started = time.monotonic()
+    _ok(reg_project.run("restore", "database", "latest", "--yes"))
+    in_place_seconds = time.monotonic() - started
+    assert schema_and_data(postgres, source) == expected
+
+    other = postgres.create_database("reginto")
+    _ok(reg_project.run("restore", "database", "latest", "--yes", "--into", postgres.url(other)))
+    assert schema_and_data(postgres, other) == expected
+
+    _ok(reg_project.run("restore", "database", "latest", "--yes", "--jobs", "2"))
+    assert schema_and_data(postgres, source) == expected
+
+    print(  # the figures the closing note quotes (pytest -s shows them)
+        f"regression database: plain pg_restore {plain_seconds:.2f} s, "
+        f"cosmic-backup in place {in_place_seconds:.2f} s"
+    )
