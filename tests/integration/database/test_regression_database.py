@@ -44,20 +44,35 @@ def schema_and_data(server: PostgresServer, dbname: str) -> str:
     return "\n".join(line for line in out.splitlines() if not line.startswith("\\"))
 
 
+def _pg_restore(server: PostgresServer, dbname: str, *options: str) -> float:
+    """Plain pg_restore of the dump into `dbname`; the seconds it took."""
+    dsn = server.url(dbname, password="")  # the password in PGPASSWORD, not in argv
+    argv = [_tool(server, "pg_restore"), "--no-password", "--exit-on-error", *options]
+    started = time.monotonic()
+    subprocess.run(
+        [*argv, "-d", dsn, str(DUMP)],
+        check=True,
+        env=_env(server),
+    )
+    return time.monotonic() - started
+
+
 @pytest.fixture(scope="module")
 def regression(postgres: PostgresServer) -> tuple[str, str, float]:
-    """A database restored from the dump by plain pg_restore; its SQL; pg_restore's time."""
+    """A database restored from the dump by plain pg_restore; the SQL that plain
+    `pg_restore --no-owner` gives (our restores run as the target's user, see
+    docs/database.md); plain pg_restore's time."""
     if postgres.major < 15:
         pytest.fail("the regression dump needs a PostgreSQL 15 or newer test server")
     name = postgres.create_database("regression")
-    dsn = postgres.url(name, password="")  # the password in PGPASSWORD, not in argv
-    started = time.monotonic()
-    subprocess.run(
-        [_tool(postgres, "pg_restore"), "--no-password", "--exit-on-error", "-d", dsn, str(DUMP)],
-        check=True,
-        env=_env(postgres),
-    )
-    return name, schema_and_data(postgres, name), time.monotonic() - started
+    seconds = _pg_restore(postgres, name)
+    reference = postgres.create_database("regnoowner")
+    _pg_restore(postgres, reference, "--no-owner")
+    no_owner = schema_and_data(postgres, reference)
+    # The one difference --no-owner makes: the table pg_regress gives to pg_database_owner.
+    changed = set(schema_and_data(postgres, name).splitlines()) ^ set(no_owner.splitlines())
+    assert {line for line in changed if "datdba_only" in line} == changed
+    return name, no_owner, seconds
 
 
 @pytest.fixture

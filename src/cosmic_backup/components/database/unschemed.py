@@ -97,7 +97,9 @@ def read_unschemed_drops(payload: BinaryIO) -> tuple[BinaryIO, list[str] | None]
     stream, head = read_head(payload)
     if head is None:
         return stream, None
-    return stream, [drop for kind, drop in head.unschemed_drops if kind in DROPPED_KINDS]
+    # In reverse TOC order, as pg_restore --clean drops: a foreign server before its wrapper.
+    drops = [drop for kind, drop in head.unschemed_drops if kind in DROPPED_KINDS]
+    return stream, drops[::-1]
 
 
 def policy_roles(head: Head) -> set[str]:
