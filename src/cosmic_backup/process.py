@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -116,14 +117,7 @@ class Child:
         """What explains a failure: the first error lines and their hints when the child
         printed any (the first error is the cause; what follows it, such as a lost
         connection's aftermath or a CONTEXT line, is not), else its last lines."""
-        kept = list(self._stderr)
-        first = next((i for i, line in enumerate(kept) if ERROR_LINE.search(line)), None)
-        if first is None:
-            chosen = kept[-lines:]
-        else:  # the error, then the DETAIL and HINT lines that belong to it
-            follows = itertools.takewhile(ERROR_NOTE.match, kept[first + 1 :])
-            chosen = [kept[first], *follows][:lines]
-        return " | ".join(chosen) if chosen else "no error output"
+        return error_tail(list(self._stderr), lines)
 
     @property
     def stderr_text(self) -> str:
@@ -212,6 +206,17 @@ def mark_alive(mark: object) -> bool:
     return started is not None and started == mark.get("started")
 
 
+def error_tail(kept: list[str], lines: int = 3) -> str:
+    """The lines of a program's output that explain its failure (see Child.stderr_tail)."""
+    first = next((i for i, line in enumerate(kept) if ERROR_LINE.search(line)), None)
+    if first is None:
+        chosen = kept[-lines:]
+    else:  # the error, then the DETAIL and HINT lines that belong to it
+        follows = itertools.takewhile(ERROR_NOTE.match, kept[first + 1 :])
+        chosen = [kept[first], *follows][:lines]
+    return " | ".join(chosen) if chosen else "no error output"
+
+
 def run_captured(
     argv: list[str], *, timeout: float, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -236,19 +241,52 @@ def run_captured(
 
 
 def run_shown(
-    argv: list[str], *, env: Mapping[str, str], cwd: Path, out: IO[str] | None, timeout: float
+    argv: list[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path,
+    out: IO[str] | None,
+    timeout: float,
+    errors: list[str] | None = None,
 ) -> int:
     """Run a command to completion in exactly `env` (nothing of ours is inherited, unlike
     the runners above), its output going to `out`; its exit code.
 
     For commands shown to a person as they run (the demo). Past `timeout`, or when we are
-    interrupted, its whole process group is killed.
+    interrupted, its whole process group is killed. `errors`, when given, receives the
+    lines it printed that begin with "error:" (its output then passes through a pipe of
+    ours on its way to `out`).
     """
     argv = [require_program(argv[0]), *argv[1:]]
+    if errors is None:
+        process = subprocess.Popen(
+            argv, env=dict(env), cwd=cwd, stdout=out, stderr=out, start_new_session=True
+        )
+        return _finish_or_kill(process, timeout, lambda limit: process.wait(timeout=limit))
     process = subprocess.Popen(
-        argv, env=dict(env), cwd=cwd, stdout=out, stderr=out, start_new_session=True
+        argv,
+        env=dict(env),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
-    return _finish_or_kill(process, timeout, lambda limit: process.wait(timeout=limit))
+    relay = threading.Thread(target=_relay, args=(process, out, errors), daemon=True)
+    relay.start()
+    code = _finish_or_kill(process, timeout, lambda limit: process.wait(timeout=limit))
+    relay.join()
+    return code
+
+
+def _relay(process: subprocess.Popen[str], out: IO[str] | None, errors: list[str]) -> None:
+    assert process.stdout is not None
+    sink = out or sys.stdout
+    for line in process.stdout:
+        sink.write(line)
+        sink.flush()
+        if line.startswith("error:"):
+            errors.append(line.removeprefix("error:").strip())
 
 
 def _finish_or_kill(

@@ -188,7 +188,16 @@ class Settings:
         "BACKUP_CONNECT_TIMEOUT", 10, _int, "database connect timeout (s)", bounds=(1, 3600)
     )
     connect_retries: int = setting(
-        "BACKUP_CONNECT_RETRIES", 3, _int, "connection attempts", bounds=(1, 100)
+        "BACKUP_CONNECT_RETRIES", 10, _int, "connection attempts at most", bounds=(1, 100)
+    )
+    # A serverless compute (Neon, a resuming Supabase project) accepts connections only
+    # once it has woken up, which can take well over the seconds a few retries last.
+    connect_wait: int = setting(
+        "BACKUP_CONNECT_WAIT",
+        30,
+        _int,
+        "how long connection attempts are retried (s)",
+        bounds=(0, 3600),
     )
     lock_wait_timeout: int = setting(
         "BACKUP_LOCK_WAIT_TIMEOUT",

@@ -47,7 +47,10 @@ __all__ = [
 ]
 
 COPY_CHUNK = 64 * 1024  # measured: tarfile reads records one by one, so bigger is slower
-SAFE_MODE_BITS = 0o1777  # permission bits and sticky; never setuid/setgid
+SAFE_MODE_BITS = 0o1777  # a file's permission bits and sticky; never setuid/setgid
+# A folder's keep setgid too: on a shared upload folder it gives new files the folder's
+# group, and on a folder it makes no program privileged.
+FOLDER_MODE_BITS = SAFE_MODE_BITS | stat.S_ISGID
 PRIVATE_DIR = 0o700
 # A new file: never over an existing one, never through a link. The parents are folders
 # this extraction made (0700) and no symlink exists until finish(), so a writer thread
@@ -70,6 +73,15 @@ class ExtractStats:
     owners_not_kept: int = field(default=0, compare=False)
     # Top-level folders the archive has a member for (with an owner and a mode).
     tops: set[str] = field(default_factory=set, compare=False)
+    # Files whose setuid or setgid bit was dropped, and the first one's name.
+    privileges_dropped: int = field(default=0, compare=False)
+    first_privileged: str = field(default="", compare=False)
+
+
+def kept_mode(member: tarfile.TarInfo) -> int:
+    """The mode a restore gives `member`: a file loses setuid and setgid, a folder keeps
+    setgid."""
+    return member.mode & (FOLDER_MODE_BITS if member.isdir() else SAFE_MODE_BITS)
 
 
 # -- checking -----------------------------------------------------------------------------
@@ -374,7 +386,7 @@ class _Extractor:
     def _finisher(self, member: tarfile.TarInfo) -> Finish:
         """Owner, mode and times of a file, set by its writer once its content is in."""
         owner = (member.uid, member.gid) if self.restore_owner else None
-        mode, mtime = self._mode(member.mode), member.mtime
+        mode, mtime = self._file_mode(member), member.mtime
 
         def finish(fd: int) -> None:
             if owner is not None:
@@ -384,10 +396,15 @@ class _Extractor:
 
         return finish
 
-    def _mode(self, mode: int) -> int:
+    def _file_mode(self, member: tarfile.TarInfo) -> int:
         # Owners are restored by default as root now: a setuid bit would make any file
-        # of the archive a root program, so it is dropped even then.
-        return mode & SAFE_MODE_BITS
+        # of the archive a root program, so it is dropped even then (and counted, so the
+        # restore can say so).
+        if member.mode & (stat.S_ISUID | stat.S_ISGID):
+            if not self.stats.privileges_dropped:
+                self.stats.first_privileged = member.name
+            self.stats.privileges_dropped += 1
+        return kept_mode(member)
 
     def finish(self) -> None:
         """Links once all are known safe, then folders' modes and times, deepest first."""
@@ -400,5 +417,5 @@ class _Extractor:
         for folder in sorted(self._folders, key=lambda item: -len(item.path.parts)):
             if self.restore_owner:
                 os.chown(folder.path, folder.uid, folder.gid)
-            os.chmod(folder.path, self._mode(folder.mode))
+            os.chmod(folder.path, folder.mode & FOLDER_MODE_BITS)
             os.utime(folder.path, (folder.mtime, folder.mtime))

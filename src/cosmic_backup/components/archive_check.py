@@ -24,7 +24,13 @@ from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from cosmic_backup.components.archive import COPY_CHUNK, SAFE_MODE_BITS, check_member
+from cosmic_backup.components.archive import (
+    COPY_CHUNK,
+    FOLDER_MODE_BITS,
+    SAFE_MODE_BITS,
+    check_member,
+    kept_mode,
+)
 from cosmic_backup.errors import IntegrityError
 
 
@@ -115,7 +121,7 @@ class ArchiveDigests(io.RawIOBase):
 
 
 def _describe(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Member:
-    mode = member.mode & SAFE_MODE_BITS
+    mode = kept_mode(member)
     if member.isdir():
         return Member("folder", 0, mode, "", "")
     if member.issym():
@@ -162,7 +168,8 @@ def _differences(expected: Member, path: Path, info: os.stat_result) -> list[str
     if not wanted_kind(info.st_mode):
         return [f"not a {expected.kind}"]
     found: list[str] = []
-    mode = stat.S_IMODE(info.st_mode) & SAFE_MODE_BITS
+    kept = FOLDER_MODE_BITS if expected.kind == "folder" else SAFE_MODE_BITS
+    mode = stat.S_IMODE(info.st_mode) & kept
     if mode != expected.mode:
         found.append(f"mode {mode:o}, archive {expected.mode:o}")
     if expected.kind == "file":

@@ -314,7 +314,7 @@ class FilesComponent(Component):
             "files": stats.files,
             "bytes": stats.bytes,
         }
-        return self._with_owner_warning(RestoreReport(lines, details), stats)
+        return self._with_warnings(RestoreReport(lines, details), stats)
 
     def _extract_elsewhere(self, payload: BinaryIO, target: Path) -> RestoreReport:
         """--target-dir: straight into the new or empty folder, emptied again on failure."""
@@ -332,11 +332,18 @@ class FilesComponent(Component):
             [f"Extracted {stats.files} file(s) and {stats.links} link(s) into {target}."],
             {"target_dir": str(target), "files": stats.files, "bytes": stats.bytes},
         )
-        return self._with_owner_warning(report, stats)
+        return self._with_warnings(report, stats)
 
-    def _with_owner_warning(self, report: RestoreReport, stats: ExtractStats) -> RestoreReport:
-        """Not root: say so when files of other users now belong to us."""
+    def _with_warnings(self, report: RestoreReport, stats: ExtractStats) -> RestoreReport:
+        """Say what the restore could not or would not give back: other users' owners
+        (not root), and files' setuid/setgid bits."""
         warnings = []
+        if stats.privileges_dropped:
+            warnings.append(
+                f"{stats.privileges_dropped} restored file(s) had a setuid or setgid bit in "
+                f"the backup (e.g. {stats.first_privileged}), dropped so that no file of a "
+                "backup becomes a privileged program; set it again with chmod if it is meant."
+            )
         if stats.owners_not_kept:
             user = _user_name(os.geteuid())
             warnings.append(

@@ -97,12 +97,15 @@ class Demo:
         argv = [sys.executable, "-m", "cosmic_backup", "-C", str(self.app), *args]
         # In exactly the demo's environment: its commands must not see the operator's
         # BACKUP_* settings (a BACKUP_DIR elsewhere).
-        code = run_shown(argv, env=self.env, cwd=self.app, out=self.out, timeout=COMMAND_TIMEOUT)
+        errors: list[str] = []
+        code = run_shown(
+            argv, env=self.env, cwd=self.app, out=self.out, timeout=COMMAND_TIMEOUT, errors=errors
+        )
         if check and code != 0:
-            raise OperationFailed(
-                f"The demo stopped: `{shown}` exited with {code} (its output is above); this "
-                "is a bug, please report it."
-            )
+            # The command said why in its own sentence (a server's error is the server's,
+            # not a fault of the demo); only a command that could not say why is ours.
+            why = errors[-1] if errors else "it printed no error (see its output above)"
+            raise OperationFailed(f"The demo stopped: `{shown}` failed: {why.rstrip('.')}.")
         return code
 
     def narrate(self, shown: str) -> None:

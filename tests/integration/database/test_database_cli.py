@@ -21,6 +21,7 @@ from tests.integration.database.appdb import (
     table_contents,
 )
 from tests.integration.database.conftest import PostgresServer, free_port
+from tests.integration.database.late_server import LateServer
 from tests.integration.database.procwatch import CommandLineWatcher, running
 
 KEY = "database tests passphrase 0123456789"
@@ -207,6 +208,28 @@ def test_connection_failures_are_one_sentence_and_a_failure_record(
     [record] = listed(project)
     assert record["status"] == "failed" and expected in record["error"]
     assert "not-the-password" not in json.dumps(record)
+
+
+def test_a_server_that_accepts_connections_5_s_late_is_waited_for(
+    db_project: Project, postgres: PostgresServer, app_db: str
+) -> None:
+    """A waking serverless compute: connections are refused for 5 s after the backup
+    starts, then reach the server; with the default retry window (BACKUP_CONNECT_WAIT,
+    30 s) the backup waits and succeeds."""
+    with LateServer(postgres.port) as late:
+        db_project.env["DATABASE_URL"] = app_db.replace(f":{postgres.port}/", f":{late.port}/")
+        began = time.monotonic()
+        backup = db_project.popen("backup", "database")
+        time.sleep(5)  # the compute's wake-up time: the condition under test, not a wait
+        late.open()
+        _, err = backup.communicate(timeout=120)
+        elapsed = time.monotonic() - began
+    assert backup.returncode == 0, err
+    assert elapsed >= 5
+    [entry] = listed(db_project)
+    assert entry["status"] == "ok"
+    log = "".join(p.read_text() for p in (db_project.root / "logs").iterdir())
+    assert "connection attempt 1 failed: Nothing accepts connections" in log
 
 
 def test_a_locked_table_fails_within_the_lock_wait_timeout(

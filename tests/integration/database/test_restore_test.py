@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cosmic_backup.components.database.throwaway import sandbox_root
+from cosmic_backup.components.database.throwaway import sandbox_root, throwaway_server
 from cosmic_backup.format.pipeline import SealingWriter
 from cosmic_backup.operations.artifacts import open_plaintext, trusted_key
 from cosmic_backup.operations.context import open_runtime
@@ -189,6 +189,25 @@ def test_a_dump_newer_than_every_server_is_explained(app_project: Project) -> No
     message = report["results"][0]["message"]
     assert "No PostgreSQL server of version 99 or newer" in message
     assert "apt install postgresql-99" in message
+
+
+def test_a_dump_of_a_postgresql_18_server_is_restore_tested_on_an_18_server(
+    project: Project,
+) -> None:
+    """The [embedded] extra (in [test] too) brings PostgreSQL 18: a dump of a current
+    server can be restore-tested where the machine's packages are older (15 here)."""
+    with throwaway_server(min_major=18) as server:
+        url = server.url(server.create_database())
+        # Not appdb's schema: the wheel is built without OpenSSL, so it has no pgcrypto.
+        execute(url, "CREATE TABLE notes AS SELECT n, md5(n::text) FROM generate_series(1, 50) n")
+        project.env.update({"DATABASE_URL": url, "BACKUP_KEY": KEY})
+        backed_up(project, "database")
+    result, report = drill(project, "database")
+    assert result.returncode == 0, report
+    [database] = report["results"]
+    assert database["status"] == "ok" and database["figures"]["rows"] == 50
+    [entry] = json.loads(project.run("--json", "list", "database").stdout)
+    assert entry["source"]["server_version"].startswith("18.")
 
 
 def test_into_a_server_of_the_users_choosing_creates_and_drops_its_own_database(

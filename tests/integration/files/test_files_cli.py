@@ -6,6 +6,7 @@ import io
 import json
 import os
 import signal
+import stat
 import subprocess
 import tarfile
 import time
@@ -356,3 +357,29 @@ def test_owners_are_restored_unless_opted_out(files_project: Project) -> None:
     assert result.returncode == 0, result.stderr
     assert (plain / "uploads" / "owned.txt").stat().st_uid == 0
     assert (kept / "uploads" / "owned.txt").stat().st_uid == 65534
+
+
+def test_folders_keep_setgid_and_files_lose_setuid_and_setgid_with_a_warning(
+    files_project: Project,
+) -> None:
+    """A shared-group upload folder (drwxrwsr-x) comes back as it was, so new uploads
+    get its group; a file's setuid or setgid bit is dropped, and the restore says so."""
+    uploads = files_project.root / "uploads"
+    shared = uploads / "shared"
+    shared.mkdir()
+    (shared / "tool").write_text("#!/bin/sh\n")
+    (uploads / "other").write_text("#!/bin/sh\n")
+    shared.chmod(0o2775)
+    (shared / "tool").chmod(0o4755)
+    (uploads / "other").chmod(0o2755)
+    assert files_project.run("backup", "files").returncode == 0
+    shared.chmod(0o775)  # the damage: the bit is gone
+    restore = files_project.run("restore", "files", "latest", "--yes")
+    assert restore.returncode == 0, restore.stderr
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o2775
+    assert stat.S_IMODE((shared / "tool").stat().st_mode) == 0o755
+    assert stat.S_IMODE((uploads / "other").stat().st_mode) == 0o755
+    assert "2 restored file(s) had a setuid or setgid bit" in restore.stdout
+    assert "e.g. uploads/" in restore.stdout
+    drill = files_project.run("verify", "--restore-test", "files")
+    assert drill.returncode == 0, drill.stdout + drill.stderr  # setgid compared as kept

