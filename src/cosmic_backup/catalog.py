@@ -19,7 +19,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -136,7 +136,7 @@ class StoreCatalog:
             for info in self.store.list(f"{name}/"):
                 if info.name.endswith(MANIFEST_SUFFIX) and (entry := self._load_listed(info.name)):
                     found.append(entry)
-        return sorted(found, key=lambda entry: (entry.manifest.started_at, entry.id))
+        return in_order(found)
 
     def _load_listed(self, name: str) -> Entry | None:
         """`_load`, or None for a manifest removed since the listing (another host's prune
@@ -418,6 +418,22 @@ class Catalog(StoreCatalog):
                         self.store.delete(name)
                         removed.append(name)
         return removed
+
+
+def in_order(entries: Iterable[Entry]) -> list[Entry]:
+    """Oldest first: by the second the id names, then the id (``-02`` after the first).
+
+    Not by the manifest's ``started_at``: a damaged or replayed manifest stands in with a
+    stub dated by its name to the whole second, and sorting it by that against a genuine
+    backup's microseconds put a rolled-back newest backup before an older one of the same
+    second, so that ``latest`` quietly took the older one.
+    """
+    return sorted(entries, key=order_key)
+
+
+def order_key(entry: Entry) -> tuple[str, str]:
+    """The sort key of `in_order`, for lists of things that carry an entry."""
+    return _time_of_id(entry.id), entry.id
 
 
 def _may_be_chosen(entry: Entry) -> bool:

@@ -195,6 +195,22 @@ def test_a_tampered_manifest_is_never_taken_for_a_good_backup(
     assert catalog.select("database", good).trust == Trust.VERIFIED
 
 
+def test_a_rolled_back_manifest_in_the_second_of_an_older_backup_still_stops_latest(
+    catalog: Catalog, backups: Backups
+) -> None:
+    """Two backups in one second, the newest's manifest replaced by the older's bytes: the
+    stand-in for the replayed one is dated by its name to the whole second, which once
+    sorted it before the older backup's microseconds, so `latest` took the older."""
+    backups.clock.at += timedelta(microseconds=700_000)
+    older = backups.add()
+    newest = backups.add(after=timedelta(microseconds=200_000))
+    assert newest == f"{older}-02"
+    backups.manifest_path(newest).write_bytes(backups.manifest_path(older).read_bytes())
+    assert [entry.id for entry in catalog.entries("database")] == [older, newest]
+    chosen = catalog.select("database", "latest")
+    assert (chosen.id, chosen.trust) == (newest, Trust.TAMPERED)
+
+
 def test_an_unreadable_manifest_chosen_by_id_is_flagged_not_called_a_failure(
     catalog: Catalog, backups: Backups
 ) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cosmic_backup.catalog import Entry
+from cosmic_backup.catalog import Entry, in_order
 from cosmic_backup.clock import parse_iso
 from cosmic_backup.components import COMPONENT_NAMES
 from cosmic_backup.operations.context import Runtime
@@ -40,7 +40,7 @@ METRICS = (
 
 def component_values(entries: list[Entry]) -> dict[str, float]:
     """The gauges of one component; pre-restore copies are not attempts of the schedule."""
-    ordered = sorted(entries, key=lambda e: (e.manifest.started_at, e.id))
+    ordered = in_order(entries)
     attempts = [e for e in ordered if not e.manifest.is_pre_restore]
     good = [e for e in attempts if e.manifest.ok and e.trust != Trust.TAMPERED]
     own = [e for e in entries if not e.manifest.is_other_target]  # not --into copies

@@ -32,6 +32,7 @@ from cosmic_backup.catalog import (
     MANIFEST_SUFFIX,
     Entry,
     StoreCatalog,
+    order_key,
 )
 from cosmic_backup.clock import iso
 from cosmic_backup.errors import CosmicError, IntegrityError, OperationFailed, UsageError
@@ -568,7 +569,7 @@ def locate_everywhere(rt: Runtime, component: str | None) -> tuple[list[Located]
     found: list[Located] = []
     for backup_id in local.keys() | remote_entries.keys():
         found.append(_locate_one(rt, remote, local.get(backup_id), remote_entries.get(backup_id)))
-    return sorted(found, key=lambda x: (x.entry.manifest.started_at, x.entry.id)), problem
+    return sorted(found, key=lambda x: order_key(x.entry)), problem
 
 
 def warn_unlisted(rt: Runtime, problem: str) -> None:

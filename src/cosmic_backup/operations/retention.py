@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cosmic_backup.catalog import Entry
+from cosmic_backup.catalog import Entry, in_order
 from cosmic_backup.settings import Settings
 from cosmic_backup.states import Trust
 
@@ -84,7 +84,7 @@ class RetentionPlan:
 def _newest_per(good: list[Entry], period: Callable[[Entry], Hashable], count: int) -> set[str]:
     """Ids of the newest backup in each of the `count` most recent periods that have one."""
     chosen: dict[Hashable, Entry] = {}
-    for entry in sorted(good, key=lambda e: e.manifest.started_at, reverse=True):
+    for entry in reversed(in_order(good)):
         key = period(entry)
         if key not in chosen:
             if len(chosen) == count:
@@ -108,7 +108,7 @@ def _month(entry: Entry) -> tuple[int, int]:
 
 def plan_retention(entries: list[Entry], policy: Policy, now: datetime) -> RetentionPlan:
     """Decide, for the backups of ONE component, which stay and why."""
-    ordered = sorted(entries, key=lambda e: (e.manifest.started_at, e.id))
+    ordered = in_order(entries)
     decisions = [Decision(entry) for entry in ordered]
     if not ordered:
         return RetentionPlan(decisions)

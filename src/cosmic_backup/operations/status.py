@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from cosmic_backup.catalog import Entry
+from cosmic_backup.catalog import Entry, in_order
 from cosmic_backup.clock import parse_iso
 from cosmic_backup.components import COMPONENT_NAMES, create_component
 from cosmic_backup.components.files import interrupted_restore
@@ -52,7 +52,7 @@ def component_status(
     # Copies of other databases (a pre-restore backup before `restore --into`) are not
     # this app's backups: listed, never counted.
     own = [e for e in entries if not e.manifest.is_other_target]
-    ordered = sorted(own, key=lambda e: (e.manifest.started_at, e.id))
+    ordered = in_order(own)
     attempts = [e for e in ordered if not e.manifest.is_pre_restore]
     good = [e for e in attempts if e.manifest.ok and e.trust != Trust.TAMPERED]
     failures = [e for e in attempts if not e.manifest.ok]
