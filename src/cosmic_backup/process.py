@@ -63,8 +63,8 @@ class Child:
         stdout: int | IO[Any] | None = subprocess.PIPE,
     ) -> None:
         self.name = Path(argv[0]).name
-        self.timed_out = False
-        self.stopped = False  # by us: a time limit, an interrupt or a sibling's failure
+        self._expired = False  # its time limit passed
+        self._signalled = False  # we sent it SIGKILL: a time limit, an interrupt, a sibling
         self._stderr: deque[str] = deque(maxlen=STDERR_LINES_KEPT)
         argv = [require_program(argv[0]), *argv[1:]]
         log.info("running %s", redact(" ".join(argv)))
@@ -90,13 +90,29 @@ class Child:
                 self._stderr.append(redact(line))
 
     def _expire(self) -> None:
-        self.timed_out = True
+        self._expired = True
         self.kill()
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            self.stopped = True
+        self._signalled = True  # before the signal: whoever reaps it must see the flag
         _kill_group(self.process.pid)
+
+    @property
+    def stopped(self) -> bool:
+        """Stopped by us: it died of the SIGKILL we sent. Its exit status decides, not
+        whether we had called kill(): a child that was already exiting when a sibling's
+        watcher killed it (poll() still None while another thread waits for it) exited by
+        itself, and its own error is the cause."""
+        return self._signalled and self.process.returncode == -signal.SIGKILL
+
+    @property
+    def timed_out(self) -> bool:
+        return self._expired and self.stopped
+
+    @property
+    def broken_pipe(self) -> bool:
+        """Killed by SIGPIPE: whoever read its output went away first."""
+        return self.process.returncode == -signal.SIGPIPE
 
     @property
     def ended_badly(self) -> bool:
@@ -124,20 +140,54 @@ class Child:
         return "\n".join(self._stderr)
 
 
+class Failures:
+    """Which of linked children failed first, for the one sentence that explains a run.
+
+    Each child's watcher notes its child when it ends: the first to have failed by itself
+    is kept, whatever order the watchers then run in. A child killed by SIGPIPE never
+    takes the blame: its reader ended first (psql stops at its ERROR, then pg_restore's
+    write into the pipe kills it, often before psql is even reaped).
+    """
+
+    def __init__(self, children: tuple[Child, ...]) -> None:
+        self._children = children
+        self._lock = threading.Lock()
+        self._first: Child | None = None
+
+    def note(self, child: Child) -> None:
+        with self._lock:
+            if self._first is None and child.failed_by_itself and not child.broken_pipe:
+                self._first = child
+
+    def first_failure(self) -> Child | None:
+        """The child whose failure explains the others', once they have all ended: the
+        first noted; else the first, in the order given, that failed by itself (one
+        killed by SIGPIPE after the others); else the first that ended badly."""
+        if self._first is not None:
+            return self._first
+        ended_badly = [c for c in self._children if c.process.returncode not in (None, 0)]
+        own = [c for c in ended_badly if c.failed_by_itself]
+        ranked = sorted(own, key=lambda c: c.broken_pipe) + ended_badly
+        return ranked[0] if ranked else None
+
+
 @contextlib.contextmanager
-def running(*children: Child) -> Iterator[None]:
+def running(*children: Child) -> Iterator[Failures]:
     """Kill every child if the block fails (or is interrupted), so nothing is left running.
 
     Children joined by pipes are linked: when one ends badly, the others are stopped at
     once. Otherwise its siblings block writing into a pipe that nobody reads any more, and
     our own pump blocks behind them until the time limit (small streams hide this: they
-    fit in the pipe buffers).
+    fit in the pipe buffers). What it yields says, after the block, which failed first.
     """
+    failures = Failures(children)
     watchers = (
-        [_stop_siblings_on_failure(c, children) for c in children] if len(children) > 1 else []
+        [_stop_siblings_on_failure(c, children, failures) for c in children]
+        if len(children) > 1
+        else []
     )
     try:
-        yield
+        yield failures
     except BaseException:
         for child in children:
             child.kill()
@@ -149,9 +199,12 @@ def running(*children: Child) -> Iterator[None]:
             watcher.join(timeout=5)
 
 
-def _stop_siblings_on_failure(child: Child, children: tuple[Child, ...]) -> threading.Thread:
+def _stop_siblings_on_failure(
+    child: Child, children: tuple[Child, ...], failures: Failures
+) -> threading.Thread:
     def watch() -> None:
         if child.process.wait() != 0:
+            failures.note(child)  # before stopping the others: they fail because of it
             for sibling in children:
                 if sibling is not child:
                     sibling.kill()

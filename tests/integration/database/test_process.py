@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from cosmic_backup.errors import OperationFailed
 from cosmic_backup.process import (
     Child,
+    Failures,
     pump,
     require_program,
     run_captured,
@@ -96,6 +98,56 @@ def test_when_one_linked_child_fails_the_other_is_stopped_at_once() -> None:
     assert time.monotonic() - began < 5
     assert reader.failed_by_itself and not writer.failed_by_itself
     assert writer.stopped and not reader.stopped
+
+
+RACE_ROUNDS = 400
+
+
+def failing_reader_and_broken_writer() -> tuple[Child, Child]:
+    """psql's and pg_restore's race, with stand-ins: a reader that reads a little, prints
+    its ERROR and exits 3, and a writer blocked on the pipe into it, which dies of SIGPIPE
+    as the reader's files close, often before the reader is reaped."""
+    read_end, write_end = os.pipe()
+    try:
+        script = "head -c 65536 >/dev/null; echo 'ERROR:  the reader failed' >&2; exit 3"
+        reader = Child(["/bin/sh", "-c", script], env={}, timeout=30, log=LOG, stdin=read_end)
+        writer = Child(["yes"], env={}, timeout=30, log=LOG, stdout=write_end)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    return reader, writer
+
+
+def run_linked(first: Child, second: Child) -> Failures:
+    with running(first, second) as failures:
+        first.wait()
+        second.wait()
+    return failures
+
+
+@pytest.mark.parametrize("order", ["reader first", "writer first"])
+def test_the_child_that_failed_first_keeps_the_blame_in_every_round(order: str) -> None:
+    """The watchers of both children wake at once; whichever runs first, the reader's own
+    exit 3 is never taken for "stopped by us", and it is the one blamed."""
+    wrong: list[str] = []
+    for round_number in range(RACE_ROUNDS // 2):
+        reader, writer = failing_reader_and_broken_writer()
+        linked = (reader, writer) if order == "reader first" else (writer, reader)
+        blamed = run_linked(*linked).first_failure()
+        seen = (reader.process.returncode, reader.stopped, writer.failed_by_itself)
+        # The writer died of SIGPIPE (its own failure, not blamed), or of our SIGKILL.
+        writer_ended = writer.broken_pipe or writer.stopped
+        if seen[:2] != (3, False) or not writer_ended or blamed is not reader:
+            wrong.append(f"round {round_number}: {seen}, blamed {blamed and blamed.name}")
+    assert not wrong, wrong[:5]
+    assert "the reader failed" in reader.stderr_tail()
+
+
+def test_a_child_that_exited_by_itself_is_not_stopped_by_a_later_kill() -> None:
+    child = Child(["/bin/sh", "-c", "exit 3"], env={}, timeout=10, log=LOG)
+    assert child.wait() == 3
+    child.kill()
+    assert child.failed_by_itself and not child.stopped and not child.timed_out
 
 
 def test_the_environment_reaches_the_child_and_argv_is_logged_redacted(

@@ -247,23 +247,43 @@ def table_data_files(listing: str, tables: list[tuple[str, str]]) -> dict[str, s
 
     A TABLE DATA line reads ``ID; 0 OID TABLE DATA SCHEMA NAME OWNER``, unquoted, so a
     name holding spaces could be read two ways: a line is only taken when exactly one of
-    `tables` fits it, and a table only when exactly one line names it.
+    `tables` fits it, and a table only when exactly one line names it. Linear in the
+    lines and tables: each line looks up only the "SCHEMA NAME" prefixes it has (one per
+    space in it), never every table (20,000 tables took a minute that way).
     """
+    by_words: dict[str, list[str]] = {}
+    for schema, table in tables:
+        by_words.setdefault(f"{schema} {table}", []).append(f"{schema}.{table}")
     found: dict[str, list[str]] = {}
     named: dict[str, int] = {}
     for line in listing.splitlines():
-        head, sep, rest = line.partition("; ")
-        if not (sep and head.strip().isdigit()):
+        described = _table_data_described(line)
+        if described is None:
             continue
-        words = rest.split(" ", 2)
-        if len(words) < 3 or not words[2].startswith("TABLE DATA "):
-            continue
-        described = words[2].removeprefix("TABLE DATA ")
-        fits = [f"{s}.{t}" for s, t in tables if described.startswith(f"{s} {t} ")]
-        found[f"{head.strip()}.dat"] = fits
+        fits = [name for prefix in _space_prefixes(described) for name in by_words.get(prefix, [])]
+        found[f"{line.partition(';')[0].strip()}.dat"] = fits
         for name in fits:
             named[name] = named.get(name, 0) + 1
     return {file: fits[0] for file, fits in found.items() if len(fits) == 1 and named[fits[0]] == 1}
+
+
+def _table_data_described(line: str) -> str | None:
+    """ "SCHEMA NAME OWNER" of a TABLE DATA line of ``pg_restore --list``, else None."""
+    head, sep, rest = line.partition("; ")
+    if not (sep and head.strip().isdigit()):
+        return None
+    words = rest.split(" ", 2)
+    if len(words) < 3 or not words[2].startswith("TABLE DATA "):
+        return None
+    return words[2].removeprefix("TABLE DATA ")
+
+
+def _space_prefixes(text: str) -> Iterator[str]:
+    """Every start of `text` that a space follows: where "SCHEMA NAME" may end."""
+    at = text.find(" ")
+    while at >= 0:
+        yield text[:at]
+        at = text.find(" ", at + 1)
 
 
 # -- reading -------------------------------------------------------------------------------

@@ -191,7 +191,7 @@ def _run_restore(
     psql_argv += [f"--dbname={target.conninfo()}", "--file=-"]
     runner, converter = _start_joined(restore_argv, psql_argv, prelude.encode(), env, limits, log)
     assert converter.process.stdin is not None
-    with running(converter, runner):
+    with running(runner, converter) as failures:
         if _pump_holding_back(payload, converter.process.stdin):
             converter.wait()
             if converter.process.returncode == 0:
@@ -199,7 +199,7 @@ def _run_restore(
                     pass  # the stream's size and SHA-256 are still checked to its end
         converter.wait()
         runner.wait()
-    _check_outcome(converter, runner, limits.timeout)
+    _check_outcome(converter, runner, failures.first_failure(), limits.timeout)
 
 
 def _start_joined(
@@ -288,20 +288,17 @@ def _widen(fd: int) -> None:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
 
-def _check_outcome(converter: Child, runner: Child, timeout: int) -> None:
+def _check_outcome(converter: Child, runner: Child, failed: Child | None, timeout: int) -> None:
+    """`failed`, the child that failed first (see Failures), says why the restore failed;
+    the other was stopped because of it, or died writing into psql's closed pipe."""
     if converter.timed_out or runner.timed_out:
         raise OperationFailed(
             f"The restore did not finish within {timeout} s (BACKUP_TIMEOUT) and was rolled "
             "back; the database is unchanged."
         )
-    # The child that failed first says why; the other was stopped because of it. When
-    # both failed of themselves, psql's error explains pg_restore's broken pipe.
-    failed = [c for c in (runner, converter) if c.failed_by_itself]
-    failed += [c for c in (runner, converter) if c.process.returncode != 0]
-    if failed:
-        child = failed[0]
-        tail = child.stderr_tail()  # its lines usually begin with its own name
-        said = (tail if tail.startswith(child.name) else f"{child.name}: {tail}").rstrip(".")
+    if failed is not None:
+        tail = failed.stderr_tail()  # its lines usually begin with its own name
+        said = (tail if tail.startswith(failed.name) else f"{failed.name}: {tail}").rstrip(".")
         raise OperationFailed(
             f"The restore failed and was rolled back; the database is unchanged. {said}."
         )
