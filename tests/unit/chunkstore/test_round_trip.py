@@ -86,8 +86,8 @@ def test_an_insertion_in_the_middle_reuses_all_but_a_few_chunks(tmp_path: Path) 
     # 1 MiB new at 512 KiB chunks: ~2 chunks of it, the chunk it lands in is cut anew,
     # then CDC resynchronises; plus the entry text's one part, which changed too.
     assert first.chunks >= 15
-    assert len(new_ids - old_ids) == second.new_chunks <= 5
-    assert len(new_ids & old_ids) >= first.chunks - 2
+    assert len(new_ids - old_ids) == second.new_chunks <= 6
+    assert len(new_ids & old_ids) >= first.chunks - 3
     assert read(store, second, backup_id(2)) == changed
     assert read(store, first, backup_id(1)) == data
 
@@ -96,5 +96,6 @@ def test_a_chunk_repeated_inside_one_payload_is_stored_once(tmp_path: Path) -> N
     store = make_store(tmp_path)
     block = random.Random(9).randbytes(3 * MiB)
     record = write(store, block * 4)
-    assert record.new_chunks < record.chunks / 2
+    # The first copy, and the chunk across a junction (the same at each of the three).
+    assert record.added_bytes < 2 * len(block)
     assert read(store, record) == block * 4
