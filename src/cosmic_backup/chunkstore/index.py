@@ -117,19 +117,19 @@ class ChunkIndex:
         self._records = bytearray(b"".join(pieces))
         self._fresh.clear()
 
-    def load(self, objects: Iterable[IndexText], pack_present: Callable[[str], bool]) -> None:
-        """Replace the contents with the union of `objects` (already stripped of the
-        superseded ones). Each object's records are sorted on their own, then all are
-        merged in one pass: memory is the records twice, never a Python object per chunk."""
-        runs = []
-        for index_text in objects:
-            records = [
-                self._record(self._pack_number(pack), place)
-                for pack in index_text.packs
-                for place in pack.chunks
-            ]
-            records.sort()
-            runs.append(b"".join(records))
+    def sorted_run(self, index_text: IndexText) -> bytes:
+        """One index object's records, sorted: 48 bytes a chunk, no object per chunk kept."""
+        records = [
+            self._record(self._pack_number(pack), place)
+            for pack in index_text.packs
+            for place in pack.chunks
+        ]
+        records.sort()
+        return b"".join(records)
+
+    def load(self, runs: Iterable[bytes], pack_present: Callable[[str], bool]) -> None:
+        """Replace the contents with the union of sorted runs (`sorted_run`), merged in one
+        pass: memory is the records twice at most, never a Python object per chunk."""
         merged = bytearray()
         last: bytes | bytearray = b""
         for record in heapq.merge(*(_record_runs(run) for run in runs)):

@@ -69,16 +69,21 @@ def load_index(layout: StoreLayout, data_key: DataKey, config: StoreConfig) -> L
         if layout.index.is_dir()
         else []
     )
-    texts: dict[str, IndexText] = {}
+    index = ChunkIndex()
+    # One object at a time becomes a compact sorted run; which runs count is known only
+    # once every object's `supersedes` lines are read.
+    runs: dict[str, bytes] = {}
+    superseded: set[str] = set()
     problems: dict[str, str] = {}
     for name in names:
         try:
-            texts[name] = read_index_object(layout, data_key, config, name)
+            text = read_index_object(layout, data_key, config, name)
         except (CosmicError, OSError) as exc:
             problems[name] = str(exc)
-    superseded = {old for text in texts.values() for old in text.supersedes}
-    in_force = [name for name in texts if name not in superseded]
+            continue
+        superseded.update(text.supersedes)
+        runs[name] = index.sorted_run(text)
+    in_force = [name for name in runs if name not in superseded]
     present = present_packs(layout)
-    index = ChunkIndex()
-    index.load((texts[name] for name in in_force), present.__contains__)
+    index.load((runs.pop(name) for name in in_force), present.__contains__)
     return LoadedIndex(index, in_force, present, problems)

@@ -17,7 +17,7 @@ from tests.unit.chunkstore import DB_ID, KEY, MiB, backup_id, make_store, payloa
 @pytest.fixture
 def written(tmp_path: Path) -> tuple[ChunkStore, bytes, ChunkListRecord]:
     store = make_store(tmp_path)
-    data = payload(6 * MiB, seed=21)
+    data = payload(10 * MiB, seed=21)
     return store, data, write(store, data)
 
 
