@@ -100,12 +100,14 @@ def kdf_description(iterations: int) -> dict[str, Any]:
     }
 
 
-def _canonical(body: dict[str, Any]) -> bytes:
+def canonical_json(body: dict[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def _mac(body: dict[str, Any], key: Key) -> str:
-    return hmac.new(key.manifest_mac_key, MAC_DOMAIN + _canonical(body), hashlib.sha256).hexdigest()
+    return hmac.new(
+        key.manifest_mac_key, MAC_DOMAIN + canonical_json(body), hashlib.sha256
+    ).hexdigest()
 
 
 def dump_manifest(manifest: Manifest, key: Key | None) -> bytes:

@@ -1,0 +1,115 @@
+"""Opening the chunk store: `store/config` and the data key's wraps `keys/<fp>.<mac>.key`
+(docs/format.md, "The wrap" and "store/config").
+
+The config is written once, after the first wrap, so a store exists exactly when its
+config does. A wrap is found by its MAC, as the recovery script finds it: the fingerprint
+in its name only says which key it is for.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from pathlib import Path
+
+from cosmic_backup.chunkstore.layout import StoreLayout, write_object
+from cosmic_backup.clock import Clock, SystemClock, iso
+from cosmic_backup.errors import IntegrityError, KeyProblem
+from cosmic_backup.format.keys import Key
+from cosmic_backup.format.objects import DataKey, mac_of, unseal, wrap_data_key, wrap_mac_key
+from cosmic_backup.format.store_config import (
+    PACK_TARGET,
+    StoreConfig,
+    check_config_mac,
+    dump_config,
+    parse_config,
+)
+
+WRAP_NAME = re.compile(r"(?P<fp>[0-9a-f]{16})\.(?P<mac>[0-9a-f]{64})\.key")
+MIN_WRAP_ITERATIONS = 1_000
+
+
+def store_exists(layout: StoreLayout) -> bool:
+    return layout.config.is_file()
+
+
+def create_store(
+    layout: StoreLayout,
+    user_key: Key,
+    wrap_iterations: int,
+    *,
+    clock: Clock | None = None,
+    pack_target: int = PACK_TARGET,
+) -> tuple[StoreConfig, DataKey]:
+    """A new store: a fresh data key, its wrap under `user_key`, then the config (last).
+
+    Call it under the root's lock; an existing store is never replaced.
+    """
+    if store_exists(layout):
+        raise KeyProblem(
+            f"A chunk store already exists in {layout.store}; it is opened, never created again."
+        )
+    if wrap_iterations < MIN_WRAP_ITERATIONS:
+        raise KeyProblem(f"The wrap needs at least {MIN_WRAP_ITERATIONS} iterations.")
+    data_key = DataKey.generate()
+    config = StoreConfig(
+        data_key=data_key.fingerprint,
+        wrap_iterations=wrap_iterations,
+        created_at=iso((clock or SystemClock()).now()),
+        pack_target=pack_target,
+    )
+    write_wrap(layout, data_key, user_key, wrap_iterations)
+    write_object(layout, layout.config, dump_config(config, data_key))
+    return config, data_key
+
+
+def write_wrap(layout: StoreLayout, data_key: DataKey, user_key: Key, iterations: int) -> Path:
+    stored, mac = wrap_data_key(data_key, user_key, iterations)
+    path = layout.keys / f"{user_key.fingerprint}.{mac}.key"
+    write_object(layout, path, stored)
+    return path
+
+
+def read_config(layout: StoreLayout) -> tuple[StoreConfig, dict[str, object]]:
+    try:
+        text = layout.config.read_bytes()
+    except FileNotFoundError:
+        raise IntegrityError(
+            f"There is no chunk store in {layout.store} (no store/config): back up first, or "
+            "point BACKUP_DIR at the folder that holds the store."
+        ) from None
+    return parse_config(text, str(layout.config))
+
+
+def open_store(layout: StoreLayout, user_key: Key) -> tuple[StoreConfig, DataKey]:
+    """The config, its MAC checked under the data key that a wrap for `user_key` opens."""
+    config, body = read_config(layout)
+    data_key = unwrap_with(layout, user_key, config.wrap_iterations)
+    check_config_mac(body, data_key, str(layout.config))
+    return config, data_key
+
+
+def _wraps(layout: StoreLayout) -> list[tuple[Path, str, str]]:
+    if not layout.keys.is_dir():
+        return []
+    found = []
+    for path in sorted(layout.keys.iterdir()):
+        if match := WRAP_NAME.fullmatch(path.name):
+            found.append((path, match.group("fp"), match.group("mac")))
+    return found
+
+
+def unwrap_with(layout: StoreLayout, user_key: Key, iterations: int) -> DataKey:
+    mac_key = wrap_mac_key(user_key, iterations)
+    wraps = _wraps(layout)
+    for path, _fingerprint, mac in wraps:
+        stored = path.read_bytes()
+        if hmac.compare_digest(mac_of(stored, mac_key), mac):
+            # The MAC matched: decrypt with the key already derived (no second 600,000).
+            line = unseal(stored, user_key.passphrase, iterations, mac_key, mac)
+            return DataKey.from_line(line)
+    made_for = ", ".join(sorted({fingerprint for _, fingerprint, _ in wraps})) or "none"
+    raise KeyProblem(
+        f"No data key wrap in {layout.keys} opens with the key {user_key.fingerprint} (wraps "
+        f"there are for the keys: {made_for}): use the key the store was made with."
+    )

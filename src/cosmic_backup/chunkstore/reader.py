@@ -1,0 +1,188 @@
+"""Reading a payload back (docs/format.md, "Reading: restore, verify, and what a damaged
+chunk breaks").
+
+The list's MAC first, then its `backup` line; then every chunk is placed and every pack it
+needs is checked to be there before the first payload byte is returned; each pack's MAC is
+checked in full before any of its members is decompressed, every chunk against its id and
+length, and the payload's size and SHA-256 at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import tempfile
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, BinaryIO
+
+from cosmic_backup.catalog import COMPONENTS
+from cosmic_backup.chunkstore.packs import PackProblem, cut_member, read_pack
+from cosmic_backup.chunkstore.writer import LIST_MAC, ChunkListRecord
+from cosmic_backup.errors import IntegrityError
+from cosmic_backup.format.chunk_list import ChunkList, ChunkRef, parse_chunk_list, parse_entries
+from cosmic_backup.format.objects import open_object
+
+if TYPE_CHECKING:
+    from cosmic_backup.chunkstore.index import Location
+    from cosmic_backup.chunkstore.store import ChunkStore
+
+READ_STEP = 1024 * 1024
+WHAT_TO_DO = (
+    "Run `cosmic-backup verify` to see every backup it breaks, then restore another backup "
+    "or pull the store from the off-site copy."
+)
+
+
+def component_of(backup_id: str) -> str:
+    component = backup_id.split("-", 1)[0]
+    if component not in COMPONENTS:
+        raise IntegrityError(f"{backup_id!r} is not the id of a backup.")
+    return component
+
+
+class ChunkReader:
+    """Chunks by id, through the loaded index, keeping the last pack's plaintext."""
+
+    def __init__(self, store: ChunkStore, backup_id: str) -> None:
+        self._store = store
+        self._backup_id = backup_id
+        self._pack_name: str | None = None
+        self._pack_plaintext = b""
+
+    def _refused(self, ref: ChunkRef, why: str) -> IntegrityError:
+        return IntegrityError(
+            f"Backup {self._backup_id} cannot be read: its chunk {ref.chunk_id.hex()} {why}. "
+            + WHAT_TO_DO
+        )
+
+    def locate(self, ref: ChunkRef) -> Location:
+        location = self._store.loaded_index.index.lookup(ref.chunk_id)
+        if location is None:
+            problems = self._store.loaded_index.problems
+            damaged = f" (damaged index objects: {', '.join(sorted(problems))})" if problems else ""
+            raise self._refused(ref, f"is in no index object of the store{damaged}")
+        return location
+
+    def check_present(self, ref: ChunkRef, checked: set[str]) -> None:
+        pack = self.locate(ref).pack
+        if pack not in checked:
+            if not self._store.layout.pack(pack).is_file():
+                raise self._refused(ref, f"is in the pack {pack}, which is missing")
+            checked.add(pack)
+
+    def read(self, ref: ChunkRef) -> bytes:
+        location = self.locate(ref)
+        if location.pack != self._pack_name:
+            self._pack_name, self._pack_plaintext = None, b""
+            store = self._store
+            try:
+                plaintext = read_pack(store.layout, store.data_key, store.config, location.pack)
+            except PackProblem as exc:
+                raise self._refused(ref, f"is in the pack {exc.pack}, which {exc.what}") from None
+            self._pack_name, self._pack_plaintext = location.pack, plaintext
+        data = cut_member(self._pack_plaintext, location.offset, location.length)
+        if len(data) != ref.plain_length or len(data) != location.plain_length:
+            raise self._refused(ref, f"read from the pack {location.pack} has the wrong length")
+        actual = self._store.data_key.chunk_id(data)
+        if not hmac.compare_digest(actual, ref.chunk_id):
+            raise self._refused(ref, f"read from the pack {location.pack} does not match its id")
+        return data
+
+
+def open_chunk_list(store: ChunkStore, record: ChunkListRecord, backup_id: str) -> ChunkList:
+    path = store.layout.root / component_of(backup_id) / record.name
+    try:
+        stored = path.read_bytes()
+    except FileNotFoundError:
+        raise IntegrityError(
+            f"Backup {backup_id} cannot be read: its chunk list {path} is missing. "
+            "Restore another backup, or pull this one from the off-site copy."
+        ) from None
+    try:
+        if len(stored) != record.stored_size:
+            raise IntegrityError("wrong size")
+        text = open_object(
+            stored, store.data_key, LIST_MAC, record.mac, store.config.object_iterations
+        )
+    except IntegrityError:
+        raise IntegrityError(
+            f"Backup {backup_id} cannot be read: its chunk list {path} fails its integrity "
+            "check (MAC mismatch): it is damaged or was replaced. Restore another backup."
+        ) from None
+    chunk_list = parse_chunk_list(text, str(path))
+    if chunk_list.backup != backup_id:
+        raise IntegrityError(
+            f"The chunk list {path} is the list of backup {chunk_list.backup}, not of "
+            f"{backup_id}: it was copied or renamed. Do not trust it; restore another backup."
+        )
+    if chunk_list.size != record.plaintext_size:
+        raise IntegrityError(
+            f"The chunk list {path} gives a payload size that its manifest does not: it is "
+            "not the list the manifest describes. Restore another backup."
+        )
+    return chunk_list
+
+
+class _EntryText:
+    """A backup's entry text, rebuilt from its parts into a private temporary file, so a
+    million-chunk backup's 76 MB of entries never sit in memory."""
+
+    def __init__(self, store: ChunkStore, chunk_list: ChunkList, reader: ChunkReader) -> None:
+        store.layout.private_folder(store.layout.tmp)
+        self._file: BinaryIO = tempfile.TemporaryFile(dir=store.layout.tmp)  # noqa: SIM115 - closed by close()
+        for part in chunk_list.parts:
+            self._file.write(reader.read(part))
+        self._name = f"the chunk list of {chunk_list.backup}"
+        self._count = chunk_list.entries
+
+    def entries(self) -> Iterator[ChunkRef]:
+        self._file.seek(0)
+        count = 0
+        for entry in parse_entries(iter(lambda: self._file.read(READ_STEP), b""), self._name):
+            count += 1
+            yield entry
+        if count != self._count:
+            raise IntegrityError(f"{self._name} has {count} entries where it says {self._count}.")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_payload(store: ChunkStore, record: ChunkListRecord, backup_id: str) -> Iterator[bytes]:
+    chunk_list = open_chunk_list(store, record, backup_id)
+    reader = ChunkReader(store, backup_id)
+    entry_text = _EntryText(store, chunk_list, reader)
+    try:
+        checked: set[str] = set()
+        for entry in entry_text.entries():  # nothing is returned unless every pack is there
+            reader.check_present(entry, checked)
+        yield from _checked_payload(reader, entry_text.entries(), record, backup_id)
+    finally:
+        entry_text.close()
+
+
+def _checked_payload(
+    reader: ChunkReader, entries: Iterable[ChunkRef], record: ChunkListRecord, backup_id: str
+) -> Iterator[bytes]:
+    size, sha256 = 0, hashlib.sha256()
+    for entry in entries:
+        data = reader.read(entry)
+        size += len(data)
+        sha256.update(data)
+        yield data
+    if size != record.plaintext_size or sha256.hexdigest() != record.plaintext_sha256:
+        raise IntegrityError(
+            f"Backup {backup_id}'s payload does not have the size and SHA-256 its manifest "
+            "records. Do not use what was read; restore another backup."
+        )
+
+
+def chunks_of(store: ChunkStore, record: ChunkListRecord, backup_id: str) -> Iterator[ChunkRef]:
+    """Every chunk a backup needs: its entry text's parts, then its payload's entries."""
+    chunk_list = open_chunk_list(store, record, backup_id)
+    yield from chunk_list.parts
+    entry_text = _EntryText(store, chunk_list, ChunkReader(store, backup_id))
+    try:
+        yield from entry_text.entries()
+    finally:
+        entry_text.close()

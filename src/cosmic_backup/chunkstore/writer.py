@@ -1,0 +1,220 @@
+"""Writing a payload into the store: chunks first, then index objects, then the chunk list
+(docs/format.md, "Writing a backup: the order, and the commit point").
+
+The manifest, written by the caller after `finish`, is the commit point. A kill at any
+moment leaves durable packs (indexed every `index_every` packs, so the next backup reuses
+them), perhaps a list that no manifest names, and `.partial-` files in `store/tmp`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from cosmic_backup.chunkstore.index_objects import write_index_object
+from cosmic_backup.chunkstore.packs import PackWriter
+from cosmic_backup.clock import iso
+from cosmic_backup.format.chunk_list import ChunkList, ChunkRef, entry_line, render_chunk_list
+from cosmic_backup.format.index_text import IndexText, PackRecord
+from cosmic_backup.format.objects import seal_object
+from cosmic_backup.format.store_config import LIST
+from cosmic_backup.storage.local import LocalStore
+
+if TYPE_CHECKING:
+    from cosmic_backup.chunkstore.store import ChunkStore
+
+LIST_MAC = "list-mac"
+INDEX_EVERY_PACKS = 64
+INDEX_EVERY_SECONDS = 600.0
+ENTRY_SPOOL_MEMORY = 8 * 1024 * 1024  # entry text past this goes to a file in store/tmp
+
+
+@dataclass(frozen=True)
+class ChunkListRecord:
+    """What the format 2 manifest carries of a backup's chunks (its `chunk_list` field),
+    with the payload's size and SHA-256 and the bytes the backup added to the store."""
+
+    name: str
+    mac: str
+    stored_size: int
+    chunks: int  # entries of the payload
+    new_chunks: int  # chunks this backup stored, the entry text's parts included
+    new_packs: int
+    plaintext_size: int
+    plaintext_sha256: str
+    added_bytes: int  # new packs, index objects and the list: the manifest's stored_size
+
+    def manifest_field(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "mac": self.mac,
+            "stored_size": self.stored_size,
+            "chunks": self.chunks,
+            "new_chunks": self.new_chunks,
+            "new_packs": self.new_packs,
+        }
+
+
+class ChunkSink:
+    """Puts chunks into packs once each: a chunk already in a present pack is only named."""
+
+    def __init__(self, store: ChunkStore, index_every: int) -> None:
+        self._store = store
+        self._loaded = store.loaded_index
+        self._index_every = index_every
+        self._pack: PackWriter | None = None
+        self._unindexed: list[PackRecord] = []
+        self._last_index = time.monotonic()
+        self.new_chunks = 0
+        self.new_packs = 0
+        self.added_bytes = 0
+
+    def _known(self, chunk_id: bytes) -> bool:
+        if self._pack is not None and chunk_id in self._pack.chunks:
+            return True
+        location = self._loaded.index.lookup(chunk_id)
+        return location is not None and location.pack in self._loaded.present
+
+    def put(self, data: bytes | memoryview) -> ChunkRef:
+        ref = ChunkRef(self._store.data_key.chunk_id(data), len(data))
+        if self._known(ref.chunk_id):
+            return ref
+        if self._pack is None:
+            self._pack = PackWriter(
+                self._store.layout, self._store.data_key, self._store.config, self._store.clock
+            )
+        self._pack.add(ref.chunk_id, data)
+        self.new_chunks += 1
+        if self._pack.full:
+            self._commit_pack()
+        return ref
+
+    def _commit_pack(self) -> None:
+        assert self._pack is not None
+        pack = self._pack.commit()
+        self._pack = None
+        self._loaded.index.add_pack(pack)
+        self._loaded.present.add(pack.name)
+        self._unindexed.append(pack)
+        self.new_packs += 1
+        self.added_bytes += pack.stored_size
+        overdue = time.monotonic() - self._last_index >= INDEX_EVERY_SECONDS
+        if len(self._unindexed) >= self._index_every or overdue:
+            self._write_index()
+
+    def _write_index(self) -> None:
+        if self._unindexed:
+            text = IndexText(written_at=iso(self._store.clock.now()), packs=self._unindexed)
+            store = self._store
+            name, size = write_index_object(store.layout, store.data_key, store.config, text)
+            self._loaded.objects.append(name)
+            self.added_bytes += size
+            self._unindexed = []
+        self._loaded.index.merge_fresh()
+        self._last_index = time.monotonic()
+
+    def finish(self) -> None:
+        """The open pack committed and every committed pack indexed: all durable."""
+        if self._pack is not None:
+            self._commit_pack()
+        self._write_index()
+
+    def abort(self) -> None:
+        if self._pack is not None:
+            self._pack.discard()
+            self._pack = None
+
+
+def default_payload(component: str) -> str:
+    return "dump" if component == "database" else "tar"
+
+
+class PayloadWriter:
+    """One backup's payload: pieces in, chunked by their kind's chunker; `finish` writes
+    the chunk list. Use it as a context manager, so a failure leaves no open pack."""
+
+    def __init__(
+        self,
+        store: ChunkStore,
+        component: str,
+        backup_id: str,
+        payload: str,
+        *,
+        index_every: int = INDEX_EVERY_PACKS,
+    ) -> None:
+        self._store = store
+        self._component = component
+        self._backup_id = backup_id
+        self._payload = payload
+        self._sink = ChunkSink(store, index_every)
+        store.layout.private_folder(store.layout.tmp)
+        self._entries: BinaryIO = tempfile.SpooledTemporaryFile(  # type: ignore[assignment]  # noqa: SIM115 - closed by __exit__
+            ENTRY_SPOOL_MEMORY, dir=store.layout.tmp
+        )
+        self._entry_count = 0
+        self._size = 0
+        self._sha256 = hashlib.sha256()
+
+    def __enter__(self) -> PayloadWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._sink.abort()
+        self._entries.close()
+
+    def _add_chunk(self, data: memoryview) -> None:
+        self._sha256.update(data)
+        self._size += len(data)
+        self._entries.write(entry_line(self._sink.put(data)))
+        self._entry_count += 1
+
+    def add_stream(self, stream: BinaryIO, kind: str) -> None:
+        """Cut a stream as it comes (a dump: one stream; it is read to its end)."""
+        for chunk in self._store.chunker(kind).cut_stream(stream):
+            self._add_chunk(chunk.data)
+
+    def add_piece(self, data: bytes | memoryview, kind: str) -> None:
+        """Cut one piece on its own (a file's tar record: its boundaries are kept)."""
+        for chunk in self._store.chunker(kind).cut_buf(data):
+            self._add_chunk(chunk.data)
+
+    def _store_entry_text(self) -> tuple[list[ChunkRef], int]:
+        entry_text_size = self._entries.tell()
+        self._entries.seek(0)
+        parts = [
+            self._sink.put(chunk.data)
+            for chunk in self._store.chunker(LIST).cut_stream(self._entries)
+        ]
+        return parts, entry_text_size
+
+    def finish(self) -> ChunkListRecord:
+        parts, entry_text_size = self._store_entry_text()
+        self._sink.finish()  # every chunk durable and indexed before the list names them
+        text = render_chunk_list(
+            ChunkList(
+                self._backup_id,
+                self._payload,
+                self._size,
+                self._entry_count,
+                entry_text_size,
+                parts,
+            )
+        )
+        store = self._store
+        stored, mac = seal_object(text, store.data_key, LIST_MAC, store.config.object_iterations)
+        name = store.layout.chunk_list(self._component, self._backup_id).name
+        LocalStore(store.layout.root).write_bytes(f"{self._component}/{name}", stored)
+        return ChunkListRecord(
+            name=name,
+            mac=mac,
+            stored_size=len(stored),
+            chunks=self._entry_count,
+            new_chunks=self._sink.new_chunks,
+            new_packs=self._sink.new_packs,
+            plaintext_size=self._size,
+            plaintext_sha256=self._sha256.hexdigest(),
+            added_bytes=self._sink.added_bytes + len(stored),
+        )

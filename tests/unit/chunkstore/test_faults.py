@@ -1,0 +1,113 @@
+"""A damaged, missing or swapped object is refused in one sentence naming the pack, the
+chunk and the backup, before any payload byte of the damaged part is returned."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cosmic_backup.chunkstore import ChunkListRecord, ChunkStore
+from cosmic_backup.errors import IntegrityError
+from tests.unit.chunkstore import DB_ID, KEY, MiB, backup_id, make_store, payload, write
+
+
+@pytest.fixture
+def written(tmp_path: Path) -> tuple[ChunkStore, bytes, ChunkListRecord]:
+    store = make_store(tmp_path)
+    data = payload(10 * MiB, seed=21)
+    return store, data, write(store, data)
+
+
+def read_until_refused(
+    root: Path, record: ChunkListRecord, backup: str = DB_ID
+) -> tuple[bytes, str]:
+    """What a fresh reader returned before it refused, and its sentence."""
+    returned = bytearray()
+    with pytest.raises(IntegrityError) as refused:
+        for piece in ChunkStore.open(root, KEY).read_payload(record, backup):
+            returned += piece
+    return bytes(returned), str(refused.value)
+
+
+def data_pack_in_the_middle(store: ChunkStore, record: ChunkListRecord) -> tuple[str, bytes, int]:
+    """A pack of payload chunks that is neither the first nor the one holding the entry
+    text, the first chunk of it in the payload, and where that chunk starts."""
+    index = store.loaded_index.index
+    parts = list(store.chunks_of(record, DB_ID))
+    part_packs = {index.lookup(ref.chunk_id).pack for ref in parts[:1]}  # type: ignore[union-attr]
+    offset, first_pack = 0, None
+    for ref in parts[1:]:
+        pack = index.lookup(ref.chunk_id).pack  # type: ignore[union-attr]
+        first_pack = first_pack or pack
+        if pack != first_pack and pack not in part_packs:
+            return pack, ref.chunk_id, offset
+        offset += ref.plain_length
+    raise AssertionError("the payload should span several packs")
+
+
+def test_a_damaged_pack_byte_is_refused_before_its_chunks(written, tmp_path: Path) -> None:
+    store, data, record = written
+    pack, chunk_id, start = data_pack_in_the_middle(store, record)
+    path = store.layout.pack(pack)
+    damaged = bytearray(path.read_bytes())
+    damaged[len(damaged) // 2] ^= 0x01
+    path.write_bytes(bytes(damaged))
+    returned, sentence = read_until_refused(tmp_path, record)
+    assert len(returned) <= start and data.startswith(returned)
+    assert pack in sentence and chunk_id.hex() in sentence and DB_ID in sentence
+    assert "fails its integrity check" in sentence and "verify" in sentence
+
+
+def test_a_missing_pack_is_refused_before_any_byte(written, tmp_path: Path) -> None:
+    store, _, record = written
+    pack, chunk_id, _ = data_pack_in_the_middle(store, record)
+    store.layout.pack(pack).unlink()
+    returned, sentence = read_until_refused(tmp_path, record)
+    assert returned == b""
+    assert f"is in the pack {pack}, which is missing" in sentence
+    assert chunk_id.hex() in sentence and DB_ID in sentence
+
+
+def test_a_valid_pack_swapped_for_another_is_refused(written, tmp_path: Path) -> None:
+    store, data, record = written
+    pack, chunk_id, start = data_pack_in_the_middle(store, record)
+    other = next(name for name in store.loaded_index.index.packs if name != pack)
+    shutil.copyfile(store.layout.pack(other), store.layout.pack(pack))
+    returned, sentence = read_until_refused(tmp_path, record)
+    assert len(returned) <= start and data.startswith(returned)
+    assert pack in sentence and chunk_id.hex() in sentence
+    assert "another pack was put in its place" in sentence
+
+
+def test_a_chunk_list_copied_under_another_backups_name_is_refused(written, tmp_path: Path) -> None:
+    store, _, record = written
+    other = backup_id(7)
+    shutil.copyfile(
+        store.layout.chunk_list("database", DB_ID), store.layout.chunk_list("database", other)
+    )
+    copied = dataclasses.replace(record, name=f"{other}.chunks")
+    returned, sentence = read_until_refused(tmp_path, copied, other)
+    assert returned == b""
+    assert f"is the list of backup {DB_ID}, not of {other}" in sentence
+
+
+def test_a_damaged_or_replaced_chunk_list_is_refused(written, tmp_path: Path) -> None:
+    store, data, record = written
+    second = write(store, data[: len(data) // 2], backup_id(8))
+    path = store.layout.chunk_list("database", DB_ID)
+    path.write_bytes(store.layout.chunk_list("database", backup_id(8)).read_bytes())
+    for wrong in (record, dataclasses.replace(record, stored_size=second.stored_size)):
+        returned, sentence = read_until_refused(tmp_path, wrong)
+        assert returned == b""
+        assert "chunk list" in sentence and "fails its integrity check" in sentence
+
+
+def test_a_chunk_missing_from_the_index_is_refused(written, tmp_path: Path) -> None:
+    store, _, record = written
+    for index_object in store.layout.index.iterdir():
+        index_object.unlink()
+    returned, sentence = read_until_refused(tmp_path, record)
+    assert returned == b"" and "is in no index object" in sentence and DB_ID in sentence

@@ -1,0 +1,81 @@
+"""The loaded index: sorted fixed records, fresh chunks merged in, duplicates resolved
+toward a pack that is present, superseded index objects ignored."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cosmic_backup.chunkstore.index import ChunkIndex
+from cosmic_backup.chunkstore.index_objects import load_index, write_index_object
+from cosmic_backup.errors import IntegrityError
+from cosmic_backup.format.index_text import (
+    ChunkPlace,
+    IndexText,
+    PackRecord,
+    parse_index,
+    render_index,
+)
+from tests.unit.chunkstore import make_store
+
+WRITTEN = "2026-11-24T02:00:00.000000Z"
+
+
+def pack(name: str, ids: list[bytes]) -> PackRecord:
+    places = [ChunkPlace(cid, 64 * n, 64, 10 + n) for n, cid in enumerate(ids)]
+    return PackRecord(name, 1000, WRITTEN, places)
+
+
+def test_fresh_chunks_are_found_before_and_after_the_merge() -> None:
+    index = ChunkIndex()
+    ids = sorted(os.urandom(32) for _ in range(300))
+    index.load([index.sorted_run(IndexText(WRITTEN, [pack("a" * 64, ids[::2])]))], bool)
+    index.add_pack(pack("b" * 64, ids[1::2]))
+    before = [index.lookup(cid) for cid in ids]
+    index.merge_fresh()
+    assert [index.lookup(cid) for cid in ids] == before
+    assert index.nbytes == 48 * 300 and len(index) == 300
+    assert index.lookup(ids[1]).pack == "b" * 64  # type: ignore[union-attr]
+    assert index.lookup(os.urandom(32)) is None
+
+
+def test_a_chunk_written_again_replaces_its_place_in_a_missing_pack() -> None:
+    index = ChunkIndex()
+    cid = os.urandom(32)
+    index.load([index.sorted_run(IndexText(WRITTEN, [pack("a" * 64, [cid])]))], bool)
+    index.add_pack(pack("b" * 64, [cid]))
+    index.merge_fresh()
+    assert index.lookup(cid).pack == "b" * 64 and len(index) == 1  # type: ignore[union-attr]
+
+
+def test_a_duplicate_across_objects_keeps_the_one_whose_pack_is_present() -> None:
+    cid = os.urandom(32)
+    for present in ("a" * 64, "b" * 64):
+        index = ChunkIndex()
+        runs = [
+            index.sorted_run(IndexText(WRITTEN, [pack(name, [cid])]))
+            for name in ("a" * 64, "b" * 64)
+        ]
+        index.load(runs, present.__eq__)
+        assert index.lookup(cid).pack == present and len(index) == 1  # type: ignore[union-attr]
+
+
+def test_superseded_index_objects_are_ignored(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    old_id, new_id = os.urandom(32), os.urandom(32)
+    args = (store.layout, store.data_key, store.config)
+    old, _ = write_index_object(*args, IndexText(WRITTEN, [pack("a" * 64, [old_id])]))
+    write_index_object(*args, IndexText(WRITTEN, [pack("b" * 64, [new_id])], [old]))
+    loaded = load_index(*args)
+    assert loaded.index.lookup(old_id) is None and loaded.index.lookup(new_id) is not None
+    assert old not in loaded.objects
+
+
+def test_index_text_round_trips_and_a_bad_count_is_refused() -> None:
+    text = IndexText(WRITTEN, [pack("c" * 64, [os.urandom(32) for _ in range(3)])], ["d" * 64])
+    rendered = render_index(text)
+    assert parse_index(rendered, "x") == text
+    with pytest.raises(IntegrityError, match="end line"):
+        parse_index(rendered.replace(b"end 3", b"end 2"), "x")

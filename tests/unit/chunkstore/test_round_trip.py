@@ -1,0 +1,101 @@
+"""Payloads through the chunk store and back, byte for byte, and deduplication."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+
+import pytest
+
+from cosmic_backup.chunkstore import ChunkStore
+from cosmic_backup.format.store_config import PACK_TARGET
+from tests.unit.chunkstore import (
+    KEY,
+    MiB,
+    backup_id,
+    files_under,
+    make_store,
+    payload,
+    read,
+    write,
+)
+
+
+@pytest.mark.parametrize("size", [0, 1], ids=["empty", "one-byte"])
+def test_tiny_payloads_round_trip(tmp_path: Path, size: int) -> None:
+    store = make_store(tmp_path)
+    data = b"x" * size
+    record = write(store, data)
+    assert record.chunks == size
+    assert record.plaintext_size == size
+    assert record.plaintext_sha256 == hashlib.sha256(data).hexdigest()
+    assert read(store, record) == data
+    assert read(ChunkStore.open(tmp_path, KEY), record) == data  # a new process's view
+
+
+def test_fifty_megabytes_round_trip_in_default_packs(tmp_path: Path) -> None:
+    store = make_store(tmp_path, pack_target=PACK_TARGET)
+    data = payload(50 * MiB)
+    record = write(store, data)
+    packs = files_under(tmp_path / "store" / "packs")
+    assert record.new_packs == len(packs) >= 2  # 25 MiB of random bytes alone fill one
+    assert 50 * MiB / (2 * MiB) <= record.chunks <= 50 * MiB / (128 * 1024)
+    assert read(ChunkStore.open(tmp_path, KEY), record) == data
+
+
+def test_many_small_payloads_each_read_back(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    rng = random.Random(7)
+    written = []
+    for number in range(40):
+        data = payload(rng.randrange(0, 300_000), seed=number)
+        component = ("database", "files", "config")[number % 3]
+        backup = backup_id(number, component)
+        written.append((backup, data, write(store, data, backup)))
+    reopened = ChunkStore.open(tmp_path, KEY)
+    for backup, data, record in written:
+        assert read(reopened, record, backup) == data
+    # Small payloads share packs only within one backup: one pack each, at most.
+    assert len(files_under(tmp_path / "store" / "packs")) <= len(written)
+
+
+def test_same_payload_twice_adds_no_pack_only_a_list(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    data = payload(20 * MiB, seed=3)
+    first = write(store, data, backup_id(1))
+    before = files_under(tmp_path / "store")
+    second = write(ChunkStore.open(tmp_path, KEY), data, backup_id(2))
+    assert (second.new_chunks, second.new_packs) == (0, 0)
+    assert files_under(tmp_path / "store") == before  # no pack, no index object
+    assert second.added_bytes == second.stored_size  # only the list object
+    assert (tmp_path / "database" / f"{backup_id(2)}.chunks").is_file()
+    assert second.chunks == first.chunks
+    assert read(store, second, backup_id(2)) == data
+
+
+def test_an_insertion_in_the_middle_reuses_all_but_a_few_chunks(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    data = payload(20 * MiB, seed=4)
+    first = write(store, data, backup_id(1))
+    middle = len(data) // 2
+    changed = data[:middle] + random.Random(5).randbytes(MiB) + data[middle:]
+    second = write(store, changed, backup_id(2))
+    old_ids = {ref.chunk_id for ref in store.chunks_of(first, backup_id(1))}
+    new_ids = {ref.chunk_id for ref in store.chunks_of(second, backup_id(2))}
+    # 1 MiB new at 512 KiB chunks: ~2 chunks of it, the chunk it lands in is cut anew,
+    # then CDC resynchronises; plus the entry text's one part, which changed too.
+    assert first.chunks >= 15
+    assert len(new_ids - old_ids) == second.new_chunks <= 6
+    assert len(new_ids & old_ids) >= first.chunks - 3
+    assert read(store, second, backup_id(2)) == changed
+    assert read(store, first, backup_id(1)) == data
+
+
+def test_a_chunk_repeated_inside_one_payload_is_stored_once(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    block = random.Random(9).randbytes(3 * MiB)
+    record = write(store, block * 4)
+    # The first copy, and the chunk across a junction (the same at each of the three).
+    assert record.added_bytes < 2 * len(block)
+    assert read(store, record) == block * 4
