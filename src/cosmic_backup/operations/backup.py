@@ -144,6 +144,7 @@ def _good_manifest(
     sealed: SealedArtifact,
     artifact: str,
 ) -> Manifest:
+    finished = rt.clock.now()
     return Manifest(
         id=backup_id,
         component=component.name,
@@ -151,7 +152,7 @@ def _good_manifest(
         mode=produced.mode,
         tags=list(request.tags),
         started_at=iso(started),
-        finished_at=iso(rt.clock.now()),
+        finished_at=iso(finished),
         tool_version=__version__,
         source=replace(
             produced.source, app_version=app_version(rt.root, rt.settings.app_version)
@@ -167,7 +168,12 @@ def _good_manifest(
         log_file=rt.relative(rt.log_file),
         host=host_prefix(rt),
         root_id=rt.catalog.root_id(),
+        duration_seconds=_seconds_between(started, finished),
     )
+
+
+def _seconds_between(started: datetime, finished: datetime) -> float:
+    return round((finished - started).total_seconds(), 3)
 
 
 def _write_artifact(
@@ -226,6 +232,7 @@ def _record_failure(
     """
     rt.log.error("backup %s failed: %s", backup_id, error.message)
     signing_key = key or rt.keys.current_if_any()
+    finished = rt.clock.now()
     manifest = Manifest(
         id=backup_id,
         component=component.name,
@@ -233,12 +240,13 @@ def _record_failure(
         mode=request.mode or "?",
         tags=list(request.tags),
         started_at=iso(started),
-        finished_at=iso(rt.clock.now()),
+        finished_at=iso(finished),
         tool_version=__version__,
         key_fingerprint=signing_key.fingerprint if signing_key else None,
         error=error.message,
         log_file=rt.relative(rt.log_file),
         host=host_prefix(rt),
+        duration_seconds=_seconds_between(started, finished),
     )
     try:
         if locked:
