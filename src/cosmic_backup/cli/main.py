@@ -38,6 +38,7 @@ COMMANDS = {
     "schedule": "operations_cmd",
     "demo": "demo_cmd",
     "sync": "sync_cmd",
+    "report": "report_cmd",
 }
 COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))  # in the order help lists them
 
