@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -189,3 +191,28 @@ def test_a_year_of_daily_backups_stays_small(project: Project, tmp_path: Path) -
     result = project.run("report", "--html", str(out), "--days", "365")
     assert result.returncode == 0, result.stderr
     assert out.stat().st_size < 1_000_000
+
+
+def test_without_the_report_extra_it_says_how_to_install_it(project: Project) -> None:
+    """pygal missing (an import that fails, as on a plain install): one sentence, exit 1."""
+    out = project.root / "report.html"
+    program = (
+        "import sys; sys.modules['pygal'] = None; "  # None in sys.modules: ImportError
+        "from cosmic_backup.cli.main import run; "
+        f"sys.argv = ['cosmic-backup', '-C', {str(project.root)!r}, 'report', '--html', "
+        f"{str(out)!r}]; run()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        env=clean_environ({"BACKUP_KEY": "report extra passphrase 012345"}),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: The HTML report needs pygal, which is not installed; install it with "
+        "pip install 'cosmic-backup[report]'."
+    )
+    assert not out.exists()
