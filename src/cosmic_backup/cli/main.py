@@ -39,6 +39,7 @@ COMMANDS = {
     "demo": "demo_cmd",
     "sync": "sync_cmd",
     "report": "report_cmd",
+    "notify": "notify_cmd",
 }
 COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))  # in the order help lists them
 

@@ -35,6 +35,7 @@ from cosmic_backup.operations.schedule import (
 )
 from cosmic_backup.operations.status import (
     ComponentStatus,
+    alert_if_unhealthy,
     collect,
     exit_code,
     human_age,
@@ -99,11 +100,19 @@ def status(
         bool,
         typer.Option("--quiet", "-q", help="Print nothing when healthy (for cron mail)."),
     ] = False,
+    alert: Annotated[
+        bool,
+        typer.Option(
+            "--alert", help="When unhealthy, also notify BACKUP_NOTIFY_URL (the schedule's check)."
+        ),
+    ] = False,
 ) -> None:
     """Health of every component; exit code 8 when any configured one is not OK."""
     runtime = open_cli_runtime(ctx, settings_for(ctx))
     statuses = collect(runtime)
     code = exit_code(statuses)
+    if alert:
+        alert_if_unhealthy(runtime, statuses)
     if state(ctx).json:
         emit_json({"healthy": code == 0, "components": [s.to_dict() for s in statuses]})
     elif code or not quiet:

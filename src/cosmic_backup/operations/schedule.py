@@ -29,7 +29,8 @@ class Job:
 
 
 def jobs(status_command: list[str] | None = None) -> list[Job]:
-    status = status_command or [sys.executable, "-m", "cosmic_backup", "status"]
+    # --alert: an overdue backup reaches BACKUP_NOTIFY_URL even when no backup ran
+    status = status_command or [sys.executable, "-m", "cosmic_backup", "status", "--alert"]
     program = status[: status.index("status")]
     return [
         Job(
@@ -104,7 +105,7 @@ def crontab(root: Path) -> str:
         "BACKUP_WAIT=1",
     ]
     # cron mails whatever a job prints: the daily check speaks only when something is wrong
-    for job in jobs([sys.executable, "-m", "cosmic_backup", "status", "--quiet"]):
+    for job in jobs([sys.executable, "-m", "cosmic_backup", "status", "--quiet", "--alert"]):
         command = " ".join(shlex.quote(part) for part in job.argv)
         line = f"cd {shlex.quote(str(root))} && {command}"
         lines.append(f"# {job.description}")
@@ -183,7 +184,7 @@ def kubernetes(workdir: str = "/app", image: str = "registry.example.com/your-ap
     backups = PurePosixPath(workdir) / "tmp" / "backups"
     logs = PurePosixPath(workdir) / "logs"
     documents = []
-    for job in jobs(["cosmic-backup", "status"]):
+    for job in jobs(["cosmic-backup", "status", "--alert"]):
         command = ", ".join(_yaml(part) for part in job.argv)
         documents.append(f"""apiVersion: batch/v1
 kind: CronJob

@@ -46,7 +46,7 @@ def test_crontab_lines_parse_and_follow_the_recommended_schedule() -> None:
     assert second - first == 7 * 86400  # a weekly restore test
     assert lines[3].endswith(" -m cosmic_backup verify --restore-test all")
     assert "./scripts/backup.sh database --tag scheduled" in lines[0]
-    assert lines[4].endswith(" -m cosmic_backup status --quiet")  # cron mails any output
+    assert lines[4].endswith(" -m cosmic_backup status --quiet --alert")  # cron mails any output
 
 
 def test_systemd_units_structure() -> None:
