@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
