@@ -176,6 +176,10 @@ def schedule(
     workdir: Annotated[
         str, typer.Option(help="With --kubernetes: the project root inside the image.")
     ] = "/app",
+    report: Annotated[
+        str | None,
+        typer.Option(help="Also write the HTML report to this file daily (report --html)."),
+    ] = None,
 ) -> None:
     """Print entries for the recommended schedule: database daily, files weekly, config monthly."""
     if sum((cron, systemd, k8s)) > 1:
@@ -187,20 +191,22 @@ def schedule(
     if problem:
         say(f"warning: {problem}")
     if systemd and install is not None:
-        for path in install_systemd(root, install):
+        for path in install_systemd(root, install, report):
             stdout.print(f"wrote {path}", markup=False)
         stdout.print(
             "Then: systemctl daemon-reload && systemctl enable --now "
-            "cosmic-backup-{database,files,config,restore-test,status}.timer",
+            "cosmic-backup-{database,files,config,restore-test,status"
+            + (",report" if report else "")
+            + "}.timer",
             markup=False,
         )
     elif systemd:
-        for name, text in systemd_units(root).items():
+        for name, text in systemd_units(root, report).items():
             print(f"# --- {name}\n{text}")
     elif k8s:
-        print(kubernetes(workdir, image), end="")
+        print(kubernetes(workdir, image, report), end="")
     else:
-        print(crontab(root), end="")
+        print(crontab(root, report), end="")
 
 
 def register(app: typer.Typer) -> None:

@@ -127,3 +127,17 @@ def test_kubernetes_cronjobs_parse() -> None:
     assert container["workingDir"] == "/srv/my app #1"
     assert container["image"] == "example/app:1 # x"
     assert container["volumeMounts"][0]["mountPath"] == "/srv/my app #1/tmp/backups"
+
+
+def test_a_daily_report_goes_next_to_the_status_check_when_asked() -> None:
+    assert [job.name for job in jobs()][-1] == "status"  # not unless asked
+    text = crontab(Path("/srv/app"), "/var/www/backups/report.html")
+    [line] = [line for line in text.splitlines() if " report --html " in line]
+    assert croniter.is_valid(" ".join(line.split()[:5]))
+    assert line.endswith(" -m cosmic_backup report --html /var/www/backups/report.html")
+    units = systemd_units(Path("/srv/app"), "/var/www/r.html")
+    assert "report --html /var/www/r.html" in units["cosmic-backup-report.service"]
+    assert "OnCalendar=*-*-* 09:10:00" in units["cosmic-backup-report.timer"]
+    documents = list(yaml.safe_load_all(kubernetes(report="/app/report.html")))
+    names = [document["metadata"]["name"] for document in documents]
+    assert names[-2:] == ["cosmic-backup-status", "cosmic-backup-report"]
