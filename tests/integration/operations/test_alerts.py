@@ -9,8 +9,11 @@ up (the root has files backups, so "not configured" is a failure, not a skip).
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -140,6 +143,8 @@ def test_email_on_failure_then_recovered_and_nothing_for_a_plain_success(
     assert "Report: https://ops/r.html" in _body(mailbox.messages[1])
     quiet = project.run("backup", "files")
     assert quiet.returncode == 0 and len(mailbox.messages) == 2  # recovered once, not again
+    listed = json.loads(project.run("--json", "list", "files").stdout)
+    assert all(isinstance(e["duration_seconds"], float) for e in listed)  # new manifests time it
     _assert_no_secret_anywhere(project, *(r.stdout + r.stderr for r in (first, failed, quiet)))
 
 
@@ -233,3 +238,29 @@ def test_notify_test_says_per_target_whether_it_went_out(
     _assert_no_secret_anywhere(project, result.stdout + result.stderr)
     unset = project.run("notify", "--test", env={"BACKUP_NOTIFY_URL": ""})
     assert unset.returncode == 2 and "BACKUP_NOTIFY_URL is not set" in unset.stderr
+
+
+def test_without_apprise_the_backup_succeeds_and_the_log_says_how_to_install_it(
+    project: Project,
+) -> None:
+    """apprise missing (None in sys.modules: its import fails, as on a plain install)."""
+    _files_project(project, "ntfy://127.0.0.1:9/topic", BACKUP_NOTIFY_ON="always")
+    program = (
+        "import sys; sys.modules['apprise'] = None; "
+        "from cosmic_backup.cli.main import run; "
+        f"sys.argv = ['cosmic-backup', '-C', {str(project.root)!r}, 'backup', 'config']; run()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        env=clean_environ(project.env),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    [log] = (project.root / "logs").glob("*.log")
+    assert (
+        "the alert to #1 (ntfy://***) was not sent: it needs Apprise; install it with "
+        "pip install 'cosmic-backup[alerts]'" in log.read_text()
+    )
