@@ -219,7 +219,21 @@ class Settings:
     )
     app_version: str | None = setting("APP_VERSION", None, _optional_text, "the app's version")
     notify_url: str | None = setting(
-        "BACKUP_NOTIFY_URL", None, _optional_text, "webhook called after each run", secret=True
+        "BACKUP_NOTIFY_URL",
+        None,
+        _optional_text,
+        "where to notify, comma-separated: an http(s):// webhook (JSON after each run) "
+        "or Apprise URLs (mailto://, slack://, ntfy://, tgram://...)",
+        secret=True,
+    )
+    notify_on: str = setting(
+        "BACKUP_NOTIFY_ON",
+        "failure",
+        _choice("failure", "always"),
+        "Apprise alerts on failure (and the first success after one) or after every run",
+    )
+    report_url: str | None = setting(
+        "BACKUP_REPORT_URL", None, _optional_text, "where alerts link the HTML report"
     )
     metrics_file: str | None = setting(
         "BACKUP_METRICS_FILE", None, _optional_text, "Prometheus textfile to write"

@@ -398,3 +398,31 @@ def test_a_newest_manifest_that_is_not_json_is_refused_like_an_edited_one(
     same_day = catalog.select("database", chosen.local_day.isoformat())
     assert same_day.id == newest
     assert catalog.select("database", good).trust == Trust.VERIFIED
+
+
+def test_duration_is_covered_by_the_mac_and_older_manifests_without_it_still_verify(
+    catalog: Catalog, backups: Backups
+) -> None:
+    """`duration_seconds` came later: a manifest written without it (as older versions
+    did: the key absent from the JSON, not null) still verifies; one written with it has
+    it under the MAC, so editing it is seen."""
+    older, timed = backups.add(), backups.add(after=timedelta(minutes=1))
+    from cosmic_backup.format.manifest import _mac
+
+    path = backups.manifest_path(older)
+    body = json.loads(path.read_text())
+    del body["duration_seconds"], body["mac"]
+    path.write_text(json.dumps({**body, "mac": _mac(body, KEY)}))
+    manifest = next(e.manifest for e in catalog.entries() if e.id == timed)
+    manifest.duration_seconds = 12.5
+    catalog.write_manifest(manifest, KEY)
+    entries = {e.id: e for e in catalog.entries("database")}
+    assert (
+        entries[older].trust == Trust.VERIFIED and entries[older].manifest.duration_seconds is None
+    )
+    assert (
+        entries[timed].trust == Trust.VERIFIED and entries[timed].manifest.duration_seconds == 12.5
+    )
+    path = backups.manifest_path(timed)
+    path.write_text(path.read_text().replace("12.5", "1.5"))
+    assert next(e for e in catalog.entries() if e.id == timed).trust == Trust.TAMPERED

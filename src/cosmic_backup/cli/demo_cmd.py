@@ -44,6 +44,7 @@ def demo(
                 "files": result.files,
                 "review_folder": str(result.review_folder) if result.review_folder else None,
                 "seconds": round(result.seconds, 3),
+                "report": str(result.report) if result.report else None,
             }
         )
 

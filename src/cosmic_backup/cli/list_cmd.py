@@ -11,21 +11,18 @@ from cosmic_backup.catalog import Entry
 from cosmic_backup.cli.common import (
     check_component,
     emit_json,
-    human_size,
     open_cli_runtime,
     settings_for,
     state,
 )
 from cosmic_backup.cli.common import stdout as console
-from cosmic_backup.clock import parse_iso
-from cosmic_backup.components import source_of
+from cosmic_backup.operations import listing
 from cosmic_backup.operations.offsite import (
     listed_offsite,
     locate_everywhere,
     require_remote,
     warn_unlisted,
 )
-from cosmic_backup.states import Outcome, Trust
 
 
 def list_backups(
@@ -71,56 +68,17 @@ def entry_json(entry: Entry, where: str = "local") -> dict[str, Any]:
     }
 
 
-def _status(entry: Entry) -> str:
-    if entry.trust == Trust.TAMPERED:
-        return Trust.TAMPERED.upper()
-    words = [Outcome.OK if entry.manifest.ok else Outcome.FAILED.upper()]
-    if entry.manifest.ok and entry.manifest.warnings:
-        words.append("warnings")
-    if entry.trust == Trust.UNVERIFIED:  # its key is not at hand: the manifest is unchecked
-        words.append(Trust.UNVERIFIED)
-    return ", ".join(words)
-
-
-def _source_summary(entry: Entry) -> str:
-    if not entry.manifest.ok:
-        return entry.manifest.error or entry.problem or ""
-    return source_of(entry.manifest).summary()
-
-
-def _tested(test: dict[str, Any] | None) -> str:
-    """The last restore test: its day, and FAILED when it did not pass."""
-    if not test:
-        return "-"
-    return str(test.get("at", ""))[:10] + ("" if test.get("ok") else " FAILED")
-
-
 def _table(entries: list[Entry], where: dict[str, str] | None = None) -> Table | str:
     if not entries:
         return "No backups yet. Take one with: cosmic-backup backup all"
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("id", "taken (local)", "status", "mode", "tags", "size", "verified", "tested"):
+    for column in listing.COLUMNS:
         table.add_column(column, no_wrap=True)
     if where:
-        table.add_column("where", no_wrap=True)
-    table.add_column("source", overflow="fold")
+        table.add_column(listing.WHERE_COLUMN, no_wrap=True)
+    table.add_column(listing.SOURCE_COLUMN, overflow="fold")
     for entry in entries:
-        manifest = entry.manifest
-        taken = parse_iso(manifest.started_at).astimezone()
-        verified = manifest.verified_at[:10] if manifest.verified_at else "-"
-        tested = _tested(manifest.restore_test)
-        table.add_row(
-            manifest.id,
-            f"{taken:%Y-%m-%d %H:%M}",
-            _status(entry),
-            manifest.mode,
-            ",".join(manifest.tags),
-            human_size(manifest.stored_size),
-            verified,
-            tested,
-            *([where.get(entry.id, "local")] if where else []),
-            _source_summary(entry),
-        )
+        table.add_row(*listing.row(entry, where.get(entry.id, "local") if where else None))
     return table
 
 

@@ -38,6 +38,8 @@ COMMANDS = {
     "schedule": "operations_cmd",
     "demo": "demo_cmd",
     "sync": "sync_cmd",
+    "report": "report_cmd",
+    "notify": "notify_cmd",
 }
 COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))  # in the order help lists them
 

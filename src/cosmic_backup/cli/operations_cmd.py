@@ -35,6 +35,7 @@ from cosmic_backup.operations.schedule import (
 )
 from cosmic_backup.operations.status import (
     ComponentStatus,
+    alert_if_unhealthy,
     collect,
     exit_code,
     human_age,
@@ -99,11 +100,19 @@ def status(
         bool,
         typer.Option("--quiet", "-q", help="Print nothing when healthy (for cron mail)."),
     ] = False,
+    alert: Annotated[
+        bool,
+        typer.Option(
+            "--alert", help="When unhealthy, also notify BACKUP_NOTIFY_URL (the schedule's check)."
+        ),
+    ] = False,
 ) -> None:
     """Health of every component; exit code 8 when any configured one is not OK."""
     runtime = open_cli_runtime(ctx, settings_for(ctx))
     statuses = collect(runtime)
     code = exit_code(statuses)
+    if alert:
+        alert_if_unhealthy(runtime, statuses)
     if state(ctx).json:
         emit_json({"healthy": code == 0, "components": [s.to_dict() for s in statuses]})
     elif code or not quiet:
@@ -167,6 +176,10 @@ def schedule(
     workdir: Annotated[
         str, typer.Option(help="With --kubernetes: the project root inside the image.")
     ] = "/app",
+    report: Annotated[
+        str | None,
+        typer.Option(help="Also write the HTML report to this file daily (report --html)."),
+    ] = None,
 ) -> None:
     """Print entries for the recommended schedule: database daily, files weekly, config monthly."""
     if sum((cron, systemd, k8s)) > 1:
@@ -178,20 +191,22 @@ def schedule(
     if problem:
         say(f"warning: {problem}")
     if systemd and install is not None:
-        for path in install_systemd(root, install):
+        for path in install_systemd(root, install, report):
             stdout.print(f"wrote {path}", markup=False)
         stdout.print(
             "Then: systemctl daemon-reload && systemctl enable --now "
-            "cosmic-backup-{database,files,config,restore-test,status}.timer",
+            "cosmic-backup-{database,files,config,restore-test,status"
+            + (",report" if report else "")
+            + "}.timer",
             markup=False,
         )
     elif systemd:
-        for name, text in systemd_units(root).items():
+        for name, text in systemd_units(root, report).items():
             print(f"# --- {name}\n{text}")
     elif k8s:
-        print(kubernetes(workdir, image), end="")
+        print(kubernetes(workdir, image, report), end="")
     else:
-        print(crontab(root), end="")
+        print(crontab(root, report), end="")
 
 
 def register(app: typer.Typer) -> None:

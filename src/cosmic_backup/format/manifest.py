@@ -9,6 +9,10 @@ must repeat), its host (the off-site folder it is written to) and its root (the 
 folder that made it). The catalog compares them with where the manifest is found, so a
 manifest copied to another name, folder or root is refused as moved, never taken for the
 backup that lives there. Manifests made before these two fields (None) still load.
+
+Fields added later are optional with a None default (``duration_seconds``): the MAC is
+checked over the JSON as it was written, so an older manifest, which lacks them, still
+verifies, and a newer one has them covered by its MAC like every other field.
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ class Manifest:
     # Where it belongs (see the module's docstring); None in manifests of older versions.
     host: str | None = None
     root_id: str | None = None
+    # How long the backup took, start to manifest (seconds); None in older manifests.
+    duration_seconds: float | None = None
 
     @property
     def ok(self) -> bool:

@@ -25,7 +25,7 @@ from cosmic_backup.format.pipeline import SealedArtifact, SealingWriter
 from cosmic_backup.operations.appversion import app_version
 from cosmic_backup.operations.context import Runtime
 from cosmic_backup.operations.metrics import write_metrics_file
-from cosmic_backup.operations.notify import send, summary
+from cosmic_backup.operations.notify import Alert, alert_for, alert_wanted, notify, summary
 from cosmic_backup.operations.offsite import host_prefix, mark_upload_pending, upload_after_backup
 from cosmic_backup.operations.prune import prune
 from cosmic_backup.operations.retention import Policy
@@ -144,6 +144,7 @@ def _good_manifest(
     sealed: SealedArtifact,
     artifact: str,
 ) -> Manifest:
+    finished = rt.clock.now()
     return Manifest(
         id=backup_id,
         component=component.name,
@@ -151,7 +152,7 @@ def _good_manifest(
         mode=produced.mode,
         tags=list(request.tags),
         started_at=iso(started),
-        finished_at=iso(rt.clock.now()),
+        finished_at=iso(finished),
         tool_version=__version__,
         source=replace(
             produced.source, app_version=app_version(rt.root, rt.settings.app_version)
@@ -167,7 +168,12 @@ def _good_manifest(
         log_file=rt.relative(rt.log_file),
         host=host_prefix(rt),
         root_id=rt.catalog.root_id(),
+        duration_seconds=_seconds_between(started, finished),
     )
+
+
+def _seconds_between(started: datetime, finished: datetime) -> float:
+    return round((finished - started).total_seconds(), 3)
 
 
 def _write_artifact(
@@ -226,6 +232,7 @@ def _record_failure(
     """
     rt.log.error("backup %s failed: %s", backup_id, error.message)
     signing_key = key or rt.keys.current_if_any()
+    finished = rt.clock.now()
     manifest = Manifest(
         id=backup_id,
         component=component.name,
@@ -233,12 +240,13 @@ def _record_failure(
         mode=request.mode or "?",
         tags=list(request.tags),
         started_at=iso(started),
-        finished_at=iso(rt.clock.now()),
+        finished_at=iso(finished),
         tool_version=__version__,
         key_fingerprint=signing_key.fingerprint if signing_key else None,
         error=error.message,
         log_file=rt.relative(rt.log_file),
         host=host_prefix(rt),
+        duration_seconds=_seconds_between(started, finished),
     )
     try:
         if locked:
@@ -299,14 +307,44 @@ def after_run(rt: Runtime, outcomes: list[BackupOutcome], *, retention: bool = T
     if rt.settings.metrics_file:
         write_metrics_file(rt)
     if rt.settings.notify_url:
+        status = run_status(outcomes)
         payload = summary(
-            run_status(outcomes),
+            status,
             rt.run_id,
             str(rt.root),
             [o.to_dict() for o in outcomes],
             rt.relative(rt.log_file),
         )
-        send(rt.settings.notify_url, payload, rt.log)
+        notify(rt.settings.notify_url, payload, _alert(rt, outcomes, status), rt.log)
+
+
+def _alert(rt: Runtime, outcomes: list[BackupOutcome], status: Outcome) -> Alert | None:
+    """The Apprise alert of this run, or None when BACKUP_NOTIFY_ON does not want one."""
+    recovered = [o.component for o in outcomes if o.manifest and _recovered(rt, o.manifest)]
+    failed = status != Outcome.OK
+    if not alert_wanted(rt.settings.notify_on, failed, bool(recovered)):
+        return None
+    word = "recovered" if recovered and not failed else str(status).upper()
+    lines = []
+    for o in outcomes:
+        if o.status == Outcome.SKIPPED:
+            continue
+        how = "recovered" if o.component in recovered else str(o.status)
+        lines.append(f"{o.component} backup {how}: {o.message}")
+    return alert_for("backup", word, lines, rt.settings.report_url)
+
+
+def _recovered(rt: Runtime, manifest: Manifest) -> bool:
+    """The first good backup after a failed one: the attempt before it failed."""
+    attempts = [
+        e
+        for e in rt.catalog.entries(manifest.component)
+        if not e.manifest.is_pre_restore and not e.manifest.is_other_target
+    ]
+    ids = [e.id for e in attempts]
+    if manifest.id not in ids or ids.index(manifest.id) == 0:
+        return False
+    return not attempts[ids.index(manifest.id) - 1].manifest.ok
 
 
 def run_status(outcomes: list[BackupOutcome]) -> Outcome:

@@ -78,6 +78,7 @@ class DemoResult:
     seconds: float
     steps: list[str] = field(default_factory=list)
     server_version: str = ""
+    report: Path | None = None  # the HTML report, when the [report] extra is installed
 
 
 class Demo:
@@ -136,7 +137,10 @@ def run_demo(
         rows, files = _row_counts(url), _file_hashes(demo.app)
         _check_back(before_rows, rows, before_files, files)
         review = _review_folder(demo.app)
+        report = _report(demo, keep)
         _finish(demo, rows, files, review, keep)
+        if report is not None:
+            show(f"The HTML report of these backups: {report} (open it in a browser).")
         return DemoResult(
             folder,
             keep is not None,
@@ -146,6 +150,7 @@ def run_demo(
             time.monotonic() - began,
             demo.steps,
             server.version,
+            report,
         )
 
 
@@ -275,6 +280,26 @@ def _review_folder(app: Path) -> Path | None:
 
     found = sorted((app / REVIEW_ROOT).glob("config-*"))
     return found[-1] if found else None
+
+
+def _report(demo: Demo, keep: Path | None) -> Path | None:
+    """The last step: `report --html`, in the kept app, or beside the removed folder (so
+    it outlives it); skipped with a word when the [report] extra is not installed."""
+    try:
+        import jinja2  # noqa: F401
+        import pygal  # noqa: F401
+    except ImportError:
+        demo.show(
+            "\n(For the HTML report of these backups, pip install 'cosmic-backup[report]' "
+            "and run 'cosmic-backup report --html FILE'.)"
+        )
+        return None
+    if keep is not None:
+        path = demo.app / "tmp" / "report.html"
+    else:
+        path = Path(tempfile.mkdtemp(prefix="cosmic-backup-demo-report-")) / "report.html"
+    demo.command("report", "--html", str(path))
+    return path
 
 
 def _finish(

@@ -1,7 +1,14 @@
-"""The webhook: a JSON summary POSTed after each backup run, success or failure.
+"""Notifications: the webhook, and alerts through Apprise.
 
-A webhook that fails is logged and never fails the backup. The URL is a secret (chat
-webhooks carry their token in it), so it is masked everywhere.
+BACKUP_NOTIFY_URL holds one or more targets, comma-separated. A plain http(s):// URL is
+the webhook: a JSON summary POSTed after each run, success or failure, as it always was.
+Any other URL (mailto://, slack://, ntfy://, tgram://, json://...) is an Apprise target:
+it gets a short alert on failure and on the first success after one ("recovered"), or
+after every run with BACKUP_NOTIFY_ON=always. Apprise is imported only when a target
+needs it.
+
+A notification that fails is logged and never fails the backup. The URLs are secrets
+(chat webhooks and bots carry their token in them), so they are masked everywhere.
 """
 
 from __future__ import annotations
@@ -10,15 +17,138 @@ import base64
 import http.client
 import json
 import logging
+import re
 import socket
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from cosmic_backup import __version__
 from cosmic_backup.redact import redact, register_secret
 
 TIMEOUT_SECONDS = 10
+ALERTS_HINT = "install it with pip install 'cosmic-backup[alerts]'"
+# Parts of an Apprise URL that may be a token (a bot's, a webhook's): long, and no dot,
+# which host names have. Each is masked on its own, in case a message quotes it alone.
+_URL_PARTS = re.compile(r"[/:@?&=#,]+")
+_TOKEN_LENGTH = 10
+
+
+@dataclass(frozen=True)
+class Alert:
+    """What an Apprise target is told: a subject line and a few lines of body."""
+
+    subject: str
+    body: str
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Whether one target got its notification; `target` is masked, never the URL."""
+
+    target: str
+    sent: bool
+    detail: str
+
+
+def targets(setting: str | None) -> list[str]:
+    """BACKUP_NOTIFY_URL's targets, each registered as a secret before anything uses it."""
+    found = [part.strip() for part in (setting or "").split(",") if part.strip()]
+    for url in found:
+        register_url_secrets(url)
+    return found
+
+
+def register_url_secrets(url: str) -> None:
+    """The URL, its password and each token-like part of it: never shown again."""
+    register_secret(url)
+    parts = urllib.parse.urlsplit(url)
+    register_secret(parts.password)
+    for piece in _URL_PARTS.split(url.split("://", 1)[-1]):
+        if len(piece) >= _TOKEN_LENGTH and "." not in piece:
+            register_secret(urllib.parse.unquote(piece))
+
+
+def is_webhook(url: str) -> bool:
+    return urllib.parse.urlsplit(url).scheme in ("http", "https")
+
+
+def shown_target(url: str, index: int) -> str:
+    """How a target is named to the operator: its number and scheme, nothing secret."""
+    scheme = urllib.parse.urlsplit(url).scheme or "?"
+    return f"#{index} ({scheme}://***)"
+
+
+def alert_wanted(notify_on: str, failed: bool, recovered: bool) -> bool:
+    return notify_on == "always" or failed or recovered
+
+
+def alert_for(
+    operation: str, word: str, lines: Iterable[str], report_url: str | None = None
+) -> Alert:
+    """A short alert: what ran, how it ended, where; one line per component."""
+    host = socket.gethostname()
+    body = list(lines)
+    if report_url:
+        body.append(f"Report: {report_url}")
+    return Alert(
+        subject=redact(f"cosmic-backup {operation} {word} on {host}"),
+        body=redact("\n".join(body) or word),
+    )
+
+
+def notify(
+    setting: str | None,
+    payload: dict[str, Any] | None,
+    alert: Alert | None,
+    log: logging.Logger,
+) -> list[Delivery]:
+    """Each target its notification: a webhook the JSON `payload` (None: none), an Apprise
+    target the `alert` (None: none). Never raises: what failed is logged."""
+    deliveries = []
+    for index, url in enumerate(targets(setting), 1):
+        if is_webhook(url):
+            if payload is None:
+                continue
+            sent = send(url, payload, log)
+            detail = "accepted" if sent else "the webhook did not accept it (the log says why)"
+            deliveries.append(Delivery(shown_target(url, index), sent, detail))
+        elif alert is not None:
+            deliveries.append(send_alert(url, alert, log, shown_target(url, index)))
+    return deliveries
+
+
+def send_alert(url: str, alert: Alert, log: logging.Logger, shown: str) -> Delivery:
+    """One Apprise target; its own log lines are caught (they may quote the URL), masked,
+    and only the reason of a failure is kept."""
+    try:
+        import apprise
+    except ImportError:
+        log.warning("the alert to %s was not sent: it needs Apprise; %s", shown, ALERTS_HINT)
+        return Delivery(shown, False, f"Apprise is not installed; {ALERTS_HINT}")
+    try:
+        with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as captured:
+            notifier = apprise.Apprise()
+            understood = notifier.add(url)
+            sent = understood and bool(notifier.notify(title=alert.subject, body=alert.body))
+            said = captured.getvalue()
+    except Exception as exc:  # a plugin's own bug must not fail the backup either
+        said, understood, sent = f"{exc.__class__.__name__}: {exc}", True, False
+    if sent:
+        log.info("the alert was sent to %s", shown)
+        return Delivery(shown, True, "sent")
+    reason = _last_line(said) or (
+        "Apprise does not know this kind of URL" if not understood else "it was refused"
+    )
+    log.warning("the alert to %s was not sent: %s", shown, reason)
+    return Delivery(shown, False, reason)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in redact(text).splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 def summary(

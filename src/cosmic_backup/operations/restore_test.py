@@ -274,7 +274,7 @@ def _lost(component: str) -> str:
 def _tell(rt: Runtime, report: DrillReport) -> None:
     """Never fails the test: problems with the metrics file or the webhook are logged."""
     from cosmic_backup.operations.metrics import write_metrics_file
-    from cosmic_backup.operations.notify import send, summary
+    from cosmic_backup.operations.notify import alert_for, alert_wanted, notify, summary
 
     if rt.settings.metrics_file:
         write_metrics_file(rt)
@@ -296,4 +296,8 @@ def _tell(rt: Runtime, report: DrillReport) -> None:
             status, rt.run_id, str(rt.root), components, rt.relative(rt.log_file), "restore test"
         )
         payload["warnings"] = report.warnings
-        send(rt.settings.notify_url, payload, rt.log)
+        alert = None
+        if alert_wanted(rt.settings.notify_on, failed=not report.ok, recovered=False):
+            lines = [f"{r.component} restore test {r.status}: {r.message}" for r in tested]
+            alert = alert_for("restore test", str(status).upper(), lines, rt.settings.report_url)
+        notify(rt.settings.notify_url, payload, alert, rt.log)

@@ -28,8 +28,10 @@ class Job:
     description: str
 
 
-def jobs(status_command: list[str] | None = None) -> list[Job]:
-    status = status_command or [sys.executable, "-m", "cosmic_backup", "status"]
+def jobs(status_command: list[str] | None = None, report: str | None = None) -> list[Job]:
+    """The schedule; with `report` (a file), a daily `report --html` after the status check."""
+    # --alert: an overdue backup reaches BACKUP_NOTIFY_URL even when no backup ran
+    status = status_command or [sys.executable, "-m", "cosmic_backup", "status", "--alert"]
     program = status[: status.index("status")]
     return [
         Job(
@@ -67,7 +69,18 @@ def jobs(status_command: list[str] | None = None) -> list[Job]:
             "*-*-* 09:00:00",
             "daily check that every backup is recent (non-zero exit when not)",
         ),
+        *([_report_job(program, report)] if report else []),
     ]
+
+
+def _report_job(program: list[str], report: str) -> Job:
+    return Job(
+        "report",
+        [*program, "report", "--html", report],
+        "10 9 * * *",
+        "*-*-* 09:10:00",
+        "daily HTML report of the backups",
+    )
 
 
 def wrappers_problem(root: Path) -> str | None:
@@ -92,7 +105,7 @@ def wrappers_problem(root: Path) -> str | None:
     )
 
 
-def crontab(root: Path) -> str:
+def crontab(root: Path, report: str | None = None) -> str:
     lines = [
         f"# cosmic-backup: recommended schedule for {root} (install with crontab -e)",
         "# Output is mailed by cron (set MAILTO); details are in the project's ./logs.",
@@ -104,7 +117,8 @@ def crontab(root: Path) -> str:
         "BACKUP_WAIT=1",
     ]
     # cron mails whatever a job prints: the daily check speaks only when something is wrong
-    for job in jobs([sys.executable, "-m", "cosmic_backup", "status", "--quiet"]):
+    status = [sys.executable, "-m", "cosmic_backup", "status", "--quiet", "--alert"]
+    for job in jobs(status, report):
         command = " ".join(shlex.quote(part) for part in job.argv)
         line = f"cd {shlex.quote(str(root))} && {command}"
         lines.append(f"# {job.description}")
@@ -112,10 +126,10 @@ def crontab(root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def systemd_units(root: Path) -> dict[str, str]:
+def systemd_units(root: Path, report: str | None = None) -> dict[str, str]:
     """File name -> content of a oneshot service and a timer per job."""
     units = {}
-    for job in jobs():
+    for job in jobs(report=report):
         unit = f"cosmic-backup-{job.name}"
         exec_start = " ".join(
             _systemd_word(part if not part.startswith("./") else str(root / part[2:]))
@@ -161,12 +175,12 @@ def _systemd_word(part: str) -> str:
     return part
 
 
-def install_systemd(root: Path, folder: Path) -> list[Path]:
+def install_systemd(root: Path, folder: Path, report: str | None = None) -> list[Path]:
     """Write the units into `folder` (e.g. /etc/systemd/system)."""
     written = []
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        for name, text in systemd_units(root).items():
+        for name, text in systemd_units(root, report).items():
             path = folder / name
             path.write_text(text)
             written.append(path)
@@ -178,12 +192,16 @@ def install_systemd(root: Path, folder: Path) -> list[Path]:
     return written
 
 
-def kubernetes(workdir: str = "/app", image: str = "registry.example.com/your-app:latest") -> str:
+def kubernetes(
+    workdir: str = "/app",
+    image: str = "registry.example.com/your-app:latest",
+    report: str | None = None,
+) -> str:
     """One CronJob per job; the app's image must contain cosmic-backup and the wrappers."""
     backups = PurePosixPath(workdir) / "tmp" / "backups"
     logs = PurePosixPath(workdir) / "logs"
     documents = []
-    for job in jobs(["cosmic-backup", "status"]):
+    for job in jobs(["cosmic-backup", "status", "--alert"], report):
         command = ", ".join(_yaml(part) for part in job.argv)
         documents.append(f"""apiVersion: batch/v1
 kind: CronJob

@@ -217,3 +217,23 @@ def is_configured(rt: Runtime, name: str) -> bool:
     except NotConfigured:
         return False
     return True
+
+
+def alert_if_unhealthy(rt: Runtime, statuses: list[ComponentStatus]) -> None:
+    """`status --alert` (the schedule's daily check): an unhealthy component, OVERDUE
+    above all, is told to BACKUP_NOTIFY_URL even when no backup ran to say so."""
+    unhealthy = [s for s in statuses if not s.health.healthy]
+    if not unhealthy or not rt.settings.notify_url:
+        return
+    from cosmic_backup.operations.notify import alert_for, notify, summary
+
+    components = [
+        {"component": s.component, "status": str(s.health), "message": s.message} for s in unhealthy
+    ]
+    payload = summary(
+        "failed", rt.run_id, str(rt.root), components, rt.relative(rt.log_file), "status check"
+    )
+    words = " ".join(sorted({str(s.health) for s in unhealthy}))
+    lines = [f"{s.component} {s.health}: {s.message}" for s in unhealthy]
+    alert = alert_for("status check", words, lines, rt.settings.report_url)
+    notify(rt.settings.notify_url, payload, alert, rt.log)

@@ -77,6 +77,7 @@ def test_the_demo_runs_end_to_end_and_keeps_its_folder(tmp_path: Path) -> None:
         "$ cosmic-backup restore database latest --yes",
         "$ cosmic-backup restore files latest --yes",
         "$ cosmic-backup restore config latest --yes",
+        "$ cosmic-backup report --html ",
     ):
         assert step in out
     assert out.index("backup all") < out.index("verify --restore-test") < out.index("DROP TABLE")
@@ -86,6 +87,11 @@ def test_the_demo_runs_end_to_end_and_keeps_its_folder(tmp_path: Path) -> None:
     # Nothing outside its folder: all in DIR/app, and nothing in the folder it ran from.
     assert sorted(p.name for p in kept.iterdir()) == ["app"]
     assert (kept / "app" / "tmp" / "backups" / "database").is_dir()
+    report = kept / "app" / "tmp" / "report.html"
+    assert out.rstrip().endswith(
+        f"The HTML report of these backups: {report} (open it in a browser)."
+    )
+    assert "database-" in report.read_text()  # the demo's backups are in it
     assert not any((tmp_path / "elsewhere").iterdir())
 
 

@@ -46,7 +46,7 @@ def test_crontab_lines_parse_and_follow_the_recommended_schedule() -> None:
     assert second - first == 7 * 86400  # a weekly restore test
     assert lines[3].endswith(" -m cosmic_backup verify --restore-test all")
     assert "./scripts/backup.sh database --tag scheduled" in lines[0]
-    assert lines[4].endswith(" -m cosmic_backup status --quiet")  # cron mails any output
+    assert lines[4].endswith(" -m cosmic_backup status --quiet --alert")  # cron mails any output
 
 
 def test_systemd_units_structure() -> None:
@@ -127,3 +127,17 @@ def test_kubernetes_cronjobs_parse() -> None:
     assert container["workingDir"] == "/srv/my app #1"
     assert container["image"] == "example/app:1 # x"
     assert container["volumeMounts"][0]["mountPath"] == "/srv/my app #1/tmp/backups"
+
+
+def test_a_daily_report_goes_next_to_the_status_check_when_asked() -> None:
+    assert [job.name for job in jobs()][-1] == "status"  # not unless asked
+    text = crontab(Path("/srv/app"), "/var/www/backups/report.html")
+    [line] = [line for line in text.splitlines() if " report --html " in line]
+    assert croniter.is_valid(" ".join(line.split()[:5]))
+    assert line.endswith(" -m cosmic_backup report --html /var/www/backups/report.html")
+    units = systemd_units(Path("/srv/app"), "/var/www/r.html")
+    assert "report --html /var/www/r.html" in units["cosmic-backup-report.service"]
+    assert "OnCalendar=*-*-* 09:10:00" in units["cosmic-backup-report.timer"]
+    documents = list(yaml.safe_load_all(kubernetes(report="/app/report.html")))
+    names = [document["metadata"]["name"] for document in documents]
+    assert names[-2:] == ["cosmic-backup-status", "cosmic-backup-report"]
