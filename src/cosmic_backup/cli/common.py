@@ -16,6 +16,7 @@ from rich.console import Console
 from cosmic_backup.errors import UsageError
 from cosmic_backup.operations.context import Advance, Runtime, no_progress, open_runtime
 from cosmic_backup.settings import Settings, load_settings
+from cosmic_backup.sizes import human_size as human_size  # the commands' tables use it
 
 # Off a terminal, tables must not wrap at rich's default 80 columns: pipes and logs read them.
 stdout = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -89,17 +90,6 @@ def open_cli_runtime(ctx: typer.Context, settings: Settings) -> Runtime:
 
 def emit_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def human_size(size: int | None) -> str:
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 def exit_with(code: int) -> None:
