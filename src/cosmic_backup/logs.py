@@ -74,3 +74,22 @@ def setup_logging(log_dir: Path, run_id: str, fmt: str = "text") -> tuple[loggin
 
 def get_logger() -> logging.Logger:
     return logging.getLogger(LOGGER_NAME)
+
+
+# Set on an error whose sentence a run has already logged with more context (a backup's
+# failure record names its backup id), so the command's end does not log it twice.
+LOGGED_MARK = "_cosmic_logged"
+
+
+def mark_logged(error: BaseException) -> None:
+    setattr(error, LOGGED_MARK, True)
+
+
+def log_failure(command: str, error: BaseException, message: str) -> None:
+    """A failed command's one sentence in today's log file as well as on stderr (cron's
+    mail and a closed terminal keep nothing), once; nothing before the runtime opened
+    the log file (a usage error has no log to go to)."""
+    logger = get_logger()
+    attached = any(getattr(handler, "_cosmic_file", False) for handler in logger.handlers)
+    if attached and not getattr(error, LOGGED_MARK, False):
+        logger.error("%s failed: %s", command, message)

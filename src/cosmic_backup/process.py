@@ -31,8 +31,10 @@ T = TypeVar("T")
 STDERR_LINES_KEPT = 20
 # PostgreSQL's severities and its tools' own "error:" prefix. A notice's DETAIL lines
 # ("drop cascades to ...") are noise; those right after the error, and its HINT, are not.
+# The tools print theirs as "pg_dump: detail: ..." ("Error message from server: ERROR:
+# invalid memory alloc request size ..." follows a bare "PQgetResult() failed.").
 ERROR_LINE = re.compile(r"\b(ERROR|FATAL|PANIC):|\berror:")
-ERROR_NOTE = re.compile(r"(HINT|DETAIL):")
+ERROR_NOTE = re.compile(r"(HINT|DETAIL):|[\w.-]+: (hint|detail):")
 PUMP_CHUNK = 1024 * 1024
 
 
@@ -134,6 +136,17 @@ class Child:
         printed any (the first error is the cause; what follows it, such as a lost
         connection's aftermath or a CONTEXT line, is not), else its last lines."""
         return error_tail(list(self._stderr), lines)
+
+    def said(self) -> str:
+        """`stderr_tail` for a sentence that already names the program and says it
+        failed: without its "pg_dump: " before each line and the first line's "error: ",
+        nor a final period."""
+        own = f"{self.name}: "
+        lines = [line.removeprefix(own) for line in error_lines(list(self._stderr))]
+        if not lines:
+            return "no error output"
+        lines[0] = lines[0].removeprefix("error: ")
+        return " | ".join(lines).rstrip(" .;")
 
     @property
     def stderr_text(self) -> str:
@@ -261,13 +274,18 @@ def mark_alive(mark: object) -> bool:
 
 def error_tail(kept: list[str], lines: int = 3) -> str:
     """The lines of a program's output that explain its failure (see Child.stderr_tail)."""
+    chosen = error_lines(kept, lines)
+    return " | ".join(chosen) if chosen else "no error output"
+
+
+def error_lines(kept: list[str], lines: int = 3) -> list[str]:
+    """The first error line and the DETAIL and HINT lines that belong to it; else the
+    last `lines` lines."""
     first = next((i for i, line in enumerate(kept) if ERROR_LINE.search(line)), None)
     if first is None:
-        chosen = kept[-lines:]
-    else:  # the error, then the DETAIL and HINT lines that belong to it
-        follows = itertools.takewhile(ERROR_NOTE.match, kept[first + 1 :])
-        chosen = [kept[first], *follows][:lines]
-    return " | ".join(chosen) if chosen else "no error output"
+        return kept[-lines:]
+    follows = itertools.takewhile(ERROR_NOTE.match, kept[first + 1 :])
+    return [kept[first], *follows][:lines]
 
 
 def run_captured(

@@ -17,6 +17,7 @@ from cosmic_backup.errors import UsageError
 from cosmic_backup.operations.context import Advance, Runtime, no_progress, open_runtime
 from cosmic_backup.operations.listing import human_size as human_size  # re-exported
 from cosmic_backup.settings import Settings, load_settings
+from cosmic_backup.sizes import human_size as human_size  # the commands' tables use it
 
 # Off a terminal, tables must not wrap at rich's default 80 columns: pipes and logs read them.
 stdout = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)

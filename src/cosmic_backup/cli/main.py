@@ -22,6 +22,7 @@ import typer
 from cosmic_backup import __version__
 from cosmic_backup.cli.common import CliState, stderr
 from cosmic_backup.errors import CosmicError, ExitCode, Interrupted
+from cosmic_backup.logs import log_failure
 from cosmic_backup.redact import redact
 
 # The command names each module registers, so that run() imports only the one it needs.
@@ -120,6 +121,13 @@ def _words(args: list[str]) -> list[str]:
     return words
 
 
+def _command_name(args: list[str]) -> str:
+    """The command, as the log names a failed run ("restore failed: ..."): never its
+    other words, of which one may be an --into URL with a password."""
+    command = next((word for word in _words(args) if not word.startswith("-")), None)
+    return command if command in COMMANDS else "cosmic-backup"
+
+
 def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
     raise Interrupted(
         f"Stopped by {signal.Signals(signum).name}; nothing half-done was kept as a backup."
@@ -177,6 +185,7 @@ def run() -> None:
     except (CosmicError, Interrupted) as exc:
         if debug:
             traceback.print_exc()
+        log_failure(_command_name(args), exc, exc.message)
         stderr.print(f"error: {redact(exc.message)}", markup=False)
         sys.exit(int(exc.exit_code))
     except Exception as exc:

@@ -22,6 +22,7 @@ from cosmic_backup.format.compression import threads_pay
 from cosmic_backup.format.keys import Key
 from cosmic_backup.format.manifest import Manifest, kdf_description
 from cosmic_backup.format.pipeline import SealedArtifact, SealingWriter
+from cosmic_backup.logs import mark_logged
 from cosmic_backup.operations.appversion import app_version
 from cosmic_backup.operations.context import Runtime
 from cosmic_backup.operations.metrics import write_metrics_file
@@ -231,6 +232,7 @@ def _record_failure(
     Leftovers are cleaned only under the lock: without it they may be another run's work.
     """
     rt.log.error("backup %s failed: %s", backup_id, error.message)
+    mark_logged(error)
     signing_key = key or rt.keys.current_if_any()
     finished = rt.clock.now()
     manifest = Manifest(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cosmic_backup.errors import OperationFailed
+from cosmic_backup.sizes import free_space, human_size
 from cosmic_backup.storage.base import ObjectInfo, StoreNotFound, check_name
 
 PARTIAL_MARK = ".partial-"
@@ -46,11 +48,29 @@ def replace_file(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:
     fsync_dir(path.parent)
 
 
-def _disk_error(path: Path, exc: OSError) -> OperationFailed:
+def _disk_error(path: Path, exc: OSError, partial: Path | None = None) -> OperationFailed:
+    """The sentence for a failed write of `path`; `partial`, the temporary file being
+    written, is measured before it is removed (what was written, and the free space then)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        written = _size_or_none(partial) if partial is not None else None
+        so_far = f"after {human_size(written)}" if written else "at its start"
+        return OperationFailed(
+            f"The disk of {path.parent} is full ({exc.strerror}): writing {path.name} there "
+            f"stopped {so_far} with {free_space(path.parent)} free, and the backup needs "
+            "more than that. Free some space there (prune old backups) or set BACKUP_DIR to "
+            "a larger disk, then run the backup again; nothing partial was kept."
+        )
     return OperationFailed(
         f"Could not write {path}: {exc.strerror or exc}. Free some space or fix the folder's "
         "permissions, then run the backup again; nothing partial was kept."
     )
+
+
+def _size_or_none(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 class LocalStore:
@@ -89,8 +109,9 @@ class LocalStore:
             os.replace(temp, final)
             fsync_dir(final.parent)
         except OSError as exc:
+            error = _disk_error(final, exc, temp)
             temp.unlink(missing_ok=True)
-            raise _disk_error(final, exc) from exc
+            raise error from exc
         except BaseException:
             temp.unlink(missing_ok=True)
             raise

@@ -81,6 +81,30 @@ def test_the_first_error_and_its_hint_explain_a_failure_not_the_noise_around_it(
     )
 
 
+def test_a_tools_detail_lines_carry_the_servers_error_into_the_sentence(tmp_path: Path) -> None:
+    """pg_dump's own "error:" line says only "PQgetResult() failed."; the server's ERROR
+    is on the "pg_dump: detail:" line after it (a 900 MB bytea, issue 18 item 13)."""
+    stand_in = tmp_path / "pg_dump"  # a sentence names the program: its prefix goes
+    stand_in.write_text(
+        "#!/bin/sh\n"
+        'echo \'pg_dump: error: Dumping the contents of table "files" failed: '
+        "PQgetResult() failed.' >&2\n"
+        "echo 'pg_dump: detail: Error message from server: ERROR:  invalid memory alloc "
+        "request size 1073741824' >&2\n"
+        "echo 'pg_dump: detail: Command was: COPY public.files (id, data) TO stdout;' >&2\n"
+        "echo 'pg_dump: error: a worker process died unexpectedly' >&2\nexit 1\n"
+    )
+    stand_in.chmod(0o755)
+    child = Child([str(stand_in)], env={}, timeout=10, log=LOG)
+    assert child.wait() == 1
+    assert "invalid memory alloc request size 1073741824" in child.stderr_tail()
+    assert child.said() == (
+        'Dumping the contents of table "files" failed: PQgetResult() failed. | '
+        "detail: Error message from server: ERROR:  invalid memory alloc request size "
+        "1073741824 | detail: Command was: COPY public.files (id, data) TO stdout"
+    )
+
+
 def test_when_one_linked_child_fails_the_other_is_stopped_at_once() -> None:
     """A writer blocked on a full pipe would otherwise wait for the time limit."""
     reader = Child(

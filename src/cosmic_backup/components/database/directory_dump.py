@@ -38,6 +38,7 @@ from cosmic_backup.components.archive import check_member, safe_extract
 from cosmic_backup.components.database.tools import Tool
 from cosmic_backup.errors import IntegrityError, OperationFailed
 from cosmic_backup.process import Child, mark_alive, process_mark, run_captured, running
+from cosmic_backup.sizes import free_space, human_size
 
 FOLDER_PREFIX = ".dump-"
 OWNER_FILE = "owner.json"
@@ -137,6 +138,42 @@ def run_pg_dump_into(
         _write_owner(folder, child.process.pid)  # so a SIGKILLed run's pg_dump is stopped
         child.wait()
     return child, dump
+
+
+# pg_dump's words (strerror) for a full disk or an exhausted quota.
+DISK_FULL = ("no space left on device", "disk quota exceeded")
+
+
+def filled_the_disk(stderr: str) -> bool:
+    """Did pg_dump stop because the dump's folder's disk (or quota) is full?"""
+    text = stderr.lower()
+    return any(words in text for words in DISK_FULL)
+
+
+def disk_full_message(parent: Path, written: int, database_bytes: int | None) -> str:
+    """The sentence for a --jobs dump whose temporary folder filled the disk of `parent`."""
+    needed = (
+        f"about {human_size(database_bytes)}, the database's size on the server"
+        if database_bytes is not None
+        else "the whole uncompressed dump"
+    )
+    return (
+        f"The disk of {parent} is full: pg_dump --jobs wrote {human_size(written)} of its "
+        f"temporary dump folder there before it filled up ({free_space(parent)} free), and "
+        f"needs room for {needed}. Free some space there (prune old backups), set BACKUP_DIR "
+        "to a larger disk, or back up without --jobs (it streams, with no temporary "
+        "folder), then run the backup again; nothing partial was kept."
+    )
+
+
+def folder_bytes(folder: Path) -> int:
+    """What the files under `folder` hold, in bytes (what pg_dump had written)."""
+    total = 0
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            if path.is_file():
+                total += path.stat().st_size
+    return total
 
 
 def write_dump_tar(out: BinaryIO, dump: Path, counted: Mapping[str, str]) -> dict[str, int]:

@@ -11,9 +11,11 @@ stream: the plain dump never touches the disk.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -24,6 +26,9 @@ from cosmic_backup.components.database.connection import ServerInfo, connect
 from cosmic_backup.components.database.directory_dump import (
     DirectoryDump,
     counted_files,
+    disk_full_message,
+    filled_the_disk,
+    folder_bytes,
     private_dump_folder,
     run_pg_dump_into,
     write_dump_tar,
@@ -141,7 +146,8 @@ def take_dump(
         tables, facts = _read_snapshot(target, snapshot, limits)
         remaining = max(1.0, deadline - time.monotonic())
         if directory is not None:
-            dumped = DirectoryRun(snapshot, mode, remaining, tables)
+            size = functools.partial(_database_size, exporter)  # asked if the disk fills
+            dumped = DirectoryRun(snapshot, mode, remaining, tables, size)
             rows = _run_pg_dump_directory(out, target, dumped, pg_dump, limits, log, directory)
             if mode != MODE_SCHEMA_ONLY:
                 facts["row_counts"] = _directory_counts(
@@ -163,6 +169,15 @@ def take_dump(
         pg_dump_version=pg_dump.version,
         **facts,
     )
+
+
+def _database_size(conn: psycopg.Connection) -> int | None:
+    """The database's size on the server (pg_database_size), None if it cannot be read."""
+    try:
+        row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    except psycopg.Error:
+        return None
+    return int(row[0]) if row else None
 
 
 def _read_snapshot(
@@ -342,6 +357,7 @@ class DirectoryRun:
     mode: str
     seconds_left: float
     tables: list[tuple[str, str]]
+    size: Callable[[], int | None]  # the database's size, asked only when it is needed
 
 
 def _run_pg_dump_directory(
@@ -363,6 +379,9 @@ def _run_pg_dump_directory(
         child, dump = run_pg_dump_into(argv, folder, env=env, timeout=run.seconds_left, log=log)
         if child.timed_out:
             raise OperationFailed(timeout_message(limits.timeout))
+        if child.process.returncode != 0 and filled_the_disk(child.stderr_text):
+            written = folder_bytes(folder)  # before the folder is removed
+            raise OperationFailed(disk_full_message(directory.parent, written, run.size()))
         if child.process.returncode != 0:
             raise OperationFailed(_pg_dump_error(child, limits.lock_wait_timeout))
         counted = {}
@@ -400,4 +419,4 @@ def _pg_dump_error(child: Child, lock_wait: int) -> str:
         return lock_message(f"The table {locked.group(1)}" if locked else "A table", lock_wait)
     if "server version mismatch" in text:
         return f"pg_dump is older than the server: {child.stderr_tail(1)}."
-    return f"pg_dump failed (exit code {child.process.returncode}): {child.stderr_tail()}."
+    return f"pg_dump failed (exit code {child.process.returncode}): {child.said()}."
