@@ -7,22 +7,12 @@ from typing import Any
 from cosmic_backup.catalog import Entry
 from cosmic_backup.clock import parse_iso
 from cosmic_backup.components import source_of
+from cosmic_backup.sizes import human_size
 from cosmic_backup.states import Outcome, Trust
 
 COLUMNS = ("id", "taken (local)", "status", "mode", "tags", "size", "verified", "tested")
 WHERE_COLUMN = "where"
 SOURCE_COLUMN = "source"
-
-
-def human_size(size: int | None) -> str:
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 def status_word(entry: Entry) -> str:
