@@ -21,17 +21,20 @@ from tests.integration.database.conftest import ComponentFactory, PostgresServer
 from tests.integration.database.test_database_component import dump_into_memory
 
 # The rows broke the check before it was added, NOT VALID: they stay, and so must a
-# restore keep them. A second schema holds another one, so that more than public is reset.
+# restore keep them. A second schema holds another one, so that more than public is reset,
+# under names that need quoting. (Not a name holding " DROP CONSTRAINT ": pg_restore's own
+# --if-exists puts its IF EXISTS inside such a name.)
 NOT_VALID_DOMAINS = """
 CREATE DOMAIN posint AS integer;
 CREATE TABLE stock (id serial PRIMARY KEY, qty posint);
 INSERT INTO stock (qty) VALUES (1), (2), (-3);
 ALTER DOMAIN posint ADD CONSTRAINT posint_positive CHECK (VALUE > 0) NOT VALID;
-CREATE SCHEMA shop;
-CREATE DOMAIN shop.code AS text;
-CREATE TABLE shop.items (code shop.code);
-INSERT INTO shop.items VALUES ('ok'), ('');
-ALTER DOMAIN shop.code ADD CONSTRAINT code_not_empty CHECK (VALUE <> '') NOT VALID;
+CREATE SCHEMA "Shop ""Floor"" x";
+CREATE DOMAIN "Shop ""Floor"" x"."Code ""Ä"" x" AS text;
+CREATE TABLE "Shop ""Floor"" x".items (code "Shop ""Floor"" x"."Code ""Ä"" x");
+INSERT INTO "Shop ""Floor"" x".items VALUES ('ok'), ('');
+ALTER DOMAIN "Shop ""Floor"" x"."Code ""Ä"" x"
+    ADD CONSTRAINT code_not_empty CHECK (VALUE <> '') NOT VALID;
 """
 
 CONSTRAINTS = """
