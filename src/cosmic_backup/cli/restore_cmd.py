@@ -83,6 +83,14 @@ def restore(
             "waiting for them.",
         ),
     ] = False,
+    from_other_database: Annotated[
+        bool,
+        typer.Option(
+            "--from-other-database",
+            help="Database: with --yes, restore a backup taken from another database over "
+            "this one's content (a terminal asks instead).",
+        ),
+    ] = False,
     no_restore_owner: Annotated[
         bool,
         typer.Option(
@@ -103,8 +111,11 @@ def restore(
             "warning: the --into URL carries a password, which other users can see in the "
             "process list; give it in PGPASSWORD or ~/.pgpass instead."
         )
-    if (drop_dependents or no_privileges) and what != "database":
-        raise UsageError("--drop-dependents and --no-privileges are for the database only.")
+    if (drop_dependents or no_privileges or from_other_database) and what != "database":
+        raise UsageError(
+            "--drop-dependents, --no-privileges and --from-other-database are for the "
+            "database only."
+        )
     _check_jobs(what, jobs, keep_old or terminate_sessions)
     request = RestoreRequest(
         target=into or target_dir,
@@ -114,10 +125,13 @@ def restore(
         jobs=jobs,
         keep_old=keep_old,
         terminate_sessions=terminate_sessions,
+        from_other_database=from_other_database,
     )
     owner = False if no_restore_owner else None  # None: the setting decides
     runtime = open_cli_runtime(ctx, settings_for(ctx, files_restore_owner=owner))
-    outcome = restore_component(runtime, what, selector, request, _confirmer(yes))
+    outcome = restore_component(
+        runtime, what, selector, request, _confirmer(yes, from_other_database)
+    )
     if state(ctx).json:
         emit_json(outcome.to_dict())
     else:
@@ -133,7 +147,7 @@ def _check_jobs(what: str, jobs: int | None, jobs_options: bool) -> None:
         raise UsageError(f"--jobs takes a number of parallel jobs from 1 to {MAX_JOBS}.")
 
 
-def _confirmer(yes: bool) -> Confirm:
+def _confirmer(yes: bool, from_other_database: bool = False) -> Confirm:
     def confirm(preview: RestorePreview) -> bool:
         manifest = preview.manifest
         taken = parse_iso(manifest.started_at).astimezone()
@@ -141,6 +155,13 @@ def _confirmer(yes: bool) -> Confirm:
         say(f"Target: {preview.plan.target_description}")
         for note in preview.plan.notes:
             say(f"  {note}")
+        consent = preview.plan.consent if not from_other_database else None
+        if consent and (yes or not sys.stdin.isatty()):
+            raise UsageError(
+                f"{consent.rstrip('.')}; nothing was changed. Pass --from-other-database "
+                "with --yes if that is what you want, or choose a backup of this database "
+                "(`cosmic-backup list database`)."
+            )
         if preview.plan.safety_backup is None or yes:  # nothing live is overwritten
             return True
         if not sys.stdin.isatty():
@@ -149,8 +170,9 @@ def _confirmer(yes: bool) -> Confirm:
                 "terminal to confirm, or pass --yes for unattended runs."
             )
         safety = "after a pre-restore backup" if preview.safety_backup else "WITHOUT a safety copy"
+        other = " (a backup of another database)" if consent else ""
         return typer.confirm(
-            f"Replace {preview.plan.target_description} with {manifest.id} ({safety})?",
+            f"Replace {preview.plan.target_description} with {manifest.id}{other} ({safety})?",
             default=False,
         )
 

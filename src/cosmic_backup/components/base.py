@@ -78,6 +78,9 @@ class RestoreRequest:
     jobs: int | None = None
     keep_old: bool = False
     terminate_sessions: bool = False
+    # Database: restore a backup of another database over this one's content, unattended
+    # (--from-other-database with --yes).
+    from_other_database: bool = False
 
 
 @dataclass
@@ -89,6 +92,9 @@ class RestorePlan:
     # What to back up before restoring; None when nothing live is overwritten.
     safety_backup: BackupRequest | None = None
     private: dict[str, Any] = field(default_factory=dict)  # the component's own state
+    # A sentence the operator must consent to beyond --yes (a backup of another database
+    # replacing this one's content); None when --yes is enough.
+    consent: str | None = None
 
 
 @dataclass

@@ -100,11 +100,11 @@ def test_into_url_swaps_the_database_the_url_names(
     expected = full_state(app_db)
     other = postgres.create_database("into")
     execute(postgres.url(other), "CREATE TABLE stale (id int)")
-    # The password in PGPASSWORD, not in the --into URL (argv).
+    # The password in PGPASSWORD, not in the --into URL (argv). The database holds a
+    # table and is not the backup's: replacing it takes --from-other-database.
     url = f"postgresql://postgres@127.0.0.1:{postgres.port}/{other}"
-    result = db_project.run(
-        *RESTORE, "--into", url, "--jobs", "2", env={"PGPASSWORD": postgres.password}
-    )
+    args = (*RESTORE, "--into", url, "--jobs", "2", "--from-other-database")
+    result = db_project.run(*args, env={"PGPASSWORD": postgres.password})
     assert result.returncode == 0, result.stderr
     assert "2 parallel jobs" in result.stdout
     assert full_state(postgres.url(other)) == expected

@@ -267,9 +267,9 @@ def run_ok(project: Project, *args: str) -> dict[str, Any]:
 def test_every_kind_restores_in_every_way_with_identical_content(
     project: Project, exact_db: str, postgres: PostgresServer
 ) -> None:
-    """The database of every case above: in place, --into, --jobs 2 and the restore test
-    (throwaway server, whose roles the policy names are created) all end in exit 0 and
-    the same catalog and rows."""
+    """The database of every case above: in place, --into, --jobs 2, the restore test
+    (throwaway server, whose roles the policy names are created) and a directory-format
+    backup in one transaction all end in exit 0 and the same catalog and rows."""
     project.env.update({"DATABASE_URL": exact_db, "BACKUP_KEY": KEY})
     run_ok(project, "backup", "database")
     before = content(exact_db)
@@ -286,6 +286,12 @@ def test_every_kind_restores_in_every_way_with_identical_content(
     report = run_ok(project, "verify", "--restore-test", "database")
     assert report["results"][0]["status"] == "ok", report
     assert report["results"][0]["figures"]["objects"] > 40
+    # A directory-format backup (backup --jobs 2), restored in one transaction.
+    project.env["BACKUP_DB_JOBS"] = "2"
+    run_ok(project, "backup", "database")
+    execute(exact_db, *changes)
+    run_ok(project, *RESTORE, "--jobs", "1")
+    assert_same(content(exact_db), before)
 
 
 def django_settings(url: str) -> str:

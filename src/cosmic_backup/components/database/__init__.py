@@ -43,6 +43,7 @@ from cosmic_backup.components.database.parallel_restore import (
 from cosmic_backup.components.database.parallel_restore import (
     check_possible as parallel_possible,
 )
+from cosmic_backup.components.database.provenance import other_database_sentence, source_note
 from cosmic_backup.components.database.restore import (
     RestoreLimits,
     current_row_counts,
@@ -158,7 +159,10 @@ class DatabaseComponent(Component):
         server = self._connect_checked(target)
         remove_leftovers(target, self.settings.connect_timeout, self.log)
         private = {"target": target, "server": server, "request": request}
-        notes = self._jobs_plan(target, request, private)
+        source = DatabaseSource.of(manifest)
+        consent = other_database_sentence(source, target, self.settings.connect_timeout)
+        notes = [source_note(source), *([consent] if consent else [])]
+        notes += self._jobs_plan(target, request, private)
         notes += self._migration_note(manifest, target)
         if manifest.mode == MODE_SCHEMA_ONLY:
             notes.append(
@@ -170,7 +174,7 @@ class DatabaseComponent(Component):
         # A copy of another database (--into) is tagged so: it is not one of this app's.
         tags = (TAG_PRE_RESTORE, TAG_OTHER_TARGET) if request.target else (TAG_PRE_RESTORE,)
         safety = BackupRequest(mode=MODE_FULL, tags=tags, source_override=request.target)
-        return RestorePlan(target.describe(), notes, safety, private)
+        return RestorePlan(target.describe(), notes, safety, private, consent)
 
     def _jobs_plan(
         self, target: Target, request: RestoreRequest, private: dict[str, Any]

@@ -6,7 +6,8 @@ a database cannot be created, renamed or dropped from a session connected to it.
 - The new database is named ``<target>_cosmic_<token>`` and carries, until the swap, a
   comment naming the run that owns it (pid, its start time, host): the next run on this
   host drops it when that run is gone (killed), and never one whose owner is alive.
-- It is created like the target (owner, encoding, locale, tablespace, from template0)
+- It is created like the target (owner, encoding, locale, tablespace unless pg_default,
+  from template0)
   and given the target's database-level grants and settings, which a dump without
   --create does not hold. Its connection limit is set at the swap, so that pg_restore's
   N connections are not refused meanwhile.
@@ -35,6 +36,7 @@ from cosmic_backup.process import mark_alive, process_mark
 MARK = "_cosmic_"
 OLD_MARK = "_cosmic_old_"
 OWNER_NOTE = "cosmic-backup --jobs restore in progress "
+DEFAULT_TABLESPACE = "pg_default"  # template0's
 MAX_NAME_BYTES = 63  # NAMEDATALEN - 1: longer names are cut by the server
 SWAP_POLL = 0.5
 # Settings whose value the server stores as a list of quoted identifiers.
@@ -134,13 +136,16 @@ def _create_statement(shape: Shape, name: str) -> sql.Composed:
         sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0").format(
             _ident(name), _ident(shape.owner)
         ),
+        # No connection limit while pg_restore's N connections fill it: the target's is
+        # set in the swap.
         sql.SQL("ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
             shape.encoding, row["datcollate"], row["datctype"]
         ),
-        # No connection limit while pg_restore's N connections fill it: the target's is
-        # set in the swap.
-        sql.SQL("TABLESPACE {}").format(_ident(shape.tablespace)),
     ]
+    if shape.tablespace != DEFAULT_TABLESPACE:
+        # Named, a tablespace needs CREATE on it, which a CREATEDB role lacks even on
+        # pg_default; left out, the new database gets template0's, pg_default, unchecked.
+        parts.append(sql.SQL("TABLESPACE {}").format(_ident(shape.tablespace)))
     provider = row.get("datlocprovider")  # 15+: c (libc), i (ICU), b (builtin, 17+)
     locale = row.get("datlocale") or row.get("daticulocale")
     if provider == "i":

@@ -26,6 +26,7 @@ import logging
 import os
 import secrets
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,7 +175,11 @@ def restore_parallel(
             return _into_new_database(dump, job, log)
         except Fallback as fallback:
             log.warning("%s", fallback.sentence)
-            return ParallelOutcome(None, one_transaction(dump, fallback.sentence))
+            try:
+                return ParallelOutcome(None, one_transaction(dump, fallback.sentence))
+            except OperationFailed as exc:
+                # The operator asked for --jobs: the failure says why it ran otherwise.
+                raise type(exc)(f"{fallback.sentence} {exc.message}") from None
 
 
 def write_private(payload: BinaryIO, path: Path, target: Target) -> None:
@@ -230,14 +235,30 @@ def _drop_quietly(target: Target, name: str, timeout: int, log: logging.Logger) 
         log.warning("could not drop %s (the next restore will): %s", name, exc)
 
 
+# pg_restore -j runs a post-data entry as soon as what it depends on is restored, and a
+# domain's ADD CONSTRAINT ... NOT VALID depends on the domain only: run alongside the data,
+# it makes the COPY of the rows that break it fail. So the data is loaded first, then the
+# post-data entries (indexes, constraints, triggers), each pass with N jobs.
+PASSES = (("--section=pre-data", "--section=data"), ("--section=post-data",))
+
+
 def _run_pg_restore(dump: Path, into: Target, job: Job, log: logging.Logger) -> None:
-    argv = [job.pg_restore.path, f"--jobs={job.options.jobs}", "--exit-on-error"]
+    began = time.monotonic()
+    for sections in PASSES:
+        left = max(1, job.limits.timeout - int(time.monotonic() - began))
+        _run_pass(dump, into, job, log, sections, left)
+
+
+def _run_pass(
+    dump: Path, into: Target, job: Job, log: logging.Logger, sections: tuple[str, ...], left: int
+) -> None:
+    argv = [job.pg_restore.path, f"--jobs={job.options.jobs}", "--exit-on-error", *sections]
     argv += ["--no-owner", "--no-password", *job.extra, f"--dbname={into.conninfo()}", str(dump)]
     env = {
         **job.target.tool_environment(job.limits.connect_timeout),
         "PGOPTIONS": "-c statement_timeout=0",
     }
-    child = Child(argv, env=env, timeout=job.limits.timeout, log=log, stdout=subprocess.DEVNULL)
+    child = Child(argv, env=env, timeout=left, log=log, stdout=subprocess.DEVNULL)
     with running(child):
         code = child.wait()
     unchanged = f"{job.target.describe()} is unchanged"

@@ -18,7 +18,8 @@ inside the open transaction (or is stopped), and the server rolls it back. (``ps
 wraps large objects in a BEGIN/COMMIT of its own, which would commit half a restore.)
 
 When this user may not drop the schemas (managed databases), the reset is left out and
-``--clean --if-exists`` replaces the backup's objects one by one; the report says so.
+``--clean --if-exists`` replaces the backup's objects one by one; the report says so
+(clearing.py decides that, and what makes pg_restore's drops work either way).
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ from typing import IO, BinaryIO
 
 import psycopg
 
+from cosmic_backup.components.database.clearing import clearing, dump_head
 from cosmic_backup.components.database.connection import connect
 from cosmic_backup.components.database.dump import count_rows
 from cosmic_backup.components.database.reset import lock_block, reset_block
 from cosmic_backup.components.database.tools import Tool
-from cosmic_backup.components.database.unschemed import drop_block, read_unschemed_drops
 from cosmic_backup.components.database.url import Target
 from cosmic_backup.errors import OperationFailed
 from cosmic_backup.process import PUMP_CHUNK, Child, running
@@ -138,16 +139,13 @@ def restore_dump(
         )
         log.warning("schema reset not permitted on %s; restoring without it", target.describe())
     wait = min(limits.lock_wait_timeout, limits.timeout)
-    drops: list[str] | None = None
     if reset:
         first = reset_block(schemas, lock_wait=wait, drop_dependents=drop_dependents)
-        if dump_dir is None:  # a directory-format dump keeps --clean (its toc.dat differs)
-            payload, drops = read_unschemed_drops(payload)
-        if drops:
-            first += "\n" + drop_block(drops)
     else:
         first = lock_block(schemas, lock_wait=wait)
-    prelude = f"BEGIN;\n{first}\n"
+    payload, head = dump_head(payload, dump_dir)
+    clear = clearing(reset=reset, head=head)  # whether pg_restore --clean, and what first
+    prelude = f"BEGIN;\n{first}\n{clear.sql}\n"
     options = f"-c statement_timeout=0 -c lock_timeout={limits.lock_wait_timeout}s"
     if server_major >= 14:
         # When psql is stopped (time limit, interrupt), the server notices within a second
@@ -155,13 +153,7 @@ def restore_dump(
         options += f" -c client_connection_check_interval={CLIENT_CHECK_MS}"
     # --no-privileges: no GRANT/REVOKE and no default privileges from the backup, for
     # roles it names that this server does not have.
-    extra = ("--no-privileges",) if no_privileges else ()
-    if drops is None:
-        # Item 3: after our reset the schemas are empty, and pg_restore's own drops would
-        # fail on what the reset took away (ALTER DOMAIN ... DROP CONSTRAINT IF EXISTS of
-        # a NOT VALID constraint errs once the domain is gone): --clean only without it,
-        # or when the dump's objects in no schema could not be read (unschemed.py).
-        extra = ("--clean", "--if-exists", *extra)
+    extra = (*clear.options, *(("--no-privileges",) if no_privileges else ()))
     if no_privileges:
         outcome.notes.append(
             "Restored without the backup's privileges (--no-privileges): grant what the "

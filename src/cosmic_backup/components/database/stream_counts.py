@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 
 MAGIC = b"PGDMP"
 FORMAT_CUSTOM = 1
+# The format byte of a -Fd dump's toc.dat: the same head, a file name for each entry's data.
+# pg_dump 15 writes 3 there (its tar format's number), though its own enum says 5.
+FORMAT_DIRECTORY = frozenset({3, 5})
 BLK_DATA = 1
 BLK_BLOBS = 3
 # Archive versions (major, minor) whose header and TOC layout this module knows:
@@ -87,10 +90,14 @@ class Head:
     # The DROP statements of the entries in no schema (a publication, a cast...), in order.
     unschemed_drops: list[tuple[str, str]] = field(default_factory=list)  # (kind, statement)
     policies: list[str] = field(default_factory=list)  # each POLICY entry's CREATE POLICY
+    # The drops of the domain constraints dumped apart (NOT VALID ones): (schema, statement).
+    domain_constraint_drops: list[tuple[str, str]] = field(default_factory=list)
+    archive_format: int = FORMAT_CUSTOM
 
 
-def parse_head(data: bytes) -> Head:
-    """The header and TOC at the start of `data`; _NeedMore if it ends too soon."""
+def parse_head(data: bytes, *, toc_file: bool = False) -> Head:
+    """The header and TOC at the start of `data` (with `toc_file`, a -Fd dump's toc.dat);
+    _NeedMore if it ends too soon."""
     reader = _Reader(data)
     if reader.take(5) != MAGIC:
         raise ArchiveFormatError("not a pg_dump custom-format archive (no PGDMP magic)")
@@ -102,14 +109,15 @@ def parse_head(data: bytes) -> Head:
     if reader.int_size not in _PREFIX:
         raise ArchiveFormatError(f"unexpected integer size {reader.int_size}")
     offset_size = reader.byte()
-    if reader.byte() != FORMAT_CUSTOM:
-        raise ArchiveFormatError("not a custom-format archive")
+    archive_format = reader.byte()
+    if archive_format not in (FORMAT_DIRECTORY if toc_file else {FORMAT_CUSTOM}):
+        raise ArchiveFormatError(f"not the archive format expected ({archive_format})")
     _read_compression(reader, version)
     for _ in range(7):  # creation time: sec, min, hour, mday, mon, year, isdst
         reader.int()
     for _ in range(3):  # database name, server version, pg_dump version
         reader.str()
-    head = Head(version, reader.int_size, {}, 0, offset_size)
+    head = Head(version, reader.int_size, {}, 0, offset_size, archive_format=archive_format)
     _read_toc(reader, version, head)
     head.size = reader.pos
     return head
@@ -147,14 +155,19 @@ def _read_toc(reader: _Reader, version: tuple[int, int], head: Head) -> None:
         reader.str()  # "false": WITH OIDS is gone
         while reader.str() is not None:  # dependencies, ended by a NULL string
             pass
-        head.offset_fields[dump_id] = reader.pos
-        reader.take(1 + head.offset_size)  # custom format's data offset (flag + offset)
+        if head.archive_format in FORMAT_DIRECTORY:
+            reader.str()  # the data's file name
+        else:
+            head.offset_fields[dump_id] = reader.pos
+            reader.take(1 + head.offset_size)  # custom format's data offset (flag + offset)
         if desc == "TABLE DATA" and tag is not None and namespace is not None:
             head.tables[dump_id] = f"{namespace}.{tag}"
         if drop and desc and not namespace:
             head.unschemed_drops.append((desc, drop))
         if desc == "POLICY" and defn:
             head.policies.append(defn)
+        if desc == "CHECK CONSTRAINT" and drop and drop.startswith("ALTER DOMAIN "):
+            head.domain_constraint_drops.append((namespace or "", drop))
 
 
 # States of the data part.

@@ -91,15 +91,11 @@ def read_head(payload: BinaryIO) -> tuple[BinaryIO, Head | None]:
             return _Replay(buffered, payload), None
 
 
-def read_unschemed_drops(payload: BinaryIO) -> tuple[BinaryIO, list[str] | None]:
-    """The stream to restore from (the same bytes) and the DROP statements to run after
-    the reset; None when the head cannot be read: then pg_restore --clean drops as before."""
-    stream, head = read_head(payload)
-    if head is None:
-        return stream, None
+def unschemed_drops(head: Head) -> list[str]:
+    """The DROP statements to run after the reset, of the kinds it leaves."""
     # In reverse TOC order, as pg_restore --clean drops: a foreign server before its wrapper.
     drops = [drop for kind, drop in head.unschemed_drops if kind in DROPPED_KINDS]
-    return stream, drops[::-1]
+    return drops[::-1]
 
 
 def policy_roles(head: Head) -> set[str]:
