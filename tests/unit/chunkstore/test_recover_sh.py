@@ -250,3 +250,8 @@ def test_the_script_is_posix_sh(project: Project) -> None:
     for bashism in ("[[", "pipefail", "local ", "$'", "<(", "==="):
         assert bashism not in text
     assert os.access(str(SCRIPT), os.R_OK)
+
+
+def test_the_repositorys_scripts_recover_sh_is_the_template_init_writes() -> None:
+    repo_script = Path(__file__).resolve().parents[3] / "scripts" / "recover.sh"
+    assert repo_script.read_text() == SCRIPT.read_text()
