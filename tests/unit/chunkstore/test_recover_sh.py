@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import shutil
 import subprocess
 import tarfile
@@ -20,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from cosmic_backup.chunkstore import ChunkListRecord, ChunkStore
+from cosmic_backup.chunkstore.index_objects import read_index_object, write_index_object
+from cosmic_backup.format.index_text import ChunkPlace
 from tests.unit.chunkstore import MiB, files_under, make_store, payload, write
 from tests.unit.format import PASSPHRASE, write_key_file
 
@@ -178,7 +181,11 @@ def flip_a_byte(path: Path, at: int | None = None) -> None:
 
 def damaged_object(project: Project, kind: str) -> Path:
     if kind == "pack":
-        return files_under(project.backups / "store" / "packs")[-1]
+        # A pack in the middle: the first holds the payload's first chunks (which would be
+        # written if packs were checked only when reached), the last the entry text.
+        packs = project.store.loaded_index.index.packs
+        assert len(packs) >= 3
+        return project.store.layout.pack(packs[-2])
     if kind == "index":
         return files_under(project.backups / "store" / "index")[0]
     return project.backups / "database" / "database-20261124T020000Z.chunks"
@@ -189,8 +196,7 @@ def test_a_changed_byte_is_refused_naming_the_object_and_nothing_is_written(
     project: Project, kind: str
 ) -> None:
     backup_id = "database-20261124T020000Z"
-    back_up(project, backup_id, payload(3 * MiB, seed=5))
-    assert len(files_under(project.backups / "store" / "packs")) >= 2
+    back_up(project, backup_id, random.Random(5).randbytes(4 * MiB))
     target = damaged_object(project, kind)
     flip_a_byte(target)
     result = recover(project, backup_id)
@@ -255,3 +261,27 @@ def test_the_script_is_posix_sh(project: Project) -> None:
 def test_the_repositorys_scripts_recover_sh_is_the_template_init_writes() -> None:
     repo_script = Path(__file__).resolve().parents[3] / "scripts" / "recover.sh"
     assert repo_script.read_text() == SCRIPT.read_text()
+
+
+def test_a_chunk_swapped_for_another_valid_one_is_refused_by_its_id(project: Project) -> None:
+    """An index object that passes its MAC (written with the data key) but places one chunk
+    at another's member, superseding the true one: the id check stops it, and what was
+    written before is the payload's true beginning."""
+    backup_id = "database-20261124T020000Z"
+    data = payload(3 * MiB, seed=9)
+    back_up(project, backup_id, data)
+    store = project.store
+    (true_name,) = store.loaded_index.objects
+    text = read_index_object(store.layout, store.data_key, store.config, true_name)
+    first_pack = next(pack for pack in text.packs if len(pack.chunks) >= 2)
+    victim, donor = first_pack.chunks[-1], first_pack.chunks[0]
+    first_pack.chunks[-1] = ChunkPlace(
+        victim.chunk_id, donor.offset, donor.length, victim.plain_length
+    )
+    text.supersedes = [true_name]
+    write_index_object(store.layout, store.data_key, store.config, text)
+    result = recover(project, backup_id)
+    assert result.returncode == 3
+    assert f"chunk {victim.chunk_id.hex()} in pack {first_pack.name}" in result.stderr.decode()
+    assert data.startswith(result.stdout) and len(result.stdout) < len(data)
+    assert "Traceback" not in result.stderr.decode()
