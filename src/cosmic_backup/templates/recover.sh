@@ -187,7 +187,8 @@ done
 sed -n 's/^supersedes //p' "$T/index" | sort -u > "$T/superseded"
 : > "$T/present"
 for pack in "$STORE"/packs/*/*; do
-    [ -f "$pack" ] && printf '%s\n' "${pack##*/}" >> "$T/present"
+    [ -f "$pack" ] || continue
+    printf '%s\n' "${pack##*/}" >> "$T/present"
 done
 
 # plan REFS TOTAL: for each "<id> <plain length>" of REFS, in order, a line

@@ -285,3 +285,18 @@ def test_a_chunk_swapped_for_another_valid_one_is_refused_by_its_id(project: Pro
     assert f"chunk {victim.chunk_id.hex()} in pack {first_pack.name}" in result.stderr.decode()
     assert data.startswith(result.stdout) and len(result.stdout) < len(data)
     assert "Traceback" not in result.stderr.decode()
+
+
+def test_an_empty_payload_and_a_second_backup_of_the_same_data(project: Project) -> None:
+    """An empty payload gives empty output; a second backup that only names stored chunks
+    (its list is all it added) comes back whole too."""
+    back_up(project, "config-20261124T020000Z", b"")
+    empty = recover(project, "config-20261124T020000Z")
+    assert empty.returncode == 0, empty.stderr.decode()
+    assert empty.stdout == b""
+    data = payload(2 * MiB, seed=10)
+    back_up(project, "files-20261124T020000Z", data)
+    back_up(project, "files-20261124T020001Z", data)
+    again = recover(project, "files-20261124T020001Z")
+    assert again.returncode == 0, again.stderr.decode()
+    assert again.stdout == data
