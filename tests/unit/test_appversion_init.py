@@ -55,6 +55,7 @@ def test_init_keeps_existing_files_and_adds_missing_gitignore_lines(tmp_path: Pa
     assert steps == {
         "backup.sh": "kept",
         "restore.sh": "created",
+        "recover.sh": "created",
         ".cosmic-backup-python": "created",
         "cosmic-backup.toml": "created",
         ".gitignore": "updated",
@@ -64,6 +65,7 @@ def test_init_keeps_existing_files_and_adds_missing_gitignore_lines(tmp_path: Pa
     assert lines[:2] == ["node_modules", ".backup_key"]
     assert all(lines.count(entry) == 1 for entry in GITIGNORE_ENTRIES)
     assert (tmp_path / "scripts" / "restore.sh").stat().st_mode & 0o111
+    assert (tmp_path / "scripts" / "recover.sh").stat().st_mode & 0o777 == 0o755
     again = {Path(s.path).name: s.action for s in init_project(tmp_path)}
     assert set(again.values()) == {"kept"}
 

@@ -22,12 +22,13 @@ GITIGNORE_ENTRIES = (
     "logs/",
     INSTALLATION_FILE,
 )
-WRAPPERS = ("backup.sh", "restore.sh")
+WRAPPERS = ("backup.sh", "restore.sh", "recover.sh")
 # SHA-256 of the wrappers earlier versions wrote: found unchanged, they are replaced by
 # today's (which find the recorded installation); edited ones are the operator's and kept.
 EARLIER_WRAPPERS = {
     "backup.sh": {"9d7f924347111189c299886cad05247fdb204a7089136541a9ec33dd36bbc612"},
     "restore.sh": {"67ef46e168d57c91c3a06257ed925c94ee06382817580c762a65bb8827d57344"},
+    "recover.sh": set(),
 }
 
 

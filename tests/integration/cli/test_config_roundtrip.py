@@ -133,7 +133,7 @@ def test_seed_wrapper_scripts_work_from_the_project_root(project: Project, tmp_p
         assert line in (project.root / ".gitignore").read_text().splitlines()
     assert "# retention_days = 30" in (project.root / "cosmic-backup.toml").read_text()
     repo_scripts = Path(__file__).resolve().parents[3] / "scripts"
-    for name in ("backup.sh", "restore.sh"):
+    for name in ("backup.sh", "restore.sh", "recover.sh"):
         assert (project.root / "scripts" / name).read_text() == (repo_scripts / name).read_text()
     env = clean_environ({"COSMIC_BACKUP": f"{sys.executable} -m cosmic_backup"})
     elsewhere = tmp_path  # cron runs from anywhere: the wrapper moves to the project root
