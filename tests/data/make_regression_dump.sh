@@ -22,10 +22,13 @@ apt-get update -qq
 (cd "$work" && apt-get source --download-only "postgresql-15=$version" >/dev/null && tar xjf postgresql-15_*.orig.tar.bz2)
 src=$(ls -d "$work"/postgresql-15.*/src/test/regress)
 
-# regress.so from the same source; autoinc and refint ship with the server.
-mkdir "$work/lib"
-cp /usr/lib/postgresql/15/lib/autoinc.so /usr/lib/postgresql/15/lib/refint.so "$work/lib/"
-gcc -O2 -fPIC -shared -I/usr/include/postgresql/15/server "$src/regress.c" -o "$work/lib/regress.so"
+# regress.so from the same source; autoinc and refint ship with the server. The dump names
+# their folder; /tmp/cb-regress is where the test builds them again on any machine.
+lib=/tmp/cb-regress
+mkdir -p "$lib"
+cp /usr/lib/postgresql/15/lib/autoinc.so /usr/lib/postgresql/15/lib/refint.so "$lib/"
+gcc -O2 -fPIC -shared -I/usr/include/postgresql/15/server "$src/regress.c" -o "$lib/regress.so"
+cp "$src/regress.c" "$(dirname "$out")/regress/regress.c"
 chown -R postgres "$work"
 
 bin=/usr/lib/postgresql/15/bin
@@ -33,7 +36,7 @@ runuser -u postgres -- "$bin/initdb" -D "$work/data" -U postgres -E UTF8 --local
 runuser -u postgres -- "$bin/pg_ctl" -D "$work/data" -l "$work/server.log" \
   -o "-p 54329 -k $work -c listen_addresses=''" start >/dev/null
 (cd "$src" && runuser -u postgres -- /usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress \
-  --host="$work" --port=54329 --inputdir=. --outputdir="$work/out" --dlpath="$work/lib" \
+  --host="$work" --port=54329 --inputdir=. --outputdir="$work/out" --dlpath="$lib" \
   --bindir="$bin" --schedule=parallel_schedule --max-connections=4)
 "$bin/pg_dump" -h "$work" -p 54329 -U postgres -Fc -f "$out" regression
 echo "wrote $out"

@@ -9,6 +9,8 @@ whatever its database can hold, and its checks never cry wolf.
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +20,10 @@ import pytest
 from tests.conftest import Project
 from tests.integration.database.conftest import PostgresServer
 
-DUMP = Path(__file__).parents[2] / "data" / "regression-pg15.dump"
+DATA = Path(__file__).parents[2] / "data"
+DUMP = DATA / "regression-pg15.dump"
+# The dump's C functions name this folder (tests/data/regress/README.md says why).
+LIBRARY_FOLDER = Path("/tmp/cb-regress")
 KEY = "regression database passphrase 0123456789"
 
 pytestmark = pytest.mark.slow
@@ -57,6 +62,41 @@ def _pg_restore(server: PostgresServer, dbname: str, *options: str) -> float:
     return time.monotonic() - started
 
 
+def build_regress_libraries(server: PostgresServer) -> None:
+    """regress.so from the vendored source, with the server's own headers, and the two
+    contrib libraries the server ships, into the folder the dump names."""
+    pg_config = _tool(server, "pg_config")
+    headers = Path(
+        subprocess.run(
+            [pg_config, "--includedir-server"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
+    if not (headers / "postgres.h").exists():
+        pytest.fail(
+            f"{headers}/postgres.h is missing: install the server headers "
+            "(apt-get install postgresql-server-dev-15 pinned to the server's version)"
+        )
+    server_libraries = Path(
+        subprocess.run(
+            [pg_config, "--pkglibdir"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
+    LIBRARY_FOLDER.mkdir(exist_ok=True)
+    # Built beside and renamed, so a concurrent run never loads a half-written library.
+    partial = LIBRARY_FOLDER / f".regress-{os.getpid()}.so"
+    source = DATA / "regress" / "regress.c"
+    subprocess.run(
+        ["gcc", "-O2", "-fPIC", "-shared", f"-I{headers}", str(source), "-o", str(partial)],
+        check=True,
+    )
+    os.replace(partial, LIBRARY_FOLDER / "regress.so")
+    for name in ("autoinc.so", "refint.so"):
+        shutil.copyfile(server_libraries / name, LIBRARY_FOLDER / f".{name}-{os.getpid()}")
+        os.replace(LIBRARY_FOLDER / f".{name}-{os.getpid()}", LIBRARY_FOLDER / name)
+    for built in LIBRARY_FOLDER.iterdir():
+        built.chmod(0o755)
+
+
 @pytest.fixture(scope="module")
 def regression(postgres: PostgresServer) -> tuple[str, str, float]:
     """A database restored from the dump by plain pg_restore; the SQL that plain
@@ -64,6 +104,7 @@ def regression(postgres: PostgresServer) -> tuple[str, str, float]:
     docs/database.md); plain pg_restore's time."""
     if postgres.major < 15:
         pytest.fail("the regression dump needs a PostgreSQL 15 or newer test server")
+    build_regress_libraries(postgres)
     name = postgres.create_database("regression")
     seconds = _pg_restore(postgres, name)
     reference = postgres.create_database("regnoowner")
