@@ -43,6 +43,13 @@ from cosmic_backup.components.database.parallel_restore import (
 from cosmic_backup.components.database.parallel_restore import (
     check_possible as parallel_possible,
 )
+from cosmic_backup.components.database.replication import (
+    Replication,
+    jobs_obstacle,
+    read_replication,
+    slots_note,
+    subscriber_refusal,
+)
 from cosmic_backup.components.database.restore import (
     RestoreLimits,
     current_row_counts,
@@ -156,9 +163,10 @@ class DatabaseComponent(Component):
     def plan_restore(self, manifest: Manifest, request: RestoreRequest) -> RestorePlan:
         target = self._target(request.target)
         server = self._connect_checked(target)
+        found = self._replication(target)  # before anything is changed
         remove_leftovers(target, self.settings.connect_timeout, self.log)
         private = {"target": target, "server": server, "request": request}
-        notes = self._jobs_plan(target, request, private)
+        notes = self._jobs_plan(target, request, private, found)
         notes += self._migration_note(manifest, target)
         if manifest.mode == MODE_SCHEMA_ONLY:
             notes.append(
@@ -172,18 +180,41 @@ class DatabaseComponent(Component):
         safety = BackupRequest(mode=MODE_FULL, tags=tags, source_override=request.target)
         return RestorePlan(target.describe(), notes, safety, private)
 
+    def _replication(self, target: Target) -> Replication:
+        """The target's slots, walsenders and subscriptions; a subscriber is refused."""
+        try:
+            with connect(target, self.settings.connect_timeout, autocommit=True) as conn:
+                found = read_replication(conn, target.dbname)
+        except psycopg.Error as exc:
+            raise OperationFailed(
+                f"Reading the replication state of {target.describe()} failed: "
+                f"{_first_line(exc)}; nothing was changed."
+            ) from None
+        if found.subscriptions:
+            raise OperationFailed(subscriber_refusal(target.dbname, found.subscriptions))
+        return found
+
     def _jobs_plan(
-        self, target: Target, request: RestoreRequest, private: dict[str, Any]
+        self,
+        target: Target,
+        request: RestoreRequest,
+        private: dict[str, Any],
+        found: Replication,
     ) -> list[str]:
         """How the restore will run: --jobs N into a new database and a swap, when this
         server and role allow it; else in one transaction (saying why when --jobs asked)."""
         jobs = request.jobs if request.jobs is not None else self.settings.db_jobs
         one = [
             f"Everything in {target.describe()} is replaced by the backup, in one "
-            "transaction: if anything fails, the database stays as it is."
+            "transaction: if anything fails, the database stays as it is.",
+            *slots_note(found),
         ]
         if jobs <= 1:
             return one
+        obstacle = jobs_obstacle(jobs, target.dbname, found)
+        if obstacle:
+            self.log.warning("%s", obstacle)
+            return [obstacle, *one]
         options = JobsOptions(jobs, request.keep_old, request.terminate_sessions)
         try:
             private["parallel"] = (

@@ -29,6 +29,7 @@ import psycopg
 from psycopg import sql
 
 from cosmic_backup.components.database.connection import connect
+from cosmic_backup.components.database.replication import disarm_subscriptions
 from cosmic_backup.components.database.url import Target
 from cosmic_backup.process import mark_alive, process_mark
 
@@ -223,14 +224,48 @@ def split_list(value: str) -> list[str]:
     return [item for item in items if item]
 
 
-def drop(conn: psycopg.Connection, name: str, log: logging.Logger) -> bool:
-    """Drop one of OUR databases (its sessions are our own pg_restore's); True if gone."""
+def drop(
+    conn: psycopg.Connection,
+    name: str,
+    log: logging.Logger,
+    *,
+    ours_on: Target | None = None,
+    timeout: int = 10,
+) -> bool:
+    """Drop one of OUR databases (its sessions are our own pg_restore's); True if gone.
+
+    With `ours_on` (the target, for its server and credentials), a database we created
+    that holds the dump's subscriptions, which DROP DATABASE refuses, loses them first."""
+    try:
+        _drop_statement(conn, name)
+    except psycopg.errors.ObjectInUse as exc:
+        if ours_on is None or "subscription" not in str(exc):
+            log.warning("could not drop the database %s: %s", name, exc)
+            return False
+        return _drop_subscriber(conn, name, log, ours_on, timeout)
+    except psycopg.Error as exc:
+        log.warning("could not drop the database %s: %s", name, exc)
+        return False
+    return True
+
+
+def _drop_statement(conn: psycopg.Connection, name: str) -> None:
     statement = sql.SQL("DROP DATABASE IF EXISTS {}").format(_ident(name))
     try:
-        try:
-            conn.execute(statement + sql.SQL(" WITH (FORCE)"))
-        except psycopg.errors.SyntaxError:  # before PostgreSQL 13
-            conn.execute(statement)
+        conn.execute(statement + sql.SQL(" WITH (FORCE)"))
+    except psycopg.errors.SyntaxError:  # before PostgreSQL 13
+        conn.execute(statement)
+
+
+def _drop_subscriber(
+    conn: psycopg.Connection, name: str, log: logging.Logger, target: Target, timeout: int
+) -> bool:
+    try:
+        inside = Target({**target.params, "dbname": name}, target.notes)
+        with connect(inside, timeout, autocommit=True) as own:
+            dropped = disarm_subscriptions(own)
+        log.info("dropped the subscription(s) %s the dump made in %s", dropped, name)
+        _drop_statement(conn, name)
     except psycopg.Error as exc:
         log.warning("could not drop the database %s: %s", name, exc)
         return False

@@ -124,7 +124,7 @@ def remove_leftovers(target: Target, timeout: int, log: logging.Logger) -> None:
         with newdb.connect_maintenance(target, timeout) as conn:
             gone, kept = newdb.leftover_databases(conn, target.dbname)
             for name in gone:
-                if newdb.drop(conn, name, log):
+                if newdb.drop(conn, name, log, ours_on=target, timeout=timeout):
                     log.info("dropped %s, left by an interrupted --jobs restore", name)
     except psycopg.Error as exc:
         log.info("leftovers of --jobs restores not checked on the server: %s", exc)
@@ -207,27 +207,31 @@ def _into_new_database(dump: Path, job: Job, log: logging.Logger) -> ParallelOut
                 f"({str(exc).strip().splitlines()[0]}); restoring in one transaction instead."
             ) from None
     log.info("restoring into the new database %s with %d jobs", new, job.options.jobs)
-    swapped = False
+    result, dropped = newdb.SwapResult(False, 0), False
     try:
         newdb_target = Target({**job.target.params, "dbname": new}, job.target.notes)
         with newdb.connect_maintenance(job.target, timeout) as conn:
             newdb.copy_properties(conn, job.shape, new)
         _run_pg_restore(dump, newdb_target, job, log)
         counts = _checked_counts(newdb_target, job)
-        swapped = _swap(job, new, old)
+        result = _swap(job, new, old)
     finally:
-        if not swapped:
-            _drop_quietly(job.target, new, timeout, log)
+        if not result.done:
+            dropped = _drop_quietly(job.target, new, timeout, log)
+    if not result.done:
+        raise OperationFailed(_not_swapped(job, result.sessions, new, dropped))
     return ParallelOutcome(counts, _after_swap(job, old, log))
 
 
-def _drop_quietly(target: Target, name: str, timeout: int, log: logging.Logger) -> None:
-    """Drop our new database on the way out of a failure, never hiding that failure."""
+def _drop_quietly(target: Target, name: str, timeout: int, log: logging.Logger) -> bool:
+    """Drop our new database on the way out of a failure, never hiding that failure;
+    True when it is gone."""
     try:
         with newdb.connect_maintenance(target, timeout) as conn:
-            newdb.drop(conn, name, log)
+            return newdb.drop(conn, name, log, ours_on=target, timeout=timeout)
     except psycopg.Error as exc:
         log.warning("could not drop %s (the next restore will): %s", name, exc)
+        return False
 
 
 def _run_pg_restore(dump: Path, into: Target, job: Job, log: logging.Logger) -> None:
@@ -268,25 +272,31 @@ def _checked_counts(into: Target, job: Job) -> dict[str, int | None]:
     return now
 
 
-def _swap(job: Job, new: str, old: str) -> bool:
-    wait = min(job.limits.lock_wait_timeout, job.limits.timeout)
-    result = newdb.swap(
+def _swap(job: Job, new: str, old: str) -> newdb.SwapResult:
+    return newdb.swap(
         job.target,
         job.shape,
         new,
         old,
-        wait=wait,
+        wait=_swap_wait(job),
         terminate=job.options.terminate_sessions,
         timeout=job.limits.connect_timeout,
     )
-    if not result.done:
-        raise OperationFailed(
-            f"{result.sessions} other session(s) stayed connected to database {job.shape.name} "
-            f"for {wait} s (BACKUP_LOCK_WAIT_TIMEOUT), so the restored copy was not swapped in "
-            "and was dropped; the database is unchanged. Stop the app and run again, or pass "
-            "--terminate-sessions to end those sessions."
-        )
-    return True
+
+
+def _swap_wait(job: Job) -> int:
+    return min(job.limits.lock_wait_timeout, job.limits.timeout)
+
+
+def _not_swapped(job: Job, sessions: int, new: str, dropped: bool) -> str:
+    """The swap gave up: say what became of the restored copy as it is, not as hoped."""
+    copy = "and was dropped" if dropped else f"and is left as {new} (drop it by hand)"
+    return (
+        f"{sessions} other session(s) stayed connected to database {job.shape.name} for "
+        f"{_swap_wait(job)} s (BACKUP_LOCK_WAIT_TIMEOUT), so the restored copy was not "
+        f"swapped in {copy}; the database is unchanged. Stop the app and run again, or "
+        "pass --terminate-sessions to end those sessions."
+    )
 
 
 def _after_swap(job: Job, old: str, log: logging.Logger) -> list[str]:
