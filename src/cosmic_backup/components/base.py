@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, BinaryIO, ClassVar, Self
 
@@ -99,6 +100,10 @@ class RestoreReport:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def _no_notice(_message: str) -> None:
+    return None
+
+
 class Component(ABC):
     name: ClassVar[str]
     payload: ClassVar[str]  # the plaintext's kind, in the artifact's name: "dump", "tar"
@@ -109,6 +114,9 @@ class Component(ABC):
     def __init__(self, settings: Settings, log: logging.Logger) -> None:
         self.settings = settings
         self.log = log
+        # Notices for the operator while the component works (stderr in the CLI); the
+        # operation that runs it sets this to its runtime's `say`.
+        self.say: Callable[[str], None] = _no_notice
 
     @abstractmethod
     def check_configured(self) -> None:

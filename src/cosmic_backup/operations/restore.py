@@ -61,6 +61,7 @@ def restore_component(
     rt: Runtime, name: str, selector: str, request: RestoreRequest, confirm: Confirm
 ) -> RestoreOutcome:
     component = create_component(name, rt.settings, rt.log)
+    component.say = rt.say  # what it waits for, while it waits
     began = time.monotonic()
     with rt.catalog.lock(f"restore {name} {selector}", wait=rt.wait):
         rt.catalog.remove_leftovers()

@@ -279,6 +279,7 @@ class DatabaseComponent(Component):
                     drop_dependents=request.drop_dependents,
                     no_privileges=request.no_privileges,
                     dump_dir=dump_dir,
+                    say=self.say,
                 )
             return self._report(manifest, target, outcome.notes, time.monotonic() - began)
         except psycopg.Error as exc:
@@ -332,6 +333,7 @@ class DatabaseComponent(Component):
                     drop_dependents=request.drop_dependents,
                     no_privileges=request.no_privileges,
                     dump_dir=folder,
+                    say=self.say,
                 )
             return [why, *outcome.notes]
 
