@@ -130,6 +130,9 @@ class Component(ABC):
     def plan_restore(self, manifest: Manifest, request: RestoreRequest) -> RestorePlan:
         """Check the target (connection, folders) and say what the restore will do."""
 
+    def before_safety_backup(self, plan: RestorePlan) -> None:  # noqa: B027 - optional
+        """Called just before the pre-restore backup of `plan`'s target begins."""
+
     @abstractmethod
     def consume(self, payload: BinaryIO, manifest: Manifest, plan: RestorePlan) -> RestoreReport:
         """Restore from `payload`, a reader of the verified plaintext."""

@@ -75,6 +75,8 @@ def restore_component(
             wants_safety = plan.safety_backup is not None and request.safety_backup
             if not confirm(RestorePreview(manifest, plan, wants_safety)):
                 raise OperationFailed("Nothing was restored: the restore was not confirmed.")
+            if wants_safety:
+                component.before_safety_backup(plan)  # what is written after it is counted
             safety = _safety_backup(rt, name, plan) if wants_safety else None
             if plan.safety_backup is not None and not request.safety_backup:
                 rt.log.warning(

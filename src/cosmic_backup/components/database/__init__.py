@@ -58,6 +58,11 @@ from cosmic_backup.components.database.restore import (
 from cosmic_backup.components.database.source import DatabaseSource
 from cosmic_backup.components.database.tools import Tool, find_tool
 from cosmic_backup.components.database.url import Target, parse_database_url
+from cosmic_backup.components.database.writes import (
+    BEFORE_NOTE,
+    mark_writes,
+    one_transaction_note,
+)
 from cosmic_backup.errors import IntegrityError, NotConfigured, OperationFailed
 from cosmic_backup.format.manifest import (
     MODE_FULL,
@@ -168,6 +173,8 @@ class DatabaseComponent(Component):
         private = {"target": target, "server": server, "request": request}
         notes = self._jobs_plan(target, request, private, found)
         notes += self._migration_note(manifest, target)
+        if request.safety_backup:
+            notes.append(BEFORE_NOTE)
         if manifest.mode == MODE_SCHEMA_ONLY:
             notes.append(
                 "This is a schema-only backup: structure only, no data; every table it "
@@ -231,6 +238,30 @@ class DatabaseComponent(Component):
             "stays as it is."
         ]
 
+    def before_safety_backup(self, plan: RestorePlan) -> None:
+        """Mark the server's transactions now, to count those the restore loses."""
+        target: Target = plan.private["target"]
+        try:
+            with connect(target, self.settings.connect_timeout, autocommit=True) as conn:
+                plan.private["writes"] = mark_writes(conn, target.dbname)
+        except psycopg.Error as exc:  # the count is information: never fail the restore
+            self.log.info("writes after the pre-restore backup will not be counted: %s", exc)
+
+    def _lost_writes(self, plan: RestorePlan) -> list[str]:
+        """After a one-transaction restore: the writes it lost, when they were marked."""
+        mark = plan.private.get("writes")
+        if mark is None:
+            return []
+        target: Target = plan.private["target"]
+        try:
+            with connect(target, self.settings.connect_timeout, autocommit=True) as conn:
+                note = one_transaction_note(conn, mark)
+        except psycopg.Error as exc:
+            self.log.info("writes after the pre-restore backup were not counted: %s", exc)
+            return []
+        self.log.warning("%s", note)
+        return [note]
+
     def _migration_note(self, manifest: Manifest, target: Target) -> list[str]:
         saved = DatabaseSource.of(manifest).migration_head
         try:
@@ -281,7 +312,13 @@ class DatabaseComponent(Component):
                     dump_dir=dump_dir,
                     say=self.say,
                 )
-            return self._report(manifest, target, outcome.notes, time.monotonic() - began)
+            lost = self._lost_writes(plan)
+            try:
+                return self._report(
+                    manifest, target, [*outcome.notes, *lost], time.monotonic() - began
+                )
+            except IntegrityError as exc:  # the app writing on may be why: say what it did
+                raise IntegrityError(" ".join([exc.message, *lost])) from None
         except psycopg.Error as exc:
             raise OperationFailed(
                 f"The restore into {target.describe()} failed: {_first_line(exc)}; the "
@@ -315,6 +352,7 @@ class DatabaseComponent(Component):
             list(source.row_counts),
             source.row_counts,
             extra,
+            plan.private.get("writes"),
         )
 
         def one_transaction(dump: Path, why: str) -> list[str]:
@@ -335,7 +373,7 @@ class DatabaseComponent(Component):
                     dump_dir=folder,
                     say=self.say,
                 )
-            return [why, *outcome.notes]
+            return [why, *outcome.notes, *self._lost_writes(plan)]
 
         began = time.monotonic()
         try:

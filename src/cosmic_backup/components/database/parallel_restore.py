@@ -43,6 +43,7 @@ from cosmic_backup.components.database.restore import RestoreLimits, current_row
 from cosmic_backup.components.database.toc_offsets import set_data_offsets
 from cosmic_backup.components.database.tools import Tool
 from cosmic_backup.components.database.url import Target
+from cosmic_backup.components.database.writes import WritesMark, swapped_note
 from cosmic_backup.errors import IntegrityError, OperationFailed
 from cosmic_backup.process import PUMP_CHUNK, Child, running
 
@@ -144,6 +145,7 @@ class Job:
     tables: list[str]  # whose rows the manifest counted
     expected: dict[str, int]
     extra: tuple[str, ...] = ()  # e.g. --no-privileges
+    writes: WritesMark | None = None  # taken when the pre-restore backup began
 
 
 def restore_parallel(
@@ -302,13 +304,16 @@ def _not_swapped(job: Job, sessions: int, new: str, dropped: bool) -> str:
 def _after_swap(job: Job, old: str, log: logging.Logger) -> list[str]:
     n, name = job.options.jobs, job.shape.name
     notes = [f"Restored with {n} parallel jobs into a new database, swapped in as {name}."]
-    if job.options.keep_old:
-        notes.append(
-            f"The database as it was before is kept as {old} (--keep-old); drop it when you "
-            "no longer need it."
-        )
-        return notes
     with newdb.connect_maintenance(job.target, job.limits.connect_timeout) as conn:
+        if job.writes is not None:  # read before the old database and its counts go
+            lost = swapped_note(conn, job.writes, old, kept=job.options.keep_old)
+            notes += [lost] if lost else []
+        if job.options.keep_old:
+            notes.append(
+                f"The database as it was before is kept as {old} (--keep-old); drop it when "
+                "you no longer need it."
+            )
+            return notes
         dropped = newdb.drop(conn, old, log)
     if dropped:
         notes.append(f"The database as it was before ({old}) was dropped.")
