@@ -353,6 +353,7 @@ class DatabaseComponent(Component):
             source.row_counts,
             extra,
             plan.private.get("writes"),
+            self.say,
         )
 
         def one_transaction(dump: Path, why: str) -> list[str]:

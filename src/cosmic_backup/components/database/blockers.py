@@ -56,6 +56,14 @@ ORDER BY a.pid
 """
 
 
+CONNECTED_QUERY = """
+SELECT pid, coalesce(usename, '?'), coalesce(application_name, ''),
+       coalesce(state, backend_type), coalesce(xact_start, backend_start)
+FROM pg_catalog.pg_stat_activity
+WHERE datname = ANY (%s) AND pid <> pg_catalog.pg_backend_pid() ORDER BY pid
+"""
+
+
 def restore_application_name() -> str:
     """The application name of this run's restore sessions."""
     return f"cosmic-backup restore {os.getpid()}"
@@ -82,6 +90,12 @@ def find_blockers(
     the relations of `schemas`, whatever our sessions are doing (after a wait gave up)."""
     params = {"app": restore_application_name(), "schemas": schemas, "anyway": anyway}
     return [Blocker(*row) for row in conn.execute(BLOCKERS_QUERY, params).fetchall()]
+
+
+def connected_sessions(conn: psycopg.Connection, names: list[str]) -> list[Blocker]:
+    """Every session connected to the databases `names` (walsenders and subscription
+    workers too: a rename waits for them all)."""
+    return [Blocker(*row) for row in conn.execute(CONNECTED_QUERY, [names]).fetchall()]
 
 
 def describe_all(blockers: list[Blocker]) -> str:

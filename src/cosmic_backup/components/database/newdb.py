@@ -22,12 +22,14 @@ import json
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from cosmic_backup.components.database.blockers import Blocker, connected_sessions
 from cosmic_backup.components.database.connection import connect
 from cosmic_backup.components.database.replication import disarm_subscriptions
 from cosmic_backup.components.database.url import Target
@@ -38,6 +40,7 @@ OLD_MARK = "_cosmic_old_"
 OWNER_NOTE = "cosmic-backup --jobs restore in progress "
 MAX_NAME_BYTES = 63  # NAMEDATALEN - 1: longer names are cut by the server
 SWAP_POLL = 0.5
+SWAP_GRACE = 1.0  # a swap that waits less than this is not worth a word
 # Settings whose value the server stores as a list of quoted identifiers.
 LIST_SETTINGS = frozenset(
     {"search_path", "temp_tablespaces", "session_preload_libraries", "local_preload_libraries"}
@@ -277,15 +280,26 @@ def _drop_subscriber(
 class SwapResult:
     done: bool
     sessions: int  # other sessions connected when it gave up
+    who: tuple[Blocker, ...] = ()  # and which
 
 
 def swap(
-    target: Target, shape: Shape, new: str, old: str, *, wait: int, terminate: bool, timeout: int
+    target: Target,
+    shape: Shape,
+    new: str,
+    old: str,
+    *,
+    wait: int,
+    terminate: bool,
+    timeout: int,
+    on_wait: Callable[[list[Blocker]], None] = lambda _sessions: None,
 ) -> SwapResult:
     """Rename target -> old and new -> target in one transaction, once no other session is
     connected to either; wait up to `wait` seconds for that (ending the target's sessions
-    first when `terminate`)."""
-    deadline = time.monotonic() + wait
+    first when `terminate`). After a second of waiting, `on_wait` is told which sessions
+    it waits for, again whenever a new one comes."""
+    began = time.monotonic()
+    deadline, told = began + wait, set[int]()
     with connect_maintenance(target, timeout, autocommit=False) as conn:
         conn.execute(sql.SQL("SET lock_timeout = {}").format(f"{wait}s"))
         conn.commit()
@@ -299,10 +313,15 @@ def swap(
                     _rename_pair(conn, shape, new, old)
                     return SwapResult(True, 0)
                 except psycopg.errors.ObjectInUse:
-                    conn.rollback()  # a session came in between: look again
+                    conn.rollback()  # a session came in between (or a walsender): again
                     sessions = 1
+            who = connected_sessions(conn, [shape.name, new])
+            conn.commit()
+            if who and time.monotonic() - began >= SWAP_GRACE and {b.pid for b in who} - told:
+                told |= {b.pid for b in who}
+                on_wait(who)
             if time.monotonic() >= deadline:
-                return SwapResult(False, sessions)
+                return SwapResult(False, max(sessions, len(who)), tuple(who))
             time.sleep(SWAP_POLL)
 
 

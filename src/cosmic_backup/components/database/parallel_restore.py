@@ -34,6 +34,7 @@ from typing import BinaryIO
 import psycopg
 
 from cosmic_backup.components.database import newdb
+from cosmic_backup.components.database.blockers import Blocker, describe_all
 from cosmic_backup.components.database.directory_dump import (
     private_dump_folder,
     unpack_directory_dump,
@@ -146,6 +147,7 @@ class Job:
     expected: dict[str, int]
     extra: tuple[str, ...] = ()  # e.g. --no-privileges
     writes: WritesMark | None = None  # taken when the pre-restore backup began
+    say: Callable[[str], None] = lambda _notice: None  # notices while it waits
 
 
 def restore_parallel(
@@ -216,12 +218,12 @@ def _into_new_database(dump: Path, job: Job, log: logging.Logger) -> ParallelOut
             newdb.copy_properties(conn, job.shape, new)
         _run_pg_restore(dump, newdb_target, job, log)
         counts = _checked_counts(newdb_target, job)
-        result = _swap(job, new, old)
+        result = _swap(job, new, old, log)
     finally:
         if not result.done:
             dropped = _drop_quietly(job.target, new, timeout, log)
     if not result.done:
-        raise OperationFailed(_not_swapped(job, result.sessions, new, dropped))
+        raise OperationFailed(_not_swapped(job, result, new, dropped))
     return ParallelOutcome(counts, _after_swap(job, old, log))
 
 
@@ -274,7 +276,16 @@ def _checked_counts(into: Target, job: Job) -> dict[str, int | None]:
     return now
 
 
-def _swap(job: Job, new: str, old: str) -> newdb.SwapResult:
+def _swap(job: Job, new: str, old: str, log: logging.Logger) -> newdb.SwapResult:
+    def waiting(sessions: list[Blocker]) -> None:
+        notice = (
+            f"The swap is waiting for the session(s) connected to database "
+            f"{job.shape.name} to end: {describe_all(sessions)}; it gives up after "
+            f"{_swap_wait(job)} s (BACKUP_LOCK_WAIT_TIMEOUT)."
+        )
+        log.warning("%s", notice)
+        job.say(notice)
+
     return newdb.swap(
         job.target,
         job.shape,
@@ -283,6 +294,7 @@ def _swap(job: Job, new: str, old: str) -> newdb.SwapResult:
         wait=_swap_wait(job),
         terminate=job.options.terminate_sessions,
         timeout=job.limits.connect_timeout,
+        on_wait=waiting,
     )
 
 
@@ -290,11 +302,13 @@ def _swap_wait(job: Job) -> int:
     return min(job.limits.lock_wait_timeout, job.limits.timeout)
 
 
-def _not_swapped(job: Job, sessions: int, new: str, dropped: bool) -> str:
+def _not_swapped(job: Job, result: newdb.SwapResult, new: str, dropped: bool) -> str:
     """The swap gave up: say what became of the restored copy as it is, not as hoped."""
     copy = "and was dropped" if dropped else f"and is left as {new} (drop it by hand)"
+    who = f" ({describe_all(list(result.who))})" if result.who else ""
     return (
-        f"{sessions} other session(s) stayed connected to database {job.shape.name} for "
+        f"{result.sessions} other session(s) stayed connected to database "
+        f"{job.shape.name}{who} for "
         f"{_swap_wait(job)} s (BACKUP_LOCK_WAIT_TIMEOUT), so the restored copy was not "
         f"swapped in {copy}; the database is unchanged. Stop the app and run again, or "
         "pass --terminate-sessions to end those sessions."
