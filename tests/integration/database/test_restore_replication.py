@@ -184,6 +184,9 @@ def test_a_subscriber_is_refused_before_anything_with_the_way_to_detach_it(
     assert again.returncode == 0, again.stderr
     assert scalar(pair.sub_url, "SELECT count(*) FROM t WHERE id = 1000") == 0
     assert subscription_slot(pair.sub_url, s) == pair.slot
+    assert f"restored disabled (as pg_dump writes them): ALTER SUBSCRIPTION {s} ENABLE;" in (
+        again.stdout
+    )
     assert databases(postgres, f"{sub}_cosmic_") == []
 
 

@@ -47,6 +47,7 @@ from cosmic_backup.components.database.replication import (
     Replication,
     jobs_obstacle,
     read_replication,
+    restored_subscriptions_note,
     slots_note,
     subscriber_refusal,
 )
@@ -247,6 +248,14 @@ class DatabaseComponent(Component):
         except psycopg.Error as exc:  # the count is information: never fail the restore
             self.log.info("writes after the pre-restore backup will not be counted: %s", exc)
 
+    def _subscriptions(self, target: Target) -> list[str]:
+        try:
+            with connect(target, self.settings.connect_timeout, autocommit=True) as conn:
+                return restored_subscriptions_note(conn, target.dbname)
+        except psycopg.Error as exc:  # a note only: never fail a restore that is done
+            self.log.info("subscriptions after the restore not read: %s", exc)
+            return []
+
     def _lost_writes(self, plan: RestorePlan) -> list[str]:
         """After a one-transaction restore: the writes it lost, when they were marked."""
         mark = plan.private.get("writes")
@@ -313,10 +322,9 @@ class DatabaseComponent(Component):
                     say=self.say,
                 )
             lost = self._lost_writes(plan)
+            notes = [*outcome.notes, *self._subscriptions(target), *lost]
             try:
-                return self._report(
-                    manifest, target, [*outcome.notes, *lost], time.monotonic() - began
-                )
+                return self._report(manifest, target, notes, time.monotonic() - began)
             except IntegrityError as exc:  # the app writing on may be why: say what it did
                 raise IntegrityError(" ".join([exc.message, *lost])) from None
         except psycopg.Error as exc:
@@ -398,6 +406,7 @@ class DatabaseComponent(Component):
                 "Restored without the backup's privileges (--no-privileges): grant what the "
                 "app's roles need on this server."
             )
+        done.notes += self._subscriptions(target)
         return self._report(manifest, target, done.notes, time.monotonic() - began, done.counts)
 
     def _report(

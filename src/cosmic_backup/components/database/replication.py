@@ -140,6 +140,20 @@ def slots_note(found: Replication) -> list[str]:
     ]
 
 
+def restored_subscriptions_note(conn: psycopg.Connection, dbname: str) -> list[str]:
+    """After a restore (the target had no subscription: it would have been refused), the
+    backup's subscriptions, which pg_dump writes disabled, and how to resume them."""
+    rows = conn.execute(SUBSCRIPTIONS_QUERY, [dbname]).fetchall()
+    disabled = [name for name, enabled in rows if not enabled]
+    if not disabled:
+        return []
+    enable = " ".join(f"ALTER SUBSCRIPTION {_shown(n)} ENABLE;" for n in disabled)
+    return [
+        f"The backup's subscription(s) {', '.join(disabled)} were restored disabled (as "
+        f"pg_dump writes them): {enable} resumes them from the publisher's slot."
+    ]
+
+
 # -- our own databases, which a restored subscription would keep from being dropped -----
 def disarm_subscriptions(conn: psycopg.Connection) -> list[str]:
     """Drop the subscriptions of the database `conn` is connected to, never touching the
