@@ -242,7 +242,7 @@ def drop(
     try:
         _drop_statement(conn, name)
     except psycopg.errors.ObjectInUse as exc:
-        if ours_on is None or "subscription" not in str(exc):
+        if ours_on is None or not _has_subscriptions(conn, name):
             log.warning("could not drop the database %s: %s", name, exc)
             return False
         return _drop_subscriber(conn, name, log, ours_on, timeout)
@@ -258,6 +258,15 @@ def _drop_statement(conn: psycopg.Connection, name: str) -> None:
         conn.execute(statement + sql.SQL(" WITH (FORCE)"))
     except psycopg.errors.SyntaxError:  # before PostgreSQL 13
         conn.execute(statement)
+
+
+def _has_subscriptions(conn: psycopg.Connection, name: str) -> bool:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_catalog.pg_subscription s JOIN pg_catalog.pg_database d "
+        "ON d.oid = s.subdbid WHERE d.datname = %s",
+        [name],
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def _drop_subscriber(

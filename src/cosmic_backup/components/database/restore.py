@@ -170,7 +170,10 @@ def restore_dump(
                 dump_dir=dump_dir,
             )
         except OperationFailed as exc:
-            raise OperationFailed(watch.named(exc.message)) from None
+            named = watch.named(exc.message)
+            if named == exc.message:
+                raise
+            raise OperationFailed(named) from None
 
 
 def _restore_dump(
