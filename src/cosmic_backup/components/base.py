@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, BinaryIO, ClassVar, Self
 
@@ -105,6 +106,10 @@ class RestoreReport:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def _no_notice(_message: str) -> None:
+    return None
+
+
 class Component(ABC):
     name: ClassVar[str]
     payload: ClassVar[str]  # the plaintext's kind, in the artifact's name: "dump", "tar"
@@ -115,6 +120,9 @@ class Component(ABC):
     def __init__(self, settings: Settings, log: logging.Logger) -> None:
         self.settings = settings
         self.log = log
+        # Notices for the operator while the component works (stderr in the CLI); the
+        # operation that runs it sets this to its runtime's `say`.
+        self.say: Callable[[str], None] = _no_notice
 
     @abstractmethod
     def check_configured(self) -> None:
@@ -127,6 +135,9 @@ class Component(ABC):
     @abstractmethod
     def plan_restore(self, manifest: Manifest, request: RestoreRequest) -> RestorePlan:
         """Check the target (connection, folders) and say what the restore will do."""
+
+    def before_safety_backup(self, plan: RestorePlan) -> None:  # noqa: B027 - optional
+        """Called just before the pre-restore backup of `plan`'s target begins."""
 
     @abstractmethod
     def consume(self, payload: BinaryIO, manifest: Manifest, plan: RestorePlan) -> RestoreReport:

@@ -61,6 +61,7 @@ def restore_component(
     rt: Runtime, name: str, selector: str, request: RestoreRequest, confirm: Confirm
 ) -> RestoreOutcome:
     component = create_component(name, rt.settings, rt.log)
+    component.say = rt.say  # what it waits for, while it waits
     began = time.monotonic()
     with rt.catalog.lock(f"restore {name} {selector}", wait=rt.wait):
         rt.catalog.remove_leftovers()
@@ -74,6 +75,8 @@ def restore_component(
             wants_safety = plan.safety_backup is not None and request.safety_backup
             if not confirm(RestorePreview(manifest, plan, wants_safety)):
                 raise OperationFailed("Nothing was restored: the restore was not confirmed.")
+            if wants_safety:
+                component.before_safety_backup(plan)  # what is written after it is counted
             safety = _safety_backup(rt, name, plan) if wants_safety else None
             if plan.safety_backup is not None and not request.safety_backup:
                 rt.log.warning(

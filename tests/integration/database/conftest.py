@@ -29,7 +29,8 @@ BIG_ROWS = 400_000  # about 100 MB: pg_dump, pg_restore and psql live long enoug
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[ThrowawayServer]:
-    with throwaway_server() as server:
+    # Logical WAL, so that tests can make replication slots and publishers (no cost here).
+    with throwaway_server(settings=("wal_level=logical",)) as server:
         yield server
 
 

@@ -101,12 +101,18 @@ def test_a_session_that_stays_at_the_swap_is_waited_for_then_refused(
     running = project.popen(*JOBS)
     try:
         wait_until(lambda: bool(databases(postgres, prefix)) or running.poll() is not None)
-        with psycopg.connect(big_db, autocommit=True):  # the app comes back meanwhile
+        # the app comes back meanwhile
+        with psycopg.connect(big_db, autocommit=True, application_name="late-app") as app:
+            pid = app.info.backend_pid
             _, err = running.communicate(timeout=120)
     finally:
         running.kill()
     assert running.returncode == 1, err
     assert "1 other session(s) stayed connected to database" in err
+    # Whom it waits for is said while it waits, and again in the final sentence.
+    who = f"pid {pid} (user postgres, application late-app, idle since "
+    assert "The swap is waiting for the session(s) connected to database" in err
+    assert err.count(who) == 2, err
     assert "for 2 s (BACKUP_LOCK_WAIT_TIMEOUT)" in err and "--terminate-sessions" in err
     assert "Traceback" not in err
     assert full_state(big_db) == before

@@ -44,6 +44,14 @@ from cosmic_backup.components.database.parallel_restore import (
     check_possible as parallel_possible,
 )
 from cosmic_backup.components.database.provenance import other_database_sentence, source_note
+from cosmic_backup.components.database.replication import (
+    Replication,
+    jobs_obstacle,
+    read_replication,
+    restored_subscriptions_note,
+    slots_note,
+    subscriber_refusal,
+)
 from cosmic_backup.components.database.restore import (
     RestoreLimits,
     current_row_counts,
@@ -52,6 +60,11 @@ from cosmic_backup.components.database.restore import (
 from cosmic_backup.components.database.source import DatabaseSource
 from cosmic_backup.components.database.tools import Tool, find_tool
 from cosmic_backup.components.database.url import Target, parse_database_url
+from cosmic_backup.components.database.writes import (
+    BEFORE_NOTE,
+    mark_writes,
+    one_transaction_note,
+)
 from cosmic_backup.errors import IntegrityError, NotConfigured, OperationFailed
 from cosmic_backup.format.manifest import (
     MODE_FULL,
@@ -157,13 +170,16 @@ class DatabaseComponent(Component):
     def plan_restore(self, manifest: Manifest, request: RestoreRequest) -> RestorePlan:
         target = self._target(request.target)
         server = self._connect_checked(target)
+        found = self._replication(target)  # before anything is changed
         remove_leftovers(target, self.settings.connect_timeout, self.log)
         private = {"target": target, "server": server, "request": request}
         source = DatabaseSource.of(manifest)
         consent = other_database_sentence(source, target, self.settings.connect_timeout)
         notes = [source_note(source), *([consent] if consent else [])]
-        notes += self._jobs_plan(target, request, private)
+        notes += self._jobs_plan(target, request, private, found)
         notes += self._migration_note(manifest, target)
+        if request.safety_backup:
+            notes.append(BEFORE_NOTE)
         if manifest.mode == MODE_SCHEMA_ONLY:
             notes.append(
                 "This is a schema-only backup: structure only, no data; every table it "
@@ -176,18 +192,41 @@ class DatabaseComponent(Component):
         safety = BackupRequest(mode=MODE_FULL, tags=tags, source_override=request.target)
         return RestorePlan(target.describe(), notes, safety, private, consent)
 
+    def _replication(self, target: Target) -> Replication:
+        """The target's slots, walsenders and subscriptions; a subscriber is refused."""
+        try:
+            with connect(target, self.settings.connect_timeout, autocommit=True) as conn:
+                found = read_replication(conn, target.dbname)
+        except psycopg.Error as exc:
+            raise OperationFailed(
+                f"Reading the replication state of {target.describe()} failed: "
+                f"{_first_line(exc)}; nothing was changed."
+            ) from None
+        if found.subscriptions:
+            raise OperationFailed(subscriber_refusal(target.dbname, found.subscriptions))
+        return found
+
     def _jobs_plan(
-        self, target: Target, request: RestoreRequest, private: dict[str, Any]
+        self,
+        target: Target,
+        request: RestoreRequest,
+        private: dict[str, Any],
+        found: Replication,
     ) -> list[str]:
         """How the restore will run: --jobs N into a new database and a swap, when this
         server and role allow it; else in one transaction (saying why when --jobs asked)."""
         jobs = request.jobs if request.jobs is not None else self.settings.db_jobs
         one = [
             f"Everything in {target.describe()} is replaced by the backup, in one "
-            "transaction: if anything fails, the database stays as it is."
+            "transaction: if anything fails, the database stays as it is.",
+            *slots_note(found),
         ]
         if jobs <= 1:
             return one
+        obstacle = jobs_obstacle(jobs, target.dbname, found)
+        if obstacle:
+            self.log.warning("%s", obstacle)
+            return [obstacle, *one]
         options = JobsOptions(jobs, request.keep_old, request.terminate_sessions)
         try:
             private["parallel"] = (
@@ -203,6 +242,38 @@ class DatabaseComponent(Component):
             "other session may be connected then); if anything fails first, the database "
             "stays as it is."
         ]
+
+    def before_safety_backup(self, plan: RestorePlan) -> None:
+        """Mark the server's transactions now, to count those the restore loses."""
+        target: Target = plan.private["target"]
+        try:
+            with connect(target, self.settings.connect_timeout, autocommit=True) as conn:
+                plan.private["writes"] = mark_writes(conn, target.dbname)
+        except psycopg.Error as exc:  # the count is information: never fail the restore
+            self.log.info("writes after the pre-restore backup will not be counted: %s", exc)
+
+    def _subscriptions(self, target: Target) -> list[str]:
+        try:
+            with connect(target, self.settings.connect_timeout, autocommit=True) as conn:
+                return restored_subscriptions_note(conn, target.dbname)
+        except psycopg.Error as exc:  # a note only: never fail a restore that is done
+            self.log.info("subscriptions after the restore not read: %s", exc)
+            return []
+
+    def _lost_writes(self, plan: RestorePlan) -> list[str]:
+        """After a one-transaction restore: the writes it lost, when they were marked."""
+        mark = plan.private.get("writes")
+        if mark is None:
+            return []
+        target: Target = plan.private["target"]
+        try:
+            with connect(target, self.settings.connect_timeout, autocommit=True) as conn:
+                note = one_transaction_note(conn, mark)
+        except psycopg.Error as exc:
+            self.log.info("writes after the pre-restore backup were not counted: %s", exc)
+            return []
+        self.log.warning("%s", note)
+        return [note]
 
     def _migration_note(self, manifest: Manifest, target: Target) -> list[str]:
         saved = DatabaseSource.of(manifest).migration_head
@@ -252,8 +323,14 @@ class DatabaseComponent(Component):
                     drop_dependents=request.drop_dependents,
                     no_privileges=request.no_privileges,
                     dump_dir=dump_dir,
+                    say=self.say,
                 )
-            return self._report(manifest, target, outcome.notes, time.monotonic() - began)
+            lost = self._lost_writes(plan)
+            notes = [*outcome.notes, *self._subscriptions(target), *lost]
+            try:
+                return self._report(manifest, target, notes, time.monotonic() - began)
+            except IntegrityError as exc:  # the app writing on may be why: say what it did
+                raise IntegrityError(" ".join([exc.message, *lost])) from None
         except psycopg.Error as exc:
             raise OperationFailed(
                 f"The restore into {target.describe()} failed: {_first_line(exc)}; the "
@@ -287,6 +364,8 @@ class DatabaseComponent(Component):
             list(source.row_counts),
             source.row_counts,
             extra,
+            plan.private.get("writes"),
+            self.say,
         )
 
         def one_transaction(dump: Path, why: str) -> list[str]:
@@ -305,8 +384,9 @@ class DatabaseComponent(Component):
                     drop_dependents=request.drop_dependents,
                     no_privileges=request.no_privileges,
                     dump_dir=folder,
+                    say=self.say,
                 )
-            return [why, *outcome.notes]
+            return [why, *outcome.notes, *self._lost_writes(plan)]
 
         began = time.monotonic()
         try:
@@ -330,6 +410,7 @@ class DatabaseComponent(Component):
                 "Restored without the backup's privileges (--no-privileges): grant what the "
                 "app's roles need on this server."
             )
+        done.notes += self._subscriptions(target)
         return self._report(manifest, target, done.notes, time.monotonic() - began, done.counts)
 
     def _report(

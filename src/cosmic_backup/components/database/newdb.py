@@ -23,13 +23,16 @@ import json
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from cosmic_backup.components.database.blockers import Blocker, connected_sessions
 from cosmic_backup.components.database.connection import connect
+from cosmic_backup.components.database.replication import disarm_subscriptions
 from cosmic_backup.components.database.url import Target
 from cosmic_backup.process import mark_alive, process_mark
 
@@ -39,6 +42,7 @@ OWNER_NOTE = "cosmic-backup --jobs restore in progress "
 DEFAULT_TABLESPACE = "pg_default"  # template0's
 MAX_NAME_BYTES = 63  # NAMEDATALEN - 1: longer names are cut by the server
 SWAP_POLL = 0.5
+SWAP_GRACE = 1.0  # a swap that waits less than this is not worth a word
 # Settings whose value the server stores as a list of quoted identifiers.
 LIST_SETTINGS = frozenset(
     {"search_path", "temp_tablespaces", "session_preload_libraries", "local_preload_libraries"}
@@ -228,14 +232,57 @@ def split_list(value: str) -> list[str]:
     return [item for item in items if item]
 
 
-def drop(conn: psycopg.Connection, name: str, log: logging.Logger) -> bool:
-    """Drop one of OUR databases (its sessions are our own pg_restore's); True if gone."""
+def drop(
+    conn: psycopg.Connection,
+    name: str,
+    log: logging.Logger,
+    *,
+    ours_on: Target | None = None,
+    timeout: int = 10,
+) -> bool:
+    """Drop one of OUR databases (its sessions are our own pg_restore's); True if gone.
+
+    With `ours_on` (the target, for its server and credentials), a database we created
+    that holds the dump's subscriptions, which DROP DATABASE refuses, loses them first."""
+    try:
+        _drop_statement(conn, name)
+    except psycopg.errors.ObjectInUse as exc:
+        if ours_on is None or not _has_subscriptions(conn, name):
+            log.warning("could not drop the database %s: %s", name, exc)
+            return False
+        return _drop_subscriber(conn, name, log, ours_on, timeout)
+    except psycopg.Error as exc:
+        log.warning("could not drop the database %s: %s", name, exc)
+        return False
+    return True
+
+
+def _drop_statement(conn: psycopg.Connection, name: str) -> None:
     statement = sql.SQL("DROP DATABASE IF EXISTS {}").format(_ident(name))
     try:
-        try:
-            conn.execute(statement + sql.SQL(" WITH (FORCE)"))
-        except psycopg.errors.SyntaxError:  # before PostgreSQL 13
-            conn.execute(statement)
+        conn.execute(statement + sql.SQL(" WITH (FORCE)"))
+    except psycopg.errors.SyntaxError:  # before PostgreSQL 13
+        conn.execute(statement)
+
+
+def _has_subscriptions(conn: psycopg.Connection, name: str) -> bool:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_catalog.pg_subscription s JOIN pg_catalog.pg_database d "
+        "ON d.oid = s.subdbid WHERE d.datname = %s",
+        [name],
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _drop_subscriber(
+    conn: psycopg.Connection, name: str, log: logging.Logger, target: Target, timeout: int
+) -> bool:
+    try:
+        inside = Target({**target.params, "dbname": name}, target.notes)
+        with connect(inside, timeout, autocommit=True) as own:
+            dropped = disarm_subscriptions(own)
+        log.info("dropped the subscription(s) %s the dump made in %s", dropped, name)
+        _drop_statement(conn, name)
     except psycopg.Error as exc:
         log.warning("could not drop the database %s: %s", name, exc)
         return False
@@ -247,15 +294,26 @@ def drop(conn: psycopg.Connection, name: str, log: logging.Logger) -> bool:
 class SwapResult:
     done: bool
     sessions: int  # other sessions connected when it gave up
+    who: tuple[Blocker, ...] = ()  # and which
 
 
 def swap(
-    target: Target, shape: Shape, new: str, old: str, *, wait: int, terminate: bool, timeout: int
+    target: Target,
+    shape: Shape,
+    new: str,
+    old: str,
+    *,
+    wait: int,
+    terminate: bool,
+    timeout: int,
+    on_wait: Callable[[list[Blocker]], None] = lambda _sessions: None,
 ) -> SwapResult:
     """Rename target -> old and new -> target in one transaction, once no other session is
     connected to either; wait up to `wait` seconds for that (ending the target's sessions
-    first when `terminate`)."""
-    deadline = time.monotonic() + wait
+    first when `terminate`). After a second of waiting, `on_wait` is told which sessions
+    it waits for, again whenever a new one comes."""
+    began = time.monotonic()
+    deadline, told = began + wait, set[int]()
     with connect_maintenance(target, timeout, autocommit=False) as conn:
         conn.execute(sql.SQL("SET lock_timeout = {}").format(f"{wait}s"))
         conn.commit()
@@ -269,10 +327,15 @@ def swap(
                     _rename_pair(conn, shape, new, old)
                     return SwapResult(True, 0)
                 except psycopg.errors.ObjectInUse:
-                    conn.rollback()  # a session came in between: look again
+                    conn.rollback()  # a session came in between (or a walsender): again
                     sessions = 1
+            who = connected_sessions(conn, [shape.name, new])
+            conn.commit()
+            if who and time.monotonic() - began >= SWAP_GRACE and {b.pid for b in who} - told:
+                told |= {b.pid for b in who}
+                on_wait(who)
             if time.monotonic() >= deadline:
-                return SwapResult(False, sessions)
+                return SwapResult(False, max(sessions, len(who)), tuple(who))
             time.sleep(SWAP_POLL)
 
 

@@ -35,6 +35,7 @@ from typing import BinaryIO
 import psycopg
 
 from cosmic_backup.components.database import newdb
+from cosmic_backup.components.database.blockers import Blocker, describe_all
 from cosmic_backup.components.database.directory_dump import (
     private_dump_folder,
     unpack_directory_dump,
@@ -44,6 +45,7 @@ from cosmic_backup.components.database.restore import RestoreLimits, current_row
 from cosmic_backup.components.database.toc_offsets import set_data_offsets
 from cosmic_backup.components.database.tools import Tool
 from cosmic_backup.components.database.url import Target
+from cosmic_backup.components.database.writes import WritesMark, swapped_note
 from cosmic_backup.errors import IntegrityError, OperationFailed
 from cosmic_backup.process import PUMP_CHUNK, Child, running
 
@@ -125,7 +127,7 @@ def remove_leftovers(target: Target, timeout: int, log: logging.Logger) -> None:
         with newdb.connect_maintenance(target, timeout) as conn:
             gone, kept = newdb.leftover_databases(conn, target.dbname)
             for name in gone:
-                if newdb.drop(conn, name, log):
+                if newdb.drop(conn, name, log, ours_on=target, timeout=timeout):
                     log.info("dropped %s, left by an interrupted --jobs restore", name)
     except psycopg.Error as exc:
         log.info("leftovers of --jobs restores not checked on the server: %s", exc)
@@ -145,6 +147,8 @@ class Job:
     tables: list[str]  # whose rows the manifest counted
     expected: dict[str, int]
     extra: tuple[str, ...] = ()  # e.g. --no-privileges
+    writes: WritesMark | None = None  # taken when the pre-restore backup began
+    say: Callable[[str], None] = lambda _notice: None  # notices while it waits
 
 
 def restore_parallel(
@@ -212,27 +216,31 @@ def _into_new_database(dump: Path, job: Job, log: logging.Logger) -> ParallelOut
                 f"({str(exc).strip().splitlines()[0]}); restoring in one transaction instead."
             ) from None
     log.info("restoring into the new database %s with %d jobs", new, job.options.jobs)
-    swapped = False
+    result, dropped = newdb.SwapResult(False, 0), False
     try:
         newdb_target = Target({**job.target.params, "dbname": new}, job.target.notes)
         with newdb.connect_maintenance(job.target, timeout) as conn:
             newdb.copy_properties(conn, job.shape, new)
         _run_pg_restore(dump, newdb_target, job, log)
         counts = _checked_counts(newdb_target, job)
-        swapped = _swap(job, new, old)
+        result = _swap(job, new, old, log)
     finally:
-        if not swapped:
-            _drop_quietly(job.target, new, timeout, log)
+        if not result.done:
+            dropped = _drop_quietly(job.target, new, timeout, log)
+    if not result.done:
+        raise OperationFailed(_not_swapped(job, result, new, dropped))
     return ParallelOutcome(counts, _after_swap(job, old, log))
 
 
-def _drop_quietly(target: Target, name: str, timeout: int, log: logging.Logger) -> None:
-    """Drop our new database on the way out of a failure, never hiding that failure."""
+def _drop_quietly(target: Target, name: str, timeout: int, log: logging.Logger) -> bool:
+    """Drop our new database on the way out of a failure, never hiding that failure;
+    True when it is gone."""
     try:
         with newdb.connect_maintenance(target, timeout) as conn:
-            newdb.drop(conn, name, log)
+            return newdb.drop(conn, name, log, ours_on=target, timeout=timeout)
     except psycopg.Error as exc:
         log.warning("could not drop %s (the next restore will): %s", name, exc)
+        return False
 
 
 # pg_restore -j runs a post-data entry as soon as what it depends on is restored, and a
@@ -289,37 +297,58 @@ def _checked_counts(into: Target, job: Job) -> dict[str, int | None]:
     return now
 
 
-def _swap(job: Job, new: str, old: str) -> bool:
-    wait = min(job.limits.lock_wait_timeout, job.limits.timeout)
-    result = newdb.swap(
+def _swap(job: Job, new: str, old: str, log: logging.Logger) -> newdb.SwapResult:
+    def waiting(sessions: list[Blocker]) -> None:
+        notice = (
+            f"The swap is waiting for the session(s) connected to database "
+            f"{job.shape.name} to end: {describe_all(sessions)}; it gives up after "
+            f"{_swap_wait(job)} s (BACKUP_LOCK_WAIT_TIMEOUT)."
+        )
+        log.warning("%s", notice)
+        job.say(notice)
+
+    return newdb.swap(
         job.target,
         job.shape,
         new,
         old,
-        wait=wait,
+        wait=_swap_wait(job),
         terminate=job.options.terminate_sessions,
         timeout=job.limits.connect_timeout,
+        on_wait=waiting,
     )
-    if not result.done:
-        raise OperationFailed(
-            f"{result.sessions} other session(s) stayed connected to database {job.shape.name} "
-            f"for {wait} s (BACKUP_LOCK_WAIT_TIMEOUT), so the restored copy was not swapped in "
-            "and was dropped; the database is unchanged. Stop the app and run again, or pass "
-            "--terminate-sessions to end those sessions."
-        )
-    return True
+
+
+def _swap_wait(job: Job) -> int:
+    return min(job.limits.lock_wait_timeout, job.limits.timeout)
+
+
+def _not_swapped(job: Job, result: newdb.SwapResult, new: str, dropped: bool) -> str:
+    """The swap gave up: say what became of the restored copy as it is, not as hoped."""
+    copy = "and was dropped" if dropped else f"and is left as {new} (drop it by hand)"
+    who = f" ({describe_all(list(result.who))})" if result.who else ""
+    return (
+        f"{result.sessions} other session(s) stayed connected to database "
+        f"{job.shape.name}{who} for "
+        f"{_swap_wait(job)} s (BACKUP_LOCK_WAIT_TIMEOUT), so the restored copy was not "
+        f"swapped in {copy}; the database is unchanged. Stop the app and run again, or "
+        "pass --terminate-sessions to end those sessions."
+    )
 
 
 def _after_swap(job: Job, old: str, log: logging.Logger) -> list[str]:
     n, name = job.options.jobs, job.shape.name
     notes = [f"Restored with {n} parallel jobs into a new database, swapped in as {name}."]
-    if job.options.keep_old:
-        notes.append(
-            f"The database as it was before is kept as {old} (--keep-old); drop it when you "
-            "no longer need it."
-        )
-        return notes
     with newdb.connect_maintenance(job.target, job.limits.connect_timeout) as conn:
+        if job.writes is not None:  # read before the old database and its counts go
+            lost = swapped_note(conn, job.writes, old, kept=job.options.keep_old)
+            notes += [lost] if lost else []
+        if job.options.keep_old:
+            notes.append(
+                f"The database as it was before is kept as {old} (--keep-old); drop it when "
+                "you no longer need it."
+            )
+            return notes
         dropped = newdb.drop(conn, old, log)
     if dropped:
         notes.append(f"The database as it was before ({old}) was dropped.")

@@ -318,8 +318,12 @@ def dollar_tag() -> str:
     return f"cosmic_{secrets.token_hex(8)}"
 
 
-def _names(schemas: list[str]) -> list[str]:
+def reset_schemas(schemas: list[str]) -> list[str]:
+    """The schemas the reset drops (or whose tables it locks): the backup's and public."""
     return sorted(set(schemas) | {"public"})
+
+
+_names = reset_schemas
 
 
 def _interval(seconds: int) -> str:

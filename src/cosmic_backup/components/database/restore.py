@@ -30,16 +30,23 @@ import logging
 import os
 import re
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO
 
 import psycopg
 
+from cosmic_backup.components.database.blockers import (
+    describe_all,
+    find_blockers,
+    restore_application_name,
+    watching,
+)
 from cosmic_backup.components.database.clearing import clearing, dump_head
 from cosmic_backup.components.database.connection import connect
 from cosmic_backup.components.database.dump import count_rows
-from cosmic_backup.components.database.reset import lock_block, reset_block
+from cosmic_backup.components.database.reset import lock_block, reset_block, reset_schemas
 from cosmic_backup.components.database.tools import Tool
 from cosmic_backup.components.database.url import Target
 from cosmic_backup.errors import OperationFailed
@@ -76,30 +83,45 @@ def can_reset(
     wait = min(limits.lock_wait_timeout, limits.timeout)
     block = reset_block(schemas, lock_wait=wait, drop_dependents=drop_dependents)
     try:
-        _trial(target, block, limits)
+        _trial(target, block, limits, schemas)
     except psycopg.errors.InsufficientPrivilege:
-        _trial(target, lock_block(schemas, lock_wait=wait), limits)  # the way without it
+        _trial(target, lock_block(schemas, lock_wait=wait), limits, schemas)  # without it
         return False
     except psycopg.errors.DependentObjectsStillExist as exc:
         raise OperationFailed(_dependents_message(target, exc)) from None
     return True
 
 
-def _trial(target: Target, statement: str, limits: RestoreLimits) -> None:
+def _trial(target: Target, statement: str, limits: RestoreLimits, schemas: list[str]) -> None:
     """Run `statement` in a transaction that is always rolled back."""
     wait = min(limits.lock_wait_timeout, limits.timeout)
-    with connect(target, limits.connect_timeout) as conn:
+    app = restore_application_name()  # how the blocker watch knows our session
+    with connect(target, limits.connect_timeout, application_name=app) as conn:
         try:
             conn.execute("SET LOCAL statement_timeout = 0")  # as the restore itself runs
             conn.execute(statement)
         except psycopg.errors.LockNotAvailable:
-            raise OperationFailed(
-                f"Objects in {target.describe()} are locked by another session and the "
-                f"restore gave up after waiting {wait} s (BACKUP_LOCK_WAIT_TIMEOUT); the "
-                "database is unchanged. Try again when they are free."
-            ) from None
+            conn.rollback()
+            raise OperationFailed(_locked_message(target, conn, schemas, wait)) from None
         finally:
             conn.rollback()
+
+
+def _locked_message(target: Target, conn: psycopg.Connection, schemas: list[str], wait: int) -> str:
+    """The wait gave up: name the sessions still holding the locks, when any are."""
+    blockers = find_blockers(conn, reset_schemas(schemas), anyway=True)
+    who = f", {describe_all(blockers)}," if blockers else ""
+    end = (
+        f"End that session (SELECT pg_terminate_backend({blockers[0].pid})) or let its "
+        "transaction finish, and try again."
+        if blockers
+        else "Try again when they are free."
+    )
+    return (
+        f"Objects in {target.describe()} are locked by another session{who} and the "
+        f"restore gave up after waiting {wait} s (BACKUP_LOCK_WAIT_TIMEOUT); the database "
+        f"is unchanged. {end}"
+    )
 
 
 def _dependents_message(target: Target, exc: psycopg.Error) -> str:
@@ -127,9 +149,48 @@ def restore_dump(
     drop_dependents: bool = False,
     no_privileges: bool = False,
     dump_dir: Path | None = None,
+    say: Callable[[str], None] = lambda _notice: None,
 ) -> RestoreOutcome:
     """Restore the custom-format dump `payload`; or, with `dump_dir`, the directory-format
-    dump unpacked there (directory_dump.py), `payload` then being read to its end already."""
+    dump unpacked there (directory_dump.py), `payload` then being read to its end already.
+
+    While it waits for another session's locks, `say` (and the log) names that session."""
+    wait = min(limits.lock_wait_timeout, limits.timeout)
+    timeouts = (limits.connect_timeout, wait)
+    with watching(target, reset_schemas(schemas), timeouts, log, say) as watch:
+        try:
+            return _restore_dump(
+                payload,
+                target,
+                schemas=schemas,
+                tools=(pg_restore, psql),
+                server_major=server_major,
+                limits=limits,
+                log=log,
+                options=(drop_dependents, no_privileges),
+                dump_dir=dump_dir,
+            )
+        except OperationFailed as exc:
+            named = watch.named(exc.message)
+            if named == exc.message:
+                raise
+            raise OperationFailed(named) from None
+
+
+def _restore_dump(
+    payload: BinaryIO,
+    target: Target,
+    *,
+    schemas: list[str],
+    tools: tuple[Tool, Tool],
+    server_major: int,
+    limits: RestoreLimits,
+    log: logging.Logger,
+    options: tuple[bool, bool],  # (drop_dependents, no_privileges)
+    dump_dir: Path | None,
+) -> RestoreOutcome:
+    pg_restore, psql = tools
+    drop_dependents, no_privileges = options
     reset = can_reset(target, schemas, limits, drop_dependents=drop_dependents)
     outcome = RestoreOutcome(reset)
     if not reset:
@@ -177,6 +238,7 @@ def _run_restore(
 ) -> None:
     pg_restore, psql = tools
     env = {**target.tool_environment(limits.connect_timeout), "PGOPTIONS": options}
+    env["PGAPPNAME"] = restore_application_name()  # psql's session, for the blocker watch
     restore_argv = [pg_restore.path, "--file=-", "--single-transaction", "--exit-on-error"]
     restore_argv += ["--no-owner", *extra]
     psql_argv = [psql.path, "--no-psqlrc", "--quiet", "--no-password", "--set=ON_ERROR_STOP=1"]

@@ -156,11 +156,16 @@ class ThrowawayServer:
 
 @contextmanager
 def throwaway_server(
-    *, min_major: int = 0, configured: str | None = None, fast: bool = True
+    *,
+    min_major: int = 0,
+    configured: str | None = None,
+    fast: bool = True,
+    settings: tuple[str, ...] = (),
 ) -> Iterator[ThrowawayServer]:
     """Start a server at least as new as `min_major`; stop it and delete its files on exit.
 
     `fast` trades durability for speed (no fsync): nothing in it outlives the block.
+    `settings` are more server settings ("wal_level=logical"), each passed with -c.
     """
     remove_leftovers()
     server = find_server(min_major, configured)
@@ -175,6 +180,7 @@ def throwaway_server(
         options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c max_connections=50"
         if fast:
             options += " -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
+        options += "".join(f" -c {setting}" for setting in settings)
         initdb = [*prefix, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres"]
         initdb += ["--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C"]
         _checked(initdb)
