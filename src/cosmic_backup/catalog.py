@@ -45,7 +45,7 @@ LOCK_FILE = ".lock"
 ROOT_ID_FILE = ".root-id"
 ROOT_ID_PATTERN = re.compile(r"^[0-9a-f]{16}$")
 ID_PATTERN = re.compile(
-    r"^(?P<component>database|files|config)-(?P<stamp>\d{8}T\d{6}Z)(?:-\d{2,})?$"
+    r"^(?P<component>database|files|config)-(?P<stamp>\d{8}T\d{6}Z)(?:-(?P<attempt>\d{2,}))?$"
 )
 DATE_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -421,19 +421,23 @@ class Catalog(StoreCatalog):
 
 
 def in_order(entries: Iterable[Entry]) -> list[Entry]:
-    """Oldest first: by the second the id names, then the id (``-02`` after the first).
+    """Oldest first: by the second the id names, then the id's attempt (``-02`` after the
+    first of that second), then the manifest's ``started_at``, which orders the components
+    of one ``backup all`` within their second.
 
-    Not by the manifest's ``started_at``: a damaged or replayed manifest stands in with a
-    stub dated by its name to the whole second, and sorting it by that against a genuine
-    backup's microseconds put a rolled-back newest backup before an older one of the same
-    second, so that ``latest`` quietly took the older one.
+    Not by ``started_at`` first: a damaged or replayed manifest stands in with a stub dated
+    by its name to the whole second, and sorting it by that against a genuine backup's
+    microseconds put a rolled-back newest backup before an older one of the same second,
+    so that ``latest`` quietly took the older one.
     """
     return sorted(entries, key=order_key)
 
 
-def order_key(entry: Entry) -> tuple[str, str]:
+def order_key(entry: Entry) -> tuple[str, int, str, str]:
     """The sort key of `in_order`, for lists of things that carry an entry."""
-    return _time_of_id(entry.id), entry.id
+    match = ID_PATTERN.match(entry.id)
+    attempt = int(match.group("attempt")) if match and match.group("attempt") else 1
+    return _time_of_id(entry.id), attempt, entry.manifest.started_at, entry.id
 
 
 def _may_be_chosen(entry: Entry) -> bool:
