@@ -41,7 +41,9 @@ GRACE = timedelta(hours=24)
 REPACK_DEAD_SHARE = 0.20  # a pack more dead than this is rewritten with its live chunks
 PREFIX_BYTES = 8
 MERGE_AT = 65_536  # new prefixes held in a set before they are merged into the array
-INDEX_CHUNKS_PER_OBJECT = 200_000  # about 11 MB of gzipped text an object
+# An object's records are held as Python objects until it is written (~300 bytes a chunk):
+# 32 k chunks keep that near 10 MB, and make ~1.8 MB objects.
+INDEX_CHUNKS_PER_OBJECT = 32_768
 CIPHER_BLOCK = 16
 NOTHING_DELETED = "Nothing was deleted from the chunk store"
 # The manifest's `chunk_list` field (ChunkListRecord.manifest_field).
