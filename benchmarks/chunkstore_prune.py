@@ -145,7 +145,8 @@ def main() -> None:
         traced = child(copy, traced=True)
         packs_after, bytes_after = store_figures(root)
     marked = plain["marked"]
-    print(f"store: {packs_before:,} packs, {bytes_before / 1e6:.1f} MB (built in {written_s:.1f} s)")
+    stored_mb = bytes_before / 1e6
+    print(f"store: {packs_before:,} packs, {stored_mb:.1f} MB (built in {written_s:.0f} s)")
     print(
         f"sweep: {marked:,.0f} chunks marked from 2 live backups; {plain['deleted_packs']:,.0f} "
         f"packs deleted, {plain['repacked_packs']:,.0f} repacked into "
