@@ -10,6 +10,7 @@ no index object in force names) is what the next sweep deletes.
 
 from __future__ import annotations
 
+import heapq
 import json
 from array import array
 from bisect import bisect_left
@@ -79,10 +80,10 @@ class MarkSet:
             self._merge()
 
     def _merge(self) -> None:
-        merged = self._sorted.tolist()
-        merged.extend(sorted(self._pending))
-        merged.sort()  # two sorted runs: one linear merge in C
-        self._sorted = array("Q", merged)
+        # A streamed merge: the old and the new array at once (16 bytes a chunk), never a
+        # list of a million int objects (44 bytes a chunk), for ~0.3 µs an element.
+        merged = array("Q", heapq.merge(self._sorted, sorted(self._pending)))
+        self._sorted = merged
         self._pending.clear()
 
     def __contains__(self, chunk_id: bytes) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cosmic_backup.chunkstore import ChunkListRecord, ChunkStore
+from cosmic_backup.chunkstore import ChunkListRecord, ChunkStore, prune
 from cosmic_backup.chunkstore.index_objects import present_packs, read_index_object
 from cosmic_backup.chunkstore.layout import StoreLayout
 from cosmic_backup.chunkstore.prune import (
@@ -27,14 +28,11 @@ from cosmic_backup.chunkstore.prune import (
 from cosmic_backup.errors import IntegrityError
 from tests.unit.chunkstore import KEY, MiB, backup_id, files_under, make_store, read, write
 
-NOW = datetime(2026, 12, 3, 6, 0, tzinfo=UTC)
 LATER = datetime.now(UTC) + timedelta(days=2)  # every file written by the test is past grace
 REPO = Path(__file__).resolve().parents[3]
 
 
 def random_bytes(size: int, seed: int) -> bytes:
-    import random
-
     return random.Random(seed).randbytes(size)
 
 
@@ -77,6 +75,19 @@ def assert_all_read(root: Path, backups: dict[int, tuple[ChunkListRecord, bytes]
     store = ChunkStore.open(root, KEY)
     for number, (record, data) in backups.items():
         assert read(store, record, backup_id(number)) == data
+
+
+def test_the_mark_set_finds_every_id_added_across_merges(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prune, "MERGE_AT", 16)  # many merges of the sorted array
+    ids = [os.urandom(32) for _ in range(2_000)]
+    marks = prune.MarkSet()
+    for chunk_id in ids + ids[:500]:  # a chunk shared by two backups is held once
+        marks.add(chunk_id)
+    assert len(marks) == 2_000
+    assert all(chunk_id in marks for chunk_id in ids)
+    assert not any(os.urandom(32) in marks for _ in range(2_000))
+    # Only the first 8 bytes count: a shared prefix keeps a dead chunk, never drops a live one.
+    assert ids[0][:8] + bytes(24) in marks
 
 
 def test_sweep_frees_exactly_the_chunks_only_the_deleted_backup_used(tmp_path: Path) -> None:
