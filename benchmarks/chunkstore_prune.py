@@ -140,13 +140,17 @@ def main() -> None:
         root, copy = Path(folder) / "root", Path(folder) / "copy"
         written_s = build(root, args.chunks, args.pack_kib * 1024)
         packs_before, bytes_before = store_figures(root)
+        store_chunks = len(ChunkStore.open(root, KEY).loaded_index.index)
         shutil.copytree(root, copy)
         plain = child(root, traced=False)
         traced = child(copy, traced=True)
         packs_after, bytes_after = store_figures(root)
     marked = plain["marked"]
     stored_mb = bytes_before / 1e6
-    print(f"store: {packs_before:,} packs, {stored_mb:.1f} MB (built in {written_s:.0f} s)")
+    print(
+        f"store: {store_chunks:,} chunks in {packs_before:,} packs, {stored_mb:.1f} MB "
+        f"(built in {written_s:.0f} s)"
+    )
     print(
         f"sweep: {marked:,.0f} chunks marked from 2 live backups; {plain['deleted_packs']:,.0f} "
         f"packs deleted, {plain['repacked_packs']:,.0f} repacked into "
@@ -159,10 +163,10 @@ def main() -> None:
         f"{plain['rss_peak_mb']:.0f} MB at its peak; Python heap peak "
         f"{traced['heap_peak_mb']:.1f} MB (traced run, {traced['seconds']:.1f} s)"
     )
-    scale = 1e6 / marked
+    per_chunk = (plain["rss_peak_mb"] - plain["rss_before_mb"]) * 1e6 / store_chunks
     print(
-        f"at 1 M chunks, growing linearly: ~{plain['seconds'] * scale:.0f} s, heap peak "
-        f"~{traced['heap_peak_mb'] * scale:.0f} MB"
+        f"per chunk of the store: {plain['seconds'] / store_chunks * 1e6:.1f} µs, "
+        f"{per_chunk:.0f} bytes of RSS above the interpreter's"
     )
 
 

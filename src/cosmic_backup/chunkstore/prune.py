@@ -102,6 +102,11 @@ class PackPlan:
     live_bytes: int = 0
     dead_bytes: int = 0
     live_lengths: array = field(default_factory=lambda: array("I"))  # members, in order
+    places: list[ChunkPlace] = field(default_factory=list)  # kept only if it may be repacked
+
+    @property
+    def mostly_dead(self) -> bool:
+        return self.dead_bytes > REPACK_DEAD_SHARE * (self.live_bytes + self.dead_bytes)
 
 
 @dataclass
@@ -246,6 +251,8 @@ def _pack_plan(pack: PackRecord, marks: MarkSet) -> PackPlan:
             plan.live_lengths.append(place.length)
         else:
             plan.dead_bytes += place.length
+    if plan.live_bytes and plan.mostly_dead:
+        plan.places = pack.chunks  # the repack needs them: no second read of the index
     return plan
 
 
@@ -290,7 +297,7 @@ def plan_packs(store: ChunkStore, state: IndexState, older_than: float) -> Sweep
                 plan.keep.append(pack)
         elif pack is None or pack.live_bytes == 0:
             plan.delete.append(name)
-        elif pack.dead_bytes > REPACK_DEAD_SHARE * (pack.live_bytes + pack.dead_bytes):
+        elif pack.mostly_dead:
             plan.repack.append(pack)
         else:
             plan.keep.append(pack)
@@ -336,7 +343,7 @@ def sweep_store(
     for path in dead_lists:  # the backups are retired first: their lists go before chunks
         path.unlink(missing_ok=True)
     if plan.changes_packs or state.superseded:
-        new_packs = repack(store, plan.repack, marks, state)
+        new_packs = repack(store, plan.repack, marks)
         result.new_packs = [pack.name for pack in new_packs]
         write_new_index(store, plan.keep, new_packs, state, now)
         result.deleted_index_objects = _delete_all(store.layout.index, state.names)
@@ -344,17 +351,14 @@ def sweep_store(
     return result
 
 
-def repack(
-    store: ChunkStore, packs: list[PackPlan], marks: MarkSet, state: IndexState
-) -> list[PackRecord]:
+def repack(store: ChunkStore, packs: list[PackPlan], marks: MarkSet) -> list[PackRecord]:
     """Copy the live members of `packs`, as they are, into new durable packs."""
     written: list[PackRecord] = []
     writer: PackWriter | None = None
     copied: set[bytes] = set()
-    places = _places_of(store, state, {pack.record.name for pack in packs})
     for pack in packs:
         plaintext = read_pack(store.layout, store.data_key, store.config, pack.record.name)
-        for place in places[pack.record.name]:
+        for place in pack.places:
             if place.chunk_id not in marks or place.chunk_id in copied:
                 continue
             if writer is None:
@@ -368,20 +372,6 @@ def repack(
     if writer is not None:
         written.append(writer.commit())
     return written
-
-
-def _places_of(
-    store: ChunkStore, state: IndexState, pack_names: set[str]
-) -> dict[str, list[ChunkPlace]]:
-    """The chunk places of the packs to repack, in one more read of the objects in force."""
-    places: dict[str, list[ChunkPlace]] = {}
-    if not pack_names:
-        return places
-    for name in state.in_force:
-        for pack in _read_index(store, name).packs:
-            if pack.name in pack_names:
-                places.setdefault(pack.name, pack.chunks)
-    return places
 
 
 def write_new_index(
