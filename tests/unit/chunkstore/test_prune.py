@@ -207,6 +207,19 @@ def test_a_live_backup_whose_list_is_damaged_stops_the_sweep_before_any_deletion
     assert files_under(root) == before
 
 
+def test_an_unreadable_manifest_stops_the_sweep_before_any_deletion(tmp_path: Path) -> None:
+    root = tmp_path / "backups"
+    store = make_store(root)
+    backup(root, store, random_bytes(2 * MiB, seed=16), 1)
+    backup(root, store, random_bytes(2 * MiB, seed=17), 2)
+    retire(root, 1)
+    (root / "database" / f"{backup_id(2)}.manifest.json").write_text('{"format_version": 2')
+    before = files_under(root)
+    with pytest.raises(IntegrityError, match=r"cannot be read.*Nothing was deleted"):
+        sweep(root)
+    assert files_under(root) == before
+
+
 def test_the_hook_is_a_no_op_without_a_store_and_counts_retired_backups_dead(
     tmp_path: Path,
 ) -> None:
