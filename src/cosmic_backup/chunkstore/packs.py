@@ -45,8 +45,11 @@ class PackWriter:
         self._file.write(stored)
 
     def add(self, chunk_id: bytes, data: bytes | memoryview) -> ChunkPlace:
-        member = aligned_member(bytes(data), self._alignment)
-        place = ChunkPlace(chunk_id, self.plaintext_size, len(member), len(data))
+        return self.add_member(chunk_id, aligned_member(bytes(data), self._alignment), len(data))
+
+    def add_member(self, chunk_id: bytes, member: bytes, plain_length: int) -> ChunkPlace:
+        """Append an aligned member as it is (a repack copies members without recompressing)."""
+        place = ChunkPlace(chunk_id, self.plaintext_size, len(member), plain_length)
         self._emit(self._encryptor.update(member))
         self.plaintext_size += len(member)
         self.chunks[chunk_id] = place

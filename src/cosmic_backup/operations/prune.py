@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from cosmic_backup.catalog import Entry, StoreCatalog
+from cosmic_backup.chunkstore.keys import store_exists
+from cosmic_backup.chunkstore.layout import StoreLayout
+from cosmic_backup.chunkstore.prune import sweep_if_store
 from cosmic_backup.errors import CosmicError
 from cosmic_backup.operations.context import Runtime
 from cosmic_backup.operations.offsite import (
@@ -53,7 +56,24 @@ def prune(
         results.extend(_prune_offsite(rt, components, policy, dry_run=dry_run))
         if not dry_run:
             prune_logs(rt, policy.days)
+        _sweep_chunk_store(rt, results, dry_run=dry_run)
     return results
+
+
+def _sweep_chunk_store(rt: Runtime, results: list[PruneResult], *, dry_run: bool) -> None:
+    """Free the chunks no kept backup uses (nothing happens for a root without a store).
+    A dry run counts the backups the plan would remove as gone."""
+    if not store_exists(StoreLayout(rt.catalog.root)):
+        return  # checked before the key, so a root without a store runs no key command
+    key = rt.keys.current_if_any()
+    if key is None:
+        return
+    retired = [r_id for r in results if r.where == "local" for r_id in r.removed]
+    sweep = sweep_if_store(
+        rt.catalog.root, key, dry_run=dry_run, now=rt.clock.now(), retired=retired
+    )
+    if sweep is not None:
+        rt.log.info("retention %s", sweep.describe())
 
 
 def _prune_offsite(

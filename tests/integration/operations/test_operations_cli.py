@@ -207,3 +207,32 @@ def test_a_refused_run_still_reaches_the_webhook(project: Project) -> None:
     [received] = hook.received
     body = received.body
     assert body["status"] == "failed" and "locked" in body["components"][0]["message"]
+
+
+def test_prune_sweeps_the_chunk_store_of_what_no_backup_uses(project: Project) -> None:
+    """A killed format 2 backup left packs and a list that no manifest names: past the
+    grace period, `prune` deletes them (a dry run first changes nothing)."""
+    import io
+    import os
+
+    from cosmic_backup.chunkstore import ChunkStore
+    from cosmic_backup.format.keys import Key
+
+    make(project, 1)
+    store = ChunkStore.open(project.backups, Key(KEY.encode()), wrap_iterations=1000)
+    killed = store.write_payload(io.BytesIO(os.urandom(3 << 20)), "database", "database-x")
+    three_days_ago = (datetime.now(UTC) - timedelta(days=3)).timestamp()
+    store_files = [p for p in (project.backups / "store" / "packs").rglob("*") if p.is_file()]
+    for path in [*store_files, project.backups / "database" / killed.name]:
+        os.utime(path, (three_days_ago, three_days_ago))
+    assert store_files
+
+    assert project.run("prune", "--dry-run").returncode == 0
+    assert all(path.exists() for path in store_files)
+    real = project.run("prune")
+    assert real.returncode == 0, real.stderr
+    assert not any(path.exists() for path in store_files)
+    assert not (project.backups / "database" / killed.name).exists()
+    assert len(listed(project)) == 1  # the format 1 backup is untouched
+    log = "".join(p.read_text() for p in (project.root / "logs").glob("cosmic-backup-*.log"))
+    assert "chunk store: freed" in log
