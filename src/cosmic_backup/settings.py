@@ -16,6 +16,8 @@ from cosmic_backup.errors import UsageError
 
 CONFIG_FILE_NAME = "cosmic-backup.toml"
 MIN_KDF_ITERATIONS = 600_000
+FORMAT_CHUNKED = "chunked"
+FORMAT_SINGLE_FILE = "single-file"
 
 DEFAULT_ENV_EXCLUDE = (
     "PATH,PWD,OLDPWD,HOME,USER,LOGNAME,SHELL,SHLVL,TERM,TERM_*,COLORTERM,HOSTNAME,LANG,"
@@ -170,6 +172,14 @@ class Settings:
         _int,
         "days each upload stays undeletable (S3 Object Lock, compliance mode; 0: off)",
         bounds=(0, 36_500),
+    )
+    # Format 2 (the chunk store) by default; single-file keeps one self-contained artifact
+    # per backup (format 1), for off-site copies and for hand-over on removable media.
+    backup_format: str = setting(
+        "BACKUP_FORMAT",
+        FORMAT_CHUNKED,
+        _choice(FORMAT_CHUNKED, FORMAT_SINGLE_FILE),
+        "how new backups are stored: chunked (the deduplicating store) or single-file",
     )
     kdf_iterations: int = setting(
         "BACKUP_KDF_ITERATIONS",
