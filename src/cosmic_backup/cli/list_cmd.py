@@ -99,7 +99,10 @@ def _table(entries: list[Entry], where: dict[str, str] | None = None) -> Table |
     if not entries:
         return "No backups yet. Take one with: cosmic-backup backup all"
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("id", "taken (local)", "status", "mode", "tags", "size", "verified", "tested"):
+    # size: the payload's; added: the bytes the backup added to the backup folder (a
+    # single-file backup its whole artifact, a chunked one only its new chunks).
+    columns = ("id", "taken (local)", "status", "mode", "tags", "size", "added", "verified")
+    for column in (*columns, "tested"):
         table.add_column(column, no_wrap=True)
     if where:
         table.add_column("where", no_wrap=True)
@@ -115,6 +118,7 @@ def _table(entries: list[Entry], where: dict[str, str] | None = None) -> Table |
             _status(entry),
             manifest.mode,
             ",".join(manifest.tags),
+            human_size(manifest.plaintext_size),
             human_size(manifest.stored_size),
             verified,
             tested,
