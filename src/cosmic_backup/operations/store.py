@@ -6,9 +6,11 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator
 
+from cosmic_backup.chunkstore.keys import wrap_fingerprints, write_wrap
+from cosmic_backup.chunkstore.layout import StoreLayout
 from cosmic_backup.chunkstore.store import ChunkStore
 from cosmic_backup.chunkstore.writer import ChunkListRecord
-from cosmic_backup.errors import IntegrityError, NotFound
+from cosmic_backup.errors import IntegrityError, KeyProblem, NotFound
 from cosmic_backup.format.keys import Key
 from cosmic_backup.format.manifest import Manifest
 from cosmic_backup.operations.context import Runtime
@@ -23,7 +25,33 @@ def open_chunk_store(rt: Runtime, key: Key, *, create: bool = False) -> ChunkSto
             f"The chunk store of {rt.catalog.root} is missing (store/config), so its chunked "
             "backups cannot be read; pull it from the off-site copy or restore another backup."
         )
-    return ChunkStore.open(rt.catalog.root, key, wrap_iterations=wrap_iterations, clock=rt.clock)
+    try:
+        return ChunkStore.open(
+            rt.catalog.root, key, wrap_iterations=wrap_iterations, clock=rt.clock
+        )
+    except KeyProblem:
+        if not create:
+            raise
+        return _wrap_for_current_key(rt, key)
+
+
+def _wrap_for_current_key(rt: Runtime, key: Key) -> ChunkStore:
+    """After `key rotate`, the first backup wraps the data key for the new key too, opened
+    with a retired key from the keyring: one small file, no chunk written again."""
+    layout = StoreLayout(rt.catalog.root)
+    for fingerprint in wrap_fingerprints(layout):
+        retired = rt.keys.lookup(fingerprint)
+        if retired is not None:
+            store = ChunkStore.open(rt.catalog.root, retired, clock=rt.clock)
+            write_wrap(layout, store.data_key, key, store.config.wrap_iterations)
+            rt.log.info("the chunk store's data key is now wrapped for the key %s", key.fingerprint)
+            return store
+    raise KeyProblem(
+        f"The chunk store of {rt.catalog.root} was made with the key(s) "
+        f"{', '.join(wrap_fingerprints(layout)) or 'none'}, which are neither the current key "
+        f"{key.fingerprint} nor in the keyring: put the old key in the keyring "
+        "(BACKUP_KEYRING_DIR) or move the store aside."
+    )
 
 
 def chunk_list_record(manifest: Manifest) -> ChunkListRecord:

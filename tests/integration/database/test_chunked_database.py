@@ -89,7 +89,7 @@ def test_a_damaged_late_pack_stops_the_restore_without_a_commit(
     verify = db_project.run("verify", "database")
     assert verify.returncode == INTEGRITY_EXIT, verify.stdout + verify.stderr
     assert stored[-2].name in verify.stdout + verify.stderr
-    execute(app_db, "DELETE FROM filler WHERE id > 100", "UPDATE users SET email = email || '.live'")
+    execute(app_db, "DELETE FROM filler WHERE id > 100", "UPDATE users SET email = email || 'x'")
     live = full_state(app_db)
     restore = db_project.run("restore", "database", "latest", "--yes", "--no-safety-backup")
     assert restore.returncode == INTEGRITY_EXIT, restore.stderr
