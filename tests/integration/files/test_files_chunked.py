@@ -3,9 +3,11 @@ round trips, deduplication, damaged and missing packs, and format 1 backups afte
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tests.conftest import Project
@@ -158,3 +160,34 @@ def test_a_bad_backup_format_setting_is_one_sentence(project: Project) -> None:
     result = project.run("backup", "files", env={"BACKUP_FORMAT": "zip"})
     assert result.returncode == 2, result.stderr
     assert "BACKUP_FORMAT" in result.stderr and "Traceback" not in result.stderr
+
+
+def _redate(project: Project, backup_id: str, days: float) -> None:
+    """Date a backup `days` back in its (re-signed) manifest; its id and list stay."""
+    from cosmic_backup.catalog import Catalog
+    from cosmic_backup.clock import iso
+    from cosmic_backup.format.keys import Key
+
+    key = Key(PASSPHRASE.encode())
+    catalog = Catalog(project.backups, lambda fp: key)
+    [entry] = [e for e in catalog.entries("files") if e.id == backup_id]
+    started = iso(datetime.now(UTC) - timedelta(days=days))
+    manifest = dataclasses.replace(entry.manifest, started_at=started, finished_at=started)
+    catalog.write_manifest(manifest, key)
+
+
+def test_retention_deletes_a_chunked_backups_manifest_then_its_list(project: Project) -> None:
+    chunked_project(project)
+    assert project.run("backup", "files").returncode == 0
+    assert project.run("backup", "files").returncode == 0
+    old, kept = listed(project)
+    _redate(project, old["id"], 40)
+    stored_packs = packs(project)
+    prune = project.run("prune", env={"RETENTION_DAYS": "30"})
+    assert prune.returncode == 0, prune.stdout + prune.stderr
+    assert [e["id"] for e in listed(project)] == [kept["id"]]
+    names = {p.name for p in (project.backups / "files").iterdir()}
+    assert f"{old['id']}.chunks" not in names and f"{kept['id']}.chunks" in names
+    assert packs(project) == stored_packs  # chunks wait for prune's sweep
+    restore = project.run("restore", "files", "latest", "--yes")
+    assert restore.returncode == 0, restore.stderr
