@@ -127,6 +127,8 @@ class StoreCatalog:
         self.store.delete(self.manifest_name(manifest.component, manifest.id))
         if manifest.artifact:
             self.store.delete(f"{manifest.component}/{manifest.artifact}")
+        if manifest.chunk_list:  # format 2: its chunks stay until prune's sweep
+            self.store.delete(f"{manifest.component}/{manifest.chunk_list.get('name')}")
 
     # -- reading ----------------------------------------------------------------------
     def entries(self, component: str | None = None) -> list[Entry]:
@@ -405,6 +407,10 @@ class Catalog(StoreCatalog):
 
         Call only while holding the lock, so nothing here can be a write in progress.
         """
+        # Here, not at the top: the chunk store's reader imports this module.
+        from cosmic_backup.chunkstore.layout import CHUNK_LIST_SUFFIX, StoreLayout
+        from cosmic_backup.chunkstore.layout import remove_leftovers as remove_store_leftovers
+
         removed: list[str] = []
         for component in COMPONENTS:
             for leftover in self.store.partial_leftovers(component):
@@ -412,11 +418,13 @@ class Catalog(StoreCatalog):
                 removed.append(f"{component}/{leftover.name}")
             names = {info.name for info in self.store.list(f"{component}/")}
             for name in sorted(names):
-                if name.endswith(ARTIFACT_SUFFIX):
+                if name.endswith((ARTIFACT_SUFFIX, CHUNK_LIST_SUFFIX)):
                     backup_id = name.split("/")[-1].split(".")[0]
                     if self.manifest_name(component, backup_id) not in names:
                         self.store.delete(name)
                         removed.append(name)
+        tmp_leftovers = remove_store_leftovers(StoreLayout(self.root))
+        removed += [f"store/tmp/{path.name}" for path in tmp_leftovers]
         return removed
 
 

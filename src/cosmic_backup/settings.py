@@ -16,6 +16,8 @@ from cosmic_backup.errors import UsageError
 
 CONFIG_FILE_NAME = "cosmic-backup.toml"
 MIN_KDF_ITERATIONS = 600_000
+FORMAT_CHUNKED = "chunked"
+FORMAT_SINGLE_FILE = "single-file"
 
 DEFAULT_ENV_EXCLUDE = (
     "PATH,PWD,OLDPWD,HOME,USER,LOGNAME,SHELL,SHLVL,TERM,TERM_*,COLORTERM,HOSTNAME,LANG,"
@@ -170,6 +172,14 @@ class Settings:
         _int,
         "days each upload stays undeletable (S3 Object Lock, compliance mode; 0: off)",
         bounds=(0, 36_500),
+    )
+    # Format 2 (the chunk store) by default; single-file keeps one self-contained artifact
+    # per backup (format 1), for off-site copies and for hand-over on removable media.
+    backup_format: str = setting(
+        "BACKUP_FORMAT",
+        FORMAT_CHUNKED,
+        _choice(FORMAT_CHUNKED, FORMAT_SINGLE_FILE),
+        "how new backups are stored: chunked (the deduplicating store) or single-file",
     )
     kdf_iterations: int = setting(
         "BACKUP_KDF_ITERATIONS",
@@ -431,4 +441,10 @@ def load_settings(
             raw, source = flags[spec.name], "command line"
         values[spec.name] = None if raw is None else _parse(spec, raw, source)
         sources[spec.name] = source
+    if values.get("remote") and sources["backup_format"] == "default":
+        # Chunked backups cannot go off-site yet: a root that copies off-site keeps the
+        # single-file format unless the operator chose otherwise, so an upgrade never
+        # turns its uploads into failures.
+        values["backup_format"] = FORMAT_SINGLE_FILE
+        sources["backup_format"] = "default with BACKUP_REMOTE"
     return Settings(project_root.resolve(), sources, **values)

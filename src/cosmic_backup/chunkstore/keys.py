@@ -99,6 +99,11 @@ def _wraps(layout: StoreLayout) -> list[tuple[Path, str, str]]:
     return found
 
 
+def wrap_fingerprints(layout: StoreLayout) -> list[str]:
+    """The fingerprints of the user keys that have a wrap of the data key."""
+    return sorted({fingerprint for _, fingerprint, _ in _wraps(layout)})
+
+
 def unwrap_with(layout: StoreLayout, user_key: Key, iterations: int) -> DataKey:
     mac_key = wrap_mac_key(user_key, iterations)
     wraps = _wraps(layout)

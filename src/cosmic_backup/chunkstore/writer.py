@@ -9,8 +9,10 @@ them), perhaps a list that no manifest names, and `.partial-` files in `store/tm
 from __future__ import annotations
 
 import hashlib
+import io
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -30,6 +32,7 @@ LIST_MAC = "list-mac"
 INDEX_EVERY_PACKS = 64
 INDEX_EVERY_SECONDS = 600.0
 ENTRY_SPOOL_MEMORY = 8 * 1024 * 1024  # entry text past this goes to a file in store/tmp
+CUT_EVERY = 16 * 1024 * 1024  # a pushed stream is cut once this much is buffered
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,13 @@ class PayloadWriter:
         for chunk in self._store.chunker(kind).cut_stream(stream):
             self._add_chunk(chunk.data)
 
+    def stream_writer(
+        self, kind: str, on_progress: Callable[[int], None] | None = None
+    ) -> ChunkingWriter:
+        """A file-like writer whose bytes are cut as `add_stream` cuts them: for a
+        producer that writes (pg_dump's pipe, the tar writer) instead of being read."""
+        return ChunkingWriter(self, kind, on_progress)
+
     def add_piece(self, data: bytes | memoryview, kind: str) -> None:
         """Cut one piece on its own (a file's tar record: its boundaries are kept)."""
         for chunk in self._store.chunker(kind).cut_buf(data):
@@ -218,3 +228,47 @@ class PayloadWriter:
             plaintext_sha256=self._sha256.hexdigest(),
             added_bytes=self._sink.added_bytes + len(stored),
         )
+
+
+class ChunkingWriter(io.RawIOBase):
+    """Bytes written are buffered and cut by the chunker; every chunk but the last of a
+    buffer is final, since a FastCDC cut depends only on the bytes from the chunk's start
+    to at most its `max` size. The last one, cut only by the buffer's end, is kept as
+    the start of the next buffer, so the chunks equal those of reading the whole stream."""
+
+    def __init__(
+        self, payload: PayloadWriter, kind: str, on_progress: Callable[[int], None] | None
+    ) -> None:
+        super().__init__()
+        self._payload = payload
+        self._chunker = payload._store.chunker(kind)
+        self._cut_at = max(CUT_EVERY, 2 * payload._store.config.chunker(kind).max)
+        self._buffer = bytearray()
+        self._on_progress = on_progress
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        size = len(data)
+        self._buffer += data
+        if len(self._buffer) >= self._cut_at:
+            self._cut(final=False)
+        if self._on_progress is not None:
+            self._on_progress(size)
+        return size
+
+    def _cut(self, *, final: bool) -> None:
+        cuts = [(c.offset, c.length) for c in self._chunker.cut_buf(self._buffer)]
+        if not final and cuts:
+            cuts.pop()  # its end is the buffer's, not a boundary
+        with memoryview(self._buffer) as view:
+            for offset, length in cuts:
+                self._payload._add_chunk(view[offset : offset + length])
+        done = cuts[-1][0] + cuts[-1][1] if cuts else 0
+        del self._buffer[:done]
+
+    def finish(self) -> None:
+        """Cut what is left: the payload's last chunks."""
+        if self._buffer:
+            self._cut(final=True)

@@ -28,6 +28,9 @@ from cosmic_backup.format.keys import Key
 from cosmic_backup.states import Outcome
 
 FORMAT_VERSION = 1
+FORMAT_CHUNKED = 2  # the payload is in the chunk store (docs/format.md, "The format 2 manifest")
+# Fields only format 2 manifests carry: left out of format 1 ones, which stay as they were.
+_FORMAT_2_FIELDS = ("chunk_list", "data_key")
 MODE_FULL = "full"
 MODE_SCHEMA_ONLY = "schema-only"
 TAG_PRE_RESTORE = "pre-restore"
@@ -73,6 +76,9 @@ class Manifest:
     root_id: str | None = None
     # How long the backup took, start to manifest (seconds); None in older manifests.
     duration_seconds: float | None = None
+    # Format 2: the chunk list record and the data key's fingerprint.
+    chunk_list: dict[str, Any] | None = None
+    data_key: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -92,15 +98,23 @@ class Manifest:
             raise IntegrityError(f"The manifest of {self.id} records no key-derivation iterations.")
         return int(self.kdf["iterations"])
 
+    @property
+    def chunked(self) -> bool:
+        return self.format_version == FORMAT_CHUNKED
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        body = asdict(self)
+        for name in _FORMAT_2_FIELDS:
+            if body[name] is None:
+                del body[name]
+        return body
 
 
-def kdf_description(iterations: int) -> dict[str, Any]:
+def kdf_description(iterations: int, *, salt: str = "per file") -> dict[str, Any]:
     return {
         "algorithm": "pbkdf2-hmac-sha256",
         "iterations": iterations,
-        "salt": "per file, openssl 'Salted__' header",
+        "salt": f"{salt}, openssl 'Salted__' header",
         "cipher": CIPHER_DESCRIPTION,
         "mac": "hmac-sha256 over the stored bytes",
     }

@@ -7,6 +7,7 @@ leaves a failure record (the seed's "placeholder"), signed when a key is at hand
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -20,8 +21,14 @@ from cosmic_backup.components.base import BackupRequest, Component, Produced
 from cosmic_backup.errors import CosmicError, Interrupted, Locked, NotConfigured, OperationFailed
 from cosmic_backup.format.compression import threads_pay
 from cosmic_backup.format.keys import Key
-from cosmic_backup.format.manifest import Manifest, kdf_description
-from cosmic_backup.format.pipeline import SealedArtifact, SealingWriter
+from cosmic_backup.format.manifest import (
+    FORMAT_CHUNKED,
+    FORMAT_VERSION,
+    Manifest,
+    kdf_description,
+)
+from cosmic_backup.format.pipeline import SealingWriter
+from cosmic_backup.format.store_config import FILE, STREAM
 from cosmic_backup.logs import mark_logged
 from cosmic_backup.operations.appversion import app_version
 from cosmic_backup.operations.context import Runtime
@@ -30,6 +37,8 @@ from cosmic_backup.operations.notify import Alert, alert_for, alert_wanted, noti
 from cosmic_backup.operations.offsite import host_prefix, mark_upload_pending, upload_after_backup
 from cosmic_backup.operations.prune import prune
 from cosmic_backup.operations.retention import Policy
+from cosmic_backup.operations.store import open_chunk_store
+from cosmic_backup.settings import FORMAT_SINGLE_FILE
 from cosmic_backup.states import Outcome
 
 
@@ -109,10 +118,8 @@ def _backup_locked(rt: Runtime, component: Component, request: BackupRequest) ->
     key: Key | None = None
     try:
         key = rt.keys.current(create=True).key
-        produced, sealed, artifact = _write_artifact(rt, component, request, backup_id, key)
-        manifest = _good_manifest(
-            rt, component, request, backup_id, started, key, produced, sealed, artifact
-        )
+        produced, stored = _write_payload(rt, component, request, backup_id, key)
+        manifest = _good_manifest(rt, component, request, backup_id, started, key, produced, stored)
         rt.catalog.write_manifest(manifest, key)  # last: only now is the backup listed as good
         if rt.settings.remote and not manifest.is_pre_restore:  # uploaded next: pending
             mark_upload_pending(rt, manifest)  # until confirmed, whatever dies in between
@@ -125,11 +132,12 @@ def _backup_locked(rt: Runtime, component: Component, request: BackupRequest) ->
     for warning in produced.warnings:
         rt.log.warning("%s: %s", backup_id, warning)
     rt.log.info(
-        "backup %s done: %s, %d bytes stored (%d plain)",
+        "backup %s done: %s, format %d, %d bytes stored (%d plain)",
         backup_id,
         manifest.mode,
-        sealed.stored_size,
-        sealed.plaintext_size,
+        manifest.format_version,
+        manifest.stored_size,
+        manifest.plaintext_size,
     )
     return manifest
 
@@ -142,8 +150,7 @@ def _good_manifest(
     started: datetime,
     key: Key,
     produced: Produced,
-    sealed: SealedArtifact,
-    artifact: str,
+    stored: StoredPayload,
 ) -> Manifest:
     finished = rt.clock.now()
     return Manifest(
@@ -158,18 +165,13 @@ def _good_manifest(
         source=replace(
             produced.source, app_version=app_version(rt.root, rt.settings.app_version)
         ).to_dict(),
-        artifact=artifact,
-        plaintext_size=sealed.plaintext_size,
-        stored_size=sealed.stored_size,
-        plaintext_sha256=sealed.plaintext_sha256,
-        artifact_mac=sealed.mac,
-        kdf=kdf_description(sealed.iterations),
         key_fingerprint=key.fingerprint,
         warnings=list(produced.warnings),
         log_file=rt.relative(rt.log_file),
         host=host_prefix(rt),
         root_id=rt.catalog.root_id(),
         duration_seconds=_seconds_between(started, finished),
+        **stored.manifest_fields(),
     )
 
 
@@ -177,9 +179,35 @@ def _seconds_between(started: datetime, finished: datetime) -> float:
     return round((finished - started).total_seconds(), 3)
 
 
+@dataclass(frozen=True)
+class StoredPayload:
+    """Where a backup's payload went and its figures: the manifest fields of its format."""
+
+    plaintext_size: int
+    plaintext_sha256: str
+    stored_size: int  # format 1: the artifact; format 2: the bytes added to the store
+    kdf: dict[str, Any]
+    format_version: int = FORMAT_VERSION
+    artifact: str | None = None
+    artifact_mac: str | None = None
+    chunk_list: dict[str, Any] | None = None
+    data_key: str | None = None
+
+    def manifest_fields(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _write_payload(
+    rt: Runtime, component: Component, request: BackupRequest, backup_id: str, key: Key
+) -> tuple[Produced, StoredPayload]:
+    if rt.settings.backup_format == FORMAT_SINGLE_FILE:
+        return _write_artifact(rt, component, request, backup_id, key)
+    return _write_chunked(rt, component, request, backup_id, key)
+
+
 def _write_artifact(
     rt: Runtime, component: Component, request: BackupRequest, backup_id: str, key: Key
-) -> tuple[Produced, SealedArtifact, str]:
+) -> tuple[Produced, StoredPayload]:
     name = rt.catalog.artifact_name(component.name, backup_id, component.payload)
     iterations = rt.settings.kdf_iterations
     with (
@@ -196,8 +224,42 @@ def _write_artifact(
         except BaseException:
             writer.abort()
             raise
-    assert writer.result is not None
-    return produced, writer.result, name.split("/", 1)[1]
+    sealed = writer.result
+    assert sealed is not None
+    return produced, StoredPayload(
+        plaintext_size=sealed.plaintext_size,
+        plaintext_sha256=sealed.plaintext_sha256,
+        stored_size=sealed.stored_size,
+        kdf=kdf_description(sealed.iterations),
+        artifact=name.split("/", 1)[1],
+        artifact_mac=sealed.mac,
+    )
+
+
+def _write_chunked(
+    rt: Runtime, component: Component, request: BackupRequest, backup_id: str, key: Key
+) -> tuple[Produced, StoredPayload]:
+    """The payload, produced as for an artifact, cut into the chunk store; the chunk list
+    is written by `finish`, before the caller writes the manifest (the commit point)."""
+    store = open_chunk_store(rt, key, create=True)
+    kind = STREAM if component.name == "database" else FILE
+    with (
+        rt.progress(f"{component.name} backup", None) as advance,
+        store.payload_writer(component.name, backup_id, payload=component.payload) as payload,
+    ):
+        writer = payload.stream_writer(kind, on_progress=advance)
+        produced = component.produce(writer, request)  # type: ignore[arg-type]
+        writer.finish()
+        record = payload.finish()
+    return produced, StoredPayload(
+        plaintext_size=record.plaintext_size,
+        plaintext_sha256=record.plaintext_sha256,
+        stored_size=record.added_bytes,
+        kdf=kdf_description(store.config.object_iterations, salt="per object"),
+        format_version=FORMAT_CHUNKED,
+        chunk_list=record.manifest_field(),
+        data_key=store.data_key.fingerprint,
+    )
 
 
 def _as_cosmic_error(exc: BaseException) -> CosmicError | Interrupted:

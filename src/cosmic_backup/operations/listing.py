@@ -10,7 +10,19 @@ from cosmic_backup.components import source_of
 from cosmic_backup.sizes import human_size
 from cosmic_backup.states import Outcome, Trust
 
-COLUMNS = ("id", "taken (local)", "status", "mode", "tags", "size", "verified", "tested")
+# size: the payload's; added: the bytes the backup added to the backup folder (a
+# single-file backup its whole artifact, a chunked one only its new chunks).
+COLUMNS = (
+    "id",
+    "taken (local)",
+    "status",
+    "mode",
+    "tags",
+    "size",
+    "added",
+    "verified",
+    "tested",
+)
 WHERE_COLUMN = "where"
 SOURCE_COLUMN = "source"
 
@@ -49,6 +61,7 @@ def row(entry: Entry, where: str | None = None) -> list[str]:
         status_word(entry),
         manifest.mode,
         ",".join(manifest.tags),
+        human_size(manifest.plaintext_size),
         human_size(manifest.stored_size),
         manifest.verified_at[:10] if manifest.verified_at else "-",
         tested_cell(manifest.restore_test),

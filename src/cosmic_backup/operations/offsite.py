@@ -41,6 +41,7 @@ from cosmic_backup.format.manifest import Manifest, dump_manifest
 from cosmic_backup.format.pipeline import UnsealingReader, check_mac
 from cosmic_backup.operations.artifacts import open_plaintext
 from cosmic_backup.operations.context import Runtime
+from cosmic_backup.operations.store import PayloadReader, open_chunked
 from cosmic_backup.settings import check_offsite_environment
 from cosmic_backup.states import Trust
 from cosmic_backup.storage.base import StoreNotFound
@@ -257,10 +258,18 @@ class _MacTee(io.RawIOBase):
         return self._mac.hexdigest()
 
 
+CHUNKED_OFFSITE = (
+    "off-site copies of chunked backups are not supported yet; set "
+    "BACKUP_FORMAT=single-file for backups that go off-site"
+)
+
+
 def upload(rt: Runtime, remote: StoreCatalog, entry: Entry) -> None:
     """Copy one local backup off-site: artifact first, checked, then its manifest."""
     manifest = entry.manifest
     local = rt.catalog
+    if manifest.chunked:  # its chunks would not go: never a manifest naming missing data
+        raise OperationFailed(CHUNKED_OFFSITE)
     claim_folder(rt, remote)  # never write over another root's backups
     if manifest.artifact:
         key = rt.keys.for_backup(manifest.id, manifest.key_fingerprint)
@@ -638,11 +647,19 @@ def _local_alone(
 
 
 @contextlib.contextmanager
-def open_intact(rt: Runtime, located: Located, key: Key) -> Iterator[UnsealingReader]:
+def open_intact(
+    rt: Runtime, located: Located, key: Key
+) -> Iterator[UnsealingReader | PayloadReader]:
     """The plaintext of a located backup, its whole MAC checked first. When the local copy
     fails that check and an intact off-site copy exists, the off-site copy is used: nothing
-    was read from the damaged one yet, so nothing of it reaches the restore."""
+    was read from the damaged one yet, so nothing of it reaches the restore. A chunked
+    backup (format 2) is read from the local chunk store, every pack it needs present."""
     entry = located.entry
+    if entry.manifest.chunked:
+        if located.where == "remote":
+            raise OperationFailed(CHUNKED_OFFSITE)
+        yield open_chunked(rt, entry.manifest, key)
+        return
     with contextlib.ExitStack() as stack:
         artifact = stack.enter_context(located.catalog.open_artifact(entry))
         try:

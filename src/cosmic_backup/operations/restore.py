@@ -22,6 +22,7 @@ from cosmic_backup.operations.artifacts import trusted_key
 from cosmic_backup.operations.backup import backup_component
 from cosmic_backup.operations.context import Runtime
 from cosmic_backup.operations.offsite import open_intact, select_anywhere
+from cosmic_backup.operations.store import PayloadReader
 
 
 @dataclass
@@ -104,7 +105,7 @@ def _safety_backup(rt: Runtime, name: str, plan: RestorePlan) -> Manifest:
 def _consume(
     rt: Runtime,
     component: Component,
-    reader: UnsealingReader,
+    reader: UnsealingReader | PayloadReader,
     manifest: Manifest,
     plan: RestorePlan,
 ) -> RestoreReport:

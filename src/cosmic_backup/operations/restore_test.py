@@ -37,12 +37,13 @@ from cosmic_backup.format.manifest import Manifest
 from cosmic_backup.format.pipeline import CHUNK_SIZE, UnsealingReader
 from cosmic_backup.operations.artifacts import open_plaintext, trusted_key
 from cosmic_backup.operations.context import Runtime
-from cosmic_backup.operations.offsite import Located, select_anywhere
+from cosmic_backup.operations.offsite import CHUNKED_OFFSITE, Located, select_anywhere
 from cosmic_backup.operations.restore_sandbox import (
     Sandbox,
     extract_archive_and_compare,
     restore_database_and_compare,
 )
+from cosmic_backup.operations.store import PayloadReader, open_chunked
 from cosmic_backup.states import Outcome
 
 FAR_APART_HOURS = 24  # backups further apart than this are warned about in the drill
@@ -93,8 +94,8 @@ class _Opened:
     entry: Entry
     catalog: StoreCatalog  # where it was read from (local, or off-site when gone locally)
     key: Key
-    artifact: BinaryIO
-    reader: UnsealingReader
+    artifact: BinaryIO | None  # None for a chunked backup, read from the store
+    reader: UnsealingReader | PayloadReader
 
 
 def restore_test(
@@ -156,6 +157,10 @@ def _open_backups(
 def _open(rt: Runtime, located: Located, stack: contextlib.ExitStack) -> _Opened:
     entry = located.entry
     key = trusted_key(rt, entry)
+    if entry.manifest.chunked:
+        if located.where == "remote":
+            raise OperationFailed(CHUNKED_OFFSITE)
+        return _Opened(entry, located.catalog, key, None, open_chunked(rt, entry.manifest, key))
     try:
         artifact = stack.enter_context(located.catalog.open_artifact(entry))
     except OSError as exc:

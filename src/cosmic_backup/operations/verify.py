@@ -6,6 +6,7 @@ when each backup was last proven restorable.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -15,12 +16,13 @@ from typing import Any
 from cosmic_backup.catalog import Entry, StoreCatalog
 from cosmic_backup.clock import iso
 from cosmic_backup.components import create_component
-from cosmic_backup.errors import CosmicError
+from cosmic_backup.errors import CosmicError, OperationFailed
 from cosmic_backup.format.manifest import Manifest
 from cosmic_backup.format.pipeline import CHUNK_SIZE
 from cosmic_backup.operations.artifacts import open_plaintext, trusted_key
 from cosmic_backup.operations.context import Runtime
-from cosmic_backup.operations.offsite import locate_all, select_anywhere
+from cosmic_backup.operations.offsite import CHUNKED_OFFSITE, locate_all, select_anywhere
+from cosmic_backup.operations.store import open_chunked
 from cosmic_backup.storage.local import replace_file
 
 VERIFIED_FILE = ".offsite-verified.json"  # verifications the store would not let us record
@@ -54,8 +56,14 @@ def _verify_one(rt: Runtime, entry: Entry, catalog: StoreCatalog) -> VerifyResul
     try:
         key = trusted_key(rt, entry)
         component = create_component(manifest.component, rt.settings, rt.log)
-        with catalog.open_artifact(entry) as artifact:
-            reader = open_plaintext(rt, artifact, manifest, key)
+        with contextlib.ExitStack() as stack:
+            if manifest.chunked:  # every chunk is read: each pack's MAC, each chunk's id
+                if catalog is not rt.catalog:
+                    raise OperationFailed(CHUNKED_OFFSITE)
+                reader: io.RawIOBase = open_chunked(rt, manifest, key)
+            else:
+                artifact = stack.enter_context(catalog.open_artifact(entry))
+                reader = open_plaintext(rt, artifact, manifest, key)
             payload = io.BufferedReader(reader, CHUNK_SIZE)
             figures = component.check_payload(payload, manifest)  # type: ignore[arg-type]
             while payload.read(CHUNK_SIZE):  # the SHA-256 is checked at the very end

@@ -28,6 +28,8 @@ def listed(project: Project) -> list[dict]:
 
 
 def test_config_backup_list_restore_round_trip(project: Project) -> None:
+    # The single-file artifact's mode and bytes (test_files_chunked checks the store's).
+    project.env["BACKUP_FORMAT"] = "single-file"
     make_config(project)
     backup = project.run("backup", "config", env={"APP_FEATURE_FLAG": "on"})
     assert backup.returncode == 0, backup.stderr

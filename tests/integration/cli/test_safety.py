@@ -17,6 +17,9 @@ from tests.conftest import Project
 PASSPHRASE = "correct horse battery staple 0123456789"
 
 
+SINGLE_FILE = {"BACKUP_FORMAT": "single-file"}  # tests of the artifact's bytes (format 1)
+
+
 def backed_up(project: Project, payload_bytes: int = 2000) -> dict:
     """A project with one config backup; returns its listed manifest."""
     config = project.root / "config"
@@ -37,6 +40,7 @@ def review_folders(project: Project) -> list[Path]:
 def test_a_changed_artifact_byte_is_refused_before_any_output(
     project: Project, position: str
 ) -> None:
+    project.env.update(SINGLE_FILE)
     entry = backed_up(project)
     artifact = project.backups / "config" / entry["artifact"]
     data = bytearray(artifact.read_bytes())
@@ -50,6 +54,7 @@ def test_a_changed_artifact_byte_is_refused_before_any_output(
 
 
 def test_a_truncated_artifact_is_refused(project: Project) -> None:
+    project.env.update(SINGLE_FILE)
     entry = backed_up(project)
     artifact = project.backups / "config" / entry["artifact"]
     artifact.write_bytes(artifact.read_bytes()[:-16])
@@ -226,6 +231,7 @@ def _kill_when(project: Project, ready: Callable[[], bool]) -> None:
 
 
 def test_sigkill_during_backup_leaves_nothing_listed_as_good(project: Project) -> None:
+    project.env.update(SINGLE_FILE)  # it watches the artifact's temporary file
     config = project.root / "config"
     config.mkdir()
     (config / "big.bin").write_bytes(os.urandom(48 * 1024 * 1024))

@@ -450,6 +450,7 @@ def test_recovery_by_hand_with_openssl_gunzip_and_pg_restore(
 ) -> None:
     """The documented emergency path (docs/database.md), with the key file on disk."""
     project.env["DATABASE_URL"] = app_db
+    project.env["BACKUP_FORMAT"] = "single-file"  # an artifact (a chunked one: recover.sh)
     assert project.run("backup", "database").returncode == 0, "backup failed"
     [entry] = listed(project)
     artifact = project.backups / "database" / entry["artifact"]

@@ -44,6 +44,7 @@ def test_disaster_recovery_from_the_bucket_with_only_the_key(
         "BACKUP_REMOTE": remote_url,
         "BACKUP_REMOTE_HOST": "app-server",
         "DATABASE_URL": app_db,
+        "BACKUP_FORMAT": "single-file",  # chunked backups do not go off-site yet
     }
     first.env.update(remote_env)
     _make_app(first)

@@ -95,8 +95,8 @@ def reseal(
     rt = open_runtime(load_settings(project.root, environ=env))
     entry = rt.catalog.entries(component)[-1]
     manifest, key = entry.manifest, trusted_key(rt, entry)
-    path = rt.catalog.artifact_path(entry)
-    if payload is not None:
+    if payload is not None:  # an artifact's payload: a single-file backup (format 1)
+        path = rt.catalog.artifact_path(entry)
         with open(path, "rb") as artifact:
             plain = open_plaintext(rt, artifact, manifest, key).read()
         with open(path, "wb") as sink, SealingWriter(sink, key, manifest.iterations) as writer:
@@ -164,6 +164,7 @@ def test_an_object_the_table_of_contents_lists_but_the_dump_lacks_is_named(
     app_project: Project, app_db: str, into: str
 ) -> None:
     execute(app_db, "CREATE INDEX users_mood_idx ON users (mood)")
+    app_project.env["BACKUP_FORMAT"] = "single-file"  # reseal rewrites the artifact
     backed_up(app_project, "database")
     definition = b"CREATE INDEX users_mood_idx"
     # The same length, so the dump's framing holds: psql now reads a comment.

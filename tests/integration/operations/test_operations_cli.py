@@ -42,6 +42,7 @@ def listed(project: Project) -> list[dict]:
 
 def make(project: Project, *ages: float) -> list[str]:
     project.env["BACKUP_KEY"] = KEY
+    project.env["BACKUP_FORMAT"] = "single-file"  # aged_copy renames the artifact
     (project.root / ".env").write_text("A=1\n")
     ids = []
     for age in ages:
