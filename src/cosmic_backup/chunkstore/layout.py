@@ -5,6 +5,7 @@ place, its folder fsynced."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cosmic_backup.errors import OperationFailed
+from cosmic_backup.sizes import free_space
 from cosmic_backup.storage.local import PARTIAL_MARK, PRIVATE_DIR, PRIVATE_FILE, fsync_dir
 
 CHUNK_LIST_SUFFIX = ".chunks"
@@ -70,6 +72,14 @@ class StoreLayout:
 
 
 def disk_failure(path: Path, exc: OSError) -> OperationFailed:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OperationFailed(
+            f"The disk of {path.parent} is full ({exc.strerror}): writing the chunk store's "
+            f"{path.name} there stopped with {free_space(path.parent)} free, and the backup "
+            "needs more than that. Free some space there (prune old backups) or set "
+            "BACKUP_DIR to a larger disk, then run the backup again; the chunks already "
+            "written are kept and reused."
+        )
     return OperationFailed(
         f"Could not write {path}: {exc.strerror or exc}. Free some space or fix the folder's "
         "permissions, then run the backup again; what was written before stays usable."

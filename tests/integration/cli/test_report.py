@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from cosmic_backup.clock import SystemClock
+from cosmic_backup.operations import listing
 from cosmic_backup.operations.context import open_runtime
 from cosmic_backup.settings import load_settings
 from tests.conftest import Project, clean_environ
@@ -125,7 +126,8 @@ def test_the_page_shows_the_catalog_and_makes_no_request(
     }
     assert {i for i, status in failed.items() if status == "FAILED"} == set(built.failed)
     tested_row = page.locator("table.backups tr", has_text=built.restore_tested)
-    assert tested_row.locator("td").nth(7).inner_text() != "-"
+    tested_column = listing.COLUMNS.index("tested")
+    assert tested_row.locator("td").nth(tested_column).inner_text() != "-"
     biggest = page.locator("table.biggest tbody tr").all_inner_texts()
     assert [line.split("\t")[0] for line in biggest] == [n for n, _ in built.biggest_tables]
 

@@ -273,11 +273,14 @@ def test_sigterm_interrupts_cleanly_with_exit_130(project: Project) -> None:
     (config / "big.bin").write_bytes(os.urandom(64 * 1024 * 1024))
     process = project.popen("backup", "config")
     folder = project.backups / "config"
+    # Mid-write: a partial artifact (single-file) or a partial pack (the chunk store).
+    writing = (folder, project.backups / "store" / "tmp")
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (
-        folder.exists() and any(".partial-" in p.name for p in folder.iterdir())
+    while time.monotonic() < deadline and not any(
+        where.exists() and any(".partial-" in p.name for p in where.iterdir()) for where in writing
     ):
         time.sleep(0.01)
+    assert process.poll() is None, "the backup ended before it could be interrupted"
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err

@@ -83,7 +83,12 @@ def test_a_full_backup_disk_names_the_folder_the_space_and_what_to_do(
     project: Project, noisy_db: str, tiny_backup_dir: Path, jobs: list[str], says: str
 ) -> None:
     project.env.update(
-        {"DATABASE_URL": noisy_db, "BACKUP_KEY": KEY, "BACKUP_DIR": str(tiny_backup_dir)}
+        {
+            "DATABASE_URL": noisy_db,
+            "BACKUP_KEY": KEY,
+            "BACKUP_DIR": str(tiny_backup_dir),
+            "BACKUP_FORMAT": "single-file",  # the chunk store's own sentence: below
+        }
     )
     result = project.run("backup", "database", *jobs)
     assert result.returncode == 1, result.stderr
@@ -100,6 +105,23 @@ def test_a_full_backup_disk_names_the_folder_the_space_and_what_to_do(
     assert not [name for name in left if ".partial-" in name or name.startswith(".dump-")]
     assert [entry["status"] for entry in listed(project)] == ["failed"]
     assert len(logged_errors(project, sentence)) == 1
+
+
+@needs_root
+def test_a_full_disk_under_the_chunk_store_names_it_and_keeps_what_was_written(
+    project: Project, noisy_db: str, tiny_backup_dir: Path
+) -> None:
+    project.env.update(
+        {"DATABASE_URL": noisy_db, "BACKUP_KEY": KEY, "BACKUP_DIR": str(tiny_backup_dir)}
+    )
+    result = project.run("backup", "database")
+    assert result.returncode == 1, result.stderr
+    sentence = one_sentence_error(result.stderr)
+    assert sentence.startswith(f"The disk of {tiny_backup_dir / 'store'}"), sentence
+    assert " free" in sentence and "BACKUP_DIR" in sentence, sentence
+    assert sentence.endswith("the chunks already written are kept and reused."), sentence
+    assert [entry["status"] for entry in listed(project)] == ["failed"]
+    assert not list((tiny_backup_dir / "store" / "tmp").iterdir())  # no partial pack stays
 
 
 # -- the server's error reaches the sentence ----------------------------------------------------
