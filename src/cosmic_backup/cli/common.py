@@ -62,6 +62,7 @@ def _terminal_progress(description: str, total: int | None) -> Iterator[Advance]
         Progress,
         TextColumn,
         TimeElapsedColumn,
+        TimeRemainingColumn,
         TransferSpeedColumn,
     )
 
@@ -71,6 +72,7 @@ def _terminal_progress(description: str, total: int | None) -> Iterator[Advance]
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),  # an ETA where the total is known
     ]
     with Progress(*columns, console=stderr, transient=True) as progress:
         task = progress.add_task(description, total=total)
@@ -79,7 +81,8 @@ def _terminal_progress(description: str, total: int | None) -> Iterator[Advance]
 
 def open_cli_runtime(ctx: typer.Context, settings: Settings) -> Runtime:
     cli = state(ctx)
-    interactive = sys.stderr.isatty() and not cli.json
+    # Both: under cron or a pipe of stdout, nothing decorative reaches the mail or the log.
+    interactive = sys.stdout.isatty() and sys.stderr.isatty() and not cli.json
     return open_runtime(
         settings,
         say=say,

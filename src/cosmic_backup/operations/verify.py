@@ -64,6 +64,10 @@ def _verify_one(rt: Runtime, entry: Entry, catalog: StoreCatalog) -> VerifyResul
             else:
                 artifact = stack.enter_context(catalog.open_artifact(entry))
                 reader = open_plaintext(rt, artifact, manifest, key)
+            advance = stack.enter_context(
+                rt.progress(f"verifying {manifest.id}", manifest.plaintext_size)
+            )
+            reader.on_progress = advance  # type: ignore[attr-defined]  # both readers have it
             payload = io.BufferedReader(reader, CHUNK_SIZE)
             figures = component.check_payload(payload, manifest)  # type: ignore[arg-type]
             while payload.read(CHUNK_SIZE):  # the SHA-256 is checked at the very end
