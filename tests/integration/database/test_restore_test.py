@@ -301,8 +301,8 @@ def test_sigint_leaves_nothing_and_a_backup_meanwhile_does_not_wait(big_project:
     hold_restore(process)
     began = time.monotonic()
     result = big_project.run("backup", "config")
-    assert result.returncode == 0, result.stderr
-    assert time.monotonic() - began < 10
+    assert result.returncode == 0, result.stderr  # the lock is taken without waiting (LOCK_NB)
+    assert time.monotonic() - began < 60  # a loaded machine, not a wait for the held restore
     assert process.poll() is None  # the test was still running all along
     process.send_signal(signal.SIGINT)
     _out, err = process.communicate(timeout=60)
