@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -60,9 +61,9 @@ def test_cron_output_has_no_progress_and_no_escape(files_project: Project) -> No
             assert label not in output, output
 
 
-def _artifact_size(project: Project, component: str) -> int:
+def _artifact(project: Project, component: str) -> Path:
     (artifact,) = (project.backups / component).glob("*.enc")
-    return artifact.stat().st_size
+    return artifact
 
 
 def _completed(drawn: str, label: str, size: int) -> Frame:
@@ -78,7 +79,7 @@ def _completed(drawn: str, label: str, size: int) -> Frame:
 def test_the_checking_bar_counts_every_byte_of_the_artifact(files_project: Project) -> None:
     files_project.env["BACKUP_FORMAT"] = "single-file"  # one artifact, one MAC pass over it
     assert files_project.run("backup", "files").returncode == 0
-    size = _artifact_size(files_project, "files")
+    size = _artifact(files_project, "files").stat().st_size
 
     code, drawn = run_on_terminal(files_project, "verify", "files")
     assert code == 0, drawn
@@ -98,19 +99,24 @@ def offsite_files_project(files_project: Project, s3_server: S3Server, remote_ur
 
 def test_sync_shows_each_upload_and_download(offsite_files_project: Project) -> None:
     project = offsite_files_project
-    size = _artifact_size(project, "files")
+    artifact = _artifact(project, "files")
+    size = artifact.stat().st_size
     code, drawn = run_on_terminal(project, "sync")
     assert code == 0 and "1 backup(s) copied to" in drawn, drawn
     last = _completed(drawn, "uploading files-", size)
     assert RATE.search(last.line), last.line
 
     shutil.rmtree(project.backups / "files")
+    code, drawn = run_on_terminal(project, "restore", "files", "latest", "--yes")
+    assert code == 0 and "Using the off-site copy" in drawn, drawn
+    _completed(drawn, "downloading files-", size)  # a restore from the bucket shows it too
+
     code, drawn = run_on_terminal(project, "sync", "--pull")
     assert code == 0 and "1 backup(s) copied from" in drawn, drawn
     last = _completed(drawn, "downloading files-", size)
     assert RATE.search(last.line), last.line
     _completed(drawn, "checking files-", size)  # the MAC pass before it counts as a backup
-    assert _artifact_size(project, "files") == size
+    assert artifact.stat().st_size == size  # the one sync --pull brought back
 
 
 def test_cron_output_of_sync_has_no_progress(offsite_files_project: Project) -> None:
