@@ -119,6 +119,16 @@ def test_sync_shows_each_upload_and_download(offsite_files_project: Project) -> 
     assert artifact.stat().st_size == size  # the one sync --pull brought back
 
 
+def test_a_backup_shows_its_upload_off_site(offsite_files_project: Project) -> None:
+    project = offsite_files_project
+    before = set((project.backups / "files").glob("*.enc"))
+    code, drawn = run_on_terminal(project, "backup", "files")
+    assert code == 0, drawn
+    (new,) = set((project.backups / "files").glob("*.enc")) - before
+    last = _completed(drawn, "uploading files-", new.stat().st_size)
+    assert RATE.search(last.line), last.line
+
+
 def test_cron_output_of_sync_has_no_progress(offsite_files_project: Project) -> None:
     project = offsite_files_project
     runs = [("sync",), ("sync", "--pull")]
