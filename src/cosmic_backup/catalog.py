@@ -35,7 +35,7 @@ from cosmic_backup.format.manifest import (
     parse_manifest,
 )
 from cosmic_backup.states import Outcome, Trust
-from cosmic_backup.storage.base import Store, StoreNotFound
+from cosmic_backup.storage.base import Store, StoreNotFound, Transferred
 from cosmic_backup.storage.local import LocalStore
 
 COMPONENTS = ("database", "files", "config")
@@ -205,13 +205,14 @@ class StoreCatalog:
             "Do not trust this backup; use another one."
         )
 
-    def open_artifact(self, entry: Entry) -> BinaryIO:
-        """A seekable reader of the backup's stored bytes (not yet checked: see artifacts.py)."""
+    def open_artifact(self, entry: Entry, on_progress: Transferred | None = None) -> BinaryIO:
+        """A seekable reader of the backup's stored bytes (not yet checked: see artifacts.py);
+        `on_progress` hears of the bytes a remote store downloads first."""
         if not entry.manifest.artifact:
             raise NotFound(f"The backup {entry.id} has no artifact: it is a failure record.")
         name = f"{entry.manifest.component}/{entry.manifest.artifact}"
         try:
-            return self.store.open_read(name)
+            return self.store.open_read(name, on_progress)
         except StoreNotFound:
             raise NotFound(
                 f"The artifact of {entry.id} is missing from {self.store.describe()} "

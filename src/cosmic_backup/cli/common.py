@@ -76,6 +76,9 @@ def _terminal_progress(description: str, total: int | None) -> Iterator[Advance]
     ]
     with Progress(*columns, console=stderr, transient=True) as progress:
         task = progress.add_task(description, total=total)
+        # A sample of nothing at the start: rich needs two to show a rate, and a step that
+        # advances once (one S3 part, a small database read at once) would show only "?".
+        progress.advance(task, 0)
         yield lambda n: progress.advance(task, n)
 
 

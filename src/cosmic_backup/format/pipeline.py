@@ -271,19 +271,32 @@ class SealingWriter(io.RawIOBase):
             self.close()
 
 
-def compute_mac(source: BinaryIO, key: Key, chunk_size: int = CHUNK_SIZE) -> tuple[str, int]:
+def compute_mac(
+    source: BinaryIO,
+    key: Key,
+    chunk_size: int = CHUNK_SIZE,
+    on_progress: ProgressCallback | None = None,
+) -> tuple[str, int]:
     """The HMAC of every stored byte of `source`, and how many bytes there were."""
     mac = hmac.new(key.artifact_mac_key, digestmod=hashlib.sha256)
     size = 0
     while chunk := source.read(chunk_size):
         mac.update(chunk)
         size += len(chunk)
+        if on_progress is not None:  # a whole artifact takes a while: the bar moves with it
+            on_progress(len(chunk))
     return mac.hexdigest(), size
 
 
-def check_mac(source: BinaryIO, key: Key, expected_mac: str, expected_size: int | None) -> None:
+def check_mac(
+    source: BinaryIO,
+    key: Key,
+    expected_mac: str,
+    expected_size: int | None,
+    on_progress: ProgressCallback | None = None,
+) -> None:
     """Raise `IntegrityError` unless `source`, read to its end, has the expected MAC."""
-    actual, size = compute_mac(source, key)
+    actual, size = compute_mac(source, key, on_progress=on_progress)
     if expected_size is not None and size != expected_size:
         raise IntegrityError(
             f"The backup file has {size} bytes where its manifest records {expected_size}: "
@@ -396,8 +409,11 @@ def open_verified(
     expected_sha256: str | None = None,
     expected_plaintext_size: int | None = None,
     on_progress: ProgressCallback | None = None,
+    mac_progress: ProgressCallback | None = None,
 ) -> UnsealingReader:
     """Check the MAC of the whole (seekable) `source`, then return a plaintext reader on it.
+
+    `mac_progress` is fed the bytes of the MAC pass; `on_progress`, the reader's plaintext.
 
     The AES key and IV (PBKDF2 of the file's own salt, ~0.3 s) are derived in a thread
     started before the MAC pass, so the derivation overlaps it and whatever the caller
@@ -407,7 +423,7 @@ def open_verified(
     start = source.tell()
     derivation = _SaltDerivation.start(source.read(HEADER_LEN), key, iterations)
     source.seek(start)
-    check_mac(source, key, expected_mac, expected_stored_size)
+    check_mac(source, key, expected_mac, expected_stored_size, mac_progress)
     source.seek(start)
     header = source.read(HEADER_LEN)
     read_salt(header)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-from cosmic_backup.catalog import Entry
+from cosmic_backup.catalog import Entry, StoreCatalog
 from cosmic_backup.errors import IntegrityError
 from cosmic_backup.format.keys import Key
 from cosmic_backup.format.manifest import Manifest
@@ -29,13 +29,22 @@ def trusted_key(rt: Runtime, entry: Entry) -> Key:
     return key
 
 
+def open_stored(rt: Runtime, catalog: StoreCatalog, entry: Entry) -> BinaryIO:
+    """The stored bytes of a backup (`StoreCatalog.open_artifact`); a download from
+    off-site shows its progress, a local file opens at once."""
+    if catalog.where != "remote":
+        return catalog.open_artifact(entry)
+    with rt.progress(f"downloading {entry.id}", entry.manifest.stored_size) as advance:
+        return catalog.open_artifact(entry, advance)
+
+
 def open_plaintext(
     rt: Runtime, artifact: BinaryIO, manifest: Manifest, key: Key
 ) -> UnsealingReader:
     """Check the whole artifact's MAC before returning a reader of its plaintext."""
     if manifest.artifact_mac is None:
         raise IntegrityError(f"The manifest of {manifest.id} records no MAC; it cannot be trusted.")
-    with rt.progress(f"checking {manifest.id}", manifest.stored_size):
+    with rt.progress(f"checking {manifest.id}", manifest.stored_size) as advance:
         return open_verified(
             artifact,
             key,
@@ -44,4 +53,5 @@ def open_plaintext(
             expected_stored_size=manifest.stored_size,
             expected_sha256=manifest.plaintext_sha256,
             expected_plaintext_size=manifest.plaintext_size,
+            mac_progress=advance,
         )

@@ -39,8 +39,8 @@ from cosmic_backup.errors import CosmicError, IntegrityError, OperationFailed, U
 from cosmic_backup.format.keys import Key
 from cosmic_backup.format.manifest import Manifest, dump_manifest
 from cosmic_backup.format.pipeline import UnsealingReader, check_mac
-from cosmic_backup.operations.artifacts import open_plaintext
-from cosmic_backup.operations.context import Runtime
+from cosmic_backup.operations.artifacts import open_plaintext, open_stored
+from cosmic_backup.operations.context import Advance, Runtime
 from cosmic_backup.operations.store import PayloadReader, open_chunked
 from cosmic_backup.settings import check_offsite_environment
 from cosmic_backup.states import Trust
@@ -264,8 +264,9 @@ CHUNKED_OFFSITE = (
 )
 
 
-def upload(rt: Runtime, remote: StoreCatalog, entry: Entry) -> None:
-    """Copy one local backup off-site: artifact first, checked, then its manifest."""
+def upload(rt: Runtime, remote: StoreCatalog, entry: Entry, advance: Advance | None = None) -> None:
+    """Copy one local backup off-site: artifact first, checked, then its manifest;
+    `advance` hears of the artifact's bytes as the store accepts them."""
     manifest = entry.manifest
     local = rt.catalog
     if manifest.chunked:  # its chunks would not go: never a manifest naming missing data
@@ -276,7 +277,7 @@ def upload(rt: Runtime, remote: StoreCatalog, entry: Entry) -> None:
         name = f"{manifest.component}/{manifest.artifact}"
         with local.store.open_read(name) as source:
             tee = _MacTee(source, key)
-            remote.store.put(name, tee)  # type: ignore[arg-type]
+            remote.store.put(name, tee, advance)  # type: ignore[arg-type]
         if tee.size != manifest.stored_size or not hmac.compare_digest(
             tee.hexdigest(), manifest.artifact_mac or ""
         ):
@@ -309,8 +310,8 @@ def upload_after_backup(rt: Runtime, manifest: Manifest) -> str | None:
         if remote is None:
             return None
         entry = Entry(manifest, Trust.VERIFIED)
-        with rt.progress(f"uploading {manifest.id}", manifest.stored_size):
-            upload(rt, remote, entry)
+        with rt.progress(f"uploading {manifest.id}", manifest.stored_size) as advance:
+            upload(rt, remote, entry, advance)
     except (CosmicError, OSError) as exc:
         message = _sentence(exc)
         rt.log.error("off-site copy of %s failed: %s", manifest.id, message)
@@ -463,7 +464,8 @@ def _push_one(rt: Runtime, remote: StoreCatalog, entry: Entry) -> SyncItem:
         return SyncItem(entry.id, entry.manifest.component, "skipped", reason)
     try:
         mark_upload_pending(rt, entry.manifest)
-        upload(rt, remote, entry)
+        with rt.progress(f"uploading {entry.id}", entry.manifest.stored_size) as advance:
+            upload(rt, remote, entry, advance)
     except (CosmicError, OSError) as exc:
         message = _sentence(exc)
         rt.log.error("sync: upload of %s failed: %s", entry.id, message)
@@ -497,8 +499,9 @@ def _pull_one(rt: Runtime, remote: StoreCatalog, entry: Entry) -> SyncItem:
             )
         key = rt.keys.for_backup(manifest.id, manifest.key_fingerprint)
         name = f"{manifest.component}/{manifest.artifact}"
-        with remote.open_artifact(entry) as spool:
-            check_mac(spool, key, manifest.artifact_mac or "", manifest.stored_size)
+        with open_stored(rt, remote, entry) as spool:
+            with rt.progress(f"checking {manifest.id}", manifest.stored_size) as advance:
+                check_mac(spool, key, manifest.artifact_mac or "", manifest.stored_size, advance)
             spool.seek(0)
             rt.catalog.store.put(name, spool)
         manifest_name = remote.manifest_name(manifest.component, manifest.id)
@@ -661,7 +664,7 @@ def open_intact(
         yield open_chunked(rt, entry.manifest, key)
         return
     with contextlib.ExitStack() as stack:
-        artifact = stack.enter_context(located.catalog.open_artifact(entry))
+        artifact = stack.enter_context(open_stored(rt, located.catalog, entry))
         try:
             reader = open_plaintext(rt, artifact, entry.manifest, key)
         except IntegrityError as exc:
@@ -674,7 +677,7 @@ def open_intact(
                 f"({exc.message.rstrip('.')}); using its off-site copy "
                 f"({there[1].store.describe()})."
             )
-            artifact = stack.enter_context(there[1].open_artifact(there[0]))
+            artifact = stack.enter_context(open_stored(rt, there[1], there[0]))
             reader = open_plaintext(rt, artifact, there[0].manifest, key)
         yield reader
 

@@ -35,7 +35,7 @@ from cosmic_backup.errors import CosmicError, IntegrityError, NotFound, Operatio
 from cosmic_backup.format.keys import Key
 from cosmic_backup.format.manifest import Manifest
 from cosmic_backup.format.pipeline import CHUNK_SIZE, UnsealingReader
-from cosmic_backup.operations.artifacts import open_plaintext, trusted_key
+from cosmic_backup.operations.artifacts import open_plaintext, open_stored, trusted_key
 from cosmic_backup.operations.context import Runtime
 from cosmic_backup.operations.offsite import CHUNKED_OFFSITE, Located, select_anywhere
 from cosmic_backup.operations.restore_sandbox import (
@@ -162,7 +162,7 @@ def _open(rt: Runtime, located: Located, stack: contextlib.ExitStack) -> _Opened
             raise OperationFailed(CHUNKED_OFFSITE)
         return _Opened(entry, located.catalog, key, None, open_chunked(rt, entry.manifest, key))
     try:
-        artifact = stack.enter_context(located.catalog.open_artifact(entry))
+        artifact = stack.enter_context(open_stored(rt, located.catalog, entry))
     except OSError as exc:
         raise OperationFailed(
             f"The artifact of {entry.manifest.id} cannot be read ({exc.strerror})."

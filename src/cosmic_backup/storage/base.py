@@ -27,11 +27,16 @@ they belong to the local catalog, not to this contract.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from cosmic_backup.errors import OperationFailed
+
+# Fed the bytes moved since its last call (fewer, or negative, after a transfer restarts),
+# so a terminal can show an upload's or a download's progress.
+Transferred = Callable[[int], None]
 
 
 class StoreNotFound(FileNotFoundError):
@@ -68,12 +73,16 @@ class Store(Protocol):
         """A writable file; committed under `name` only when the block ends without error."""
         ...
 
-    def put(self, name: str, source: BinaryIO) -> ObjectInfo:
-        """Store everything `source` yields from its position to its end, atomically."""
+    def put(
+        self, name: str, source: BinaryIO, on_progress: Transferred | None = None
+    ) -> ObjectInfo:
+        """Store everything `source` yields from its position to its end, atomically;
+        `on_progress` is told of the bytes as they are stored."""
         ...
 
-    def open_read(self, name: str) -> BinaryIO:
-        """A seekable reader of the whole object; raises `StoreNotFound`."""
+    def open_read(self, name: str, on_progress: Transferred | None = None) -> BinaryIO:
+        """A seekable reader of the whole object; raises `StoreNotFound`. A remote store
+        tells `on_progress` of the bytes it downloads first."""
         ...
 
     def list(self, prefix: str) -> list[ObjectInfo]:

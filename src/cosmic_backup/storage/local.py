@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from cosmic_backup.errors import OperationFailed
 from cosmic_backup.sizes import free_space, human_size
-from cosmic_backup.storage.base import ObjectInfo, StoreNotFound, check_name
+from cosmic_backup.storage.base import ObjectInfo, StoreNotFound, Transferred, check_name
 
 PARTIAL_MARK = ".partial-"
 PRIVATE_DIR = 0o700
@@ -116,16 +115,22 @@ class LocalStore:
             temp.unlink(missing_ok=True)
             raise
 
-    def put(self, name: str, source: BinaryIO) -> ObjectInfo:
+    def put(
+        self, name: str, source: BinaryIO, on_progress: Transferred | None = None
+    ) -> ObjectInfo:
         with self.open_write(name) as sink:
-            shutil.copyfileobj(source, sink, COPY_CHUNK)
+            while chunk := source.read(COPY_CHUNK):
+                sink.write(chunk)
+                if on_progress is not None:
+                    on_progress(len(chunk))
         return self.stat(name)
 
     def write_bytes(self, name: str, data: bytes) -> None:
         with self.open_write(name) as handle:
             handle.write(data)
 
-    def open_read(self, name: str) -> BinaryIO:
+    def open_read(self, name: str, on_progress: Transferred | None = None) -> BinaryIO:
+        # A local file is opened, not copied: nothing moves that `on_progress` could show.
         try:
             return open(self.path(name), "rb")
         except FileNotFoundError as exc:

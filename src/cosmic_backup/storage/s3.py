@@ -30,6 +30,7 @@ from cosmic_backup.storage.base import (
     StoreNotFound,
     StorePermanent,
     StoreUnavailable,
+    Transferred,
     check_name,
 )
 
@@ -130,6 +131,24 @@ def make_client(attempts: int | None = None) -> Any:
         s3={"addressing_style": os.environ.get("AWS_S3_ADDRESSING_STYLE", "path")},
     )
     return boto3.session.Session().client("s3", config=config)
+
+
+def _nothing(_moved: int) -> None:
+    """The progress callback of a transfer nobody watches."""
+
+
+class _Position:
+    """Tells a progress callback where a download stands: a download that starts over
+    after a corrupt transfer moves the bar back, never past the object's size."""
+
+    def __init__(self, advance: Transferred) -> None:
+        self._advance = advance
+        self._reported = 0
+
+    def at(self, position: int) -> None:
+        if position != self._reported:
+            self._advance(position - self._reported)
+            self._reported = position
 
 
 def _b64(digest: bytes) -> str:
@@ -275,18 +294,24 @@ class S3Store:
             spool.seek(0)
             self.put(name, spool)  # type: ignore[arg-type]
 
-    def put(self, name: str, source: BinaryIO) -> ObjectInfo:
+    def put(
+        self, name: str, source: BinaryIO, on_progress: Transferred | None = None
+    ) -> ObjectInfo:
         """Upload `source` in one request or as a multipart upload (one part in memory),
-        each part's SHA-256 sent for the server to check, and compared with its answer."""
+        each part's SHA-256 sent for the server to check, and compared with its answer.
+        `on_progress` hears of each part once the store has accepted it."""
         key = self._key(name)
+        advance = on_progress or _nothing
         first = source.read(self.part_size)
         if len(first) < self.part_size:
-            return self._put_small(name, key, first)
+            info = self._put_small(name, key, first)
+            advance(len(first))
+            return info
         # Handed over in a list the parts loop empties, so no frame keeps the first part
         # alive for the whole upload: at most one part is in memory, not three.
         first_part = [first]
         del first
-        return self._put_multipart(name, key, first_part, source)
+        return self._put_multipart(name, key, first_part, source, advance)
 
     def _lock_arguments(self) -> dict[str, Any]:
         if not self.lock_days:
@@ -308,7 +333,7 @@ class S3Store:
         return self._check_arrived(name, len(data))
 
     def _put_multipart(
-        self, name: str, key: str, first_part: list[bytes], source: BinaryIO
+        self, name: str, key: str, first_part: list[bytes], source: BinaryIO, advance: Transferred
     ) -> ObjectInfo:
         bucket = self.location.bucket
         with self._calling("write to", name):
@@ -317,7 +342,9 @@ class S3Store:
             )
         upload_id = upload["UploadId"]
         try:
-            parts, digests, size = self._upload_parts(name, key, upload_id, first_part, source)
+            parts, digests, size = self._upload_parts(
+                name, key, upload_id, first_part, source, advance
+            )
             expected = f"{_b64(hashlib.sha256(b''.join(digests)).digest())}-{len(parts)}"
             with self._calling("write to", name):
                 answer = self.client.complete_multipart_upload(
@@ -330,7 +357,13 @@ class S3Store:
         return self._check_arrived(name, size)
 
     def _upload_parts(
-        self, name: str, key: str, upload_id: str, first_part: list[bytes], source: BinaryIO
+        self,
+        name: str,
+        key: str,
+        upload_id: str,
+        first_part: list[bytes],
+        source: BinaryIO,
+        advance: Transferred,
     ) -> tuple[list[dict[str, Any]], list[bytes], int]:
         """Send `first_part` (a one-item list, emptied here) and the rest of `source`."""
         parts: list[dict[str, Any]] = []
@@ -355,6 +388,7 @@ class S3Store:
             )
             digests.append(digest)
             size += len(data)
+            advance(len(data))
             data = b""  # drop this part before the next is read
             data = source.read(self.part_size)
         return parts, digests, size
@@ -391,12 +425,13 @@ class S3Store:
             )
         return info
 
-    def open_read(self, name: str) -> BinaryIO:
+    def open_read(self, name: str, on_progress: Transferred | None = None) -> BinaryIO:
         """Download to a private (0600, already unlinked) spool file, resuming after
         dropped connections, and hand it back positioned at its start."""
         spool = tempfile.TemporaryFile(dir=self.spool_dir)  # noqa: SIM115 - handed back open
         try:
-            total = self._download(name, spool)  # type: ignore[arg-type]
+            position = _Position(on_progress or _nothing)
+            total = self._download(name, spool, position)  # type: ignore[arg-type]
             if spool.tell() != total:
                 raise StoreUnavailable(
                     f"The download of {name} from {self.describe()} stopped short; try again."
@@ -407,20 +442,21 @@ class S3Store:
             raise
         return spool  # type: ignore[return-value]
 
-    def _download(self, name: str, sink: BinaryIO) -> int:
+    def _download(self, name: str, sink: BinaryIO, position: _Position) -> int:
         """Fetch `name` into `sink`; the object's size. After a dropped connection the next
         attempt resumes where the bytes stopped; after bytes that failed their checksum it
         starts again from the first byte, since none of them can be trusted."""
         checksum: str | None = None
         for attempt in range(1, self.attempts + 1):
             try:
-                total, answered = self._download_once(name, sink)
+                total, answered = self._download_once(name, sink, position)
                 checksum = answered or checksum  # a resumed (206) answer carries none
                 self._check_parts(name, sink, checksum)
                 return total
             except CorruptTransfer:
                 sink.seek(0)
                 sink.truncate()
+                position.at(0)
                 if attempt == self.attempts:
                     raise IntegrityError(
                         f"The off-site copy of {name} failed its SHA-256 check on each of "
@@ -433,7 +469,9 @@ class S3Store:
             time.sleep(min(0.2 * 2**attempt, 5.0))
         raise AssertionError("unreachable")
 
-    def _download_once(self, name: str, sink: BinaryIO) -> tuple[int, str | None]:
+    def _download_once(
+        self, name: str, sink: BinaryIO, position: _Position
+    ) -> tuple[int, str | None]:
         """One GET, from where `sink` stands: the object's size, and the SHA-256 the store
         answered for the whole object (None for a range)."""
         offset = sink.tell()
@@ -445,6 +483,7 @@ class S3Store:
             total = self._continue_at(name, answer, offset, sink)
             for chunk in answer["Body"].iter_chunks(DOWNLOAD_CHUNK):
                 sink.write(chunk)
+                position.at(sink.tell())
         whole = answer.get("ResponseMetadata", {}).get("HTTPStatusCode") == 200
         return total, answer.get("ChecksumSHA256") if whole else None
 

@@ -131,3 +131,11 @@ def test_a_reader_is_private_to_this_user(store: Store) -> None:
     with store.open_read("database/secret") as handle:
         # a download is spooled to a 0600 file, never one others could read
         assert os.fstat(handle.fileno()).st_mode & 0o077 == 0
+
+
+def test_put_tells_its_progress_of_every_byte_stored(store: Store) -> None:
+    body = os.urandom(3 * 1024 * 1024 + 5)
+    moved: list[int] = []
+    store.put("files/a.tar.gz.enc", io.BytesIO(body), moved.append)
+    assert sum(moved) == len(body) and all(n > 0 for n in moved)
+    assert _read(store, "files/a.tar.gz.enc") == body

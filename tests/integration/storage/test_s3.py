@@ -209,3 +209,34 @@ def test_a_multipart_object_corrupted_in_transit_is_fetched_again(
         assert handle.read() == body
     reads = [s for s in s3_proxy.requests("GET", "big.tar.gz.enc") if "attributes" not in s.target]
     assert [(s.fault, s.ranged) for s in reads] == [("corrupt", False), ("", False)]
+
+
+def _positions(moved: list[int]) -> list[int]:
+    """Where a progress bar fed `moved` stood after each call."""
+    at, shown = 0, []
+    for n in moved:
+        at += n
+        shown.append(at)
+    return shown
+
+
+def test_progress_follows_the_parts_accepted_and_a_download_that_starts_over(
+    s3_server: S3Server, s3_proxy: S3Proxy, remote_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store(s3_server, monkeypatch, remote_url, AWS_ENDPOINT_URL=s3_proxy.endpoint)
+    store.part_size = 5 * 1024 * 1024
+    body = os.urandom(2 * store.part_size + 1000)
+    sent: list[int] = []
+    store.put("files/big.tar.gz.enc", io.BytesIO(body), sent.append)
+    assert sent == [store.part_size, store.part_size, 1000]  # each part once accepted
+    small: list[int] = []
+    store.put("config/a", io.BytesIO(b"abc"), small.append)
+    assert small == [3]
+
+    s3_proxy.add(Fault.corrupt(), method="GET", path="big.tar.gz.enc", nth=1)
+    received: list[int] = []
+    with store.open_read("files/big.tar.gz.enc", received.append) as handle:
+        assert handle.read() == body
+    shown = _positions(received)
+    assert len(received) > 3 and min(received) < 0  # it moved, and went back to start over
+    assert max(shown) == len(body) and shown[-1] == len(body)  # never past the object's size
