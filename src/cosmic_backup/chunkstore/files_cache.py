@@ -15,6 +15,7 @@ import logging
 import os
 import sqlite3
 import struct
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,11 @@ class FileState:
     @classmethod
     def of(cls, info: os.stat_result) -> FileState:
         return cls(info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev)
+
+
+def tar_record_size(header_length: int, size: int) -> int:
+    """A file's tar record: its header, then its content padded to whole 512-byte blocks."""
+    return header_length + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
 
 def cache_path(layout: StoreLayout, component: str) -> Path:

@@ -10,11 +10,10 @@ since the files cache recorded it is not opened: its record's chunks are named a
 from __future__ import annotations
 
 import os
-import tarfile
 import time
 from collections.abc import Callable
 
-from cosmic_backup.chunkstore.files_cache import FilesCache, FileState
+from cosmic_backup.chunkstore.files_cache import FilesCache, FileState, tar_record_size
 from cosmic_backup.chunkstore.writer import ChunkingWriter, PayloadWriter
 from cosmic_backup.format.chunk_list import ChunkRef
 
@@ -63,7 +62,8 @@ class RecordWriter(ChunkingWriter):
             return False
         state = FileState.of(info)
         refs = self._cache.lookup(path, state, header)
-        if refs is None or sum(ref.plain_length for ref in refs) != _record_size(header, state):
+        size = tar_record_size(len(header), state.size)
+        if refs is None or sum(ref.plain_length for ref in refs) != size:
             return False
         if not self._payload.all_stored(refs):  # pruned, or its pack lost: read it again
             return False
@@ -72,7 +72,7 @@ class RecordWriter(ChunkingWriter):
         self._cache.remember(path, state, header, refs)
         self.reused_files += 1
         if self._on_progress is not None:
-            self._on_progress(_record_size(header, state))
+            self._on_progress(size)
         return True
 
     def file_read(self, path: str, info: os.stat_result, header: bytes, trusted: bool) -> None:
@@ -84,8 +84,3 @@ class RecordWriter(ChunkingWriter):
         if max(info.st_mtime_ns, info.st_ctime_ns) >= self._racy_after:
             return
         self._cache.remember(path, FileState.of(info), header, self._record)
-
-
-def _record_size(header: bytes, state: FileState) -> int:
-    """A file's tar record: its header, its content padded to whole 512-byte blocks."""
-    return len(header) + -(-state.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol, runtime_checkable
 
+from cosmic_backup.chunkstore.files_cache import FileState, tar_record_size
+
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: FIFOs
 COPY_CHUNK = 1024 * 1024  # a file's content is read and handed on in pieces of this size
 
@@ -335,7 +337,7 @@ class TarWriter:
             header = self._header(self._file_member(arcname, info))
             if self._out.reuse_file(arcname, info, header):
                 # Unchanged since the last backup: not opened, its stored record named.
-                self._offset += len(header) + _padded(info.st_size)
+                self._offset += tar_record_size(len(header), info.st_size)
                 self._count_file(info.st_size)
                 return
         fd = self._open(parent, name, arcname)
@@ -349,12 +351,9 @@ class TarWriter:
             reader = _ExactReader(handle, before.st_size)
             header = self._addfile(self._file_member(arcname, before), reader)
             after = os.fstat(fd)
-        changed = reader.changed or (after.st_size, after.st_mtime_ns) != (
-            before.st_size,
-            before.st_mtime_ns,
-        )
-        # Cached only if nothing at all moved while it was read (a chmod bumps ctime).
-        trusted = reader.error is None and not changed and _state(after) == _state(before)
+        # ctime too: a write whose mtime was set back while it was read still shows there.
+        changed = reader.changed or FileState.of(after) != FileState.of(before)
+        trusted = reader.error is None and not changed  # only then may the cache keep it
         if reader.error is not None:
             # The header is already in the stream: the member stays, cut short and
             # padded, and the warning says so (a streamed tar cannot take it back).
@@ -368,15 +367,6 @@ class TarWriter:
             self._warn(f"{arcname} changed while it was read; the copy may be inconsistent")
         self._out.file_read(arcname, before, header, trusted)
         self._count_file(before.st_size)
-
-
-def _padded(size: int) -> int:
-    return -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-
-
-def _state(info: os.stat_result) -> tuple[int, int, int, int, int]:
-    """What tells a file changed: as the files cache compares it."""
-    return (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev)
 
 
 def identities(paths: Iterable[Path]) -> frozenset[tuple[int, int]]:
