@@ -345,3 +345,19 @@ def test_a_failed_backup_keeps_the_old_cache_and_leaves_no_new_one(harness: Harn
     FilesCache(store.layout, "files", LOG)  # killed: its .new stays...
     FilesCache(store.layout, "files", LOG).discard()  # ...until the next backup starts
     assert not new.exists() and path.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_big_file_round_trips_and_an_append_adds_only_its_tail(harness: Harness) -> None:
+    big = harness.uploads / "video.mp4"
+    _random_file(big, 60 * MiB + 123)
+    settle()
+    first = harness.backup()
+    assert first.record.chunks > 30  # cut by CDC inside the file, ~1 MiB chunks
+    with big.open("ab") as handle:
+        handle.write(os.urandom(100_000))
+    appended = harness.backup()
+    assert appended.reused == 0
+    assert appended.record.added_bytes < 6 * MiB  # the last chunks, not the whole file
+    assert harness.payload(appended) == harness.plain_tar()
+    assert harness.restored(appended) == tree_snapshot(harness.uploads)
