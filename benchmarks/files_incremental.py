@@ -144,7 +144,8 @@ def report(tools: list[Tool], single: Tool, mib: int) -> None:
     )
     now = tools[0]
     print(
-        f"first backup / single-file full backup: {now.median('first') / single.median('first'):.2f}"
+        "first backup / single-file full backup: "
+        f"{now.median('first') / single.median('first'):.2f}"
     )
     for other in tools[1:]:
         for step in STEPS:
