@@ -24,11 +24,15 @@ from cosmic_backup.format.chunk_list import ChunkRef
 from cosmic_backup.storage.local import PRIVATE_FILE, fsync_dir
 
 NEW_SUFFIX = ".new"
+# Keyed by the path in the archive, as its folder and its name: the walk asks for one
+# folder's files in a row, so one query per folder answers them (not one per file).
 SCHEMA = (
-    "CREATE TABLE files (path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
-    "ctime_ns INTEGER, inode INTEGER, device INTEGER, header_sha256 BLOB, chunks BLOB) "
-    "WITHOUT ROWID"
+    "CREATE TABLE files (folder BLOB, name BLOB, size INTEGER, mtime_ns INTEGER, "
+    "ctime_ns INTEGER, inode INTEGER, device INTEGER, header_sha256 BLOB, chunks BLOB, "
+    "PRIMARY KEY (folder, name)) WITHOUT ROWID"
 )
+FOLDERS_KEPT = 64  # folders' rows held at once: those the walk is inside, and a few more
+INSERT_EVERY = 1000  # rows written to the new cache in one statement
 _REF = struct.Struct(">32sI")  # a chunk id and its plain length, as the `chunks` column packs them
 
 
@@ -60,8 +64,10 @@ def header_digest(header: bytes) -> bytes:
     return hashlib.sha256(header).digest()
 
 
-def _path_key(path: str) -> bytes:
-    return path.encode("utf-8", "surrogateescape")  # names that are not UTF-8 stay exact
+def _path_key(path: str) -> tuple[bytes, bytes]:
+    """(folder, name) as bytes; names that are not UTF-8 stay exact."""
+    folder, _, name = path.encode("utf-8", "surrogateescape").rpartition(b"/")
+    return folder, name
 
 
 def _pack_refs(refs: list[ChunkRef]) -> bytes:
@@ -81,14 +87,16 @@ class FilesCache:
         self._new_path = self.path.with_name(self.path.name + NEW_SUFFIX)
         layout.private_folder(layout.cache)
         self._old = self._open_old()
+        self._folders: dict[bytes, dict[bytes, tuple]] = {}
         self._new = self._create_new()
+        self._pending: list[tuple] = []
 
     def _open_old(self) -> sqlite3.Connection | None:
         if not self.path.is_file():
             return None
         try:
             old = sqlite3.connect(f"{self.path.as_uri()}?mode=ro&immutable=1", uri=True)
-            old.execute("SELECT path FROM files LIMIT 1").fetchall()
+            old.execute("SELECT folder, name, chunks FROM files LIMIT 1").fetchall()
         except sqlite3.DatabaseError as exc:
             self._unreadable(exc)
             return None
@@ -110,16 +118,28 @@ class FilesCache:
         new.execute(SCHEMA)
         return new
 
+    def _folder_rows(self, folder: bytes) -> dict[bytes, tuple]:
+        """The cached rows of one folder's files, by name, from one query."""
+        rows = self._folders.pop(folder, None)
+        if rows is None and self._old is not None:
+            query = (
+                "SELECT name, size, mtime_ns, ctime_ns, inode, device, header_sha256, chunks "
+                "FROM files WHERE folder = ?"
+            )
+            rows = {row[0]: row[1:] for row in self._old.execute(query, (folder,))}
+        rows = rows or {}
+        self._folders[folder] = rows  # the most recently used last
+        while len(self._folders) > FOLDERS_KEPT:
+            del self._folders[next(iter(self._folders))]
+        return rows
+
     def lookup(self, path: str, state: FileState, header: bytes) -> list[ChunkRef] | None:
         """The chunks of the file's record, if it was cached with this stat and header."""
         if self._old is None:
             return None
+        folder, name = _path_key(path)
         try:
-            row = self._old.execute(
-                "SELECT size, mtime_ns, ctime_ns, inode, device, header_sha256, chunks "
-                "FROM files WHERE path = ?",
-                (_path_key(path),),
-            ).fetchone()
+            row = self._folder_rows(folder).get(name)
         except sqlite3.DatabaseError as exc:
             self._unreadable(exc)
             self._old = None
@@ -129,10 +149,9 @@ class FilesCache:
         return _unpack_refs(row[6])
 
     def remember(self, path: str, state: FileState, header: bytes, refs: list[ChunkRef]) -> None:
-        self._new.execute(
-            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        self._pending.append(
             (
-                _path_key(path),
+                *_path_key(path),
                 state.size,
                 state.mtime_ns,
                 state.ctime_ns,
@@ -140,8 +159,16 @@ class FilesCache:
                 state.device,
                 header_digest(header),
                 _pack_refs(refs),
-            ),
+            )
         )
+        if len(self._pending) >= INSERT_EVERY:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        self._new.executemany(
+            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", self._pending
+        )
+        self._pending = []
 
     def _close_old(self) -> None:
         if self._old is not None:
@@ -151,6 +178,7 @@ class FilesCache:
     def commit(self) -> None:
         """After the manifest: the new cache replaces the old one, durably."""
         self._close_old()
+        self._write_pending()
         self._new.commit()
         self._new.close()
         with open(self._new_path, "rb") as handle:

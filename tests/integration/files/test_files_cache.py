@@ -102,7 +102,8 @@ class Harness:
 
     def cached_paths(self) -> set[str]:
         with sqlite3.connect(cache_path(self.store().layout, "files")) as db:
-            return {row[0].decode() for row in db.execute("SELECT path FROM files")}
+            rows = db.execute("SELECT folder, name FROM files")
+            return {f"{folder.decode()}/{name.decode()}" for folder, name in rows}
 
 
 @pytest.fixture
