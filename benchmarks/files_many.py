@@ -58,6 +58,9 @@ def main() -> None:
         backup_s, backup_rss = measure([*cli, "backup", "files"], env)
         second_s, second_rss = second_backups([*cli, "backup", "files"], env, args.runs)
         stored = objects(base / "app" / "tmp" / "backups")
+        # Each backup ends with retention and the store's sweep (it reads every kept
+        # backup's chunk list): timed alone here, to show its share.
+        sweep_s, _ = measure([*cli, "prune"], env)
         for peer in peers:
             peer.fresh()
             peer_first, _ = measure(peer.folder_backup(base / "app", "uploads"), peer.env)
@@ -80,6 +83,7 @@ def main() -> None:
         f"second backup, nothing changed: {second_s:6.2f} s (median of {args.runs}), "
         f"peak RSS {second_rss:4.0f} MiB; {stored} objects in the store and beside it"
     )
+    print(f"  of which retention and the store's sweep: `prune` alone takes {sweep_s:.2f} s")
     for line in peer_lines:
         print(line)
     print(
