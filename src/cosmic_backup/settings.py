@@ -181,6 +181,12 @@ class Settings:
         _choice(FORMAT_CHUNKED, FORMAT_SINGLE_FILE),
         "how new backups are stored: chunked (the deduplicating store) or single-file",
     )
+    force_read: bool = setting(
+        "BACKUP_FORCE_READ",
+        False,
+        _bool,
+        "files: read every file, ignoring the files cache (for those who distrust mtimes)",
+    )
     kdf_iterations: int = setting(
         "BACKUP_KDF_ITERATIONS",
         MIN_KDF_ITERATIONS,

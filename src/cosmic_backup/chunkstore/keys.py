@@ -8,6 +8,7 @@ in its name only says which key it is for.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 from pathlib import Path
@@ -104,16 +105,30 @@ def wrap_fingerprints(layout: StoreLayout) -> list[str]:
     return sorted({fingerprint for _, fingerprint, _ in _wraps(layout)})
 
 
+# Wraps this process has opened: (SHA-256 of the passphrase, of the wrap's bytes, the
+# count) -> the data key. A backup opens the store twice (the backup, then prune's sweep),
+# and each open costs two full-count derivations (the wrap MAC key, then the wrap's own
+# salt): the same bytes under the same passphrase give the same key, so the second open
+# is free. In memory only, as the key itself is.
+_unwrapped: dict[tuple[bytes, bytes, int], DataKey] = {}
+
+
 def unwrap_with(layout: StoreLayout, user_key: Key, iterations: int) -> DataKey:
+    wraps = [(path.read_bytes(), mac) for path, _fingerprint, mac in _wraps(layout)]
+    secret = hashlib.sha256(user_key.passphrase).digest()
+    for stored, _mac in wraps:
+        known = _unwrapped.get((secret, hashlib.sha256(stored).digest(), iterations))
+        if known is not None:
+            return known
     mac_key = wrap_mac_key(user_key, iterations)
-    wraps = _wraps(layout)
-    for path, _fingerprint, mac in wraps:
-        stored = path.read_bytes()
+    for stored, mac in wraps:
         if hmac.compare_digest(mac_of(stored, mac_key), mac):
-            # The MAC matched: decrypt with the key already derived (no second 600,000).
             line = unseal(stored, user_key.passphrase, iterations, mac_key, mac)
-            return DataKey.from_line(line)
-    made_for = ", ".join(sorted({fingerprint for _, fingerprint, _ in wraps})) or "none"
+            data_key = DataKey.from_line(line)
+            _unwrapped[(secret, hashlib.sha256(stored).digest(), iterations)] = data_key
+            return data_key
+    wraps_found = _wraps(layout)
+    made_for = ", ".join(sorted({fingerprint for _, fingerprint, _ in wraps_found})) or "none"
     raise KeyProblem(
         f"No data key wrap in {layout.keys} opens with the key {user_key.fingerprint} (wraps "
         f"there are for the keys: {made_for}): use the key the store was made with."

@@ -47,7 +47,9 @@ class ChunkListRecord:
     new_chunks: int  # chunks this backup stored, the entry text's parts included
     new_packs: int
     plaintext_size: int
-    plaintext_sha256: str
+    # None when the writer named chunks it did not read (a file unchanged since the files
+    # cache recorded it): each chunk's keyed id and the MACed list still bind every byte.
+    plaintext_sha256: str | None
     added_bytes: int  # new packs, index objects and the list: the manifest's stored_size
 
     def manifest_field(self) -> dict[str, Any]:
@@ -75,7 +77,8 @@ class ChunkSink:
         self.new_packs = 0
         self.added_bytes = 0
 
-    def _known(self, chunk_id: bytes) -> bool:
+    def known(self, chunk_id: bytes) -> bool:
+        """Is this chunk stored in a pack that is on disk (or in the open pack)?"""
         if self._pack is not None and chunk_id in self._pack.chunks:
             return True
         location = self._loaded.index.lookup(chunk_id)
@@ -83,7 +86,7 @@ class ChunkSink:
 
     def put(self, data: bytes | memoryview) -> ChunkRef:
         ref = ChunkRef(self._store.data_key.chunk_id(data), len(data))
-        if self._known(ref.chunk_id):
+        if self.known(ref.chunk_id):
             return ref
         if self._pack is None:
             self._pack = PackWriter(
@@ -160,6 +163,7 @@ class PayloadWriter:
         self._entry_count = 0
         self._size = 0
         self._sha256 = hashlib.sha256()
+        self._read_every_byte = True  # False once a chunk was named without its bytes
 
     def __enter__(self) -> PayloadWriter:
         return self
@@ -168,11 +172,27 @@ class PayloadWriter:
         self._sink.abort()
         self._entries.close()
 
-    def _add_chunk(self, data: memoryview) -> None:
+    def _add_chunk(self, data: memoryview) -> ChunkRef:
         self._sha256.update(data)
-        self._size += len(data)
-        self._entries.write(entry_line(self._sink.put(data)))
+        ref = self._sink.put(data)
+        self._add_entry(ref)
+        return ref
+
+    def _add_entry(self, ref: ChunkRef) -> None:
+        self._size += ref.plain_length
+        self._entries.write(entry_line(ref))
         self._entry_count += 1
+
+    def all_stored(self, refs: list[ChunkRef]) -> bool:
+        return all(self._sink.known(ref.chunk_id) for ref in refs)
+
+    def add_stored(self, refs: list[ChunkRef]) -> None:
+        """Name chunks already stored (`all_stored`), without their bytes: the payload's
+        SHA-256 is then unknown, and the manifest records none."""
+        for ref in refs:
+            self._add_entry(ref)
+        if refs:
+            self._read_every_byte = False
 
     def add_stream(self, stream: BinaryIO, kind: str) -> None:
         """Cut a stream as it comes (a dump: one stream; it is read to its end)."""
@@ -225,7 +245,7 @@ class PayloadWriter:
             new_chunks=self._sink.new_chunks,
             new_packs=self._sink.new_packs,
             plaintext_size=self._size,
-            plaintext_sha256=self._sha256.hexdigest(),
+            plaintext_sha256=self._sha256.hexdigest() if self._read_every_byte else None,
             added_bytes=self._sink.added_bytes + len(stored),
         )
 
@@ -245,6 +265,7 @@ class ChunkingWriter(io.RawIOBase):
         self._cut_at = max(CUT_EVERY, 2 * payload._store.config.chunker(kind).max)
         self._buffer = bytearray()
         self._on_progress = on_progress
+        self._cut_refs: list[ChunkRef] = []  # the chunks cut since the last `end_piece`
 
     def writable(self) -> bool:
         return True
@@ -264,11 +285,18 @@ class ChunkingWriter(io.RawIOBase):
             cuts.pop()  # its end is the buffer's, not a boundary
         with memoryview(self._buffer) as view:
             for offset, length in cuts:
-                self._payload._add_chunk(view[offset : offset + length])
+                self._cut_refs.append(self._payload._add_chunk(view[offset : offset + length]))
         done = cuts[-1][0] + cuts[-1][1] if cuts else 0
         del self._buffer[:done]
 
-    def finish(self) -> None:
-        """Cut what is left: the payload's last chunks."""
+    def end_piece(self) -> list[ChunkRef]:
+        """A boundary here: what is buffered is cut now, so the next byte starts a chunk.
+        Returns the chunks cut since the last boundary."""
         if self._buffer:
             self._cut(final=True)
+        refs, self._cut_refs = self._cut_refs, []
+        return refs
+
+    def finish(self) -> None:
+        """Cut what is left: the payload's last chunks."""
+        self.end_piece()

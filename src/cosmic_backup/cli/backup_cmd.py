@@ -62,6 +62,13 @@ def backup(
             "through a temporary folder as large as the plain dump.",
         ),
     ] = None,
+    force_read: Annotated[
+        bool,
+        typer.Option(
+            "--force-read",
+            help="Files and config: read every file, ignoring the files cache (BACKUP_FORCE_READ).",
+        ),
+    ] = False,
 ) -> None:
     """Take encrypted backups (./scripts/backup.sh all|database|files|config)."""
     names = components_for(what)
@@ -70,7 +77,11 @@ def backup(
     if tag not in (TAG_MANUAL, TAG_SCHEDULED):
         raise UsageError(f"--tag must be {TAG_MANUAL} or {TAG_SCHEDULED}, not '{tag}'.")
     mode = MODE_SCHEMA_ONLY if schema_only else MODE_FULL if full else None
-    flags = {"metrics_file": metrics_file, "db_jobs": _jobs(jobs)}
+    flags = {
+        "metrics_file": metrics_file,
+        "db_jobs": _jobs(jobs),
+        "force_read": True if force_read else None,  # None: the setting decides
+    }
     runtime = open_cli_runtime(ctx, settings_for(ctx, **flags))
     outcomes = backup_components(runtime, names, BackupRequest(mode=mode, tags=(tag,)))
     _report(ctx, outcomes, runtime.relative(runtime.log_file))

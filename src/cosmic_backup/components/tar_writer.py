@@ -20,7 +20,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from cosmic_backup.chunkstore.files_cache import FileState, tar_record_size
 
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: FIFOs
 COPY_CHUNK = 1024 * 1024  # a file's content is read and handed on in pieces of this size
@@ -28,6 +30,45 @@ COPY_CHUNK = 1024 * 1024  # a file's content is read and handed on in pieces of 
 
 class _Content(Protocol):
     def read(self, count: int, /) -> bytes: ...
+
+
+@runtime_checkable
+class RecordSink(Protocol):
+    """An `out` that wants the tar's records marked (the chunk store's RecordWriter cuts
+    chunks there) and may name an unchanged file's stored record instead of its bytes."""
+
+    caching: bool
+
+    def write(self, data: bytes, /) -> int: ...
+    def begin_record(self) -> None: ...
+    def end_header(self, size: int) -> None: ...
+    def end_record(self) -> None: ...
+    def reuse_file(self, path: str, info: os.stat_result, header: bytes) -> bool: ...
+    def file_read(self, path: str, info: os.stat_result, header: bytes, trusted: bool) -> None: ...
+
+
+class _PlainOut:
+    """A plain stream (an artifact, a test's BytesIO): no records, nothing reused."""
+
+    caching = False
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.write = out.write
+
+    def begin_record(self) -> None:
+        pass
+
+    def end_header(self, size: int) -> None:
+        pass
+
+    def end_record(self) -> None:
+        pass
+
+    def reuse_file(self, path: str, info: os.stat_result, header: bytes) -> bool:
+        return False
+
+    def file_read(self, path: str, info: os.stat_result, header: bytes, trusted: bool) -> None:
+        pass
 
 
 @dataclass
@@ -118,7 +159,7 @@ class TarWriter:
 
     def __init__(self, out: BinaryIO, log: logging.Logger, exclude: Iterable[Path] = ()) -> None:
         self._excluded = identities(exclude)
-        self._out = out
+        self._out: RecordSink = out if isinstance(out, RecordSink) else _PlainOut(out)
         self._offset = 0  # bytes written so far: the end is padded to a whole record
         self._log = log
         self.stats = TreeStats()
@@ -137,10 +178,22 @@ class TarWriter:
         self._out.write(data)
         self._offset += len(data)
 
-    def _addfile(self, member: tarfile.TarInfo, content: _Content | None = None) -> None:
-        self._write(member.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"))
-        if content is None or not member.size:
-            return
+    @staticmethod
+    def _header(member: tarfile.TarInfo) -> bytes:
+        return member.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+
+    def _addfile(self, member: tarfile.TarInfo, content: _Content | None = None) -> bytes:
+        """Write one record (header, content, padding); returns its header."""
+        header = self._header(member)
+        self._out.begin_record()
+        self._write(header)
+        self._out.end_header(member.size)
+        if content is not None and member.size:
+            self._copy(member, content)
+        self._out.end_record()
+        return header
+
+    def _copy(self, member: tarfile.TarInfo, content: _Content) -> None:
         left = member.size
         while left:
             data = content.read(min(COPY_CHUNK, left))
@@ -202,7 +255,7 @@ class TarWriter:
         elif stat.S_ISDIR(info.st_mode):
             self._add_folder(walk, parent, name, arcname, info)
         elif stat.S_ISREG(info.st_mode):
-            self._add_file(parent, name, arcname)
+            self._add_file(parent, name, arcname, info)
         else:
             self._warn(f"{arcname} is a socket, device or FIFO; skipped")
 
@@ -268,7 +321,25 @@ class TarWriter:
             return
         walk.append(_Folder(fd, arcname, children))
 
-    def _add_file(self, parent: int | None, name: str, arcname: str) -> None:
+    def _file_member(self, arcname: str, info: os.stat_result) -> tarfile.TarInfo:
+        member = self._tarinfo(arcname, info, tarfile.REGTYPE)
+        member.size = info.st_size
+        return member
+
+    def _count_file(self, size: int) -> None:
+        self.stats.files += 1
+        self.stats.bytes += size
+
+    def _add_file(self, parent: int | None, name: str, arcname: str, info: os.stat_result) -> None:
+        # The header rebuilt from the stat must match the cached one too: a new owner,
+        # mode or name is a new header even where the cache's stat fields would agree.
+        if self._out.caching:
+            header = self._header(self._file_member(arcname, info))
+            if self._out.reuse_file(arcname, info, header):
+                # Unchanged since the last backup: not opened, its stored record named.
+                self._offset += tar_record_size(len(header), info.st_size)
+                self._count_file(info.st_size)
+                return
         fd = self._open(parent, name, arcname)
         if fd is None:
             return
@@ -277,11 +348,12 @@ class TarWriter:
             if not stat.S_ISREG(before.st_mode):
                 self._warn(f"{arcname} changed while it was read; skipped")
                 return
-            member = self._tarinfo(arcname, before, tarfile.REGTYPE)
-            member.size = before.st_size
             reader = _ExactReader(handle, before.st_size)
-            self._addfile(member, reader)
+            header = self._addfile(self._file_member(arcname, before), reader)
             after = os.fstat(fd)
+        # ctime too: a write whose mtime was set back while it was read still shows there.
+        changed = reader.changed or FileState.of(after) != FileState.of(before)
+        trusted = reader.error is None and not changed  # only then may the cache keep it
         if reader.error is not None:
             # The header is already in the stream: the member stays, cut short and
             # padded, and the warning says so (a streamed tar cannot take it back).
@@ -291,13 +363,10 @@ class TarWriter:
                 f"{reader.done} of {before.st_size} bytes; its copy in this backup is cut short "
                 "(padded with zeros): check that disk and back it up again"
             )
-        elif reader.changed or (after.st_size, after.st_mtime_ns) != (
-            before.st_size,
-            before.st_mtime_ns,
-        ):
+        elif changed:
             self._warn(f"{arcname} changed while it was read; the copy may be inconsistent")
-        self.stats.files += 1
-        self.stats.bytes += before.st_size
+        self._out.file_read(arcname, before, header, trusted)
+        self._count_file(before.st_size)
 
 
 def identities(paths: Iterable[Path]) -> frozenset[tuple[int, int]]:

@@ -15,6 +15,8 @@ from typing import Any
 
 from cosmic_backup import __version__
 from cosmic_backup.catalog import LockFailed
+from cosmic_backup.chunkstore.files_cache import FilesCache
+from cosmic_backup.chunkstore.records import RecordWriter
 from cosmic_backup.clock import iso
 from cosmic_backup.components import create_component
 from cosmic_backup.components.base import BackupRequest, Component, Produced
@@ -118,9 +120,18 @@ def _backup_locked(rt: Runtime, component: Component, request: BackupRequest) ->
     key: Key | None = None
     try:
         key = rt.keys.current(create=True).key
-        produced, stored = _write_payload(rt, component, request, backup_id, key)
-        manifest = _good_manifest(rt, component, request, backup_id, started, key, produced, stored)
-        rt.catalog.write_manifest(manifest, key)  # last: only now is the backup listed as good
+        produced, stored, cache = _write_payload(rt, component, request, backup_id, key)
+        try:
+            manifest = _good_manifest(
+                rt, component, request, backup_id, started, key, produced, stored
+            )
+            rt.catalog.write_manifest(manifest, key)  # last: only now is the backup good
+        except BaseException:
+            if cache is not None:
+                cache.discard()
+            raise
+        if cache is not None:  # the files cache of a backup that exists
+            cache.commit()
         if rt.settings.remote and not manifest.is_pre_restore:  # uploaded next: pending
             mark_upload_pending(rt, manifest)  # until confirmed, whatever dies in between
     except BaseException as exc:
@@ -184,7 +195,7 @@ class StoredPayload:
     """Where a backup's payload went and its figures: the manifest fields of its format."""
 
     plaintext_size: int
-    plaintext_sha256: str
+    plaintext_sha256: str | None  # format 2: None when unchanged files were not read
     stored_size: int  # format 1: the artifact; format 2: the bytes added to the store
     kdf: dict[str, Any]
     format_version: int = FORMAT_VERSION
@@ -199,9 +210,10 @@ class StoredPayload:
 
 def _write_payload(
     rt: Runtime, component: Component, request: BackupRequest, backup_id: str, key: Key
-) -> tuple[Produced, StoredPayload]:
+) -> tuple[Produced, StoredPayload, FilesCache | None]:
+    """The payload, and the new files cache to put in place once the manifest is written."""
     if rt.settings.backup_format == FORMAT_SINGLE_FILE:
-        return _write_artifact(rt, component, request, backup_id, key)
+        return (*_write_artifact(rt, component, request, backup_id, key), None)
     return _write_chunked(rt, component, request, backup_id, key)
 
 
@@ -238,27 +250,46 @@ def _write_artifact(
 
 def _write_chunked(
     rt: Runtime, component: Component, request: BackupRequest, backup_id: str, key: Key
-) -> tuple[Produced, StoredPayload]:
+) -> tuple[Produced, StoredPayload, FilesCache | None]:
     """The payload, produced as for an artifact, cut into the chunk store; the chunk list
-    is written by `finish`, before the caller writes the manifest (the commit point)."""
+    is written by `finish`, before the caller writes the manifest (the commit point).
+    A tar is cut at its records, and files unchanged since the files cache are named."""
     store = open_chunk_store(rt, key, create=True)
     kind = STREAM if component.name == "database" else FILE
-    with (
-        rt.progress(f"{component.name} backup", None) as advance,
-        store.payload_writer(component.name, backup_id, payload=component.payload) as payload,
-    ):
-        writer = payload.stream_writer(kind, on_progress=advance)
-        produced = component.produce(writer, request)  # type: ignore[arg-type]
-        writer.finish()
-        record = payload.finish()
-    return produced, StoredPayload(
-        plaintext_size=record.plaintext_size,
-        plaintext_sha256=record.plaintext_sha256,
-        stored_size=record.added_bytes,
-        kdf=kdf_description(store.config.object_iterations, salt="per object"),
-        format_version=FORMAT_CHUNKED,
-        chunk_list=record.manifest_field(),
-        data_key=store.data_key.fingerprint,
+    cache = FilesCache(store.layout, component.name, rt.log) if component.payload == "tar" else None
+    try:
+        with (
+            rt.progress(f"{component.name} backup", None) as advance,
+            store.payload_writer(component.name, backup_id, payload=component.payload) as payload,
+        ):
+            writer = (
+                payload.stream_writer(kind, on_progress=advance)
+                if cache is None
+                else RecordWriter(
+                    payload, kind, cache, use_cache=not rt.settings.force_read, on_progress=advance
+                )
+            )
+            produced = component.produce(writer, request)  # type: ignore[arg-type]
+            writer.finish()
+            record = payload.finish()
+    except BaseException:
+        if cache is not None:
+            cache.discard()
+        raise
+    if isinstance(writer, RecordWriter) and writer.reused_files:
+        rt.log.info("%d unchanged file(s) named from the files cache", writer.reused_files)
+    return (
+        produced,
+        StoredPayload(
+            plaintext_size=record.plaintext_size,
+            plaintext_sha256=record.plaintext_sha256,
+            stored_size=record.added_bytes,
+            kdf=kdf_description(store.config.object_iterations, salt="per object"),
+            format_version=FORMAT_CHUNKED,
+            chunk_list=record.manifest_field(),
+            data_key=store.data_key.fingerprint,
+        ),
+        cache,
     )
 
 

@@ -57,7 +57,7 @@ def _wrap_for_current_key(rt: Runtime, key: Key) -> ChunkStore:
 def chunk_list_record(manifest: Manifest) -> ChunkListRecord:
     """The record `finish` gave when the backup was written, from its (verified) manifest."""
     listed = manifest.chunk_list
-    if not listed or manifest.plaintext_sha256 is None or manifest.plaintext_size is None:
+    if not listed or manifest.plaintext_size is None:  # no SHA-256 when files were reused
         raise IntegrityError(
             f"The manifest of {manifest.id} is of a chunked backup but records no chunk list; "
             "it cannot be trusted."
