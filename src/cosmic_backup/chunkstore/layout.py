@@ -48,6 +48,11 @@ class StoreLayout:
     def tmp(self) -> Path:
         return self.store / "tmp"
 
+    @property
+    def cache(self) -> Path:
+        """Local records, never uploaded, rebuilt or forgotten if lost."""
+        return self.store / "cache"
+
     def pack(self, name: str) -> Path:
         return self.packs / name[:2] / name
 
