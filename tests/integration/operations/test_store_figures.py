@@ -106,6 +106,9 @@ def test_status_and_metrics_show_the_store_size_dedup_ratio_and_last_prune(
 
     text = project.run("status").stdout
     assert "deduplication ratio 2.0x" in text and "last prune" in text
+    page = tmp_path / "report.html"
+    ok(project.run("report", "--html", str(page)))
+    assert "a deduplication ratio of 2.0x" in page.read_text()
     single = project.run("--json", "status", env={"BACKUP_DIR": str(tmp_path / "elsewhere")})
     assert json.loads(single.stdout)["store"] is None  # a root without a store
 
