@@ -100,3 +100,23 @@ def test_a_subset_that_is_not_one_is_one_sentence(project: Project) -> None:
     result = project.run("verify", "--read-data-subset", "150%")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "is not a subset" in result.stderr and "n/t" in result.stderr
+
+
+def test_a_chunk_no_index_object_places_is_refused_before_the_files_change(
+    project: Project,
+) -> None:
+    from tests.integration.files.test_files_chunked import snapshot
+
+    ids = three_backups_sharing_their_packs(project)
+    for index_object in (project.backups / "store" / "index").iterdir():
+        index_object.unlink()
+    (project.root / "uploads" / "photo-0.bin").write_bytes(b"changed since the backup")
+    live = snapshot(project)
+    restore = project.run("restore", "files", "latest", "--yes", "--no-safety-backup")
+    assert restore.returncode == INTEGRITY_EXIT, restore.stderr
+    assert "is in no index object" in restore.stderr and "Traceback" not in restore.stderr
+    assert snapshot(project) == live
+    assert not [p for p in project.root.iterdir() if p.name.startswith(".cosmic-")]
+    sampled = project.run("--json", "verify", "--read-data-subset", "1/2")
+    assert sampled.returncode == INTEGRITY_EXIT
+    assert [r["id"] for r in json.loads(sampled.stdout) if not r["ok"]] == ids
