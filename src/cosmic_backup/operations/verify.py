@@ -30,13 +30,18 @@ from cosmic_backup.chunkstore.reader import BrokenChunk
 from cosmic_backup.chunkstore.store import ChunkStore
 from cosmic_backup.clock import iso
 from cosmic_backup.components import create_component
-from cosmic_backup.errors import CosmicError, IntegrityError, OperationFailed
+from cosmic_backup.errors import CosmicError, OperationFailed
 from cosmic_backup.format.manifest import Manifest
 from cosmic_backup.format.pipeline import CHUNK_SIZE
 from cosmic_backup.operations.artifacts import open_plaintext, trusted_key
 from cosmic_backup.operations.context import Runtime
 from cosmic_backup.operations.offsite import CHUNKED_OFFSITE, locate_all, select_anywhere
-from cosmic_backup.operations.store import chunk_list_record, open_chunk_store, open_chunked
+from cosmic_backup.operations.store import (
+    check_same_store,
+    chunk_list_record,
+    open_chunk_store,
+    open_chunked,
+)
 from cosmic_backup.storage.local import replace_file
 
 VERIFIED_FILE = ".offsite-verified.json"  # verifications the store would not let us record
@@ -85,11 +90,14 @@ def verify_backups(
             return _name_every_backup_a_pack_breaks(
                 rt, [_verify_one(rt, x.entry, x.catalog) for x in found]
             ), None
-        sampled = [x.entry for x in found if x.entry.manifest.chunked and x.catalog is rt.catalog]
-        results = [_verify_one(rt, x.entry, x.catalog) for x in found if x.entry not in sampled]
+        # Format 1 backups are verified whole; chunked ones off-site are refused as ever.
+        sampled, whole = [], []
+        for x in found:
+            (sampled if x.entry.manifest.chunked and x.catalog is rt.catalog else whole).append(x)
+        results = [_verify_one(rt, x.entry, x.catalog) for x in whole]
         if not sampled:
             return results, None
-        subset_results, report = _verify_sampled(rt, sampled, window)
+        subset_results, report = _verify_sampled(rt, [x.entry for x in sampled], window)
         return results + subset_results, report
 
 
@@ -113,9 +121,9 @@ def _name_every_backup_a_pack_breaks(
     if not any(r.pack for r in results):
         return results
     key = rt.keys.current_if_any()
+    if key is None:
+        return results
     try:
-        if key is None:
-            raise OperationFailed("no key")
         check = map_packs(open_chunk_store(rt, key), _chunked_lives(rt), None)
     except CosmicError as exc:  # the failures stand; only the cross-reference is missing
         rt.log.warning("verify could not list the backups each pack breaks: %s", exc.message)
@@ -136,13 +144,8 @@ def _verify_sampled(
     for entry in entries:
         try:
             key = trusted_key(rt, entry)
-            store = store or open_chunk_store(rt, key)
-            if entry.manifest.data_key != store.data_key.fingerprint:
-                raise IntegrityError(
-                    f"The backup {entry.id} was written with the data key "
-                    f"{entry.manifest.data_key}, not this root's store's: restore it from its "
-                    "own backup root."
-                )
+            store = store or open_chunk_store(rt, key)  # one unwrap of the data key for all
+            check_same_store(entry.manifest, store)
         except CosmicError as exc:
             results[entry.id] = VerifyResult(entry.id, entry.manifest.component, False, exc.message)
     if store is None:

@@ -120,3 +120,17 @@ def test_a_chunk_no_index_object_places_is_refused_before_the_files_change(
     sampled = project.run("--json", "verify", "--read-data-subset", "1/2")
     assert sampled.returncode == INTEGRITY_EXIT
     assert [r["id"] for r in json.loads(sampled.stdout) if not r["ok"]] == ids
+
+
+def test_with_a_subset_single_file_backups_are_still_verified_whole(project: Project) -> None:
+    store_project(project, files=2)
+    ok(project.run("backup", "files", env={"BACKUP_FORMAT": "single-file"}))
+    ok(project.run("backup", "files"))
+    single, chunked = listed(project)
+    results = json.loads(ok(project.run("--json", "verify", "--read-data-subset", "50%")).stdout)
+    by_id = {r["id"]: r for r in results}
+    assert by_id[single["id"]]["ok"] and "packs" not in by_id[single["id"]]["figures"]
+    assert by_id[single["id"]]["figures"]  # the tar's structure check ran
+    assert by_id[chunked["id"]]["ok"] and by_id[chunked["id"]]["figures"]["packs"] >= 3
+    after = {e["id"]: e.get("verified_at") for e in listed(project)}
+    assert after[single["id"]] and after[chunked["id"]] is None
