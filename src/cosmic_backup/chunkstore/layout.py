@@ -50,6 +50,7 @@ class StoreLayout:
 
     @property
     def cache(self) -> Path:
+        """Local records, never uploaded, rebuilt or forgotten if lost."""
         return self.store / "cache"
 
     def pack(self, name: str) -> Path:

@@ -10,6 +10,7 @@ no index object in force names) is what the next sweep deletes.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 from array import array
@@ -39,6 +40,7 @@ from cosmic_backup.errors import CosmicError, IntegrityError
 from cosmic_backup.format.cipher import HEADER_LEN
 from cosmic_backup.format.index_text import ChunkPlace, IndexText, PackRecord
 from cosmic_backup.format.keys import Key
+from cosmic_backup.progress import Advance, Progress, no_progress
 from cosmic_backup.storage.local import fsync_dir
 
 GRACE = timedelta(hours=24)
@@ -125,6 +127,19 @@ class SweepResult:
     deleted_lists: list[str] = field(default_factory=list)
     deleted_index_objects: list[str] = field(default_factory=list)
 
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "dry_run": self.dry_run,
+            "freed_bytes": self.freed_bytes,
+            "live_backups": self.live_backups,
+            "marked_chunks": self.marked_chunks,
+            "deleted_packs": len(self.deleted_packs),
+            "repacked_packs": len(self.repacked_packs),
+            "new_packs": len(self.new_packs),
+            "young_packs": len(self.young_packs),
+            "deleted_lists": len(self.deleted_lists),
+        }
+
     def describe(self) -> str:
         verb = "would free" if self.dry_run else "freed"
         return (
@@ -191,8 +206,11 @@ def _unlistable(exc: CosmicError) -> IntegrityError:
     )
 
 
-def mark(store: ChunkStore, lives: Iterable[LiveList]) -> tuple[MarkSet, int]:
-    """The chunks every live backup needs (its entry text's parts and its payload's)."""
+def mark(
+    store: ChunkStore, lives: Iterable[LiveList], advance: Advance = lambda _n: None
+) -> tuple[MarkSet, int]:
+    """The chunks every live backup needs (its entry text's parts and its payload's);
+    `advance` is given each backup's payload size once its chunks are marked."""
     lives = list(lives)
     try:
         parts = {
@@ -210,6 +228,7 @@ def mark(store: ChunkStore, lives: Iterable[LiveList]) -> tuple[MarkSet, int]:
                 marks.add(ref.chunk_id)
         except CosmicError as exc:
             raise _unlistable(exc) from None
+        advance(record.plaintext_size)
     return marks, len(lives)
 
 
@@ -347,15 +366,20 @@ def sweep_store(
     dry_run: bool,
     now: datetime,
     grace: timedelta = GRACE,
+    progress: Progress = no_progress,
 ) -> SweepResult:
     """Free what no live backup uses. Call it under the root's lock; with `dry_run`,
-    nothing is written or deleted and the result says what would be freed."""
+    nothing is written or deleted and the result says what would be freed. `progress`
+    shows the mark (the live backups' bytes) and the sweep (the bytes of the packs
+    repacked and deleted)."""
     store = ChunkStore.open(root, user_key, clock=FixedClock(now))
     older_than = (now - grace).timestamp()
     result = SweepResult(dry_run)
     if not dry_run:
         store.remove_leftovers()  # killed writers' temporary files (we hold the lock)
-    marks, result.live_backups = mark(store, lives)
+    lives = list(lives)
+    with progress("prune: marking chunks", sum(r.plaintext_size for _, r in lives)) as advance:
+        marks, result.live_backups = mark(store, lives, advance)
     result.marked_chunks = len(marks)
     state = plan_index(store, marks)
     plan = plan_packs(store, state, older_than)
@@ -374,15 +398,20 @@ def sweep_store(
     for path in dead_lists:  # the backups are retired first: their lists go before chunks
         path.unlink(missing_ok=True)
     if plan.changes_packs or state.superseded:
-        new_packs = repack(store, plan.repack, marks)
-        result.new_packs = [pack.name for pack in new_packs]
-        write_new_index(store, plan.keep, new_packs, state, now)
-        result.deleted_index_objects = _delete_all(store.layout.index, state.names)
-        _delete_packs(store.layout, plan.delete + result.repacked_packs)
+        # Each repacked pack is read, then deleted: its bytes count twice.
+        work = _pack_bytes(store, plan.delete + 2 * result.repacked_packs)
+        with progress("prune: sweeping packs", work) as advance:
+            new_packs = repack(store, plan.repack, marks, advance)
+            result.new_packs = [pack.name for pack in new_packs]
+            write_new_index(store, plan.keep, new_packs, state, now)
+            result.deleted_index_objects = _delete_all(store.layout.index, state.names)
+            _delete_packs(store.layout, plan.delete + result.repacked_packs, advance)
     return result
 
 
-def repack(store: ChunkStore, packs: list[PackPlan], marks: MarkSet) -> list[PackRecord]:
+def repack(
+    store: ChunkStore, packs: list[PackPlan], marks: MarkSet, advance: Advance = lambda _n: None
+) -> list[PackRecord]:
     """Copy the live members of `packs`, as they are, into new durable packs."""
     written: list[PackRecord] = []
     writer: PackWriter | None = None
@@ -400,6 +429,7 @@ def repack(store: ChunkStore, packs: list[PackPlan], marks: MarkSet) -> list[Pac
             if writer.full:
                 written.append(writer.commit())
                 writer = None
+        advance(pack.record.stored_size)
     if writer is not None:
         written.append(writer.commit())
     return written
@@ -444,15 +474,27 @@ def _delete_all(folder: Path, names: list[str]) -> list[str]:
     return names
 
 
-def _delete_packs(layout: StoreLayout, names: list[str]) -> None:
+def _delete_packs(
+    layout: StoreLayout, names: list[str], advance: Advance = lambda _n: None
+) -> None:
     for name in names:
-        layout.pack(name).unlink(missing_ok=True)
+        path = layout.pack(name)
+        with contextlib.suppress(FileNotFoundError):  # a killed sweep's, or a manual rm
+            size = path.stat().st_size
+            path.unlink()
+            advance(size)
     for folder in {layout.pack(name).parent for name in names}:
         fsync_dir(folder)
 
 
 def sweep_if_store(
-    root: Path, user_key: Key, *, dry_run: bool, now: datetime, retired: Iterable[str] = ()
+    root: Path,
+    user_key: Key,
+    *,
+    dry_run: bool,
+    now: datetime,
+    retired: Iterable[str] = (),
+    progress: Progress = no_progress,
 ) -> SweepResult | None:
     """The hook prune calls: no-op for a root without a store. `retired` names backups
     the (dry-run) retention plan removes, so they count as dead."""
@@ -460,7 +502,7 @@ def sweep_if_store(
         return None
     gone = set(retired)
     lives = [live for live in live_lists(root) if live[0] not in gone]
-    return sweep_store(root, user_key, lives, dry_run=dry_run, now=now)
+    return sweep_store(root, user_key, lives, dry_run=dry_run, now=now, progress=progress)
 
 
 __all__ = ["GRACE", "SweepResult", "live_lists", "sweep_if_store", "sweep_store"]

@@ -40,6 +40,19 @@ def component_of(backup_id: str) -> str:
     return component
 
 
+class BrokenChunk(IntegrityError):
+    """A chunk a backup needs cannot be read: `why` says so, `pack` is where it should be
+    (None when no index object places it). `verify` groups them by pack."""
+
+    def __init__(self, backup_id: str, chunk_id: bytes, why: str, pack: str | None) -> None:
+        super().__init__(
+            f"Backup {backup_id} cannot be read: its chunk {chunk_id.hex()} {why}. " + WHAT_TO_DO
+        )
+        self.chunk_id = chunk_id
+        self.why = why
+        self.pack = pack
+
+
 class ChunkReader:
     """Chunks by id, through the loaded index, keeping the last pack's plaintext."""
 
@@ -49,11 +62,8 @@ class ChunkReader:
         self._pack_name: str | None = None
         self._pack_plaintext = b""
 
-    def _refused(self, ref: ChunkRef, why: str) -> IntegrityError:
-        return IntegrityError(
-            f"Backup {self._backup_id} cannot be read: its chunk {ref.chunk_id.hex()} {why}. "
-            + WHAT_TO_DO
-        )
+    def _refused(self, ref: ChunkRef, why: str, pack: str | None = None) -> BrokenChunk:
+        return BrokenChunk(self._backup_id, ref.chunk_id, why, pack)
 
     def locate(self, ref: ChunkRef) -> Location:
         location = self._store.loaded_index.index.lookup(ref.chunk_id)
@@ -67,7 +77,7 @@ class ChunkReader:
         pack = self.locate(ref).pack
         if pack not in checked:
             if not self._store.layout.pack(pack).is_file():
-                raise self._refused(ref, f"is in the pack {pack}, which is missing")
+                raise self._refused(ref, f"is in the pack {pack}, which is missing", pack)
             checked.add(pack)
 
     def read(self, ref: ChunkRef) -> bytes:
@@ -78,14 +88,25 @@ class ChunkReader:
             try:
                 plaintext = read_pack(store.layout, store.data_key, store.config, location.pack)
             except PackProblem as exc:
-                raise self._refused(ref, f"is in the pack {exc.pack}, which {exc.what}") from None
+                raise self._refused(
+                    ref, f"is in the pack {exc.pack}, which {exc.what}", exc.pack
+                ) from None
             self._pack_name, self._pack_plaintext = location.pack, plaintext
-        data = cut_member(self._pack_plaintext, location.offset, location.length)
+        try:
+            data = cut_member(self._pack_plaintext, location.offset, location.length)
+        except IntegrityError as exc:  # the pack's MAC held: its index object is wrong
+            raise self._refused(
+                ref, f"cannot be cut from the pack {location.pack} ({exc.message})", location.pack
+            ) from None
         if len(data) != ref.plain_length or len(data) != location.plain_length:
-            raise self._refused(ref, f"read from the pack {location.pack} has the wrong length")
+            raise self._refused(
+                ref, f"read from the pack {location.pack} has the wrong length", location.pack
+            )
         actual = self._store.data_key.chunk_id(data)
         if not hmac.compare_digest(actual, ref.chunk_id):
-            raise self._refused(ref, f"read from the pack {location.pack} does not match its id")
+            raise self._refused(
+                ref, f"read from the pack {location.pack} does not match its id", location.pack
+            )
         return data
 
 

@@ -14,7 +14,8 @@ import typer
 from rich.console import Console
 
 from cosmic_backup.errors import UsageError
-from cosmic_backup.operations.context import Advance, Runtime, no_progress, open_runtime
+from cosmic_backup.operations.context import Runtime, open_runtime
+from cosmic_backup.progress import Advance, no_progress
 from cosmic_backup.settings import Settings, load_settings
 from cosmic_backup.sizes import human_size as human_size  # the commands' tables use it
 

@@ -24,7 +24,8 @@ from cosmic_backup.cli.common import (
 from cosmic_backup.clock import parse_iso
 from cosmic_backup.components import COMPONENT_NAMES
 from cosmic_backup.errors import UsageError
-from cosmic_backup.operations.prune import prune
+from cosmic_backup.operations.metrics import write_metrics_file
+from cosmic_backup.operations.prune import PruneReport, prune
 from cosmic_backup.operations.retention import Policy
 from cosmic_backup.operations.schedule import (
     crontab,
@@ -35,10 +36,12 @@ from cosmic_backup.operations.schedule import (
 )
 from cosmic_backup.operations.status import (
     ComponentStatus,
+    StoreStatus,
     alert_if_unhealthy,
     collect,
     exit_code,
     human_age,
+    store_status,
 )
 from cosmic_backup.states import Health
 
@@ -68,13 +71,17 @@ def prune_command(
     }
     runtime = open_cli_runtime(ctx, settings_for(ctx, **flags))
     policy = Policy.from_settings(runtime.settings)
-    results = prune(runtime, [what] if what else list(COMPONENT_NAMES), policy, dry_run=dry_run)
+    report = prune(runtime, [what] if what else list(COMPONENT_NAMES), policy, dry_run=dry_run)
+    results = report.results
+    if runtime.settings.metrics_file and not dry_run:
+        write_metrics_file(runtime)  # the last prune's figures
     if state(ctx).json:
         emit_json(
             {
                 "dry_run": dry_run,
                 "policy": dataclasses.asdict(policy),
                 "components": [r.to_dict() for r in results],
+                **report.to_dict(),
             }
         )
         return
@@ -91,7 +98,15 @@ def prune_command(
                 markup=False,
             )
     total = sum(len(r.removed) for r in results)
-    stdout.print(f"{total} backup(s) {done}.", markup=False)
+    stdout.print(f"{total} backup(s) {done}; {_freed(report)}.", markup=False)
+
+
+def _freed(report: PruneReport) -> str:
+    verb = "would free" if report.dry_run else "freed"
+    line = f"{verb} {human_size(report.freed_bytes)} locally"
+    if report.sweep is not None:
+        line += f" ({human_size(report.sweep.freed_bytes)} of it in the chunk store)"
+    return line
 
 
 def status(
@@ -113,11 +128,32 @@ def status(
     code = exit_code(statuses)
     if alert:
         alert_if_unhealthy(runtime, statuses)
+    store = store_status(runtime)
     if state(ctx).json:
-        emit_json({"healthy": code == 0, "components": [s.to_dict() for s in statuses]})
+        emit_json(
+            {
+                "healthy": code == 0,
+                "components": [s.to_dict() for s in statuses],
+                "store": store.to_dict() if store else None,
+            }
+        )
     elif code or not quiet:
         _print_status(statuses)
+        if store is not None:
+            stdout.print(_store_line(store), markup=False)
     exit_with(code)
+
+
+def _store_line(store: StoreStatus) -> str:
+    ratio = f"{store.dedup_ratio:.1f}x" if store.dedup_ratio else "-"
+    line = (
+        f"chunk store: {human_size(store.store_bytes)} for {store.backups} backup(s) of "
+        f"{human_size(store.plaintext_bytes)}, deduplication ratio {ratio}"
+    )
+    last = store.last_prune
+    if last:
+        line += f"; last prune {_local_time(last['at'])} freed {human_size(last['freed_bytes'])}"
+    return line
 
 
 def _restore_test_cell(test: dict[str, Any] | None) -> str:

@@ -19,7 +19,7 @@ from cosmic_backup.cli.common import (
 )
 from cosmic_backup.errors import ExitCode, UsageError
 from cosmic_backup.operations.restore_test import DrillReport, RestoreTestResult, restore_test
-from cosmic_backup.operations.verify import verify_backups
+from cosmic_backup.operations.verify import SubsetReport, VerifyResult, verify_backups
 
 
 def verify(
@@ -46,28 +46,57 @@ def verify(
             "database on this server (dropped afterwards) instead of a throwaway server.",
         ),
     ] = None,
+    read_data_subset: Annotated[
+        str | None,
+        typer.Option(
+            "--read-data-subset",
+            help="Chunked backups: read only N% of the packs (a window that moves on after "
+            "each clean run, so successive runs cover the store), or n/t (the n-th of t "
+            "slices); every list and every pack's presence are still checked.",
+        ),
+    ] = None,
 ) -> None:
     """Prove backups restorable: MAC, decryption, SHA-256 and structure; with
     --restore-test, a real restore where nothing live is touched."""
     if restore_test_flag:
+        if read_data_subset is not None:
+            raise UsageError("--read-data-subset is for verify without --restore-test.")
         _restore_test(ctx, what, selector, into)
         return
     if into is not None:
         raise UsageError("--into is for --restore-test; add --restore-test or leave it out.")
     check_component(what)
     runtime = open_cli_runtime(ctx, settings_for(ctx))
-    results = verify_backups(runtime, what, selector)
+    results, subset = verify_backups(runtime, what, selector, subset=read_data_subset)
     if state(ctx).json:
         emit_json([result.to_dict() for result in results])
-    elif not results:
+    else:
+        _print_results(results, subset)
+    exit_with(0 if all(r.ok for r in results) else int(ExitCode.INTEGRITY))
+
+
+def _print_results(results: list[VerifyResult], subset: SubsetReport | None) -> None:
+    if not results:
         stdout.print("There are no good backups to verify.", markup=False)
-    for result in results if not state(ctx).json else []:
+    for result in results:
         stdout.print(
             f"{result.id:<32} {'ok' if result.ok else 'FAILED'}  "
-            f"{result.message.removeprefix('ok').lstrip('; ') if result.ok else result.message}",
+            f"{result.message.removeprefix('ok').lstrip('; :') if result.ok else result.message}",
             markup=False,
         )
-    exit_with(0 if all(r.ok for r in results) else int(ExitCode.INTEGRITY))
+    breaks = {r.pack: r.pack_breaks for r in results if r.pack and r.pack_breaks}
+    for pack, backups in sorted(breaks.items()):
+        stdout.print(
+            f"The pack {pack} breaks {len(backups)} backup(s): {', '.join(backups)}.",
+            markup=False,
+        )
+    if subset is not None:
+        moved = "the next run goes on from there" if subset.moved_on else "the window stays"
+        stdout.print(
+            f"Read {subset.packs_read} of the {subset.packs_used} packs the backups use "
+            f"({subset.window}); {moved}.",
+            markup=False,
+        )
 
 
 def _restore_test(

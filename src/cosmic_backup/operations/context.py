@@ -17,16 +17,8 @@ from cosmic_backup.clock import Clock, SystemClock
 from cosmic_backup.components.files import recover_interrupted_restore
 from cosmic_backup.logs import new_run_id, setup_logging
 from cosmic_backup.operations.keys import KeySource
+from cosmic_backup.progress import Progress, no_progress
 from cosmic_backup.settings import Settings
-
-Advance = Callable[[int], None]
-# progress(description, total bytes or None) -> a context giving a callback fed byte counts
-Progress = Callable[[str, int | None], contextlib.AbstractContextManager[Advance]]
-
-
-@contextlib.contextmanager
-def no_progress(_description: str, _total: int | None) -> Iterator[Advance]:
-    yield lambda _n: None
 
 
 def _discard(_message: str) -> None:

@@ -14,6 +14,7 @@ from cosmic_backup.clock import parse_iso
 from cosmic_backup.components import COMPONENT_NAMES
 from cosmic_backup.operations.context import Runtime
 from cosmic_backup.operations.offsite import read_pending
+from cosmic_backup.operations.status import StoreStatus, store_status
 from cosmic_backup.states import Trust
 from cosmic_backup.storage.local import replace_file
 
@@ -36,6 +37,32 @@ METRICS = (
         "Backups whose upload off-site failed and is not completed yet (with BACKUP_REMOTE).",
     ),
 )
+
+
+# The chunk store's gauges: one store per root, so no component label.
+STORE_METRICS = (
+    ("cosmic_backup_store_size_bytes", "Bytes the chunk store keeps (packs, index, lists)."),
+    (
+        "cosmic_backup_store_dedup_ratio",
+        "The chunked backups' payload bytes, summed, over the chunk store's bytes.",
+    ),
+    ("cosmic_backup_last_prune_freed_bytes", "Bytes the last prune freed."),
+    ("cosmic_backup_last_prune_timestamp_seconds", "Unix time of the last prune."),
+)
+
+
+def store_values(store: StoreStatus | None) -> dict[str, float]:
+    if store is None:
+        return {}
+    values = {"cosmic_backup_store_size_bytes": float(store.store_bytes)}
+    if store.dedup_ratio is not None:
+        values["cosmic_backup_store_dedup_ratio"] = store.dedup_ratio
+    if store.last_prune:
+        values["cosmic_backup_last_prune_freed_bytes"] = float(store.last_prune["freed_bytes"])
+        values["cosmic_backup_last_prune_timestamp_seconds"] = parse_iso(
+            store.last_prune["at"]
+        ).timestamp()
+    return values
 
 
 def component_values(entries: list[Entry]) -> dict[str, float]:
@@ -75,7 +102,9 @@ def restore_test_values(entries: list[Entry]) -> dict[str, float]:
     return values
 
 
-def render(per_component: dict[str, dict[str, float]]) -> str:
+def render(
+    per_component: dict[str, dict[str, float]], store: dict[str, float] | None = None
+) -> str:
     lines = []
     for name, help_text in METRICS:
         lines.append(f"# HELP {name} {help_text}")
@@ -83,6 +112,11 @@ def render(per_component: dict[str, dict[str, float]]) -> str:
         for component, values in per_component.items():
             if name in values:
                 lines.append(f'{name}{{component="{component}"}} {values[name]:.3f}')
+    for name, help_text in STORE_METRICS:
+        if store and name in store:
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} gauge")
+            lines.append(f"{name} {store[name]:.3f}")
     return "\n".join(lines) + "\n"
 
 
@@ -105,6 +139,6 @@ def write_metrics_file(rt: Runtime) -> None:
             missing = sum(1 for item in pending if item.get("component") == name)
             values[name]["cosmic_backup_offsite_missing"] = float(missing)
     try:
-        write_atomically(path, render(values))
+        write_atomically(path, render(values, store_values(store_status(rt))))
     except OSError as exc:
         rt.log.warning("the metrics file %s could not be written: %s", path, exc.strerror)

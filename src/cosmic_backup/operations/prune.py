@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cosmic_backup.catalog import Entry, StoreCatalog
+from cosmic_backup.chunkstore.figures import LastPrune, record_last_prune
 from cosmic_backup.chunkstore.keys import store_exists
 from cosmic_backup.chunkstore.layout import StoreLayout
-from cosmic_backup.chunkstore.prune import sweep_if_store
+from cosmic_backup.chunkstore.prune import SweepResult, sweep_if_store
+from cosmic_backup.clock import iso
 from cosmic_backup.errors import CosmicError
 from cosmic_backup.operations.context import Runtime
 from cosmic_backup.operations.offsite import (
@@ -38,11 +40,40 @@ class PruneResult:
         }
 
 
-def prune(
-    rt: Runtime, components: list[str], policy: Policy, *, dry_run: bool
-) -> list[PruneResult]:
+@dataclass
+class PruneReport:
+    """Every component's retention, the chunk store's sweep, and the bytes either frees
+    (would free, with `dry_run`)."""
+
+    dry_run: bool
+    results: list[PruneResult] = field(default_factory=list)
+    retention_freed_bytes: int = 0  # local artifacts and chunk lists of removed backups
+    sweep: SweepResult | None = None  # None: a root without a chunk store
+
+    @property
+    def freed_bytes(self) -> int:
+        return self.retention_freed_bytes + (self.sweep.freed_bytes if self.sweep else 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "freed_bytes": self.freed_bytes,
+            "retention_freed_bytes": self.retention_freed_bytes,
+            "chunk_store": self.sweep.to_dict() if self.sweep else None,
+        }
+
+
+def removed_bytes(entry: Entry) -> int:
+    """The local bytes retention frees with a backup: its artifact, or its chunk list
+    (a chunked backup's chunks are the sweep's to free)."""
+    manifest = entry.manifest
+    if manifest.chunk_list:
+        return int(manifest.chunk_list.get("stored_size") or 0)
+    return int(manifest.stored_size or 0) if manifest.artifact else 0
+
+
+def prune(rt: Runtime, components: list[str], policy: Policy, *, dry_run: bool) -> PruneReport:
     """Apply `policy` to each component (nothing is deleted with `dry_run`), and to the logs."""
-    results = []
+    report = PruneReport(dry_run)
     with rt.catalog.lock("prune", wait=rt.wait):
         for component in components:
             plan = plan_retention(rt.catalog.entries(component), policy, rt.clock.now())
@@ -52,28 +83,57 @@ def prune(
                     rt.catalog.delete_backup(entry)
                     rt.log.info("retention removed %s (older than %d days)", entry.id, policy.days)
                 removed.append(entry.id)
-            results.append(PruneResult(component, plan, removed))
-        results.extend(_prune_offsite(rt, components, policy, dry_run=dry_run))
+                report.retention_freed_bytes += removed_bytes(entry)
+            report.results.append(PruneResult(component, plan, removed))
+        report.results.extend(_prune_offsite(rt, components, policy, dry_run=dry_run))
         if not dry_run:
             prune_logs(rt, policy.days)
-        _sweep_chunk_store(rt, results, dry_run=dry_run)
-    return results
+        report.sweep = _sweep_chunk_store(rt, report.results, dry_run=dry_run)
+        if not dry_run and report.sweep is not None:
+            _record(rt, report)
+    return report
 
 
-def _sweep_chunk_store(rt: Runtime, results: list[PruneResult], *, dry_run: bool) -> None:
+def _sweep_chunk_store(
+    rt: Runtime, results: list[PruneResult], *, dry_run: bool
+) -> SweepResult | None:
     """Free the chunks no kept backup uses (nothing happens for a root without a store).
     A dry run counts the backups the plan would remove as gone."""
     if not store_exists(StoreLayout(rt.catalog.root)):
-        return  # checked before the key, so a root without a store runs no key command
+        return None  # checked before the key, so a root without a store runs no key command
     key = rt.keys.current_if_any()
     if key is None:
-        return
+        return None
     retired = [r_id for r in results if r.where == "local" for r_id in r.removed]
     sweep = sweep_if_store(
-        rt.catalog.root, key, dry_run=dry_run, now=rt.clock.now(), retired=retired
+        rt.catalog.root,
+        key,
+        dry_run=dry_run,
+        now=rt.clock.now(),
+        retired=retired,
+        progress=rt.progress,
     )
     if sweep is not None:
         rt.log.info("retention %s", sweep.describe())
+    return sweep
+
+
+def _record(rt: Runtime, report: PruneReport) -> None:
+    """What this prune freed, for `status` and the metrics; a record that cannot be
+    written only loses that figure."""
+    sweep = report.sweep
+    assert sweep is not None
+    last = LastPrune(
+        at=iso(rt.clock.now()),
+        freed_bytes=report.freed_bytes,
+        swept_bytes=sweep.freed_bytes,
+        deleted_packs=len(sweep.deleted_packs),
+        repacked_packs=len(sweep.repacked_packs),
+    )
+    try:
+        record_last_prune(StoreLayout(rt.catalog.root), last)
+    except OSError as exc:
+        rt.log.warning("the record of this prune could not be written: %s", exc.strerror)
 
 
 def _prune_offsite(

@@ -24,7 +24,7 @@ from cosmic_backup.components import COMPONENT_NAMES, source_of
 from cosmic_backup.errors import OperationFailed
 from cosmic_backup.operations import listing
 from cosmic_backup.operations.context import Runtime
-from cosmic_backup.operations.status import ComponentStatus, collect, human_age
+from cosmic_backup.operations.status import ComponentStatus, collect, human_age, store_status
 from cosmic_backup.redact import redact
 from cosmic_backup.states import Health
 from cosmic_backup.storage.local import replace_file
@@ -82,6 +82,7 @@ class Page:
     sections: list[Section]
     columns: list[str]
     rows: list[list[str]]
+    chunk_store: str = ""  # its size, the payloads it holds and the dedup ratio; "" if none
 
 
 def write_report(rt: Runtime, path: Path, days: int = DEFAULT_DAYS) -> Path:
@@ -136,6 +137,18 @@ def build_page(rt: Runtime, days: int, pygal: Any) -> Page:
         sections=[_section(pygal, axis, name, in_period[name]) for name in COMPONENT_NAMES],
         columns=[*listing.COLUMNS, listing.SOURCE_COLUMN],
         rows=[listing.row(entry) for entry in reversed(every)],
+        chunk_store=_chunk_store_sentence(rt),
+    )
+
+
+def _chunk_store_sentence(rt: Runtime) -> str:
+    store = store_status(rt)
+    if store is None or store.dedup_ratio is None:
+        return ""
+    return (
+        f"The chunk store keeps {listing.human_size(store.store_bytes)} for "
+        f"{store.backups} chunked backups of {listing.human_size(store.plaintext_bytes)} "
+        f"in all: a deduplication ratio of {store.dedup_ratio:.1f}x."
     )
 
 

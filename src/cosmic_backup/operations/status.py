@@ -5,7 +5,8 @@ Health is OK, OVERDUE (no good backup within the expected interval plus grace), 
 back up, and never backed up: not counted as unhealthy) or, for files, RESTORE INTERRUPTED
 (a files restore was killed and its folders are not settled yet), or UNTESTED (with
 BACKUP_RESTORE_TEST_INTERVAL_DAYS set: no passing `verify --restore-test` within it).
-Each component also shows its last restore test.
+Each component also shows its last restore test. The chunk store, shared by the
+components, has its own figures: its size, its deduplication ratio and the last prune.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cosmic_backup.catalog import Entry, in_order
+from cosmic_backup.chunkstore.figures import dedup_ratio, read_last_prune, store_bytes
+from cosmic_backup.chunkstore.keys import store_exists
+from cosmic_backup.chunkstore.layout import StoreLayout
 from cosmic_backup.clock import parse_iso
 from cosmic_backup.components import COMPONENT_NAMES, create_component
 from cosmic_backup.components.files import interrupted_restore
@@ -125,6 +129,38 @@ def _failure_summary(entry: Entry | None) -> dict[str, Any] | None:
         "at": entry.manifest.finished_at,
         "error": entry.manifest.error,
     }
+
+
+@dataclass
+class StoreStatus:
+    """The chunk store's figures (docs/format.md, "The store's figures")."""
+
+    store_bytes: int
+    backups: int  # listed good chunked backups
+    plaintext_bytes: int  # their payloads, summed
+    dedup_ratio: float | None  # plaintext_bytes / store_bytes; None for an empty store
+    last_prune: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def store_status(rt: Runtime) -> StoreStatus | None:
+    """None for a root without a chunk store (single-file backups only)."""
+    layout = StoreLayout(rt.catalog.root)
+    if not store_exists(layout):
+        return None
+    chunked = [e.manifest for e in rt.catalog.entries() if e.manifest.chunked and e.manifest.ok]
+    plaintext = [m.plaintext_size or 0 for m in chunked]
+    stored = store_bytes(layout)
+    last = read_last_prune(layout)
+    return StoreStatus(
+        store_bytes=stored,
+        backups=len(chunked),
+        plaintext_bytes=sum(plaintext),
+        dedup_ratio=dedup_ratio(plaintext, stored),
+        last_prune=last.to_dict() if last else None,
+    )
 
 
 def exit_code(statuses: list[ComponentStatus]) -> int:

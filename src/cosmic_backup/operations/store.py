@@ -77,13 +77,17 @@ def chunk_list_record(manifest: Manifest) -> ChunkListRecord:
 
 def store_for(rt: Runtime, manifest: Manifest, key: Key) -> ChunkStore:
     store = open_chunk_store(rt, key)
+    check_same_store(manifest, store)
+    return store
+
+
+def check_same_store(manifest: Manifest, store: ChunkStore) -> None:
     if manifest.data_key != store.data_key.fingerprint:
         raise IntegrityError(
             f"The backup {manifest.id} was written with the data key {manifest.data_key}, but "
             f"the chunk store of this root has {store.data_key.fingerprint}: it is another "
             "root's store. Restore it from its own backup root."
         )
-    return store
 
 
 class PayloadReader(io.RawIOBase):

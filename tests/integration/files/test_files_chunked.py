@@ -163,12 +163,13 @@ def test_a_bad_backup_format_setting_is_one_sentence(project: Project) -> None:
 
 
 def _redate(project: Project, backup_id: str, days: float) -> None:
-    """Date a backup `days` back in its (re-signed) manifest; its id and list stay."""
+    """Date a backup `days` back in its manifest, re-signed with the project's key; its id
+    and list stay."""
     from cosmic_backup.catalog import Catalog
     from cosmic_backup.clock import iso
     from cosmic_backup.format.keys import Key
 
-    key = Key(PASSPHRASE.encode())
+    key = Key(project.env["BACKUP_KEY"].encode())
     catalog = Catalog(project.backups, lambda fp: key)
     [entry] = [e for e in catalog.entries("files") if e.id == backup_id]
     started = iso(datetime.now(UTC) - timedelta(days=days))

@@ -111,3 +111,48 @@ def test_a_chunk_missing_from_the_index_is_refused(written, tmp_path: Path) -> N
         index_object.unlink()
     returned, sentence = read_until_refused(tmp_path, record)
     assert returned == b"" and "is in no index object" in sentence and DB_ID in sentence
+
+
+def test_a_chunk_swapped_for_another_valid_one_is_refused_by_its_id(written, tmp_path) -> None:
+    """An index object that passes its MAC (written with the data key) but places a chunk
+    at another valid chunk's member, superseding the true one: refused by the id check,
+    with only the payload's true beginning returned."""
+    from cosmic_backup.chunkstore.index_objects import read_index_object, write_index_object
+    from cosmic_backup.format.index_text import ChunkPlace
+
+    store, data, record = written
+    (true_name,) = store.loaded_index.objects
+    text = read_index_object(store.layout, store.data_key, store.config, true_name)
+    pack = next(pack for pack in text.packs if len(pack.chunks) >= 2)
+    victim, donor = pack.chunks[-1], pack.chunks[0]
+    pack.chunks[-1] = ChunkPlace(victim.chunk_id, donor.offset, donor.length, victim.plain_length)
+    text.supersedes = [true_name]
+    write_index_object(store.layout, store.data_key, store.config, text)
+    returned, sentence = read_until_refused(tmp_path, record)
+    assert data.startswith(returned) and len(returned) < len(data)
+    assert victim.chunk_id.hex() in sentence and pack.name in sentence
+    assert "does not match its id" in sentence or "wrong length" in sentence
+
+
+def test_valid_chunks_in_another_order_are_refused_by_the_payloads_check(
+    written, tmp_path: Path
+) -> None:
+    """A valid chunk list of the same chunks in another order (as if the manifest named
+    another backup's list): every chunk passes its id, the order check refuses it."""
+    store, data, record = written
+    refs = list(store.chunks_of(record, DB_ID))[1:]  # the payload's, after the entry part
+    cuts, offset = [], 0
+    for ref in refs:
+        cuts.append(data[offset : offset + ref.plain_length])
+        offset += ref.plain_length
+    cuts[0], cuts[1] = cuts[1], cuts[0]
+    # Its list replaces the true one, under the same backup's name and with a valid MAC.
+    with store.payload_writer("database", DB_ID) as writer:
+        for cut in cuts:  # each a whole chunk already: cut on its own, it stays one
+            writer.add_piece(cut, "stream")
+        other = writer.finish()
+    assert other.new_chunks == 1  # the same chunks; only the entry text's part is new
+    relisted = dataclasses.replace(other, plaintext_sha256=record.plaintext_sha256)
+    with pytest.raises(IntegrityError) as refused:
+        b"".join(ChunkStore.open(tmp_path, KEY).read_payload(relisted, DB_ID))
+    assert "does not have the size and SHA-256 its manifest records" in str(refused.value)
