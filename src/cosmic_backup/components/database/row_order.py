@@ -256,6 +256,50 @@ class TableSort:
         self.seq = 0
         self.spilled_runs = 0
         self.fell_back = False
+        self.trailer: bytes | None = None  # the `\\.` piece, held back: it stays last
+
+    def take_rows(self, buf: bytes, pos: int, width: int, unpack: Any) -> int:
+        """Whole pieces of `buf` from `pos`, up to a zero length, a big row or the end of
+        `buf`; where it stopped. The hot loop, one turn a row: the common case inline."""
+        end, held, key, memory = len(buf), self.held, self.key, self.memory
+        seq, size = self.seq, self.held_bytes
+        while pos + width <= end:
+            sign, length = unpack(buf, pos)
+            stop = pos + width + length
+            if sign or length == 0 or length > BIG_ROW or stop > end:
+                break
+            piece = buf[pos + width : stop]
+            pos = stop
+            # One row: its only newline ends it (COPY escapes the ones inside values).
+            if key is not None and self.trailer is None and piece.find(b"\n") == length - 1:
+                try:
+                    held.append((key(piece), seq + 1, piece))
+                except ValueError:
+                    pass
+                else:
+                    seq += 1
+                    size += length + ROW_OVERHEAD
+                    if size > memory:
+                        self.seq, self.held_bytes = seq, size
+                        self._spill_run()
+                        held, size = self.held, 0
+                    continue
+            self.seq, self.held_bytes = seq, size
+            self.add_piece(piece, piece, piece.find(b"\n") == length - 1)
+            held, key, seq, size = self.held, self.key, self.seq, self.held_bytes
+        self.seq, self.held_bytes = seq, size
+        return pos
+
+    def add_piece(self, piece: Piece, start: bytes, is_row: bool) -> None:
+        """A piece that is not simply a row: maybe the trailer (kept for the end), a big
+        row, a surprise, or any piece of a table kept in pg_dump's order."""
+        if self.trailer is not None:  # something after what looked like the trailer
+            trailer, self.trailer = self.trailer, None
+            self.add(trailer, trailer, False)
+        if piece == TRAILER:
+            self.trailer = TRAILER
+            return
+        self.add(piece, start, is_row)
 
     def add(self, piece: Piece, start: bytes, is_row: bool) -> None:
         """One piece (`start`: its first bytes, the whole of it unless it is big;
@@ -375,7 +419,6 @@ class RowOrderWriter:
         self._left = 0
         self._table: TableSort | None = None
         self._table_name = ""
-        self._last: tuple[Piece, bytes, bool] | None = None
         self._big_start = b""
         self._big_newlines = 0
         self._big_last = b""
@@ -525,39 +568,27 @@ class RowOrderWriter:
         prefix = f"t{self.stats.sorted_tables}"
         self._table = TableSort(key, self.memory, Spill(self.folder, prefix))
         self._table_name = name
-        self._last = None
         self._state = _SORTED
 
     def _sorted_pieces(self, buf: bytes, pos: int) -> int:
-        """A sorted table's pieces, each taken whole (the hot loop: one turn a row)."""
-        width, end, unpack = self._width, len(buf), self._prefix.unpack_from
-        while pos + width <= end:
-            sign, length = unpack(buf, pos)
-            if sign:
-                raise _Unexpected(pos, "a negative chunk length")
-            if length == 0:
-                self._write_table(keep_dump_order=False)
-                self.out.write(buf[pos : pos + width])
-                self._state = _BLOCK
-                return pos + width
-            if length > BIG_ROW:
-                self._hold(None)
-                self._start_big(length)
-                return pos + width
-            stop = pos + width + length
-            if stop > end:
-                break
-            piece = buf[pos + width : stop]
-            self._hold((piece, piece, piece[-1:] == b"\n" and piece.count(b"\n") == 1))
-            pos = stop
-        return pos
-
-    def _hold(self, piece: tuple[Piece, bytes, bool] | None) -> None:
-        """Keep the newest piece back (the last one of a block is the trailer)."""
-        assert self._table is not None
-        if self._last is not None:
-            self._table.add(*self._last)
-        self._last = piece
+        """A sorted table's pieces, each taken whole, up to what ends them."""
+        table = self._table
+        assert table is not None
+        pos = table.take_rows(buf, pos, self._width, self._prefix.unpack_from)
+        if pos + self._width > len(buf):
+            return pos
+        sign, length = self._prefix.unpack_from(buf, pos)
+        if sign:
+            raise _Unexpected(pos, "a negative chunk length")
+        if length == 0:
+            self._write_table(keep_dump_order=False)
+            self.out.write(buf[pos : pos + self._width])
+            self._state = _BLOCK
+            return pos + self._width
+        if length > BIG_ROW:
+            self._start_big(length)
+            return pos + self._width
+        return pos  # a piece that goes on in the next write
 
     def _start_big(self, length: int) -> None:
         assert self._table is not None
@@ -580,30 +611,25 @@ class RowOrderWriter:
         if self._left == 0:
             length = self._table.spill.big_file().tell() - self._big_offset
             is_row = self._big_newlines == 1 and self._big_last == b"\n"
-            self._last = (BigRow(self._big_offset, length), self._big_start, is_row)
+            self._table.add_piece(BigRow(self._big_offset, length), self._big_start, is_row)
             self._state = _SORTED
         return pos + take
 
     # -- output ----------------------------------------------------------------------------
     def _write_table(self, *, keep_dump_order: bool) -> None:
         """The held table's pieces, sorted, then its trailer."""
-        table, last = self._table, self._last
+        table = self._table
         assert table is not None
-        trailer = None
-        if last is not None and last[0] == TRAILER:
-            trailer = TRAILER
-        elif last is not None:
-            table.add(*last)
         if keep_dump_order and table.key is not None:
             table._keep_dump_order()
         try:
             self._write_records(table.records(), table.spill)
-            if trailer is not None:
-                self.out.write(self._prefix.pack(0, len(trailer)) + trailer)
+            if table.trailer is not None:
+                self.out.write(self._prefix.pack(0, len(table.trailer)) + table.trailer)
         finally:
             self._count(table)
             table.spill.close()
-            self._table, self._last = None, None
+            self._table = None
 
     def _count(self, table: TableSort) -> None:
         self.stats.sorted_tables += 1
