@@ -2,6 +2,7 @@
 row order (BACKUP_DB_ROW_ORDER), next to restic backing up the same pg_dump stream.
 
 Usage: python benchmarks/database_churn.py [--size MIB] [--runs 3] [--cache DIR] [--no-peers]
+           [--stream-kib KIB]
 
 The benchmark database is database_throughput.py's (_pgcache.py: 3 M posts, 750 k users,
 3 M audit rows at 1270 MiB). Each run copies it (CREATE DATABASE ... TEMPLATE, untimed),
@@ -23,6 +24,7 @@ ratio of the churn backup's bytes to the full backup's (issue 19's target: at mo
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shlex
 import statistics
@@ -37,7 +39,12 @@ from _peers import Peer, available, machine, pipeline, tree_bytes
 from _pgcache import POSTS_PER_MIB, USERS_PER_MIB, Statement, bench_server, default_cache
 from database_throughput import DEFAULT_MIB, timed
 
+from cosmic_backup.chunkstore import keys as store_keys
+from cosmic_backup.chunkstore.store import ChunkStore
 from cosmic_backup.components.database.throwaway import ThrowawayServer
+from cosmic_backup.format.keys import Key
+from cosmic_backup.format.store_config import DEFAULT_CHUNKERS, STREAM, ChunkerParams
+from cosmic_backup.settings import MIN_KDF_ITERATIONS
 
 PHASES = ("full", "same", "churn")
 
@@ -87,9 +94,11 @@ class Run:
     def raw(self) -> str:
         return f"{shlex.quote(str(self.server.bin_dir / 'pg_dump'))} -Fc -Z0 {self.database}"
 
-    def ours(self, order: str) -> Callable[[], tuple[float, Path]]:
-        root = self.folder / f"ours-{order}"
+    def ours(self, order: str, stream_kib: int = 0) -> Callable[[], tuple[float, Path]]:
+        root = self.folder / f"ours-{order}-{stream_kib}"
         root.mkdir()
+        if stream_kib:
+            small_stream_store(root / "tmp" / "backups", self.env["BACKUP_KEY"], stream_kib)
         argv = [sys.executable, "-m", "cosmic_backup", "-C", str(root), "backup", "database"]
         env = {**self.env, "BACKUP_DB_ROW_ORDER": order}
         return lambda: (timed(argv, env)[0], root / "tmp" / "backups")
@@ -112,6 +121,21 @@ class Run:
         return tree_bytes(where) if where is not None and where.exists() else 0
 
 
+def small_stream_store(backups: Path, passphrase: str, avg_kib: int) -> None:
+    """A store made before the first backup whose `stream` chunker (database dumps) has
+    a mean of `avg_kib` KiB (min a quarter, max four times), not the default 512 KiB."""
+    small = ChunkerParams(avg_kib * 256, avg_kib * 1024, avg_kib * 4096)
+    chunkers = tuple((k, small if k == STREAM else v) for k, v in DEFAULT_CHUNKERS.items())
+    original = store_keys.StoreConfig
+    store_keys.StoreConfig = functools.partial(original, chunkers=chunkers)  # type: ignore[misc]
+    try:
+        backups.mkdir(parents=True)
+        key = Key(passphrase.strip().encode())  # as the settings read BACKUP_KEY
+        ChunkStore.open(backups, key, wrap_iterations=MIN_KDF_ITERATIONS)
+    finally:
+        store_keys.StoreConfig = original  # type: ignore[misc]
+
+
 def one_run(server: ThrowawayServer, source: str, args: argparse.Namespace, turn: int) -> Run:
     database = server.create_database("churn", template=source)
     try:
@@ -119,6 +143,11 @@ def one_run(server: ThrowawayServer, source: str, args: argparse.Namespace, turn
             peers = [Peer(name, Path(folder) / f"peer-{name}") for name in args.peers]
             run = Run(server, database, Path(folder), peers)
             variants = [("pk", run.ours("primary-key")), ("dump", run.ours("dump"))]
+            if args.stream_kib:
+                variants += [
+                    ("pk_small", run.ours("primary-key", args.stream_kib)),
+                    ("dump_small", run.ours("dump", args.stream_kib)),
+                ]
             variants += [(p.name, run.peer(p)) for p in peers]
             shift = turn % len(variants)
             variants = variants[shift:] + variants[:shift]
@@ -151,7 +180,8 @@ def report(runs: list[Run], args: argparse.Namespace, size: int) -> None:
         "after churn: s (x floor) | added | / full |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for key in ["pk", "dump", *args.peers]:
+    small = ["pk_small", "dump_small"] if args.stream_kib else []
+    for key in ["pk", "dump", *small, *args.peers]:
         full, same, churn = (added[f"{key}_{p}"] for p in PHASES)
         t_full, t_churn = seconds[f"{key}_full"], seconds[f"{key}_churn"]
         print(
@@ -167,6 +197,8 @@ def report(runs: list[Run], args: argparse.Namespace, size: int) -> None:
 LABELS = {
     "pk": "ours, BACKUP_DB_ROW_ORDER=primary-key",
     "dump": "ours, BACKUP_DB_ROW_ORDER=dump",
+    "pk_small": "the same, primary-key, smaller dump chunks (--stream-kib)",
+    "dump_small": "the same, dump, smaller dump chunks (--stream-kib)",
     "restic": "restic --stdin of `pg_dump -Fc -Z0`",
     "borg": "borg of `pg_dump -Fc -Z0`",
 }
@@ -182,6 +214,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--cache", type=Path)
     parser.add_argument("--no-peers", action="store_true", help="leave restic out")
+    parser.add_argument(
+        "--stream-kib",
+        type=int,
+        default=0,
+        help="also both orders into a store whose dump chunks average this many KiB",
+    )
     args = parser.parse_args()
     args.peers = [] if args.no_peers else available(["restic"])
     runs = []
