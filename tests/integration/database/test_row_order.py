@@ -27,7 +27,7 @@ KEY = "row order tests passphrase 0123456"
 TABLES = [
     # Inserted in shuffled order, then updated and deleted: heap order is not key order.
     "CREATE TABLE ints (id bigint PRIMARY KEY, v text)",
-    "INSERT INTO ints SELECT g, md5(g::text) FROM generate_series(1, 6000) g ORDER BY random()",
+    "INSERT INTO ints SELECT g, md5(g::text) FROM generate_series(1, 20000) g ORDER BY random()",
     "UPDATE ints SET v = v || '!' WHERE id % 7 = 0",
     "DELETE FROM ints WHERE id % 11 = 0",
     # A composite key of text and integer, its columns not first and not in key order.
@@ -44,9 +44,23 @@ TABLES = [
     "INSERT INTO blobs VALUES (0, decode(repeat(md5('big'), 320000), 'hex'))",
     "CREATE TABLE empty_one (id int PRIMARY KEY)",
     "CREATE TABLE texts (name text PRIMARY KEY, n int)",
+    # Its tag is a number on every row but the last one pg_dump writes.
+    "CREATE TABLE mixed (id int PRIMARY KEY, tag text)",
+    "INSERT INTO mixed SELECT g, (70001 - g)::text FROM generate_series(1, 70000) g",
+    "INSERT INTO mixed VALUES (0, 'x')",
     "INSERT INTO texts SELECT 'n' || g, g FROM generate_series(1, 500) g ORDER BY random()",
 ]
-NAMES = ["ints", "composite", "nokey", "blobs", "empty_one", "texts"]
+NAMES = ["ints", "composite", "nokey", "blobs", "empty_one", "texts", "mixed"]
+
+
+@pytest.fixture(params=["c", "python"])
+def sort_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both sorts: _row_sort's (C), and the Python one an install without a compiler uses."""
+    if request.param == "python":
+        monkeypatch.setattr(row_order, "_row_sort", None)
+    else:
+        assert row_order._row_sort is not None, "the C row sort (_row_sort) was not built"
+    return str(request.param)
 
 
 @pytest.fixture
@@ -93,6 +107,7 @@ def dump_with(component: ComponentFactory, url: str, path: Path, **environ: str)
 
 
 def test_the_ordered_dump_restores_to_the_same_contents_with_stock_pg_restore(
+    sort_path: str,
     component: ComponentFactory,
     order_db: str,
     postgres: PostgresServer,
@@ -103,8 +118,8 @@ def test_the_ordered_dump_restores_to_the_same_contents_with_stock_pg_restore(
     plain_counts = dump_with(component, order_db, plain, BACKUP_DB_ROW_ORDER="dump")
     with caplog.at_level(logging.INFO):  # 1 MiB of rows: every table above it spills
         counts = dump_with(component, order_db, ordered, BACKUP_DB_ROW_ORDER_MEMORY="1")
-    assert "6 table(s) in primary-key order, 2 spilled" in caplog.text
-    assert counts == plain_counts and counts["public.ints"] == 6000 - 545
+    assert "7 table(s) in primary-key order, 3 spilled" in caplog.text  # ints, blobs, mixed
+    assert counts == plain_counts and counts["public.ints"] == 20000 - 1818
     assert ordered.stat().st_size == plain.stat().st_size  # a permutation of the pieces
     assert contents(restored(ordered, postgres)) == contents(order_db)
     ids = [int(row.split(b"\t")[0]) for row in copy_rows(ordered, "ints")]
@@ -120,16 +135,22 @@ def test_the_ordered_dump_restores_to_the_same_contents_with_stock_pg_restore(
 
 
 def test_the_order_does_not_depend_on_the_memory_bound(
-    component: ComponentFactory, order_db: str, tmp_path: Path
+    component: ComponentFactory, order_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Nor on the sort: C with 1 MiB and with 64 MiB, Python with 64 MiB."""
     spilled, in_memory = tmp_path / "spilled.dump", tmp_path / "memory.dump"
     dump_with(component, order_db, spilled, BACKUP_DB_ROW_ORDER_MEMORY="1")
     dump_with(component, order_db, in_memory)
+    monkeypatch.setattr(row_order, "_row_sort", None)
+    python = tmp_path / "python.dump"
+    dump_with(component, order_db, python)
     for table in NAMES:
         assert copy_rows(spilled, table) == copy_rows(in_memory, table)
+        assert copy_rows(python, table) == copy_rows(in_memory, table)
 
 
 def test_a_key_that_does_not_parse_keeps_pg_dumps_order_for_that_table(
+    sort_path: str,
     component: ComponentFactory,
     order_db: str,
     postgres: PostgresServer,
@@ -137,23 +158,28 @@ def test_a_key_that_does_not_parse_keeps_pg_dumps_order_for_that_table(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """As if the key columns were read wrong: int() of a text column fails mid-table,
-    after runs were spilled; the table comes out exactly as pg_dump wrote it."""
-    real = row_order.key_function
+    """As if the key columns were read wrong: mixed's tag taken for an integer key, which
+    fails on the last row, after sorted runs were spilled; the table comes out exactly
+    as pg_dump wrote it, and the others sorted."""
+    real_function, real_spec = row_order.key_function, row_order.key_spec
 
-    def wrong_for_texts(columns: list[str] | None, key: Any) -> row_order.Key:
-        if columns and columns[0] == "name":
-            return lambda row: int(row.split(b"\t")[0][1:]) if b"n400" not in row else int(row)
-        return real(columns, key)
+    def wrong_function(columns: list[str] | None, key: Any) -> row_order.Key:
+        if columns == ["id", "tag"]:
+            return lambda row: int(row.split(b"\t")[1])
+        return real_function(columns, key)
 
-    monkeypatch.setattr(row_order, "key_function", wrong_for_texts)
-    monkeypatch.setattr(row_order, "ROW_OVERHEAD", 4000)  # spill every ~260 rows
+    def wrong_spec(columns: list[str] | None, key: Any) -> row_order.KeySpec | None:
+        return ((1, True),) if columns == ["id", "tag"] else real_spec(columns, key)
+
+    monkeypatch.setattr(row_order, "key_function", wrong_function)
+    monkeypatch.setattr(row_order, "key_spec", wrong_spec)
     plain, ordered = tmp_path / "plain.dump", tmp_path / "ordered.dump"
     dump_with(component, order_db, plain, BACKUP_DB_ROW_ORDER="dump")
     with caplog.at_level(logging.INFO):
         dump_with(component, order_db, ordered, BACKUP_DB_ROW_ORDER_MEMORY="1")
-    assert "pg_dump's order kept for public.texts" in caplog.text
-    assert copy_rows(ordered, "texts") == copy_rows(plain, "texts")
+    assert "pg_dump's order kept for public.mixed" in caplog.text
+    assert copy_rows(ordered, "mixed") == copy_rows(plain, "mixed")
+    assert copy_rows(plain, "mixed")[-1] == b"0\tx"  # the surprise came last
     ids = [int(row.split(b"\t")[0]) for row in copy_rows(ordered, "ints")]
     assert ids == sorted(ids)
     assert contents(restored(ordered, postgres)) == contents(order_db)
@@ -221,16 +247,35 @@ def test_rows_added_at_the_end_add_few_chunks(order_project: Project, order_db: 
 
 
 def test_the_sort_folder_is_removed_when_the_dump_fails(
-    component: ComponentFactory, order_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sort_path: str,
+    component: ComponentFactory,
+    order_db: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def broken(self: row_order.RowOrderWriter, *args: Any) -> None:
-        assert list(self.folder.glob("*.run")), "the test meant to fail with runs on disk"
-        raise OSError(28, "No space left on device")
+    """Writing the merged rows fails (as if the disk filled) while sorted runs are on disk."""
+    real_write, real_merge = row_order.RowOrderWriter._write_records, row_order.RunSort._merge
+    failed: list[Path] = []
 
-    monkeypatch.setattr(row_order.RowOrderWriter, "_write_records", broken)
+    def full_disk(folder: Path) -> None:
+        if list(folder.glob("*.run")):
+            failed.append(folder)
+            raise OSError(28, "No space left on device")
+
+    def write_records(self: row_order.RowOrderWriter, records: Any, spill: Any) -> None:
+        full_disk(spill.folder)
+        real_write(self, records, spill)
+
+    def merge(self: row_order.RunSort, runs: Any, write: Any, big: Any) -> None:
+        full_disk(self.spill.folder)
+        real_merge(self, runs, write, big)
+
+    monkeypatch.setattr(row_order.RowOrderWriter, "_write_records", write_records)
+    monkeypatch.setattr(row_order.RunSort, "_merge", merge)
     made = component(order_db, BACKUP_DB_ROW_ORDER_MEMORY="1")
     with open(tmp_path / "dump", "wb") as out, pytest.raises(OSError):
         made.produce(out, BackupRequest())
+    assert failed and not failed[0].exists()
     assert not list(made._dump_folders().glob(".dump-*"))
 
 

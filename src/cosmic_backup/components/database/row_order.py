@@ -41,10 +41,12 @@ from cosmic_backup.components.database.stream_counts import (
     BLK_BLOBS,
     BLK_DATA,
     MAX_HEAD,
+    PREFIX_SPLIT,
     ArchiveFormatError,
     Head,
     _NeedMore,
     parse_head,
+    walk_c,
 )
 from cosmic_backup.errors import OperationFailed
 
@@ -78,6 +80,8 @@ GROUP BY n.nspname, c.relname
 # A table's primary key: its columns in key order, each (name, whether an integer type).
 PrimaryKey = tuple[tuple[str, bool], ...]
 Key = Callable[[bytes], Any]
+KeySpec = tuple[tuple[int, bool], ...]  # _row_sort's key: (field index, numeric) pairs
+C_MAX_KEYS, C_MAX_FIELD = 16, 64  # what _row_sort.c's key extraction handles
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,11 @@ def read_primary_keys(conn: Any) -> dict[tuple[str, str], PrimaryKey]:
         )
     return keys
 
+
+try:
+    from cosmic_backup.components.database import _row_sort
+except ImportError:  # built without a C compiler: the Python sort, same archive, slower
+    _row_sort = None  # type: ignore[assignment]
 
 # -- keys --------------------------------------------------------------------------------
 _IDENT = r'(?:"(?:[^"]|"")*"|[^\s.,()"]+)'
@@ -153,6 +162,15 @@ def key_function(columns: list[str] | None, primary_key: PrimaryKey | None) -> K
         )
 
     return key
+
+
+def key_spec(columns: list[str] | None, primary_key: PrimaryKey | None) -> KeySpec | None:
+    """The same key as key_function's, as _row_sort takes it: (field, numeric) pairs, ()
+    for the whole row; None when only the Python sort can take it."""
+    if not primary_key or columns is None or any(n not in columns for n, _ in primary_key):
+        return ()
+    spec = tuple((columns.index(name), numeric) for name, numeric in primary_key)
+    return spec if len(spec) <= C_MAX_KEYS and max(f for f, _ in spec) <= C_MAX_FIELD else None
 
 
 def _first_integer(row: bytes) -> int:
@@ -257,6 +275,7 @@ class TableSort:
         self.spilled_runs = 0
         self.fell_back = False
         self.trailer: bytes | None = None  # the `\\.` piece, held back: it stays last
+        self.fallback: TableSort | None = None  # never set here (RunSort's)
 
     def take_rows(self, buf: bytes, pos: int, width: int, unpack: Any) -> int:
         """Whole pieces of `buf` from `pos`, up to a zero length, a big row or the end of
@@ -319,6 +338,14 @@ class TableSort:
         if self.held_bytes > self.memory:
             self._spill_run()
 
+    def add_at(self, seq: int, piece: Piece) -> None:
+        """A piece of a table kept in pg_dump's order, at its place `seq` (1 first)."""
+        self.held.append((seq, seq, piece))
+        self.held_bytes += ROW_OVERHEAD + _held_size(piece)
+        self.seq = max(self.seq, seq)
+        if self.held_bytes > self.memory:
+            self._spill_run()
+
     def _spill_run(self) -> None:
         self.held.sort()
         path = self.spill.new_path()
@@ -377,6 +404,151 @@ def _held_size(piece: Piece) -> int:
     return len(piece) if isinstance(piece, bytes) else 0
 
 
+class RunSort:
+    """The C path (_row_sort) for one table: its pieces gathered as bytes, each run
+    sorted in C and written to the spill folder, the runs merged in C into the output.
+
+    A third of the memory bound goes to the run: while it is sorted, its sorted copy and
+    the sort's index (about 60 bytes a row) are held too. Each spilled run keeps the
+    order file of its pieces' places in the input, so that a surprise in a later run can
+    still put the whole table back in pg_dump's order (`fallback`, a TableSort).
+    """
+
+    def __init__(self, spec: KeySpec, memory: int, spill: Spill, int_size: int) -> None:
+        self.spec, self.memory, self.spill, self.int_size = spec, memory, spill, int_size
+        self.target = max(1, memory // 3)
+        self.prefix = struct.Struct("<BI" if int_size == 4 else "<BQ")
+        self.trailer_piece = self.prefix.pack(0, len(TRAILER)) + TRAILER
+        self.run = bytearray()
+        self.run_pieces: list[int] = []  # pieces in each spilled run
+        self.orders: list[Path] = []
+        self.key: Any = spec
+        self.trailer: bytes | None = None
+        self.fallback: TableSort | None = None
+        self.spilled_runs = 0
+        self.fell_back = False
+        self.references = 0
+
+    def take_rows(self, buf: bytes, pos: int, width: int, unpack: Any) -> int:
+        """Whole pieces of `buf` from `pos` up to a zero length, a piece that goes on past
+        `buf` (a big row's, or one whose end comes in the next write) or a split prefix."""
+        assert walk_c is not None
+        _newlines, stop, _start, _last, status, _length = walk_c(buf, pos, self.int_size)
+        end = stop if status == PREFIX_SPLIT else stop - width
+        self.run += memoryview(buf)[pos:end]
+        if len(self.run) > self.target:
+            self._spill()
+        return end
+
+    def add_piece(self, piece: Piece, start: bytes, is_row: bool) -> None:
+        """A big row, kept in the big-row file: a reference to it joins the run."""
+        assert isinstance(piece, BigRow)
+        payload = struct.pack("<QQ", piece.offset, piece.length) + start
+        self.run += self.prefix.pack(1, len(payload)) + payload
+        self.references += 1
+        if not is_row:
+            self._fall_back()
+
+    def _spill(self) -> None:
+        """Sort the run and write it out; keep the trailer back if the run ends with it."""
+        kept = b""
+        if self.run.endswith(self.trailer_piece):
+            kept = self.trailer_piece
+            del self.run[-len(kept) :]
+        assert _row_sort is not None
+        result = _row_sort.sort_run(self.run, self.int_size, self.spec)
+        if result is None:
+            self.run += kept
+            self._fall_back()
+            return
+        ordered, places = result
+        path = self.spill.new_path()
+        path.write_bytes(ordered)
+        order = path.with_suffix(".order")
+        order.write_bytes(places)
+        self.spill.runs.append(path)
+        self.orders.append(order)
+        self.run_pieces.append(len(places) // 4)
+        self.spilled_runs += 1
+        self.run = bytearray(kept)
+
+    def finish(self, write: Callable[[bytes], Any], copy_big: Callable[[BigRow], None]) -> None:
+        """The table's pieces, in key order, into `write` (unless it falls back)."""
+        if self.run.endswith(self.trailer_piece):
+            del self.run[-len(self.trailer_piece) :]
+            self.trailer = TRAILER
+        assert _row_sort is not None
+        if not self.spill.runs and not self.references:
+            result = _row_sort.sort_run(self.run, self.int_size, self.spec)
+            if result is None:
+                self._fall_back()
+            else:
+                write(result[0])
+            return
+        if self.run:
+            self._spill()
+            if self.fallback is not None:
+                return
+        for order in self.orders:
+            order.unlink(missing_ok=True)
+        while len(self.spill.runs) > MERGE_FAN_IN:
+            first = self.spill.runs[:MERGE_FAN_IN]
+            path = self.spill.new_path()
+            with open(path, "wb") as merged:
+                self._merge(first, merged.write, None)
+            for run in first:
+                run.unlink()
+            self.spill.runs = [*self.spill.runs[MERGE_FAN_IN:], path]
+
+        def big(offset: int, length: int) -> None:
+            write(self.prefix.pack(0, length))
+            copy_big(BigRow(offset, length))
+
+        self._merge(self.spill.runs, write, big)
+
+    def _merge(self, runs: list[Path], write: Callable[[bytes], Any], big: Any) -> None:
+        assert _row_sort is not None
+        files = [open(run, "rb") for run in runs]  # noqa: SIM115 - closed below
+        try:
+            _row_sort.merge_runs([f.fileno() for f in files], self.int_size, self.spec, write, big)
+        finally:
+            for handle in files:
+                handle.close()
+
+    def _fall_back(self) -> None:
+        """Put everything so far into a TableSort in pg_dump's order, which takes over."""
+        table = TableSort(_no_key, self.memory, self.spill)
+        table.key, table.fell_back = None, True
+        runs, self.spill.runs = self.spill.runs, []
+        base = 0
+        for run, order, count in zip(runs, self.orders, self.run_pieces, strict=True):
+            places = struct.unpack(f"<{count}I", order.read_bytes())
+            for place, piece in zip(places, self._pieces(run.read_bytes()), strict=True):
+                table.add_at(base + place + 1, piece)
+            run.unlink()
+            order.unlink()
+            base += count
+        for piece in self._pieces(bytes(self.run)):
+            table.add_at(base + 1, piece)
+            base += 1
+        table.trailer = self.trailer
+        self.run, self.orders, self.run_pieces = bytearray(), [], []
+        self.fell_back, self.fallback = True, table
+
+    def _pieces(self, data: bytes) -> Iterator[Piece]:
+        """The pieces of a run as written: bytes, or a BigRow for a reference."""
+        pos, width = 0, self.prefix.size
+        while pos < len(data):
+            sign, length = self.prefix.unpack_from(data, pos)
+            payload = data[pos + width : pos + width + length]
+            pos += width + length
+            if sign:
+                offset, size = struct.unpack_from("<QQ", payload)
+                yield BigRow(offset, size)
+            else:
+                yield payload
+
+
 # -- the archive stream ------------------------------------------------------------------
 _HEAD, _BLOCK, _SORTED, _BIG, _CHUNKS, _RAW_BYTES, _BLOB_OID, _PASS = range(8)
 
@@ -414,10 +586,10 @@ class RowOrderWriter:
         self._info: Head | None = None
         self._width = 5
         self._prefix = struct.Struct("<BI")
-        self._plans: dict[int, tuple[str, Key]] = {}
+        self._plans: dict[int, tuple[str, Key, KeySpec | None]] = {}
         self._blob_data = False  # whether the chunks being passed are a large object's
         self._left = 0
-        self._table: TableSort | None = None
+        self._table: TableSort | RunSort | None = None
         self._table_name = ""
         self._big_start = b""
         self._big_newlines = 0
@@ -481,11 +653,12 @@ class RowOrderWriter:
         self._buf = self._buf[info.size :]
         self._state = _BLOCK
 
-    def _table_plans(self, info: Head) -> dict[int, tuple[str, Key]]:
+    def _table_plans(self, info: Head) -> dict[int, tuple[str, Key, KeySpec | None]]:
         plans = {}
         for dump_id, (schema, table, copy) in info.copies.items():
-            key = key_function(copy_columns(copy), self.primary_keys.get((schema, table)))
-            plans[dump_id] = (f"{schema}.{table}", key)
+            columns, primary_key = copy_columns(copy), self.primary_keys.get((schema, table))
+            key = key_function(columns, primary_key)
+            plans[dump_id] = (f"{schema}.{table}", key, key_spec(columns, primary_key))
         return plans
 
     def _pass_rest(self, why: str) -> None:
@@ -564,9 +737,14 @@ class RowOrderWriter:
             self._state = _BLOB_OID if self._blob_data else _BLOCK
         return stop
 
-    def _start_table(self, name: str, key: Key) -> None:
-        prefix = f"t{self.stats.sorted_tables}"
-        self._table = TableSort(key, self.memory, Spill(self.folder, prefix))
+    def _start_table(self, name: str, key: Key, spec: KeySpec | None) -> None:
+        spill = Spill(self.folder, f"t{self.stats.sorted_tables}")
+        table: TableSort | RunSort
+        if spec is not None and _row_sort is not None and walk_c is not None:
+            table = RunSort(spec, self.memory, spill, self._width - 1)
+        else:
+            table = TableSort(key, self.memory, spill)
+        self._table = table
         self._table_name = name
         self._state = _SORTED
 
@@ -575,6 +753,7 @@ class RowOrderWriter:
         table = self._table
         assert table is not None
         pos = table.take_rows(buf, pos, self._width, self._prefix.unpack_from)
+        self._switch_on_fallback()
         if pos + self._width > len(buf):
             return pos
         sign, length = self._prefix.unpack_from(buf, pos)
@@ -589,6 +768,11 @@ class RowOrderWriter:
             self._start_big(length)
             return pos + self._width
         return pos  # a piece that goes on in the next write
+
+    def _switch_on_fallback(self) -> None:
+        """A RunSort that met a surprise hands the table over to a TableSort."""
+        if self._table is not None and self._table.fallback is not None:
+            self._table = self._table.fallback
 
     def _start_big(self, length: int) -> None:
         assert self._table is not None
@@ -612,6 +796,7 @@ class RowOrderWriter:
             length = self._table.spill.big_file().tell() - self._big_offset
             is_row = self._big_newlines == 1 and self._big_last == b"\n"
             self._table.add_piece(BigRow(self._big_offset, length), self._big_start, is_row)
+            self._switch_on_fallback()
             self._state = _SORTED
         return pos + take
 
@@ -620,10 +805,19 @@ class RowOrderWriter:
         """The held table's pieces, sorted, then its trailer."""
         table = self._table
         assert table is not None
-        if keep_dump_order and table.key is not None:
-            table._keep_dump_order()
         try:
-            self._write_records(table.records(), table.spill)
+            if isinstance(table, RunSort):
+                spill = table.spill
+                if keep_dump_order:
+                    table._fall_back()
+                else:
+                    table.finish(self.out.write, lambda piece: self._copy_big(piece, spill))
+                if table.fallback is not None:
+                    table = self._table = table.fallback
+            if isinstance(table, TableSort):
+                if keep_dump_order and table.key is not None:
+                    table._keep_dump_order()
+                self._write_records(table.records(), table.spill)
             if table.trailer is not None:
                 self.out.write(self._prefix.pack(0, len(table.trailer)) + table.trailer)
         finally:
@@ -631,7 +825,7 @@ class RowOrderWriter:
             table.spill.close()
             self._table = None
 
-    def _count(self, table: TableSort) -> None:
+    def _count(self, table: TableSort | RunSort) -> None:
         self.stats.sorted_tables += 1
         if table.spilled_runs:
             self.stats.spilled_tables += 1
