@@ -19,6 +19,7 @@ from psycopg import sql
 from cosmic_backup.components.base import BackupRequest
 from cosmic_backup.components.database import row_order
 from cosmic_backup.components.database.row_order import copy_columns
+from cosmic_backup.errors import OperationFailed
 from tests.conftest import Project
 from tests.integration.database.appdb import execute
 from tests.integration.database.conftest import ComponentFactory, PostgresServer
@@ -273,8 +274,10 @@ def test_the_sort_folder_is_removed_when_the_dump_fails(
     monkeypatch.setattr(row_order.RowOrderWriter, "_write_records", write_records)
     monkeypatch.setattr(row_order.RunSort, "_merge", merge)
     made = component(order_db, BACKUP_DB_ROW_ORDER_MEMORY="1")
-    with open(tmp_path / "dump", "wb") as out, pytest.raises(OSError):
+    with open(tmp_path / "dump", "wb") as out, pytest.raises(OperationFailed) as raised:
         made.produce(out, BackupRequest())
+    assert "No space left on device" in str(raised.value)
+    assert "BACKUP_DB_ROW_ORDER=dump" in str(raised.value)
     assert failed and not failed[0].exists()
     assert not list(made._dump_folders().glob(".dump-*"))
 

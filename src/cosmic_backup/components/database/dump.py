@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import psycopg
@@ -48,6 +49,7 @@ from cosmic_backup.components.database.url import Target
 from cosmic_backup.errors import OperationFailed
 from cosmic_backup.format.manifest import MODE_SCHEMA_ONLY
 from cosmic_backup.process import PUMP_CHUNK, Child, running
+from cosmic_backup.sizes import free_space
 
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
 # Tables counted per transaction: its locks (each table and its indexes) are released
@@ -345,15 +347,20 @@ def _run_pg_dump(
         code, child = _pump(argv, env, seconds_left, log, counted)
     else:
         settings, keys = ordered
-        with private_dump_folder(settings.spill_parent) as folder:
-            sink = RowOrderWriter(counted, keys, folder, settings.memory)
-            try:
-                code, child = _pump(argv, env, seconds_left, log, sink)
-                if code == 0 and not child.timed_out:
-                    sink.finish()
-            finally:
-                sink.close()
-            _log_order(sink, log)
+        try:
+            with private_dump_folder(settings.spill_parent) as folder:
+                sink = RowOrderWriter(counted, keys, folder, settings.memory)
+                try:
+                    code, child = _pump(argv, env, seconds_left, log, sink)
+                    if code == 0 and not child.timed_out:
+                        sink.finish()
+                finally:
+                    sink.close()
+                _log_order(sink, log)
+        except OSError as exc:
+            if getattr(exc, "from_pipeline", False):
+                raise  # the store's own fault: its caller says what it is
+            raise OperationFailed(sort_failed_message(settings.spill_parent, exc)) from None
     if child.timed_out:
         raise OperationFailed(timeout_message(limits.timeout))
     if code != 0:
@@ -368,9 +375,22 @@ class _Tee:
     counter: StreamCounter
 
     def write(self, data: bytes) -> int:
-        self.out.write(data)
+        try:
+            self.out.write(data)
+        except OSError as exc:
+            exc.from_pipeline = True  # type: ignore[attr-defined]  # not the row sort's
+            raise
         self.counter.feed(data)
         return len(data)
+
+
+def sort_failed_message(parent: Path, exc: OSError) -> str:
+    return (
+        f"Putting the dump's rows in primary-key order failed in its temporary folder "
+        f"under {parent} ({exc.strerror or exc}; {free_space(parent)} free there); free "
+        "some space (prune old backups), set BACKUP_DIR to a larger disk or "
+        "BACKUP_DB_ROW_ORDER=dump, then run the backup again; nothing partial was kept."
+    )
 
 
 def _pump(
