@@ -12,6 +12,11 @@ setup(
             "cosmic_backup.components.database._chunk_walk",
             ["src/cosmic_backup/components/database/_chunk_walk.c"],
             optional=True,
-        )
+        ),
+        Extension(
+            "cosmic_backup.components.database._row_sort",
+            ["src/cosmic_backup/components/database/_row_sort.c"],
+            optional=True,
+        ),
     ]
 )

@@ -230,6 +230,21 @@ class Settings:
         "(directory format) and sealed as one tar",
         bounds=(1, 64),
     )
+    db_row_order: str = setting(
+        "BACKUP_DB_ROW_ORDER",
+        "primary-key",
+        _choice("primary-key", "dump"),
+        "order of each table's rows in a database backup: primary-key (stable, so a "
+        "second backup stores little more than what changed) or dump (pg_dump's heap "
+        "order, no sort)",
+    )
+    db_row_order_memory: int = setting(
+        "BACKUP_DB_ROW_ORDER_MEMORY",
+        64,
+        _int,
+        "MiB of rows sorted in memory before sorted runs spill to a temporary folder",
+        bounds=(1, 65_536),
+    )
     neon_full: bool = setting(
         "BACKUP_NEON_FULL", False, _bool, "take full (not schema-only) backups of Neon databases"
     )

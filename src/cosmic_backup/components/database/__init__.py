@@ -57,6 +57,7 @@ from cosmic_backup.components.database.restore import (
     current_row_counts,
     restore_dump,
 )
+from cosmic_backup.components.database.row_order import RowOrderSettings
 from cosmic_backup.components.database.source import DatabaseSource
 from cosmic_backup.components.database.tools import Tool, find_tool
 from cosmic_backup.components.database.url import Target, parse_database_url
@@ -155,6 +156,11 @@ class DatabaseComponent(Component):
                 limits=limits,
                 log=self.log,
                 directory=directory,
+                row_order=RowOrderSettings(
+                    self.settings.db_row_order,
+                    self.settings.db_row_order_memory * 1024 * 1024,
+                    self._dump_folders(),
+                ),
             )
         except psycopg.Error as exc:
             raise OperationFailed(

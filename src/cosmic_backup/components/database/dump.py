@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import psycopg
@@ -34,6 +35,13 @@ from cosmic_backup.components.database.directory_dump import (
     write_dump_tar,
 )
 from cosmic_backup.components.database.migrations import migration_head
+from cosmic_backup.components.database.row_order import (
+    ORDER_PRIMARY_KEY,
+    PrimaryKey,
+    RowOrderSettings,
+    RowOrderWriter,
+    read_primary_keys,
+)
 from cosmic_backup.components.database.source import CUSTOM, DIRECTORY, DatabaseSource
 from cosmic_backup.components.database.stream_counts import StreamCounter
 from cosmic_backup.components.database.tools import Tool
@@ -41,6 +49,7 @@ from cosmic_backup.components.database.url import Target
 from cosmic_backup.errors import OperationFailed
 from cosmic_backup.format.manifest import MODE_SCHEMA_ONLY
 from cosmic_backup.process import PUMP_CHUNK, Child, running
+from cosmic_backup.sizes import free_space
 
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
 # Tables counted per transaction: its locks (each table and its indexes) are released
@@ -123,6 +132,7 @@ def take_dump(
     limits: DumpSettings,
     log: logging.Logger,
     directory: DirectoryDump | None = None,
+    row_order: RowOrderSettings | None = None,
 ) -> DatabaseSource:
     """Dump `target` into `out`; return what the manifest records of the source.
 
@@ -133,7 +143,13 @@ def take_dump(
     BACKUP_TIMEOUT bounds the whole of it: pg_dump gets what is left after the catalog
     reads, and a count(*) fallback (only if the stream could not be read) what is left
     after pg_dump.
+
+    With `row_order` (primary-key), each table's rows are put in key order on their way
+    (row_order.py); the keys are read in the same snapshot.
     """
+    sorting = row_order if row_order and row_order.order == ORDER_PRIMARY_KEY else None
+    if mode == MODE_SCHEMA_ONLY or directory is not None:
+        sorting = None  # no rows; --jobs dumps keep pg_dump's order (docs/format.md)
     deadline = time.monotonic() + limits.timeout
     with connect(target, limits.connect_timeout) as exporter:
         # This transaction only keeps the snapshot alive while pg_dump reads it: it takes
@@ -143,7 +159,7 @@ def take_dump(
         exporter.execute("SET idle_in_transaction_session_timeout = 0")
         exporter.execute("SET statement_timeout = 0")
         snapshot = str(exporter.execute("SELECT pg_export_snapshot()").fetchone()[0])  # type: ignore[index]
-        tables, facts = _read_snapshot(target, snapshot, limits)
+        tables, facts, keys = _read_snapshot(target, snapshot, limits, sorting is not None)
         remaining = max(1.0, deadline - time.monotonic())
         if directory is not None:
             size = functools.partial(_database_size, exporter)  # asked if the disk fills
@@ -156,7 +172,8 @@ def take_dump(
             exporter.rollback()
             return _source(target, server, pg_dump, facts, directory)
         counter = StreamCounter()
-        _run_pg_dump(out, target, snapshot, mode, pg_dump, limits, log, remaining, counter)
+        ordered = (sorting, keys) if sorting is not None else None
+        _run_pg_dump(out, target, snapshot, mode, pg_dump, limits, log, remaining, counter, ordered)
         if mode != MODE_SCHEMA_ONLY:
             facts["row_counts"] = _row_counts(
                 target, snapshot, tables, counter, limits, log, deadline
@@ -181,11 +198,12 @@ def _database_size(conn: psycopg.Connection) -> int | None:
 
 
 def _read_snapshot(
-    target: Target, snapshot: str, limits: DumpSettings
-) -> tuple[list[tuple[str, str]], dict[str, Any]]:
-    """Tables, schemas and migration head, read in the exported snapshot, so they describe
-    exactly what pg_dump dumps. Catalog reads only, in a transaction that ends before
-    pg_dump starts (the migration head reads one small table)."""
+    target: Target, snapshot: str, limits: DumpSettings, with_keys: bool
+) -> tuple[list[tuple[str, str]], dict[str, Any], dict[tuple[str, str], PrimaryKey]]:
+    """Tables, schemas, migration head (and with `with_keys`, the primary keys), read in
+    the exported snapshot, so they describe exactly what pg_dump dumps. Catalog reads
+    only, in a transaction that ends before pg_dump starts (the migration head reads one
+    small table)."""
     with connect(target, limits.connect_timeout) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
@@ -196,13 +214,18 @@ def _read_snapshot(
         tables = list_tables(conn)
         schemas = [str(row[0]) for row in conn.execute(SCHEMAS_QUERY).fetchall()]
         head = migration_head(conn)
+        keys = read_primary_keys(conn) if with_keys else {}
         conn.commit()
-    return tables, {
-        "tables": [f"{s}.{t}" for s, t in tables],
-        "row_counts": {},
-        "schemas": schemas,
-        "migration_head": head,
-    }
+    return (
+        tables,
+        {
+            "tables": [f"{s}.{t}" for s, t in tables],
+            "row_counts": {},
+            "schemas": schemas,
+            "migration_head": head,
+        },
+        keys,
+    )
 
 
 def _row_counts(
@@ -316,19 +339,85 @@ def _run_pg_dump(
     log: logging.Logger,
     seconds_left: float,
     counter: StreamCounter,
+    ordered: tuple[RowOrderSettings, dict[tuple[str, str], PrimaryKey]] | None = None,
 ) -> None:
     argv, env = _pg_dump_command(pg_dump, target, snapshot, mode, limits, "--format=custom")
-    child = Child(argv, env=env, timeout=seconds_left, log=log)
-    assert child.process.stdout is not None
-    with running(child):
-        while chunk := child.process.stdout.read(PUMP_CHUNK):
-            out.write(chunk)
-            counter.feed(chunk)
-        code = child.wait()
+    counted = _Tee(out, counter)
+    if ordered is None:
+        code, child = _pump(argv, env, seconds_left, log, counted)
+    else:
+        settings, keys = ordered
+        try:
+            with private_dump_folder(settings.spill_parent) as folder:
+                sink = RowOrderWriter(counted, keys, folder, settings.memory)
+                try:
+                    code, child = _pump(argv, env, seconds_left, log, sink)
+                    if code == 0 and not child.timed_out:
+                        sink.finish()
+                finally:
+                    sink.close()
+                _log_order(sink, log)
+        except OSError as exc:
+            if getattr(exc, "from_pipeline", False):
+                raise  # the store's own fault: its caller says what it is
+            raise OperationFailed(sort_failed_message(settings.spill_parent, exc)) from None
     if child.timed_out:
         raise OperationFailed(timeout_message(limits.timeout))
     if code != 0:
         raise OperationFailed(_pg_dump_error(child, limits.lock_wait_timeout))
+
+
+@dataclass(frozen=True)
+class _Tee:
+    """The dump's bytes into the pipeline and the row counter."""
+
+    out: BinaryIO
+    counter: StreamCounter
+
+    def write(self, data: bytes) -> int:
+        try:
+            self.out.write(data)
+        except OSError as exc:
+            exc.from_pipeline = True  # type: ignore[attr-defined]  # not the row sort's
+            raise
+        self.counter.feed(data)
+        return len(data)
+
+
+def sort_failed_message(parent: Path, exc: OSError) -> str:
+    return (
+        f"Putting the dump's rows in primary-key order failed in its temporary folder "
+        f"under {parent} ({exc.strerror or exc}; {free_space(parent)} free there); free "
+        "some space (prune old backups), set BACKUP_DIR to a larger disk or "
+        "BACKUP_DB_ROW_ORDER=dump, then run the backup again; nothing partial was kept."
+    )
+
+
+def _pump(
+    argv: list[str], env: dict[str, str], seconds_left: float, log: logging.Logger, sink: Any
+) -> tuple[int, Child]:
+    """Run pg_dump, its stdout into `sink`; its exit code."""
+    child = Child(argv, env=env, timeout=seconds_left, log=log)
+    assert child.process.stdout is not None
+    with running(child):
+        while chunk := child.process.stdout.read(PUMP_CHUNK):
+            sink.write(chunk)
+        code = child.wait()
+    return code, child
+
+
+def _log_order(sink: RowOrderWriter, log: logging.Logger) -> None:
+    stats = sink.stats
+    log.info(
+        "row order: %d table(s) in primary-key order, %d spilled %d sorted run(s)",
+        stats.sorted_tables,
+        stats.spilled_tables,
+        stats.runs,
+    )
+    if stats.kept_dump_order:
+        log.info("row order: pg_dump's order kept for %s", ", ".join(stats.kept_dump_order))
+    if stats.passed_through:
+        log.info("row order: the rest of the dump left as it was: %s", stats.passed_through)
 
 
 def _source(

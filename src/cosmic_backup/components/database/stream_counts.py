@@ -93,6 +93,8 @@ class Head:
     # The drops of the domain constraints dumped apart (NOT VALID ones): (schema, statement).
     domain_constraint_drops: list[tuple[str, str]] = field(default_factory=list)
     archive_format: int = FORMAT_CUSTOM
+    # Each TABLE DATA entry's (schema, table, COPY statement): row_order.py's key columns.
+    copies: dict[int, tuple[str, str, str]] = field(default_factory=dict)
 
 
 def parse_head(data: bytes, *, toc_file: bool = False) -> Head:
@@ -144,7 +146,7 @@ def _read_toc(reader: _Reader, version: tuple[int, int], head: Head) -> None:
         reader.int()  # section
         defn = reader.str()
         drop = reader.str()
-        reader.str()  # copyStmt
+        copy = reader.str()
         namespace = reader.str()
         reader.str()  # tablespace
         if version >= (1, 14):
@@ -162,6 +164,8 @@ def _read_toc(reader: _Reader, version: tuple[int, int], head: Head) -> None:
             reader.take(1 + head.offset_size)  # custom format's data offset (flag + offset)
         if desc == "TABLE DATA" and tag is not None and namespace is not None:
             head.tables[dump_id] = f"{namespace}.{tag}"
+            if copy:
+                head.copies[dump_id] = (namespace, tag, copy)
         if drop and desc and not namespace:
             head.unschemed_drops.append((desc, drop))
         if desc == "POLICY" and defn:
