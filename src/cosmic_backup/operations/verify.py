@@ -13,15 +13,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from cosmic_backup.catalog import Entry, StoreCatalog
 from cosmic_backup.clock import iso
 from cosmic_backup.components import create_component
-from cosmic_backup.errors import CosmicError, OperationFailed
+from cosmic_backup.errors import CosmicError
 from cosmic_backup.format.manifest import Manifest
 from cosmic_backup.format.pipeline import CHUNK_SIZE
 from cosmic_backup.operations.artifacts import open_plaintext, trusted_key
 from cosmic_backup.operations.context import Runtime
-from cosmic_backup.operations.offsite import CHUNKED_OFFSITE, locate_all, select_anywhere
+from cosmic_backup.operations.offsite import Located, locate_all, pull_for_reading, select_anywhere
 from cosmic_backup.operations.store import open_chunked
 from cosmic_backup.storage.local import replace_file
 
@@ -48,18 +47,18 @@ def verify_backups(rt: Runtime, component: str | None, selector: str | None) -> 
             found = [select_anywhere(rt, component, selector)]
         else:
             found = [x for x in locate_all(rt, component) if x.entry.manifest.ok]
-        return [_verify_one(rt, x.entry, x.catalog) for x in found]
+        return [_verify_one(rt, x) for x in found]
 
 
-def _verify_one(rt: Runtime, entry: Entry, catalog: StoreCatalog) -> VerifyResult:
+def _verify_one(rt: Runtime, located: Located) -> VerifyResult:
+    entry, catalog = located.entry, located.catalog
     manifest = entry.manifest
     try:
         key = trusted_key(rt, entry)
         component = create_component(manifest.component, rt.settings, rt.log)
         with contextlib.ExitStack() as stack:
             if manifest.chunked:  # every chunk is read: each pack's MAC, each chunk's id
-                if catalog is not rt.catalog:
-                    raise OperationFailed(CHUNKED_OFFSITE)
+                pull_for_reading(rt, located, key)  # held off-site only: its packs come here
                 reader: io.RawIOBase = open_chunked(rt, manifest, key)
             else:
                 artifact = stack.enter_context(catalog.open_artifact(entry))
