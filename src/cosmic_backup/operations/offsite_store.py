@@ -181,32 +181,70 @@ def _load_record(path: Path, url: str) -> RemoteRecord | None:
 
 
 def _rebuild_record(
-    rt: Runtime, remote: StoreCatalog, store: ChunkStore, path: Path
+    rt: Runtime,
+    remote: StoreCatalog,
+    store: ChunkStore,
+    path: Path,
+    previous: RemoteRecord | None = None,
 ) -> RemoteRecord:
-    """One paged listing of the remote's `store/`, and its index objects read to learn
-    which packs they name (a pack no index object names gets one with the next upload)."""
+    """One paged listing of the remote's `store/`; which packs its index objects name is
+    taken from the previous record where it still holds, else learnt by reading them (a
+    pack no index object names gets one with the next upload)."""
     listed = {info.name: info.size for info in remote.store.list("store/")}
-    indexed: set[str] = set()
-    good_indexes: list[str] = []
-    for name in sorted(n for n in listed if n.startswith(INDEX)):
-        try:
-            indexed |= {pack.name for pack in _read_remote_index(remote, store, name).packs}
-            good_indexes.append(name)
-        except (CosmicError, StoreNotFound) as exc:  # its packs count as not named
-            rt.log.warning("off-site index object %s is not used: %s", name, exc)
+    indexes = sorted(n for n in listed if n.startswith(INDEX) and OBJECT_NAME.fullmatch(_leaf(n)))
+    indexed, good_indexes = _indexed_packs(rt, remote, store, indexes, previous)
     packs = sorted(n for n in listed if n.startswith(PACKS) and OBJECT_NAME.fullmatch(_leaf(n)))
     others = sorted(n for n in listed if n == CONFIG or n.startswith(KEYS))
+    known = previous.until if previous is not None else {}
+
+    def line(kind: str, name: str) -> str:
+        return f"{kind} {name} {listed[name]} {known.get(name, UNKNOWN)}"
+
     lines = [f"{RECORD_HEADER} {remote.store.describe()}"]
-    lines += [f"object {n} {listed[n]} {UNKNOWN}" for n in others]
-    lines += [f"pack {n} {listed[n]} {UNKNOWN}" for n in packs if _leaf(n) in indexed]
-    lines += [f"index {n} {listed[n]} {UNKNOWN}" for n in good_indexes]
-    lines += [f"pack {n} {listed[n]} {UNKNOWN}" for n in packs if _leaf(n) not in indexed]
+    lines += [line("object", n) for n in others]
+    lines += [line("pack", n) for n in packs if _leaf(n) in indexed]
+    lines += [line("index", n) for n in good_indexes]
+    lines += [line("pack", n) for n in packs if _leaf(n) not in indexed]
     store.layout.private_folder(path.parent)
     replace_file(path, ("\n".join(lines) + "\n").encode("ascii"))
     rt.log.info("off-site record rebuilt from a listing: %d packs there", len(packs))
     record = _load_record(path, remote.store.describe())
     assert record is not None  # just written
     return record
+
+
+def _indexed_packs(
+    rt: Runtime,
+    remote: StoreCatalog,
+    store: ChunkStore,
+    indexes: list[str],
+    previous: RemoteRecord | None,
+) -> tuple[set[str], list[str]]:
+    """The packs the remote's index objects name, and the index objects that count. The
+    previous record answers when every index object it knows is still there (the usual
+    `sync`: no read); otherwise every index object is read."""
+    if previous is not None:
+        known = {n for n in previous.sizes if n.startswith(INDEX)}
+        if known <= set(indexes):
+            unread = [n for n in indexes if n not in known]
+            named = previous.packs - {_leaf(n) for n in previous.unindexed}
+            more, good = _read_indexes(rt, remote, store, unread)
+            return named | more, sorted(known) + good
+    return _read_indexes(rt, remote, store, indexes)
+
+
+def _read_indexes(
+    rt: Runtime, remote: StoreCatalog, store: ChunkStore, names: list[str]
+) -> tuple[set[str], list[str]]:
+    indexed: set[str] = set()
+    good: list[str] = []
+    for name in names:
+        try:
+            indexed |= {pack.name for pack in _read_remote_index(remote, store, name).packs}
+            good.append(name)
+        except (CosmicError, StoreNotFound) as exc:  # its packs count as not named
+            rt.log.warning("off-site index object %s is not used: %s", name, exc)
+    return indexed, good
 
 
 def _read_remote_index(remote: StoreCatalog, store: ChunkStore, name: str) -> IndexText:
@@ -229,9 +267,9 @@ def remote_record(
     if (known := _records.get(remote)) is not None:
         return known
     path = record_path(store.layout, remote.store.describe())
-    record = None if fresh else _load_record(path, remote.store.describe())
-    if record is None:
-        record = _rebuild_record(rt, remote, store, path)
+    record = _load_record(path, remote.store.describe())
+    if record is None or fresh:
+        record = _rebuild_record(rt, remote, store, path, record)
     _records[remote] = record
     return record
 
@@ -409,6 +447,7 @@ def start_sync(rt: Runtime, remote: StoreCatalog) -> RemoteRecord | None:
     except CosmicError as exc:  # the uploads say why, one backup at a time
         rt.log.warning("the chunk store cannot be opened for the off-site check: %s", exc)
         return None
+    _stores[(rt.catalog.root, key.fingerprint)] = store  # unwrapped once for the run
     return remote_record(rt, remote, store, fresh=True)
 
 

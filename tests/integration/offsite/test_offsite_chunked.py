@@ -79,6 +79,15 @@ def test_a_second_backup_sends_only_what_the_remote_lacks_and_no_secret(
     assert len(puts(s3_proxy, "/store/index/")) == 1
     assert len(puts(s3_proxy)) == 4
 
+    # The record lost: one listing of store/ rebuilds it, and still nothing is sent again.
+    (record,) = (project.backups / "store" / "cache").glob("remote-*.record")
+    record.unlink()
+    s3_proxy.clear()
+    fourth = backed_up(project, "files")
+    assert fourth["offsite"] == "ok" and record.is_file(), fourth
+    assert len(puts(s3_proxy)) == 2 and not puts(s3_proxy, "/store/")
+    assert any("prefix=" in s.target.lower() for s in s3_proxy.requests("GET"))
+
     assert {e["where"] for e in listed(project)} == {"both"}
     logs = "".join(p.read_text() for p in (project.root / "logs").glob("*.log"))
     assert KEY not in logs and s3_server.secret_key not in logs
@@ -111,6 +120,25 @@ def test_disaster_recovery_from_the_bucket_alone_restores_chunked_backups_byte_f
     s3_proxy.clear()
     ok(puller.run("verify"))
     assert not s3_proxy.requests("GET", "/store/packs/")  # read here, not off-site
+
+
+def test_a_key_rotation_sends_the_new_wrap_and_the_new_key_alone_recovers(
+    make_project: ProjectFactory, s3_server: S3Server, remote_url: str
+) -> None:
+    project = chunked_project(make_project, s3_server, remote_url)
+    backed_up(project, "files")
+    ok(project.run("key", "rotate"))
+    project.env["BACKUP_KEY"] = new_key = "the rotated offsite passphrase 0123456789"
+    (project.root / "uploads" / "after.bin").write_bytes(os.urandom(100_000))
+    assert backed_up(project, "files")["offsite"] == "ok"
+    wraps = [n for n in bucket_names(s3_server, remote_url) if n.startswith("store/keys/")]
+    assert len(wraps) == 2
+
+    rebuilt = offsite_project(make_project, s3_server, remote_url)  # only the new key
+    rebuilt.env.update({**CHUNKED, "BACKUP_KEY": new_key})
+    ok(rebuilt.run("restore", "files", "latest", "--yes", "--no-safety-backup"))
+    after = (rebuilt.root / "uploads" / "after.bin").read_bytes()
+    assert after == (project.root / "uploads" / "after.bin").read_bytes()
 
 
 def test_pull_fetches_only_missing_packs_and_refuses_a_damaged_one_by_name(
