@@ -421,7 +421,10 @@ def clean_offsite_leftovers(
     abandoned = getattr(remote.store, "abandoned_uploads", None)
     if abandoned is not None:
         for name, upload_id in abandoned(started):
-            if _id_of(name) not in live:
+            # A pack's name says not whose upload it is: while any upload of ours runs,
+            # the store's unfinished uploads are left to the next sync.
+            ours_running = bool(live) and name.startswith("store/")
+            if _id_of(name) not in live and not ours_running:
                 remote.store.abort_upload(name, upload_id)  # type: ignore[attr-defined]
                 removed.append(f"{name} (unfinished upload)")
     for component in components:

@@ -103,59 +103,57 @@ class MacReader(io.RawIOBase):
 class RemoteRecord:
     """`store/cache/remote-<16 hex>.record`: one line per object confirmed off-site.
 
-    ``pack|index|object <remote name> <size> <retain until>`` as each PUT is confirmed,
-    ``retain <remote name> <retain until>`` as a retention is extended. An ``index`` line
-    (or ``indexed``, when no pack needed naming) says that every pack line above it is
-    named by an index object off-site.
+    ``pack|index|object <remote name> <size> <retain until>`` as each PUT is confirmed
+    (a pack line rebuilt from a listing ends in `` named`` when an index object off-site
+    names the pack), ``named <pack remote name>`` once an index object naming the pack is
+    confirmed, ``retain <remote name> <retain until>`` as a retention is extended. Each
+    pack is named explicitly, so two processes appending (an upload after a backup runs
+    outside the root's lock) never mark another's pack as indexed.
     """
 
     path: Path
     sizes: dict[str, int] = field(default_factory=dict)
     until: dict[str, str] = field(default_factory=dict)
-    unindexed: list[str] = field(default_factory=list)  # packs no remote index names yet
+    unindexed: dict[str, None] = field(default_factory=dict)  # packs no index names yet
 
     @property
     def packs(self) -> set[str]:
         return {_leaf(name) for name in self.sizes if name.startswith(PACKS)}
 
-    def _append(self, line: str) -> None:
+    def _append(self, lines: list[str]) -> None:
         with open(self.path, "a", encoding="ascii") as handle:
-            handle.write(line + "\n")
+            handle.write("".join(line + "\n" for line in lines))
             handle.flush()
             os.fsync(handle.fileno())
+        for line in lines:
+            self.note(line)
 
     def note(self, line: str) -> None:
         """Take one line into memory (reading or writing); ValueError if it is not one."""
-        if line == "indexed":
-            self.unindexed.clear()
-            return
         kind, name, *rest = line.split(" ")
-        if kind == "retain" and len(rest) == 1:
+        if kind == "named" and not rest:
+            self.unindexed.pop(name, None)
+        elif kind == "retain" and len(rest) == 1:
             self.until[name] = rest[0]
-            return
-        if kind not in ("pack", "index", "object") or len(rest) != 2:
+        elif kind in ("pack", "index", "object") and len(rest) in (2, 3):
+            if rest[2:] not in ([], ["named"]) or (len(rest) == 3 and kind != "pack"):
+                raise ValueError(line)
+            self.sizes[name] = int(rest[0])
+            self.until[name] = rest[1]
+            if kind == "pack" and len(rest) == 2:
+                self.unindexed[name] = None
+        else:
             raise ValueError(line)
-        self.sizes[name] = int(rest[0])
-        self.until[name] = rest[1]
-        if kind == "pack":
-            self.unindexed.append(name)
-        elif kind == "index":
-            self.unindexed.clear()
 
     def add(self, name: str, size: int, until: str) -> None:
         kind = "pack" if name.startswith(PACKS) else "index" if name.startswith(INDEX) else "object"
-        line = f"{kind} {name} {size} {until}"
-        self._append(line)
-        self.note(line)
+        self._append([f"{kind} {name} {size} {until}"])
 
-    def mark_indexed(self) -> None:
-        self._append("indexed")
-        self.note("indexed")
+    def name_packs(self, packs: list[str]) -> None:
+        self._append([f"named {name}" for name in packs])
 
     def retain(self, name: str, until: str) -> None:
-        line = f"retain {name} {until}"
-        self._append(line)
-        self.note(line)
+        self._append([f"retain {name} {until}"])
 
 
 def record_path(layout: StoreLayout, url: str) -> Path:
@@ -202,9 +200,8 @@ def _rebuild_record(
 
     lines = [f"{RECORD_HEADER} {remote.store.describe()}"]
     lines += [line("object", n) for n in others]
-    lines += [line("pack", n) for n in packs if _leaf(n) in indexed]
     lines += [line("index", n) for n in good_indexes]
-    lines += [line("pack", n) for n in packs if _leaf(n) not in indexed]
+    lines += [line("pack", n) + (" named" if _leaf(n) in indexed else "") for n in packs]
     store.layout.private_folder(path.parent)
     replace_file(path, ("\n".join(lines) + "\n").encode("ascii"))
     rt.log.info("off-site record rebuilt from a listing: %d packs there", len(packs))
@@ -371,12 +368,13 @@ def _send_index(
     interrupted run), naming every chunk of each: a later backup may use any of them."""
     if not record.unindexed:
         return
-    names = {_leaf(name) for name in record.unindexed}
+    sent = list(record.unindexed)
+    names = {_leaf(name) for name in sent}
     places = store.loaded_index.index.places_by_pack(names)
     packs = [
         PackRecord(name, record.sizes[remote_pack(name)], _written(store, name), places[name])
         for name in sorted(names)
-        if places.get(name)  # a pack gone from here since: no local backup can need it
+        if places.get(name)
     ]
     if packs:
         text = IndexText(iso(datetime.now(UTC)), packs)
@@ -385,9 +383,10 @@ def _send_index(
         )
         remote.store.put(remote_index(mac), io.BytesIO(stored))
         record.add(remote_index(mac), len(stored), _until_text(end))
-    else:
-        rt.log.info("off-site: %d pack(s) there are not in the local store", len(names))
-        record.mark_indexed()  # no local backup can need them: nothing to name
+    if len(packs) < len(names):  # gone from here since: no local backup can need them
+        gone = len(names) - len(packs)
+        rt.log.info("off-site: %d pack(s) there are not in the local store", gone)
+    record.name_packs(sent)
 
 
 def _written(store: ChunkStore, name: str) -> str:

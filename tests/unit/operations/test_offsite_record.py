@@ -22,8 +22,9 @@ def written(tmp_path: Path) -> RemoteRecord:
     path.write_text(f"{RECORD_HEADER} {URL}\n")
     record = RemoteRecord(path)
     record.add(remote_pack("a" * 64), 100, UNTIL)
-    record.add(remote_index("1" * 64), 10, UNTIL)  # names the pack above
-    record.add(remote_pack("b" * 64), 200, "none")  # sent, then the run was cut
+    record.add(remote_pack("b" * 64), 200, "none")  # sent, then that run was cut
+    record.add(remote_index("1" * 64), 10, UNTIL)  # another run's index, for its pack
+    record.name_packs([remote_pack("a" * 64)])
     record.retain(remote_pack("a" * 64), "2026-12-20T00:00:00.000000Z")
     return record
 
@@ -33,11 +34,11 @@ def test_a_record_reads_back_as_it_was_written(tmp_path: Path) -> None:
     again = _load_record(record.path, URL)
     assert again is not None
     assert again.packs == {"a" * 64, "b" * 64}
-    assert again.unindexed == [remote_pack("b" * 64)]  # the next upload indexes it
+    assert list(again.unindexed) == [remote_pack("b" * 64)]  # the next upload indexes it
     assert again.until[remote_pack("a" * 64)] == "2026-12-20T00:00:00.000000Z"
     assert again.sizes == record.sizes
-    again.mark_indexed()
-    assert _load_record(record.path, URL).unindexed == []  # type: ignore[union-attr]
+    again.name_packs([remote_pack("b" * 64)])
+    assert not _load_record(record.path, URL).unindexed  # type: ignore[union-attr]
 
 
 def test_a_suspect_record_is_not_trusted(tmp_path: Path) -> None:
