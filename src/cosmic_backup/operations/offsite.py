@@ -383,7 +383,7 @@ def _gaps_without_local_copy(
     newer than every complete off-site backup is a known gap, recorded so `status`
     reports it until a newer backup is complete there; an older one is only said."""
     there = _remote_sizes(remote, component)
-    with_artifact = {_id_of(n) for n in there if n.endswith(ARTIFACT_SUFFIX)}
+    with_artifact = {_id_of(n) for n in there if n.endswith((ARTIFACT_SUFFIX, CHUNK_LIST_SUFFIX))}
     suspects = {_id_of(n) for n in there if n.endswith(MANIFEST_SUFFIX) and _id_of(n) not in here}
     if not suspects - with_artifact:  # the common case: nothing to read
         return []
@@ -396,8 +396,8 @@ def _gaps_without_local_copy(
         if entry.id not in suspects or _complete_there(entry, there):
             continue
         message = (
-            "its artifact is missing off-site (or has the wrong size) and no local copy "
-            "remains to upload again: its off-site copy is lost"
+            "its artifact (or chunk list) is missing off-site (or has the wrong size) and "
+            "no local copy remains to upload again: its off-site copy is lost"
         )
         rt.log.error("sync: %s %s", entry.id, message)
         if entry.manifest.started_at < newest_complete:

@@ -12,6 +12,8 @@ import shutil
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from tests.conftest import TEST_BUCKET, Project, ProjectFactory
 from tests.integration.offsite.test_offsite_cli import KEY, listed, offsite_project, ok
 from tests.s3proxy import Fault, S3Proxy
@@ -93,6 +95,7 @@ def test_a_second_backup_sends_only_what_the_remote_lacks_and_no_secret(
     assert KEY not in logs and s3_server.secret_key not in logs
 
 
+@pytest.mark.slow
 def test_disaster_recovery_from_the_bucket_alone_restores_chunked_backups_byte_for_byte(
     make_project: ProjectFactory, s3_server: S3Server, s3_proxy: S3Proxy, remote_url: str
 ) -> None:
@@ -141,6 +144,7 @@ def test_a_key_rotation_sends_the_new_wrap_and_the_new_key_alone_recovers(
     assert after == (project.root / "uploads" / "after.bin").read_bytes()
 
 
+@pytest.mark.slow
 def test_pull_fetches_only_missing_packs_and_refuses_a_damaged_one_by_name(
     make_project: ProjectFactory, s3_server: S3Server, s3_proxy: S3Proxy, remote_url: str
 ) -> None:
@@ -182,6 +186,7 @@ def test_pull_fetches_only_missing_packs_and_refuses_a_damaged_one_by_name(
     assert newer not in {e["id"] for e in listed(fresh) if e["where"] != "remote"}
 
 
+@pytest.mark.slow
 def test_an_upload_cut_mid_pack_is_completed_by_sync(
     make_project: ProjectFactory, s3_server: S3Server, s3_proxy: S3Proxy, remote_url: str
 ) -> None:
@@ -287,3 +292,27 @@ def test_remote_retention_removes_a_chunked_backups_manifest_and_list(
     assert packs <= names  # dead remote packs stay (docs/offsite.md)
     assert manifest.id not in {e["id"] for e in listed(project, "--remote")}
     ok(project.run("restore", "config", "latest", "--yes", "--no-safety-backup"))
+
+
+def test_sync_sends_a_missing_list_again_and_says_when_one_is_lost(
+    make_project: ProjectFactory, s3_server: S3Server, remote_url: str
+) -> None:
+    project = chunked_project(make_project, s3_server, remote_url)
+    backed_up(project, "files")  # an older one, intact everywhere
+    kept, lost = backed_up(project, "config")["id"], backed_up(project, "files")["id"]
+    prefix = remote_url.removeprefix(f"s3://{TEST_BUCKET}/") + "/web-1/"
+    client = s3_server.client()
+    for name in (f"config/{kept}.chunks", f"files/{lost}.chunks"):
+        client.delete_object(Bucket=TEST_BUCKET, Key=prefix + name)
+    for path in (project.backups / "files").glob(f"{lost}.*"):
+        path.unlink()  # and no local copy of that one is left
+
+    sync = project.run("--json", "sync")
+    assert sync.returncode == 1, sync.stdout + sync.stderr
+    items = {i["id"]: i for i in json.loads(sync.stdout)["items"]}
+    assert items[kept]["action"] == "uploaded"
+    assert items[lost]["action"] == "failed" and "no local copy" in items[lost]["message"]
+    assert f"config/{kept}.chunks" in bucket_names(s3_server, remote_url)
+    status = project.run("--json", "status")
+    health = {c["component"]: c["health"] for c in json.loads(status.stdout)["components"]}
+    assert health["config"] == "OK" and health["files"] == "OFFSITE-MISSING"
