@@ -462,10 +462,4 @@ def load_settings(
             raw, source = flags[spec.name], "command line"
         values[spec.name] = None if raw is None else _parse(spec, raw, source)
         sources[spec.name] = source
-    if values.get("remote") and sources["backup_format"] == "default":
-        # Chunked backups cannot go off-site yet: a root that copies off-site keeps the
-        # single-file format unless the operator chose otherwise, so an upgrade never
-        # turns its uploads into failures.
-        values["backup_format"] = FORMAT_SINGLE_FILE
-        sources["backup_format"] = "default with BACKUP_REMOTE"
     return Settings(project_root.resolve(), sources, **values)

@@ -185,15 +185,15 @@ def test_good_aws_settings_pass_and_a_url_s_password_is_never_echoed() -> None:
     assert "hunter2" not in caught.value.message
 
 
-def test_a_root_that_copies_off_site_keeps_single_file_backups_unless_told(
+def test_backups_are_chunked_by_default_also_when_they_go_off_site(
     tmp_path: Path,
 ) -> None:
-    """Chunked backups cannot go off-site yet: the default follows BACKUP_REMOTE, and an
-    explicit choice wins either way."""
+    """Chunked backups go off-site too, so BACKUP_REMOTE no longer changes the default;
+    an explicit choice wins either way."""
     assert load_settings(tmp_path, {}).backup_format == "chunked"
     remote = {"BACKUP_REMOTE": "s3://bucket/app"}
     with_remote = load_settings(tmp_path, remote)
-    assert with_remote.backup_format == "single-file"
-    assert with_remote.sources["backup_format"] == "default with BACKUP_REMOTE"
-    chosen = load_settings(tmp_path, {**remote, "BACKUP_FORMAT": "chunked"})
-    assert chosen.backup_format == "chunked"
+    assert with_remote.backup_format == "chunked"
+    assert with_remote.sources["backup_format"] == "default"
+    chosen = load_settings(tmp_path, {**remote, "BACKUP_FORMAT": "single-file"})
+    assert chosen.backup_format == "single-file"

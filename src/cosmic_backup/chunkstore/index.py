@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -116,6 +117,20 @@ class ChunkIndex:
         pieces.append(self._records[done * RECORD.size :])
         self._records = bytearray(b"".join(pieces))
         self._fresh.clear()
+
+    def places_by_pack(self, packs: set[str]) -> dict[str, list[ChunkPlace]]:
+        """Every chunk of the named packs, by pack: one pass over the records (an index
+        object written for another location must name all of a pack's chunks)."""
+        numbers = {self._pack_numbers[name] for name in packs if name in self._pack_numbers}
+        found: dict[str, list[ChunkPlace]] = {name: [] for name in packs}
+        fresh = RECORD.iter_unpack(b"".join(self._fresh.values()))
+        for chunk_id, number, offset, length, plain_length in itertools.chain(
+            RECORD.iter_unpack(self._records), fresh
+        ):
+            if number in numbers:
+                place = ChunkPlace(chunk_id, offset, length, plain_length)
+                found[self._pack_names[number]].append(place)
+        return found
 
     def sorted_run(self, index_text: IndexText) -> bytes:
         """One index object's records, sorted: 48 bytes a chunk, no object per chunk kept."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import hmac
 import io
 import json
@@ -22,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from cosmic_backup.catalog import (
     ARTIFACT_SUFFIX,
@@ -34,14 +33,23 @@ from cosmic_backup.catalog import (
     StoreCatalog,
     order_key,
 )
+from cosmic_backup.chunkstore.layout import CHUNK_LIST_SUFFIX
 from cosmic_backup.clock import iso
 from cosmic_backup.errors import CosmicError, IntegrityError, OperationFailed, UsageError
 from cosmic_backup.format.keys import Key
 from cosmic_backup.format.manifest import Manifest, dump_manifest
 from cosmic_backup.format.pipeline import UnsealingReader, check_mac
 from cosmic_backup.operations.artifacts import open_plaintext, open_stored
-from cosmic_backup.operations.context import Advance, Runtime
+from cosmic_backup.operations.context import Runtime
+from cosmic_backup.operations.offsite_store import (
+    MacReader,
+    packs_there,
+    pull_store_objects,
+    start_sync,
+    upload_store_objects,
+)
 from cosmic_backup.operations.store import PayloadReader, open_chunked
+from cosmic_backup.progress import Advance
 from cosmic_backup.settings import check_offsite_environment
 from cosmic_backup.states import Trust
 from cosmic_backup.storage.base import StoreNotFound
@@ -232,51 +240,21 @@ def pending_components(backup_dir: Path) -> set[str]:
 
 
 # -- upload ---------------------------------------------------------------------------------
-class _MacTee(io.RawIOBase):
-    """A reader that computes the artifact MAC of every byte it hands on."""
-
-    def __init__(self, source: BinaryIO, key: Key) -> None:
-        self._source = source
-        self._mac = hmac.new(key.artifact_mac_key, digestmod=hashlib.sha256)
-        self.size = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._source.read(size)
-        self._mac.update(data)
-        self.size += len(data)
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def hexdigest(self) -> str:
-        return self._mac.hexdigest()
-
-
-CHUNKED_OFFSITE = (
-    "off-site copies of chunked backups are not supported yet; set "
-    "BACKUP_FORMAT=single-file for backups that go off-site"
-)
-
-
 def upload(rt: Runtime, remote: StoreCatalog, entry: Entry, advance: Advance | None = None) -> None:
-    """Copy one local backup off-site: artifact first, checked, then its manifest;
-    `advance` hears of the artifact's bytes as the store accepts them."""
+    """Copy one local backup off-site: artifact (or the store objects of a chunked one)
+    first, checked, then its manifest; `advance` hears of the artifact's bytes as the
+    store accepts them."""
     manifest = entry.manifest
     local = rt.catalog
-    if manifest.chunked:  # its chunks would not go: never a manifest naming missing data
-        raise OperationFailed(CHUNKED_OFFSITE)
     claim_folder(rt, remote)  # never write over another root's backups
-    if manifest.artifact:
+    if manifest.chunked:  # packs, index, list: everything the manifest names, first
+        key = rt.keys.for_backup(manifest.id, manifest.key_fingerprint)
+        upload_store_objects(rt, remote, manifest, key)
+    elif manifest.artifact:
         key = rt.keys.for_backup(manifest.id, manifest.key_fingerprint)
         name = f"{manifest.component}/{manifest.artifact}"
         with local.store.open_read(name) as source:
-            tee = _MacTee(source, key)
+            tee = MacReader(source, key.artifact_mac_key)
             remote.store.put(name, tee, advance)  # type: ignore[arg-type]
         if tee.size != manifest.stored_size or not hmac.compare_digest(
             tee.hexdigest(), manifest.artifact_mac or ""
@@ -357,10 +335,14 @@ def _remote_sizes(remote: StoreCatalog, component: str) -> dict[str, int]:
 
 
 def _complete_there(entry: Entry, there: dict[str, int]) -> bool:
-    """The manifest is off-site and so is the artifact, at its recorded size."""
+    """The manifest is off-site and so is the artifact (or chunk list), at its recorded
+    size (a chunked backup's packs: `packs_there`)."""
     manifest = entry.manifest
     if StoreCatalog.manifest_name(manifest.component, manifest.id) not in there:
         return False
+    if manifest.chunk_list:
+        listed = f"{manifest.component}/{manifest.chunk_list.get('name')}"
+        return there.get(listed) == manifest.chunk_list.get("stored_size")
     if not manifest.artifact:
         return True
     return there.get(f"{manifest.component}/{manifest.artifact}") == manifest.stored_size
@@ -374,6 +356,7 @@ def sync_push(rt: Runtime, components: list[str]) -> list[SyncItem]:
     items: list[SyncItem] = []
     with rt.catalog.lock("sync", wait=rt.wait):
         claim_folder(rt, remote)
+        start_sync(rt, remote)  # what the chunk store has off-site, from one listing
         for component in components:
             there = _remote_sizes(remote, component)
             local = rt.catalog.entries(component)
@@ -383,6 +366,8 @@ def sync_push(rt: Runtime, components: list[str]) -> list[SyncItem]:
                     items.append(SyncItem(entry.id, component, "skipped", "being uploaded"))
                 elif entry.manifest.ok and not _complete_there(entry, there):
                     items.append(_push_one(rt, remote, entry))
+                elif entry.manifest.chunked and not packs_there(rt, remote, entry.manifest):
+                    items.append(_push_one(rt, remote, entry))  # a pack is gone off-site
             items += _gaps_without_local_copy(rt, remote, component, {e.id for e in local})
         done = {item.id for item in items if item.action == "uploaded"}
         good_here = {e.id for e in rt.catalog.entries() if e.manifest.ok}
@@ -400,7 +385,7 @@ def _gaps_without_local_copy(
     newer than every complete off-site backup is a known gap, recorded so `status`
     reports it until a newer backup is complete there; an older one is only said."""
     there = _remote_sizes(remote, component)
-    with_artifact = {_id_of(n) for n in there if n.endswith(ARTIFACT_SUFFIX)}
+    with_artifact = {_id_of(n) for n in there if n.endswith((ARTIFACT_SUFFIX, CHUNK_LIST_SUFFIX))}
     suspects = {_id_of(n) for n in there if n.endswith(MANIFEST_SUFFIX) and _id_of(n) not in here}
     if not suspects - with_artifact:  # the common case: nothing to read
         return []
@@ -413,8 +398,8 @@ def _gaps_without_local_copy(
         if entry.id not in suspects or _complete_there(entry, there):
             continue
         message = (
-            "its artifact is missing off-site (or has the wrong size) and no local copy "
-            "remains to upload again: its off-site copy is lost"
+            "its artifact (or chunk list) is missing off-site (or has the wrong size) and "
+            "no local copy remains to upload again: its off-site copy is lost"
         )
         rt.log.error("sync: %s %s", entry.id, message)
         if entry.manifest.started_at < newest_complete:
@@ -438,7 +423,10 @@ def clean_offsite_leftovers(
     abandoned = getattr(remote.store, "abandoned_uploads", None)
     if abandoned is not None:
         for name, upload_id in abandoned(started):
-            if _id_of(name) not in live:
+            # A pack's name says not whose upload it is: while any upload of ours runs,
+            # the store's unfinished uploads are left to the next sync.
+            ours_running = bool(live) and name.startswith("store/")
+            if _id_of(name) not in live and not ours_running:
                 remote.store.abort_upload(name, upload_id)  # type: ignore[attr-defined]
                 removed.append(f"{name} (unfinished upload)")
     for component in components:
@@ -446,7 +434,8 @@ def clean_offsite_leftovers(
         for name in sorted(names):
             backup_id = _id_of(name)
             manifest = StoreCatalog.manifest_name(component, backup_id)
-            if name.endswith(ARTIFACT_SUFFIX) and manifest not in names and backup_id not in live:
+            leftover = name.endswith((ARTIFACT_SUFFIX, CHUNK_LIST_SUFFIX))
+            if leftover and manifest not in names and backup_id not in live:
                 remote.store.delete(name)
                 removed.append(name)
     for name in removed:
@@ -490,6 +479,33 @@ def sync_pull(rt: Runtime, components: list[str]) -> list[SyncItem]:
     return items
 
 
+def pull_backup(rt: Runtime, remote: StoreCatalog, entry: Entry, key: Key) -> None:
+    """Copy one off-site backup here: its artifact, or its list and the packs the local
+    store lacks, each checked first; then its manifest, last."""
+    manifest = entry.manifest
+    if manifest.chunked:
+        pull_store_objects(rt, remote, manifest, key)
+    else:
+        name = f"{manifest.component}/{manifest.artifact}"
+        with open_stored(rt, remote, entry) as spool:
+            with rt.progress(f"checking {manifest.id}", manifest.stored_size) as advance:
+                check_mac(spool, key, manifest.artifact_mac or "", manifest.stored_size, advance)
+            spool.seek(0)
+            rt.catalog.store.put(name, spool)
+    manifest_name = remote.manifest_name(manifest.component, manifest.id)
+    with remote.store.open_read(manifest_name) as source:
+        rt.catalog.store.put(manifest_name, source)
+
+
+def pull_for_reading(rt: Runtime, located: Located, key: Key) -> None:
+    """A chunked backup held only off-site is pulled into the local store before it is
+    read (restore, verify): its packs are checked on the way, so nothing damaged is used."""
+    if located.entry.manifest.chunked and located.where == "remote":
+        rt.say(f"Pulling {located.entry.id} from {located.catalog.store.describe()}...")
+        rt.catalog.ensure_layout()
+        pull_backup(rt, located.catalog, located.entry, key)
+
+
 def _pull_one(rt: Runtime, remote: StoreCatalog, entry: Entry) -> SyncItem:
     manifest = entry.manifest
     try:
@@ -498,15 +514,7 @@ def _pull_one(rt: Runtime, remote: StoreCatalog, entry: Entry) -> SyncItem:
                 f"The off-site manifest of {entry.id} cannot be trusted: {entry.problem}"
             )
         key = rt.keys.for_backup(manifest.id, manifest.key_fingerprint)
-        name = f"{manifest.component}/{manifest.artifact}"
-        with open_stored(rt, remote, entry) as spool:
-            with rt.progress(f"checking {manifest.id}", manifest.stored_size) as advance:
-                check_mac(spool, key, manifest.artifact_mac or "", manifest.stored_size, advance)
-            spool.seek(0)
-            rt.catalog.store.put(name, spool)
-        manifest_name = remote.manifest_name(manifest.component, manifest.id)
-        with remote.store.open_read(manifest_name) as source:
-            rt.catalog.store.put(manifest_name, source)
+        pull_backup(rt, remote, entry, key)
     except (CosmicError, OSError) as exc:
         message = _sentence(exc)
         rt.log.error("sync: download of %s failed: %s", entry.id, message)
@@ -659,8 +667,7 @@ def open_intact(
     backup (format 2) is read from the local chunk store, every pack it needs present."""
     entry = located.entry
     if entry.manifest.chunked:
-        if located.where == "remote":
-            raise OperationFailed(CHUNKED_OFFSITE)
+        pull_for_reading(rt, located, key)
         yield open_chunked(rt, entry.manifest, key)
         return
     with contextlib.ExitStack() as stack:

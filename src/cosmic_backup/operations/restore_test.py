@@ -37,7 +37,7 @@ from cosmic_backup.format.manifest import Manifest
 from cosmic_backup.format.pipeline import CHUNK_SIZE, UnsealingReader
 from cosmic_backup.operations.artifacts import open_plaintext, open_stored, trusted_key
 from cosmic_backup.operations.context import Runtime
-from cosmic_backup.operations.offsite import CHUNKED_OFFSITE, Located, select_anywhere
+from cosmic_backup.operations.offsite import Located, pull_for_reading, select_anywhere
 from cosmic_backup.operations.restore_sandbox import (
     Sandbox,
     extract_archive_and_compare,
@@ -158,8 +158,7 @@ def _open(rt: Runtime, located: Located, stack: contextlib.ExitStack) -> _Opened
     entry = located.entry
     key = trusted_key(rt, entry)
     if entry.manifest.chunked:
-        if located.where == "remote":
-            raise OperationFailed(CHUNKED_OFFSITE)
+        pull_for_reading(rt, located, key)  # held off-site only: its packs come here
         return _Opened(entry, located.catalog, key, None, open_chunked(rt, entry.manifest, key))
     try:
         artifact = stack.enter_context(open_stored(rt, located.catalog, entry))

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from cosmic_backup.catalog import Entry, StoreCatalog
+from cosmic_backup.catalog import Entry
 from cosmic_backup.chunkstore.check import (
     LiveList,
     StoreCheck,
@@ -30,12 +30,12 @@ from cosmic_backup.chunkstore.reader import BrokenChunk
 from cosmic_backup.chunkstore.store import ChunkStore
 from cosmic_backup.clock import iso
 from cosmic_backup.components import create_component
-from cosmic_backup.errors import CosmicError, OperationFailed
+from cosmic_backup.errors import CosmicError
 from cosmic_backup.format.manifest import Manifest
 from cosmic_backup.format.pipeline import CHUNK_SIZE
-from cosmic_backup.operations.artifacts import open_plaintext, trusted_key
+from cosmic_backup.operations.artifacts import open_plaintext, open_stored, trusted_key
 from cosmic_backup.operations.context import Runtime
-from cosmic_backup.operations.offsite import CHUNKED_OFFSITE, locate_all, select_anywhere
+from cosmic_backup.operations.offsite import Located, locate_all, pull_for_reading, select_anywhere
 from cosmic_backup.operations.store import (
     check_same_store,
     chunk_list_record,
@@ -87,14 +87,12 @@ def verify_backups(
         else:
             found = [x for x in locate_all(rt, component) if x.entry.manifest.ok]
         if window is None:
-            return _name_every_backup_a_pack_breaks(
-                rt, [_verify_one(rt, x.entry, x.catalog) for x in found]
-            ), None
-        # Format 1 backups are verified whole; chunked ones off-site are refused as ever.
+            return _name_every_backup_a_pack_breaks(rt, [_verify_one(rt, x) for x in found]), None
+        # Format 1 backups, and chunked ones held off-site only, are verified whole.
         sampled, whole = [], []
         for x in found:
             (sampled if x.entry.manifest.chunked and x.catalog is rt.catalog else whole).append(x)
-        results = [_verify_one(rt, x.entry, x.catalog) for x in whole]
+        results = [_verify_one(rt, x) for x in whole]
         if not sampled:
             return results, None
         subset_results, report = _verify_sampled(rt, [x.entry for x in sampled], window)
@@ -177,18 +175,18 @@ def _sampled_result(entry: Entry, check: StoreCheck) -> VerifyResult:
     return VerifyResult(entry.id, component, True, message, figures)
 
 
-def _verify_one(rt: Runtime, entry: Entry, catalog: StoreCatalog) -> VerifyResult:
+def _verify_one(rt: Runtime, located: Located) -> VerifyResult:
+    entry, catalog = located.entry, located.catalog
     manifest = entry.manifest
     try:
         key = trusted_key(rt, entry)
         component = create_component(manifest.component, rt.settings, rt.log)
         with contextlib.ExitStack() as stack:
             if manifest.chunked:  # every chunk is read: each pack's MAC, each chunk's id
-                if catalog is not rt.catalog:
-                    raise OperationFailed(CHUNKED_OFFSITE)
+                pull_for_reading(rt, located, key)  # held off-site only: its packs come here
                 reader: io.RawIOBase = open_chunked(rt, manifest, key)
             else:
-                artifact = stack.enter_context(catalog.open_artifact(entry))
+                artifact = stack.enter_context(open_stored(rt, catalog, entry))
                 reader = open_plaintext(rt, artifact, manifest, key)
             advance = stack.enter_context(
                 rt.progress(f"verifying {manifest.id}", manifest.plaintext_size)

@@ -268,6 +268,14 @@ class S3Store:
         until = head.get("ObjectLockRetainUntilDate")
         return until if isinstance(until, datetime) else None
 
+    def extend_retention(self, name: str, until: datetime) -> None:
+        """Lengthen the object's COMPLIANCE retention to `until` (PutObjectRetention)."""
+        retention = {"Mode": "COMPLIANCE", "RetainUntilDate": until}
+        with self._calling("extend the Object Lock retention of", name):
+            self.client.put_object_retention(
+                Bucket=self.location.bucket, Key=self._key(name), Retention=retention
+            )
+
     def list(self, prefix: str) -> list[ObjectInfo]:
         base = self.location.base
         found = []

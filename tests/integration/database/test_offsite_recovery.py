@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Project, ProjectFactory, clean_environ
 from tests.integration.database.appdb import DESTRUCTIVE_CHANGES, execute, full_state
 from tests.s3server import S3Server
@@ -35,8 +37,13 @@ def _make_app(project: Project) -> None:
     (project.root / "static" / "site.css").write_text("body { color: red }\n")
 
 
+@pytest.mark.parametrize("backup_format", ["single-file", "chunked"])
 def test_disaster_recovery_from_the_bucket_with_only_the_key(
-    make_project: ProjectFactory, s3_server: S3Server, remote_url: str, app_db: str
+    make_project: ProjectFactory,
+    s3_server: S3Server,
+    remote_url: str,
+    app_db: str,
+    backup_format: str,
 ) -> None:
     first = make_project()
     remote_env = {
@@ -44,7 +51,7 @@ def test_disaster_recovery_from_the_bucket_with_only_the_key(
         "BACKUP_REMOTE": remote_url,
         "BACKUP_REMOTE_HOST": "app-server",
         "DATABASE_URL": app_db,
-        "BACKUP_FORMAT": "single-file",  # chunked backups do not go off-site yet
+        "BACKUP_FORMAT": backup_format,  # an artifact each, or packs in the bucket's store
     }
     first.env.update(remote_env)
     _make_app(first)

@@ -1,5 +1,6 @@
-"""Off-site tests use the single-file format (format 1): uploads of chunked backups are
-refused until the store's off-site step lands (docs/format.md, "Off-site")."""
+"""Most off-site tests pin the single-file format (format 1): they read, rename or damage
+artifacts in the bucket. Chunked backups off-site (format 2, the default) have their own
+tests, which ask for it: test_offsite_chunked.py."""
 
 from __future__ import annotations
 

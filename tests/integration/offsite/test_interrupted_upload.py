@@ -87,13 +87,16 @@ def _open_uploads(client: Any, prefix: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backup_format", ["single-file", "chunked"])
 def test_a_killed_upload_stays_pending_until_sync_which_also_cleans_what_kills_left(
-    make_project: ProjectFactory, s3_server: S3Server, remote_url: str
+    make_project: ProjectFactory, s3_server: S3Server, remote_url: str, backup_format: str
 ) -> None:
-    """SIGKILL and SIGTERM while a multipart upload is open: the backup is pending off-site
-    (status unhealthy) until `sync` completes it, and no upload stays open. An artifact
-    left without its manifest (a prune killed between its two deletes) is removed."""
+    """SIGKILL and SIGTERM while a multipart upload (an artifact's, or a pack's) is open:
+    the backup is pending off-site (status unhealthy) until `sync` completes it, and no
+    upload stays open. An artifact or chunk list left without its manifest (a prune
+    killed between its two deletes) is removed."""
     project = big_files_project(make_project, s3_server.env(), remote_url)
+    project.env["BACKUP_FORMAT"] = backup_format
     client = s3_server.client()
     prefix = remote_url.removeprefix(f"s3://{TEST_BUCKET}/") + "/web-1/"
     killed = []

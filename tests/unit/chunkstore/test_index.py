@@ -79,3 +79,15 @@ def test_index_text_round_trips_and_a_bad_count_is_refused() -> None:
     assert parse_index(rendered, "x") == text
     with pytest.raises(IntegrityError, match="end line"):
         parse_index(rendered.replace(b"end 3", b"end 2"), "x")
+
+
+def test_places_by_pack_gives_every_chunk_of_the_named_packs_fresh_or_merged() -> None:
+    index = ChunkIndex()
+    ids = sorted(os.urandom(32) for _ in range(30))
+    index.load([index.sorted_run(IndexText(WRITTEN, [pack("a" * 64, ids[:10])]))], bool)
+    index.add_pack(pack("b" * 64, ids[10:20]))  # fresh: not merged yet
+    index.add_pack(pack("c" * 64, ids[20:]))
+    found = index.places_by_pack({"a" * 64, "b" * 64, "d" * 64})
+    assert sorted(p.chunk_id for p in found["a" * 64]) == ids[:10]
+    assert sorted(p.chunk_id for p in found["b" * 64]) == ids[10:20]
+    assert found["d" * 64] == [] and "c" * 64 not in found
