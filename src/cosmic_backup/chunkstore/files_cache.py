@@ -31,7 +31,7 @@ SCHEMA = (
     "ctime_ns INTEGER, inode INTEGER, device INTEGER, header_sha256 BLOB, chunks BLOB, "
     "PRIMARY KEY (folder, name)) WITHOUT ROWID"
 )
-FOLDERS_KEPT = 64  # folders' rows held at once: those the walk is inside, and a few more
+FOLDERS_KEPT = 16  # folders' rows held at once: those the walk is inside, and a few more
 INSERT_EVERY = 1000  # rows written to the new cache in one statement
 _REF = struct.Struct(">32sI")  # a chunk id and its plain length, as the `chunks` column packs them
 
@@ -139,7 +139,7 @@ class FilesCache:
             return None
         folder, name = _path_key(path)
         try:
-            row = self._folder_rows(folder).get(name)
+            row = self._folder_rows(folder).pop(name, None)  # each file is asked for once
         except sqlite3.DatabaseError as exc:
             self._unreadable(exc)
             self._old = None
