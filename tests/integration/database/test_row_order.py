@@ -103,6 +103,7 @@ def copy_rows(dump: Path, table: str) -> list[bytes]:
 
 
 def dump_with(component: ComponentFactory, url: str, path: Path, **environ: str) -> dict[str, int]:
+    environ = {"BACKUP_DB_ROW_ORDER": "primary-key", **environ}
     with open(path, "wb") as out:
         produced = component(url, **environ).produce(out, BackupRequest())
     return produced.source.row_counts
@@ -227,7 +228,9 @@ def test_copy_statement_columns(statement: str, columns: list[str] | None) -> No
 # -- through the CLI and the store ------------------------------------------------------
 @pytest.fixture
 def order_project(project: Project, order_db: str) -> Project:
-    project.env.update({"DATABASE_URL": order_db, "BACKUP_KEY": KEY})
+    project.env.update(
+        {"DATABASE_URL": order_db, "BACKUP_KEY": KEY, "BACKUP_DB_ROW_ORDER": "primary-key"}
+    )
     return project
 
 
@@ -299,7 +302,7 @@ def test_the_sort_folder_is_removed_when_the_dump_fails(
 
     monkeypatch.setattr(row_order.RowOrderWriter, "_write_records", write_records)
     monkeypatch.setattr(row_order.RunSort, "_merge", merge)
-    made = component(order_db, BACKUP_DB_ROW_ORDER_MEMORY="1")
+    made = component(order_db, BACKUP_DB_ROW_ORDER="primary-key", BACKUP_DB_ROW_ORDER_MEMORY="1")
     with open(tmp_path / "dump", "wb") as out, pytest.raises(OperationFailed) as raised:
         made.produce(out, BackupRequest())
     assert "No space left on device" in str(raised.value)
