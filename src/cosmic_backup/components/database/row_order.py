@@ -20,6 +20,10 @@ merged (external merge sort, at most MERGE_FAN_IN runs at a time). A row larger 
 BIG_ROW is never held whole: it goes straight to that folder as it arrives, and its key
 is read from its first KEY_PREFIX bytes.
 
+Two sorts give the same archive: RunSort, with _row_sort.c (a run is raw bytes, sorted
+and merged in C: no Python object per row), and TableSort, in Python, for an install
+built without a C compiler and for a table kept in pg_dump's order after a surprise.
+
 Anything unexpected falls back, never to a broken archive: a piece that is not one row,
 or a key column that does not parse, puts that table back in pg_dump's order (the same
 bytes pg_dump wrote); a header or block this module does not know passes the rest of
