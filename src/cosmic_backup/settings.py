@@ -232,7 +232,7 @@ class Settings:
     )
     db_row_order: str = setting(
         "BACKUP_DB_ROW_ORDER",
-        "primary-key",
+        "dump",
         _choice("primary-key", "dump"),
         "order of each table's rows in a database backup: primary-key (stable, so a "
         "second backup stores little more than what changed) or dump (pg_dump's heap "

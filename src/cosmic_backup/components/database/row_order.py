@@ -20,6 +20,10 @@ merged (external merge sort, at most MERGE_FAN_IN runs at a time). A row larger 
 BIG_ROW is never held whole: it goes straight to that folder as it arrives, and its key
 is read from its first KEY_PREFIX bytes.
 
+Two sorts give the same archive: RunSort, with _row_sort.c (a run is raw bytes, sorted
+and merged in C: no Python object per row), and TableSort, in Python, for an install
+built without a C compiler and for a table kept in pg_dump's order after a surprise.
+
 Anything unexpected falls back, never to a broken archive: a piece that is not one row,
 or a key column that does not parse, puts that table back in pg_dump's order (the same
 bytes pg_dump wrote); a header or block this module does not know passes the rest of
@@ -187,7 +191,7 @@ class BigRow:
     length: int
 
 
-Piece = bytes | BigRow
+Piece = bytes | bytearray | BigRow
 Record = tuple[Any, int, Piece]  # (key, sequence number in pg_dump's order, the row)
 
 
@@ -277,7 +281,7 @@ class TableSort:
         self.trailer: bytes | None = None  # the `\\.` piece, held back: it stays last
         self.fallback: TableSort | None = None  # never set here (RunSort's)
 
-    def take_rows(self, buf: bytes, pos: int, width: int, unpack: Any) -> int:
+    def take_rows(self, buf: bytearray, pos: int, width: int, unpack: Any) -> int:
         """Whole pieces of `buf` from `pos`, up to a zero length, a big row or the end of
         `buf`; where it stopped. The hot loop, one turn a row: the common case inline."""
         end, held, key, memory = len(buf), self.held, self.key, self.memory
@@ -401,7 +405,7 @@ def _no_key(row: bytes) -> Any:
 
 
 def _held_size(piece: Piece) -> int:
-    return len(piece) if isinstance(piece, bytes) else 0
+    return 0 if isinstance(piece, BigRow) else len(piece)
 
 
 class RunSort:
@@ -429,13 +433,14 @@ class RunSort:
         self.fell_back = False
         self.references = 0
 
-    def take_rows(self, buf: bytes, pos: int, width: int, unpack: Any) -> int:
+    def take_rows(self, buf: bytearray, pos: int, width: int, unpack: Any) -> int:
         """Whole pieces of `buf` from `pos` up to a zero length, a piece that goes on past
         `buf` (a big row's, or one whose end comes in the next write) or a split prefix."""
         assert walk_c is not None
         _newlines, stop, _start, _last, status, _length = walk_c(buf, pos, self.int_size)
         end = stop if status == PREFIX_SPLIT else stop - width
-        self.run += memoryview(buf)[pos:end]
+        with memoryview(buf) as view:
+            self.run += view[pos:end]
         if len(self.run) > self.target:
             self._spill()
         return end
@@ -581,7 +586,7 @@ class RowOrderWriter:
         self.memory = memory
         self.stats = OrderStats()
         self._state = _HEAD
-        self._buf = b""
+        self._buf = bytearray()  # appended to: a row cut in many writes costs no copies
         self._next_try = 4096
         self._info: Head | None = None
         self._width = 5
@@ -600,23 +605,13 @@ class RowOrderWriter:
         if self._state == _PASS:
             self.out.write(data)
             return len(data)
-        self._buf = self._buf + data if self._buf else bytes(data)
-        if self._state == _HEAD:
-            self._try_head(final=False)
-        if self._state not in (_HEAD, _PASS):
-            try:
-                pos = self._feed(self._buf)
-            except _Unexpected as error:
-                self._buf = self._buf[error.pos :]
-                self._pass_rest(str(error))
-                return len(data)
-            self._buf = self._buf[pos:]
+        self._buf += data
+        self._advance(final=False)
         return len(data)
 
     def finish(self) -> None:
         """The stream has ended: write what is still held."""
-        if self._state == _HEAD:
-            self._try_head(final=True)
+        self._advance(final=True)
         if self._state == _PASS:
             return
         if self._state != _BLOCK or self._buf:
@@ -624,6 +619,20 @@ class RowOrderWriter:
                 "pg_dump's output ended inside a table's data, so the dump is not whole; "
                 "run the backup again, and check the server's log if it happens again."
             )
+
+    def _advance(self, *, final: bool) -> None:
+        """Parse the head once it is all there, then consume what the buffer holds."""
+        if self._state == _HEAD:
+            self._try_head(final=final)
+        if self._state in (_HEAD, _PASS):
+            return
+        try:
+            pos = self._feed(self._buf)
+        except _Unexpected as error:
+            del self._buf[: error.pos]
+            self._pass_rest(str(error))
+            return
+        del self._buf[:pos]
 
     def close(self) -> None:
         """Remove every file the sort left (also when the dump failed)."""
@@ -636,7 +645,7 @@ class RowOrderWriter:
         if not final and len(self._buf) < self._next_try:
             return
         try:
-            info = parse_head(self._buf)
+            info = parse_head(bytes(self._buf))
         except _NeedMore:
             self._next_try = 2 * len(self._buf)
             if final or len(self._buf) > MAX_HEAD:
@@ -649,8 +658,8 @@ class RowOrderWriter:
         self._width = 1 + info.int_size
         self._prefix = struct.Struct("<BI" if info.int_size == 4 else "<BQ")
         self._plans = self._table_plans(info)
-        self.out.write(self._buf[: info.size])
-        self._buf = self._buf[info.size :]
+        self.out.write(bytes(self._buf[: info.size]))
+        del self._buf[: info.size]
         self._state = _BLOCK
 
     def _table_plans(self, info: Head) -> dict[int, tuple[str, Key, KeySpec | None]]:
@@ -665,13 +674,13 @@ class RowOrderWriter:
         """Leave the rest of the stream as pg_dump wrote it (what is held first)."""
         if self._table is not None:
             self._write_table(keep_dump_order=True)
-        self.out.write(self._buf)
-        self._buf = b""
+        self.out.write(bytes(self._buf))
+        self._buf = bytearray()
         self._state = _PASS
         self.stats.passed_through = why
 
     # -- data blocks -----------------------------------------------------------------------
-    def _int(self, buf: bytes, pos: int) -> int | None:
+    def _int(self, buf: bytearray, pos: int) -> int | None:
         if pos + self._width > len(buf):
             return None
         sign, value = self._prefix.unpack_from(buf, pos)
@@ -679,7 +688,7 @@ class RowOrderWriter:
             raise _Unexpected(pos, "a negative length or id in the data")
         return int(value)
 
-    def _feed(self, buf: bytes) -> int:
+    def _feed(self, buf: bytearray) -> int:
         """Consume what can be consumed of `buf`; where the unconsumed rest starts."""
         pos, end = 0, len(buf)
         while pos < end:
@@ -690,7 +699,7 @@ class RowOrderWriter:
                 moved = self._big_bytes(buf, pos)
             elif state == _RAW_BYTES:
                 take = min(self._left, end - pos)
-                self.out.write(buf[pos : pos + take])
+                self.out.write(bytes(buf[pos : pos + take]))
                 self._left -= take
                 if self._left == 0:
                     self._state = _CHUNKS
@@ -704,7 +713,7 @@ class RowOrderWriter:
             pos = moved
         return pos
 
-    def _block_start(self, buf: bytes, pos: int) -> int:
+    def _block_start(self, buf: bytearray, pos: int) -> int:
         kind = buf[pos]
         if kind not in (BLK_DATA, BLK_BLOBS):
             raise _Unexpected(pos, f"unknown data block type {kind}")
@@ -712,7 +721,7 @@ class RowOrderWriter:
         if dump_id is None:
             return pos
         stop = pos + 1 + self._width
-        self.out.write(buf[pos:stop])
+        self.out.write(bytes(buf[pos:stop]))
         plan = self._plans.get(dump_id) if kind == BLK_DATA else None
         if plan is not None:
             self._start_table(*plan)
@@ -722,13 +731,13 @@ class RowOrderWriter:
             self._state = _BLOB_OID
         return stop
 
-    def _raw_int(self, buf: bytes, pos: int) -> int:
+    def _raw_int(self, buf: bytearray, pos: int) -> int:
         """A length or large-object oid of a block passed as it is."""
         value = self._int(buf, pos)
         if value is None:
             return pos
         stop = pos + self._width
-        self.out.write(buf[pos:stop])
+        self.out.write(bytes(buf[pos:stop]))
         if self._state == _BLOB_OID:
             self._state, self._blob_data = (_CHUNKS, True) if value else (_BLOCK, False)
         elif value:
@@ -748,7 +757,7 @@ class RowOrderWriter:
         self._table_name = name
         self._state = _SORTED
 
-    def _sorted_pieces(self, buf: bytes, pos: int) -> int:
+    def _sorted_pieces(self, buf: bytearray, pos: int) -> int:
         """A sorted table's pieces, each taken whole, up to what ends them."""
         table = self._table
         assert table is not None
@@ -761,7 +770,7 @@ class RowOrderWriter:
             raise _Unexpected(pos, "a negative chunk length")
         if length == 0:
             self._write_table(keep_dump_order=False)
-            self.out.write(buf[pos : pos + self._width])
+            self.out.write(bytes(buf[pos : pos + self._width]))
             self._state = _BLOCK
             return pos + self._width
         if length > BIG_ROW:
@@ -781,7 +790,7 @@ class RowOrderWriter:
         self._left, self._state = length, _BIG
         self._big_start, self._big_newlines, self._big_last = b"", 0, b""
 
-    def _big_bytes(self, buf: bytes, pos: int) -> int:
+    def _big_bytes(self, buf: bytearray, pos: int) -> int:
         """A big row's bytes, straight to the big-row file."""
         assert self._table is not None
         take = min(self._left, len(buf) - pos)
@@ -793,6 +802,7 @@ class RowOrderWriter:
         self._big_last = part[-1:]
         self._left -= take
         if self._left == 0:
+            self._table.spill.big_file().flush()  # read back with pread
             length = self._table.spill.big_file().tell() - self._big_offset
             is_row = self._big_newlines == 1 and self._big_last == b"\n"
             self._table.add_piece(BigRow(self._big_offset, length), self._big_start, is_row)
