@@ -293,8 +293,8 @@ def upload_store_objects(rt: Runtime, remote: StoreCatalog, manifest: Manifest, 
     for name in sorted(needed - record.packs):
         _send_pack(remote, store, record, name, manifest.id, end)
     _send_index(rt, remote, store, record, end)
-    if end is not None:
-        _extend_retention(remote, record, needed, end)
+    if (end_now := _lock_end(rt)) is not None:  # what the list and manifest will get
+        _extend_retention(remote, record, needed, end_now)
     _send_list(rt, remote, store, manifest)
 
 
@@ -390,7 +390,11 @@ def _send_index(
 
 
 def _written(store: ChunkStore, name: str) -> str:
-    return iso(datetime.fromtimestamp(store.layout.pack(name).stat().st_mtime, UTC))
+    """When the pack was written (informative: now, for one gone from here since)."""
+    try:
+        return iso(datetime.fromtimestamp(store.layout.pack(name).stat().st_mtime, UTC))
+    except FileNotFoundError:
+        return iso(datetime.now(UTC))
 
 
 def _extend_retention(
@@ -402,7 +406,10 @@ def _extend_retention(
     only grow)."""
     names = [remote_pack(pack) for pack in sorted(needed)]
     names += sorted(n for n in record.sizes if n == CONFIG or n.startswith((KEYS, INDEX)))
-    needs_until = end + timedelta(minutes=10)  # the manifest is sent after this, later
+    # `end` is taken just before the list and the manifest are sent: what each was sent
+    # with ends sooner (it went earlier), so it is extended once; the margin covers the
+    # seconds the list and the manifest take.
+    needs_until = end + timedelta(minutes=10)
     for name in names:
         until = record.until.get(name, UNKNOWN)
         if until == UNKNOWN:
@@ -531,7 +538,9 @@ class _PackFetcher:
     """Finds where each chunk is and downloads the packs the local store lacks; the remote's
     index objects come too, once, when the local index does not place a chunk."""
 
-    def __init__(self, rt: Runtime, remote: StoreCatalog, store: ChunkStore, backup_id: str):
+    def __init__(
+        self, rt: Runtime, remote: StoreCatalog, store: ChunkStore, backup_id: str
+    ) -> None:
         self._rt = rt
         self._remote = remote
         self._store = store
