@@ -316,3 +316,23 @@ def test_sync_sends_a_missing_list_again_and_says_when_one_is_lost(
     status = project.run("--json", "status")
     health = {c["component"]: c["health"] for c in json.loads(status.stdout)["components"]}
     assert health["config"] == "OK" and health["files"] == "OFFSITE-MISSING"
+
+
+def test_another_roots_chunk_store_off_site_is_never_mixed_with_this_ones(
+    make_project: ProjectFactory, s3_server: S3Server, remote_url: str
+) -> None:
+    first = chunked_project(make_project, s3_server, remote_url)
+    assert backed_up(first, "config")["offsite"] == "ok"
+    prefix = remote_url.removeprefix(f"s3://{TEST_BUCKET}/") + "/web-1/"
+    client = s3_server.client()
+    config = client.get_object(Bucket=TEST_BUCKET, Key=prefix + "store/config")["Body"].read()
+
+    second = chunked_project(make_project, s3_server, remote_url)  # its own store
+    ok(second.run("sync", "--take-over"))  # a rebuilt server, but with a new store
+    outcome = backed_up(second, "config")
+    assert "holds another chunk store" in outcome["offsite"], outcome
+    assert "BACKUP_REMOTE_HOST" in outcome["offsite"]
+    assert client.get_object(Bucket=TEST_BUCKET, Key=prefix + "store/config")["Body"].read() == (
+        config
+    )
+    assert outcome["id"] not in {e["id"] for e in listed(second, "--remote")}
