@@ -180,6 +180,8 @@ def test_pull_fetches_only_missing_packs_and_refuses_a_damaged_one_by_name(
     assert new_pack.name in restore.stderr and "damaged" in restore.stderr, restore.stderr
     assert (fresh.root / "uploads" / "avatar.png").read_bytes() == before
     assert not (fresh.root / "uploads" / "new.bin").exists()
+    verify = fresh.run("--json", "verify", "files", newer)  # held off-site only: pulled
+    assert verify.returncode != 0 and new_pack.name in verify.stdout, verify.stdout
     pull = fresh.run("--json", "sync", "--pull")
     items = {i["id"]: i for i in json.loads(pull.stdout)["items"]}
     assert items[newer]["action"] == "failed" and new_pack.name in items[newer]["message"]
