@@ -338,3 +338,18 @@ def test_another_roots_chunk_store_off_site_is_never_mixed_with_this_ones(
         config
     )
     assert outcome["id"] not in {e["id"] for e in listed(second, "--remote")}
+
+
+def test_a_pack_missing_here_is_fetched_from_the_off_site_copy_before_a_restore(
+    make_project: ProjectFactory, s3_server: S3Server, remote_url: str
+) -> None:
+    project = chunked_project(make_project, s3_server, remote_url)
+    backed_up(project, "files")
+    original = (project.root / "uploads" / "avatar.png").read_bytes()
+    for pack in local_packs(project):
+        pack.unlink()  # lost here; the off-site copy has them
+    (project.root / "uploads" / "avatar.png").write_bytes(b"damaged")
+    restore = ok(project.run("restore", "files", "latest", "--yes", "--no-safety-backup"))
+    assert "fetching what is missing from its off-site copy" in restore.stdout + restore.stderr
+    assert (project.root / "uploads" / "avatar.png").read_bytes() == original
+    assert local_packs(project)  # and the store here is whole again
