@@ -664,11 +664,12 @@ def open_intact(
     """The plaintext of a located backup, its whole MAC checked first. When the local copy
     fails that check and an intact off-site copy exists, the off-site copy is used: nothing
     was read from the damaged one yet, so nothing of it reaches the restore. A chunked
-    backup (format 2) is read from the local chunk store, every pack it needs present."""
+    backup (format 2) is read from the local chunk store, every pack it needs present: one
+    missing here (or its list) is fetched from the off-site copy first, when there is one."""
     entry = located.entry
     if entry.manifest.chunked:
         pull_for_reading(rt, located, key)
-        yield open_chunked(rt, entry.manifest, key)
+        yield _open_chunked_completed(rt, located, key)
         return
     with contextlib.ExitStack() as stack:
         artifact = stack.enter_context(open_stored(rt, located.catalog, entry))
@@ -689,12 +690,38 @@ def open_intact(
         yield reader
 
 
+def _open_chunked_completed(rt: Runtime, located: Located, key: Key) -> PayloadReader:
+    """`open_chunked`; when its checks before the first byte find a pack or the list
+    missing here and the backup is also off-site, what is missing is fetched (each object
+    MAC-checked) and the checks run again. Nothing was read for the restore before."""
+    entry = located.entry
+    try:
+        return open_chunked(rt, entry.manifest, key)
+    except IntegrityError as exc:
+        there = _offsite_twin(rt, located)
+        if there is None:
+            raise
+        rt.log.warning(
+            "the local copy of %s is incomplete (%s); fetching from off-site", entry.id, exc
+        )
+        rt.say(
+            f"warning: the local copy of {entry.id} is incomplete ({exc.message.rstrip('.')}); "
+            f"fetching what is missing from its off-site copy ({there[1].store.describe()})."
+        )
+        pull_store_objects(rt, there[1], there[0].manifest, key)
+        return open_chunked(rt, entry.manifest, key)
+
+
 def _offsite_twin(rt: Runtime, located: Located) -> tuple[Entry, StoreCatalog] | None:
     """The trusted off-site entry of a local backup, when there is one."""
     if located.where != "both" or rt.remote is None:
         return None
     for entry in rt.remote.entries(located.entry.manifest.component):
-        same = entry.manifest.artifact_mac == located.entry.manifest.artifact_mac
+        mine = located.entry.manifest
+        same = (entry.manifest.artifact_mac, entry.manifest.chunk_list) == (
+            mine.artifact_mac,
+            mine.chunk_list,
+        )
         if entry.id == located.entry.id and entry.trust == Trust.VERIFIED and same:
             return entry, rt.remote
     return None

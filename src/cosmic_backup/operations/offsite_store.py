@@ -36,7 +36,7 @@ from cosmic_backup.chunkstore.reader import ChunkReader, _EntryText, open_chunk_
 from cosmic_backup.chunkstore.store import ChunkStore
 from cosmic_backup.chunkstore.writer import LIST_MAC
 from cosmic_backup.clock import iso, parse_iso
-from cosmic_backup.errors import CosmicError, IntegrityError
+from cosmic_backup.errors import CosmicError, IntegrityError, UsageError
 from cosmic_backup.format.chunk_list import ChunkRef
 from cosmic_backup.format.index_text import IndexText, PackRecord, parse_index, render_index
 from cosmic_backup.format.keys import Key
@@ -189,6 +189,8 @@ def _rebuild_record(
     taken from the previous record where it still holds, else learnt by reading them (a
     pack no index object names gets one with the next upload)."""
     listed = {info.name: info.size for info in remote.store.list("store/")}
+    if CONFIG in listed and (previous is None or CONFIG not in previous.sizes):
+        _check_same_store(remote, store)
     indexes = sorted(n for n in listed if n.startswith(INDEX) and OBJECT_NAME.fullmatch(_leaf(n)))
     indexed, good_indexes = _indexed_packs(rt, remote, store, indexes, previous)
     packs = sorted(n for n in listed if n.startswith(PACKS) and OBJECT_NAME.fullmatch(_leaf(n)))
@@ -208,6 +210,21 @@ def _rebuild_record(
     record = _load_record(path, remote.store.describe())
     assert record is not None  # just written
     return record
+
+
+def _check_same_store(remote: StoreCatalog, store: ChunkStore) -> None:
+    """The chunk store off-site is this root's (its config, written once, is the same
+    file): another root's packs, under another data key, must never mix with ours."""
+    with remote.store.open_read(CONFIG) as handle:
+        theirs = handle.read()
+    if theirs != store.layout.config.read_bytes():
+        raise UsageError(
+            f"The off-site folder {remote.store.describe()} holds another chunk store than "
+            "this backup root's (its store/config differs), so this root's chunked backups "
+            "cannot go there: bring that folder's backups here first with 'cosmic-backup "
+            "sync --pull' into an empty backup folder, or set BACKUP_REMOTE_HOST to a name "
+            "of this root's own."
+        )
 
 
 def _indexed_packs(
@@ -293,8 +310,8 @@ def upload_store_objects(rt: Runtime, remote: StoreCatalog, manifest: Manifest, 
     for name in sorted(needed - record.packs):
         _send_pack(remote, store, record, name, manifest.id, end)
     _send_index(rt, remote, store, record, end)
-    if end is not None:
-        _extend_retention(remote, record, needed, end)
+    if (end_now := _lock_end(rt)) is not None:  # what the list and manifest will get
+        _extend_retention(remote, record, needed, end_now)
     _send_list(rt, remote, store, manifest)
 
 
@@ -390,7 +407,11 @@ def _send_index(
 
 
 def _written(store: ChunkStore, name: str) -> str:
-    return iso(datetime.fromtimestamp(store.layout.pack(name).stat().st_mtime, UTC))
+    """When the pack was written (informative: now, for one gone from here since)."""
+    try:
+        return iso(datetime.fromtimestamp(store.layout.pack(name).stat().st_mtime, UTC))
+    except FileNotFoundError:
+        return iso(datetime.now(UTC))
 
 
 def _extend_retention(
@@ -402,7 +423,10 @@ def _extend_retention(
     only grow)."""
     names = [remote_pack(pack) for pack in sorted(needed)]
     names += sorted(n for n in record.sizes if n == CONFIG or n.startswith((KEYS, INDEX)))
-    needs_until = end + timedelta(minutes=10)  # the manifest is sent after this, later
+    # `end` is taken just before the list and the manifest are sent: what each was sent
+    # with ends sooner (it went earlier), so it is extended once; the margin covers the
+    # seconds the list and the manifest take.
+    needs_until = end + timedelta(minutes=10)
     for name in names:
         until = record.until.get(name, UNKNOWN)
         if until == UNKNOWN:
@@ -531,7 +555,9 @@ class _PackFetcher:
     """Finds where each chunk is and downloads the packs the local store lacks; the remote's
     index objects come too, once, when the local index does not place a chunk."""
 
-    def __init__(self, rt: Runtime, remote: StoreCatalog, store: ChunkStore, backup_id: str):
+    def __init__(
+        self, rt: Runtime, remote: StoreCatalog, store: ChunkStore, backup_id: str
+    ) -> None:
         self._rt = rt
         self._remote = remote
         self._store = store

@@ -180,6 +180,8 @@ def test_pull_fetches_only_missing_packs_and_refuses_a_damaged_one_by_name(
     assert new_pack.name in restore.stderr and "damaged" in restore.stderr, restore.stderr
     assert (fresh.root / "uploads" / "avatar.png").read_bytes() == before
     assert not (fresh.root / "uploads" / "new.bin").exists()
+    verify = fresh.run("--json", "verify", "files", newer)  # held off-site only: pulled
+    assert verify.returncode != 0 and new_pack.name in verify.stdout, verify.stdout
     pull = fresh.run("--json", "sync", "--pull")
     items = {i["id"]: i for i in json.loads(pull.stdout)["items"]}
     assert items[newer]["action"] == "failed" and new_pack.name in items[newer]["message"]
@@ -316,3 +318,38 @@ def test_sync_sends_a_missing_list_again_and_says_when_one_is_lost(
     status = project.run("--json", "status")
     health = {c["component"]: c["health"] for c in json.loads(status.stdout)["components"]}
     assert health["config"] == "OK" and health["files"] == "OFFSITE-MISSING"
+
+
+def test_another_roots_chunk_store_off_site_is_never_mixed_with_this_ones(
+    make_project: ProjectFactory, s3_server: S3Server, remote_url: str
+) -> None:
+    first = chunked_project(make_project, s3_server, remote_url)
+    assert backed_up(first, "config")["offsite"] == "ok"
+    prefix = remote_url.removeprefix(f"s3://{TEST_BUCKET}/") + "/web-1/"
+    client = s3_server.client()
+    config = client.get_object(Bucket=TEST_BUCKET, Key=prefix + "store/config")["Body"].read()
+
+    second = chunked_project(make_project, s3_server, remote_url)  # its own store
+    ok(second.run("sync", "--take-over"))  # a rebuilt server, but with a new store
+    outcome = backed_up(second, "config")
+    assert "holds another chunk store" in outcome["offsite"], outcome
+    assert "BACKUP_REMOTE_HOST" in outcome["offsite"]
+    assert client.get_object(Bucket=TEST_BUCKET, Key=prefix + "store/config")["Body"].read() == (
+        config
+    )
+    assert outcome["id"] not in {e["id"] for e in listed(second, "--remote")}
+
+
+def test_a_pack_missing_here_is_fetched_from_the_off_site_copy_before_a_restore(
+    make_project: ProjectFactory, s3_server: S3Server, remote_url: str
+) -> None:
+    project = chunked_project(make_project, s3_server, remote_url)
+    backed_up(project, "files")
+    original = (project.root / "uploads" / "avatar.png").read_bytes()
+    for pack in local_packs(project):
+        pack.unlink()  # lost here; the off-site copy has them
+    (project.root / "uploads" / "avatar.png").write_bytes(b"damaged")
+    restore = ok(project.run("restore", "files", "latest", "--yes", "--no-safety-backup"))
+    assert "fetching what is missing from its off-site copy" in restore.stdout + restore.stderr
+    assert (project.root / "uploads" / "avatar.png").read_bytes() == original
+    assert local_packs(project)  # and the store here is whole again
