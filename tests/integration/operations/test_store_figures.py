@@ -23,6 +23,7 @@ from tests.integration.operations.storeproject import (
     store_project,
     verify_all,
 )
+from tests.terminal import ANSI_ESCAPE, run_on_terminal
 
 RETAIN_30 = {"RETENTION_DAYS": "30"}
 
@@ -116,9 +117,7 @@ def test_status_and_metrics_show_the_store_size_dedup_ratio_and_last_prune(
 def test_prune_on_a_terminal_shows_its_mark_and_sweep_and_nothing_under_cron(
     project: Project,
 ) -> None:
-    from tests.integration.cli.test_progress import ANSI_ESCAPE, KEY, _run_on_terminal
-
-    store_project(project, passphrase=KEY)
+    store_project(project, passphrase="prune-progress-passphrase-0123456789")
     ok(project.run("backup", "files"))
     rewrite(project, "photo-0.bin", 1.5)
     ok(project.run("backup", "files"))
@@ -127,7 +126,7 @@ def test_prune_on_a_terminal_shows_its_mark_and_sweep_and_nothing_under_cron(
     cron = ok(project.run("prune", "--dry-run", env=RETAIN_30))
     assert not ANSI_ESCAPE.search(cron.stdout + cron.stderr) and "prune:" not in cron.stderr
     project.env.update(RETAIN_30)
-    code, drawn = _run_on_terminal(project, "prune")
+    code, drawn = run_on_terminal(project, "prune")
     assert code == 0, drawn
     assert "prune: marking chunks" in drawn and "prune: sweeping packs" in drawn, drawn
     assert "1 backup(s) removed" in drawn
