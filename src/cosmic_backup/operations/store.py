@@ -4,10 +4,7 @@ and a format 2 backup's payload read back as a file, or checked chunk by chunk."
 from __future__ import annotations
 
 import io
-import queue
-import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from cosmic_backup.chunkstore.keys import wrap_fingerprints, write_wrap
 from cosmic_backup.chunkstore.layout import StoreLayout
@@ -93,11 +90,10 @@ class PayloadReader(io.RawIOBase):
     """A format 2 payload as a file: the chunks in order, each checked (see reader.py);
     the payload's size and SHA-256 are checked when its last byte is read."""
 
-    def __init__(self, pieces: Iterator[bytes], on_close: Callable[[], None] | None = None) -> None:
+    def __init__(self, pieces: Iterator[bytes]) -> None:
         super().__init__()
         self._pieces = pieces
         self._pending = memoryview(b"")
-        self._on_close = on_close
         self.on_progress: Callable[[int], None] | None = None
 
     def readable(self) -> bool:
@@ -116,85 +112,6 @@ class PayloadReader(io.RawIOBase):
             self.on_progress(size)
         return size
 
-    def close(self) -> None:
-        if self._on_close is not None:
-            self._on_close()
-            self._on_close = None
-        super().close()
-
-
-# Chunks read ahead (stream chunks: 512 KiB on average, 2 MiB at most).
-AHEAD_PIECES = 8
-STOP_POLL_SECONDS = 0.1
-
-
-@dataclass(frozen=True)
-class _Failed:
-    error: BaseException
-
-
-class ReadAhead:
-    """Reads, checks and decompresses the next chunks in a thread of its own, up to
-    AHEAD_PIECES ahead of the caller.
-
-    Without it, a restore's pipe to pg_restore ran dry while this process read a pack
-    (16 MiB: its MAC, then AES) or gunzipped and hashed a chunk, and the server waited.
-    hashlib, zlib/isal and the file reads release the GIL, so the two threads overlap.
-    Pieces come out in order, and an error (a damaged pack, the payload's final SHA-256
-    check) comes out where it arose: after the pieces before it, never instead of them."""
-
-    _END = object()
-
-    def __init__(self, pieces: Iterator[bytes]) -> None:
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=AHEAD_PIECES)
-        self._stop = threading.Event()
-        self._ended = False
-        self._thread = threading.Thread(
-            target=self._run, args=(pieces,), name="payload-read-ahead", daemon=True
-        )
-        self._thread.start()
-
-    def _run(self, pieces: Iterator[bytes]) -> None:
-        try:
-            for piece in pieces:
-                if not self._put(piece):
-                    return  # the reader was closed
-            self._put(self._END)
-        except BaseException as exc:  # handed to the reader's thread, in order
-            self._put(_Failed(exc))
-        finally:
-            close = getattr(pieces, "close", None)
-            if close is not None:
-                close()  # the generator's own clean-up (its temporary file) runs here
-
-    def _put(self, item: object) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=STOP_POLL_SECONDS)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        if self._ended:
-            raise StopIteration
-        item = self._queue.get()
-        if isinstance(item, bytes):
-            return item
-        self._ended = True
-        if isinstance(item, _Failed):
-            raise item.error
-        raise StopIteration
-
-    def close(self) -> None:
-        """Stop the thread (a reader that stopped early): it ends within STOP_POLL_SECONDS."""
-        self._stop.set()
-        self._ended = True
-
 
 def open_chunked(rt: Runtime, manifest: Manifest, key: Key) -> PayloadReader:
     """A reader of a format 2 backup's payload. The list's MAC is checked, and every pack
@@ -203,10 +120,9 @@ def open_chunked(rt: Runtime, manifest: Manifest, key: Key) -> PayloadReader:
     store = store_for(rt, manifest, key)
     pieces = store.read_payload(chunk_list_record(manifest), manifest.id)
     first = next(pieces, b"")  # runs the checks that come before the first byte
-    ahead = ReadAhead(pieces)
 
     def everything() -> Iterator[bytes]:
         yield first
-        yield from ahead
+        yield from pieces
 
-    return PayloadReader(everything(), on_close=ahead.close)
+    return PayloadReader(everything())
