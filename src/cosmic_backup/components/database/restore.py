@@ -28,11 +28,9 @@ import contextlib
 import fcntl
 import logging
 import os
-import queue
 import re
 import subprocess
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO
@@ -365,65 +363,23 @@ def current_row_counts(target: Target, tables: list[str], timeout: int) -> dict[
     that is missing.
 
     Schema and table names may themselves hold dots, so a name is not split: it is
-    matched against the target's own (schema, table) pairs. The tables are counted in
-    COUNT_CONNECTIONS sessions at once, largest first: each count is a full scan (the
-    first after a restore also sets every row's hint bits), and one session counted the
-    benchmark's three tables one after the other (1.2 s of the restore).
+    matched against the target's own (schema, table) pairs.
     """
+    counts: dict[str, int | None] = dict.fromkeys(tables)
     with connect(target, timeout, autocommit=True) as conn:
         pairs = conn.execute(QUALIFIED_TABLES, [tables]).fetchall()
-    candidates: dict[str, list[tuple[str, str]]] = {}
-    for name, *_pair, _size in sorted(pairs, key=lambda row: -row[3]):
-        candidates.setdefault(name, [])  # the largest first
-    for name, schema, table, _size in pairs:  # a name's candidates in the query's order
-        candidates[name].append((schema, table))
-    counts: dict[str, int | None] = dict.fromkeys(tables)
-    counts.update(_count_in_parallel(target, candidates, timeout))
+        for name, schema, table in pairs:
+            if counts.get(name) is None:
+                try:
+                    counts.update({name: count_rows(conn, [(schema, table)], 60)[name]})
+                except psycopg.errors.UndefinedTable:
+                    counts[name] = None
     return counts
 
 
-def _count_in_parallel(
-    target: Target, candidates: dict[str, list[tuple[str, str]]], timeout: int
-) -> dict[str, int | None]:
-    """Each name's count, by sessions that take the next name until none is left."""
-    waiting: queue.SimpleQueue[str] = queue.SimpleQueue()
-    for name in candidates:
-        waiting.put(name)
-    counted: dict[str, int | None] = {}
-
-    def count_next() -> None:
-        with connect(target, timeout, autocommit=True) as conn:
-            while True:
-                try:
-                    name = waiting.get_nowait()
-                except queue.Empty:
-                    return
-                counted[name] = _count_one(conn, name, candidates[name])
-
-    sessions = min(COUNT_CONNECTIONS, len(candidates))
-    with ThreadPoolExecutor(max_workers=max(sessions, 1)) as pool:
-        for done in [pool.submit(count_next) for _ in range(sessions)]:
-            done.result()  # a session's error is raised here
-    return counted
-
-
-def _count_one(conn: psycopg.Connection, name: str, pairs: list[tuple[str, str]]) -> int | None:
-    """The first of the (schema, table) pairs that `name` may be which can be counted."""
-    for pair in pairs:
-        try:
-            return count_rows(conn, [pair], 60)[name]
-        except psycopg.errors.UndefinedTable:  # dropped since the query: the next one
-            continue
-    return None
-
-
-# Sessions counting rows at once: the server scans that many tables in parallel.
-COUNT_CONNECTIONS = 3
-# The tables whose "schema.table" name is one of those asked for, as the dump names them,
-# with their pages as the catalog has them (set by a restore's CREATE INDEX; no lock taken,
-# unlike pg_relation_size): the largest are counted first.
+# The tables whose "schema.table" name is one of those asked for, as the dump names them.
 QUALIFIED_TABLES = """
-SELECT n.nspname || '.' || c.relname, n.nspname, c.relname, c.relpages
+SELECT n.nspname || '.' || c.relname, n.nspname, c.relname
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r' AND n.nspname || '.' || c.relname = ANY (%s)
 ORDER BY 2, 3
