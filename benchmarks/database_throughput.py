@@ -1,8 +1,8 @@
 """Database backup and restore next to pg_dump, the seed's pipeline and the peers, one run.
 
 Usage: python benchmarks/database_throughput.py [--size MIB] [--runs 3] [--cache DIR]
-           [--refill] [--no-peers] [--backup-only] [--restore-test] [--jobs N]
-           [--before SRC]
+           [--refill] [--no-peers] [--backup-only] [--restore-only] [--restore-test]
+           [--jobs N] [--before SRC]
 
 The database (posts, users with jsonb and bytea, an audit table; --size MiB on disk,
 default 1270: the issue's 1.3 GB with 3 M posts, 750 k users, 3 M audit rows) is built
@@ -23,14 +23,18 @@ always goes first or last), all fed by the same server:
   ours     cosmic-backup backup database
   ours_jN  with --jobs N (repeatable): cosmic-backup backup database --jobs N
   before   with --before SRC (repeatable): the same backup from another checkout's `src`
-           (PYTHONPATH=SRC; e.g. `git archive COMMIT src | tar -x -C /tmp/old`)
+           (PYTHONPATH=SRC; e.g. `git archive COMMIT src | tar -x -C /tmp/old`, and copy
+           its built C extension in)
 then, unless --backup-only, restores into a new empty database each:
   pg_restore      pg_restore --single-transaction of raw.dump
   seed_restore    openssl enc -d | gunzip | psql  of the seed's file
   ours_restore    cosmic-backup restore database ID --into URL --no-safety-backup
                   (ID: this run's `ours` backup)
   ours_restore_jN with --jobs N: the same with --jobs N, of this run's ours_jN backup
+  before_restore  with --before SRC: this run's `ours` backup restored by SRC's code
   restore_test    with --restore-test: cosmic-backup verify --restore-test database
+--restore-only takes the raw dump and our backup once, before the first run, and then
+times only pg_restore and ours_restore side by side (the restore target's quick loop).
 borg and restic are installed for the benchmark when missing (_peers.py), or left out
 with a note; --no-peers leaves them out. Prints each run, then medians, ratios to the
 floor, stored sizes, the issue's targets (met or not), the peak RSS of the cosmic-backup
@@ -248,14 +252,22 @@ def restores(b: Bench) -> list[tuple[str, Callable[[], float]]]:
         psql = f"{b.tool('psql')} -X -q -v ON_ERROR_STOP=1 --dbname={shlex.quote(db)}"
         return b.shell(f"{dec} | gunzip | {psql} > /dev/null")
 
-    def ours(key: str, backup: str, flags: list[str]) -> Callable[[str], float]:
+    def ours(
+        key: str, backup: str, flags: list[str], env: dict[str, str] | None = None
+    ) -> Callable[[str], float]:
         def run(db: str) -> float:
             # No password in our argv either: libpq takes it from PGPASSWORD in the env.
             url = f"postgresql://postgres@127.0.0.1:{b.server.port}/{db}"
             restore = ["restore", "database", b.ids[backup], "--into", url, "--yes", *flags]
-            return b.ours(key, [*b.cli, *restore, "--no-safety-backup"])
+            return b.ours(key, [*b.cli, *restore, "--no-safety-backup"], env)
 
         return run
+
+    def before(src: Path) -> Callable[[], float]:
+        # This run's own backup, restored by the other checkout's code.
+        key = f"before_restore[{src.parent.name}]"
+        restore = ours(key, "ours", [], {**b.env, "PYTHONPATH": str(src)})
+        return lambda: b.into_fresh("before", restore)
 
     def jobs(n: int) -> Callable[[], float]:
         restore = ours(f"ours_restore_j{n}", f"ours_j{n}", ["--jobs", str(n)])
@@ -282,6 +294,7 @@ def restores(b: Bench) -> list[tuple[str, Callable[[], float]]]:
         *((f"ours_restore_j{n}", jobs(n)) for n in b.args.jobs or []),
         *((f"pg_restore_j{n}", pg_restore_jobs(n)) for n in b.args.jobs or []),
         *((f"ours_restore_cj{n}", custom_jobs(n)) for n in b.args.jobs or []),
+        *((f"before_restore[{src.parent.name}]", before(src)) for src in b.args.before or []),
     ]
     if b.args.restore_test:
         test = [*b.cli, "verify", "--restore-test", "database"]
@@ -289,9 +302,19 @@ def restores(b: Bench) -> list[tuple[str, Callable[[], float]]]:
     return variants
 
 
+RESTORE_ONLY = ("raw", "ours", "pg_restore", "ours_restore")
+
+
+def restore_only(key: str) -> bool:
+    return key in RESTORE_ONLY or key.startswith("before_restore")
+
+
 def one_run(b: Bench, run: int) -> dict[str, float]:
     seconds: dict[str, float] = {}
     groups = [backups(b)] if b.args.backup_only else [backups(b), restores(b)]
+    if b.args.restore_only:  # the backups once, untimed after the first run
+        groups = [[v for v in group if restore_only(v[0])] for group in groups]
+        groups = groups[1:] if run else groups
     for variants in groups:
         shift = run % len(variants)  # rotate: each variant takes its turn first
         for key, measure in variants[shift:] + variants[:shift]:
@@ -322,6 +345,8 @@ def mib(size: int) -> str:
 
 
 def describe(b: Bench, key: str) -> str:
+    if key.startswith("before_restore"):
+        return f"the restore by {key[15:-1]}"
     if key.startswith("before"):
         return f"the same from {key[7:-1]}"
     if key.startswith("ours_j"):
@@ -355,6 +380,9 @@ def targets(b: Bench, medians: dict[str, float]) -> list[tuple[str, float, float
         rows.append((what, value, limit, value <= limit))
 
     m, s = medians, b.stored
+    if b.args.restore_only:
+        add("restore / pg_restore (≤ 1.05)", m["ours_restore"] / m["pg_restore"], 1.05)
+        return rows
     add("backup / floor (target ≤ 1.10; ≤ 1.05 at 5 GB)", m["ours"] / m["floor"], 1.10)
     if "borg" in m:
         add("backup / borg time (≤ 1.00)", m["ours"] / m["borg"], 1.0)
@@ -370,7 +398,7 @@ def targets(b: Bench, medians: dict[str, float]) -> list[tuple[str, float, float
 
 def report(b: Bench, size: int) -> None:
     medians = {k: statistics.median(v) for k, v in b.results.items()}
-    runs = len(next(iter(b.results.values())))
+    runs = max(len(values) for values in b.results.values())
     print(f"\nmachine: {machine()}")
     rows = b.args.size * POSTS_PER_MIB, b.args.size * USERS_PER_MIB, b.args.size * AUDIT_PER_MIB
     print(
@@ -379,12 +407,13 @@ def report(b: Bench, size: int) -> None:
         f"{mib(b.stored['raw'])}; {runs} run(s) interleaved, medians\n"
     )
     keys = ["floor", "dd", "raw", "zlib", "seed", "borg", "restic", "ours"]
-    keys += [k for k in medians if k.startswith(("ours_j", "before"))]
-    table(b, medians, keys, "floor")
+    keys += [k for k in medians if k.startswith(("ours_j", "before["))]
+    if "floor" in medians:
+        table(b, medians, keys, "floor")
     if "ours_restore" in medians:
         print()
         keys = ["pg_restore", "seed_restore", "ours_restore", "restore_test"]
-        keys += [k for k in medians if k.startswith(("pg_restore_j", "ours_restore_"))]
+        keys += [k for k in medians if k.startswith(("pg_restore_j", "ours_restore_", "before_r"))]
         keys = list(dict.fromkeys(keys))  # ours_restore is listed once
         table(b, medians, keys, "pg_restore")
     for n in b.args.jobs or []:
@@ -419,6 +448,11 @@ def parse() -> argparse.Namespace:
         help="also time `verify --restore-test database` (a throwaway server of its own)",
     )
     parser.add_argument("--backup-only", action="store_true", help="leave out the restores")
+    parser.add_argument(
+        "--restore-only",
+        action="store_true",
+        help="back up once, then time only pg_restore and ours_restore",
+    )
     parser.add_argument(
         "--jobs",
         type=int,

@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from cosmic_backup.chunkstore.layout import StoreLayout, write_object
 from cosmic_backup.clock import Clock, SystemClock, iso
 from cosmic_backup.errors import IntegrityError, KeyProblem
+from cosmic_backup.format.cipher import HEADER_LEN, KeySource, derive_key_iv, read_salt
 from cosmic_backup.format.keys import Key
 from cosmic_backup.format.objects import DataKey, mac_of, unseal, wrap_data_key, wrap_mac_key
 from cosmic_backup.format.store_config import (
@@ -100,6 +102,29 @@ def _wraps(layout: StoreLayout) -> list[tuple[Path, str, str]]:
     return found
 
 
+def _early_derivation(
+    pool: ThreadPoolExecutor, wraps: list[tuple[Path, str, str]], user_key: Key, iterations: int
+) -> KeySource:
+    """The AES key and IV of the wraps named for `user_key`, started in `pool`; any
+    other salt is derived when asked for."""
+    started: dict[bytes, Future[tuple[bytes, bytes]]] = {}
+    for path, fingerprint, _mac in wraps:
+        if fingerprint == user_key.fingerprint:
+            try:
+                salt = read_salt(path.read_bytes()[:HEADER_LEN])
+            except (OSError, IntegrityError):
+                continue  # not openssl's header: its MAC check says so
+            started[salt] = pool.submit(derive_key_iv, user_key.passphrase, salt, iterations)
+
+    def derive(passphrase: bytes, salt: bytes, count: int) -> tuple[bytes, bytes]:
+        future = started.get(salt)
+        if future is None or count != iterations or passphrase != user_key.passphrase:
+            return derive_key_iv(passphrase, salt, count)
+        return future.result()
+
+    return derive
+
+
 def wrap_fingerprints(layout: StoreLayout) -> list[str]:
     """The fingerprints of the user keys that have a wrap of the data key."""
     return sorted({fingerprint for _, fingerprint, _ in _wraps(layout)})
@@ -114,21 +139,32 @@ _unwrapped: dict[tuple[bytes, bytes, int], DataKey] = {}
 
 
 def unwrap_with(layout: StoreLayout, user_key: Key, iterations: int) -> DataKey:
-    wraps = [(path.read_bytes(), mac) for path, _fingerprint, mac in _wraps(layout)]
+    """The data key, from the wrap whose MAC this key's wrap MAC key matches.
+
+    Two full-count PBKDF2 runs are needed: the wrap MAC key (a fixed salt) and the AES key
+    of the wrap made for this key (its own salt). They run at once, in two threads
+    (hashlib releases the GIL), ~0.3 s instead of ~0.6 s before every restore and backup.
+    The salt is a stored byte: nothing is decrypted before the MAC matched."""
+    wraps = [
+        (path, path.read_bytes(), fingerprint, mac) for path, fingerprint, mac in _wraps(layout)
+    ]
     secret = hashlib.sha256(user_key.passphrase).digest()
-    for stored, _mac in wraps:
+    for _path, stored, _fingerprint, _mac in wraps:
         known = _unwrapped.get((secret, hashlib.sha256(stored).digest(), iterations))
         if known is not None:
             return known
-    mac_key = wrap_mac_key(user_key, iterations)
-    for stored, mac in wraps:
-        if hmac.compare_digest(mac_of(stored, mac_key), mac):
-            line = unseal(stored, user_key.passphrase, iterations, mac_key, mac)
-            data_key = DataKey.from_line(line)
-            _unwrapped[(secret, hashlib.sha256(stored).digest(), iterations)] = data_key
-            return data_key
-    wraps_found = _wraps(layout)
-    made_for = ", ".join(sorted({fingerprint for _, fingerprint, _ in wraps_found})) or "none"
+    listed = [(path, fingerprint, mac) for path, _stored, fingerprint, mac in wraps]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        mac_future = pool.submit(wrap_mac_key, user_key, iterations)
+        early = _early_derivation(pool, listed, user_key, iterations)
+        mac_key = mac_future.result()
+        for _path, stored, _fingerprint, mac in wraps:
+            if hmac.compare_digest(mac_of(stored, mac_key), mac):
+                line = unseal(stored, user_key.passphrase, iterations, mac_key, mac, early)
+                data_key = DataKey.from_line(line)
+                _unwrapped[(secret, hashlib.sha256(stored).digest(), iterations)] = data_key
+                return data_key
+    made_for = ", ".join(sorted({fingerprint for _, _, fingerprint, _ in wraps})) or "none"
     raise KeyProblem(
         f"No data key wrap in {layout.keys} opens with the key {user_key.fingerprint} (wraps "
         f"there are for the keys: {made_for}): use the key the store was made with."

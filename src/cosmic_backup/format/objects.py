@@ -19,7 +19,7 @@ import secrets
 import struct
 
 from cosmic_backup.errors import IntegrityError, KeyProblem
-from cosmic_backup.format.cipher import Decryptor, Encryptor, derive_key_iv
+from cosmic_backup.format.cipher import Decryptor, Encryptor, KeySource, derive_key_iv
 from cosmic_backup.format.compression import Decompressor, compressor
 from cosmic_backup.format.keys import FINGERPRINT_HEX_CHARS, Key, passphrase_from_text
 
@@ -100,15 +100,22 @@ def seal(plaintext: bytes, passphrase: bytes, iterations: int, mac_key: bytes) -
 
 
 def unseal(
-    stored: bytes, passphrase: bytes, iterations: int, mac_key: bytes, expected_mac: str
+    stored: bytes,
+    passphrase: bytes,
+    iterations: int,
+    mac_key: bytes,
+    expected_mac: str,
+    derive: KeySource = derive_key_iv,
 ) -> bytes:
-    """The plaintext of a sealed object, once its MAC matched; nothing is decrypted before."""
+    """The plaintext of a sealed object, once its MAC matched; nothing is decrypted before.
+
+    `derive` gives the AES key and IV (see Decryptor): one started early may be passed."""
     if not hmac.compare_digest(mac_of(stored, mac_key), expected_mac):
         raise IntegrityError(
             "A stored object fails its integrity check (MAC mismatch): it is damaged, "
             "truncated or was replaced. Run `cosmic-backup verify` to see which backups it breaks."
         )
-    decryptor = Decryptor(passphrase, iterations)
+    decryptor = Decryptor(passphrase, iterations, derive)
     return decryptor.update(stored) + decryptor.finalize()
 
 
