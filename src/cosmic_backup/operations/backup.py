@@ -395,7 +395,8 @@ def after_run(rt: Runtime, outcomes: list[BackupOutcome], *, retention: bool = T
     succeeded = [o.component for o in outcomes if o.status == Outcome.OK]
     if succeeded and retention:
         try:
-            prune(rt, succeeded, Policy.from_settings(rt.settings), dry_run=False)
+            policy = Policy.from_settings(rt.settings)
+            prune(rt, succeeded, policy, dry_run=False, sweep_always=False)
         except (CosmicError, OSError) as exc:
             rt.log.warning("retention after the backup failed: %s", exc)
             rt.say(f"warning: retention after the backup failed: {exc}")

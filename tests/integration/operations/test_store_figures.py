@@ -130,3 +130,56 @@ def test_prune_on_a_terminal_shows_its_mark_and_sweep_and_nothing_under_cron(
     assert code == 0, drawn
     assert "prune: marking chunks" in drawn and "prune: sweeping packs" in drawn, drawn
     assert "1 backup(s) removed" in drawn
+
+
+def _orphan_pack(project: Project) -> Path:
+    """A pack no index names, past the grace period: only a sweep deletes it."""
+    orphan = project.backups / "store" / "packs" / "ab" / ("ab" * 32)
+    orphan.parent.mkdir(mode=0o700, exist_ok=True)
+    orphan.write_bytes(b"from a backup killed before its index")
+    age_store(project)
+    return orphan
+
+
+def _swept_at(project: Project) -> str:
+    return json.loads((project.backups / "store" / "cache" / "last-prune.json").read_text())["at"]
+
+
+def _backdate_last_sweep(project: Project, hours: float) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from cosmic_backup.clock import iso
+
+    path = project.backups / "store" / "cache" / "last-prune.json"
+    record = json.loads(path.read_text())
+    record["at"] = iso(datetime.now(UTC) - timedelta(hours=hours))
+    path.write_text(json.dumps(record))
+
+
+def test_the_retention_after_a_backup_sweeps_only_when_a_backup_retired_or_a_day_passed(
+    project: Project,
+) -> None:
+    store_project(project)
+    ok(project.run("backup", "files"))  # no sweep on record yet: this one sweeps
+    first_sweep = _swept_at(project)
+    orphan = _orphan_pack(project)
+
+    ok(project.run("backup", "files", env=RETAIN_30))  # nothing retired, swept just now
+    assert orphan.exists() and _swept_at(project) == first_sweep
+    log = "".join(p.read_text() for p in (project.root / "logs").glob("*.log"))
+    assert "no backup retired, the store was swept at" in log
+
+    _backdate_last_sweep(project, hours=25)  # past the grace period: sweep again
+    ok(project.run("backup", "files", env=RETAIN_30))
+    assert not orphan.exists() and _swept_at(project) != first_sweep
+
+    orphan = _orphan_pack(project)
+    oldest = listed(project)[0]["id"]
+    _redate(project, oldest, 40)  # retired by this backup's retention: sweeps at once
+    ok(project.run("backup", "files", env=RETAIN_30))
+    assert oldest not in [e["id"] for e in listed(project)] and not orphan.exists()
+
+    orphan = _orphan_pack(project)
+    ok(project.run("prune", env=RETAIN_30))  # the prune command always sweeps
+    assert not orphan.exists()
+    verify_all(project)
