@@ -13,6 +13,7 @@ import io
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -164,16 +165,22 @@ class PayloadWriter:
         self._size = 0
         self._sha256 = hashlib.sha256()
         self._read_every_byte = True  # False once a chunk was named without its bytes
+        self._writers: list[ChunkingWriter] = []
 
     def __enter__(self) -> PayloadWriter:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        for writer in self._writers:
+            writer.stop()  # no cut may still be running when the open pack is discarded
         self._sink.abort()
         self._entries.close()
 
-    def _add_chunk(self, data: memoryview) -> ChunkRef:
-        self._sha256.update(data)
+    def _add_chunk(self, data: memoryview, *, hashed: bool = False) -> ChunkRef:
+        """`hashed`: the payload's SHA-256 already took these bytes (a background writer
+        hashes them as they are written, on the producer's thread, which mostly waits)."""
+        if not hashed:
+            self._sha256.update(data)
         ref = self._sink.put(data)
         self._add_entry(ref)
         return ref
@@ -200,11 +207,19 @@ class PayloadWriter:
             self._add_chunk(chunk.data)
 
     def stream_writer(
-        self, kind: str, on_progress: Callable[[int], None] | None = None
+        self,
+        kind: str,
+        on_progress: Callable[[int], None] | None = None,
+        *,
+        background: bool = False,
     ) -> ChunkingWriter:
         """A file-like writer whose bytes are cut as `add_stream` cuts them: for a
-        producer that writes (pg_dump's pipe, the tar writer) instead of being read."""
-        return ChunkingWriter(self, kind, on_progress)
+        producer that writes (pg_dump's pipe, the tar writer) instead of being read.
+        With `background`, the cutting, hashing, compressing and sealing run in a thread
+        of their own, so the producer's pipe keeps being read meanwhile."""
+        writer = ChunkingWriter(self, kind, on_progress, background=background)
+        self._writers.append(writer)
+        return writer
 
     def add_piece(self, data: bytes | memoryview, kind: str) -> None:
         """Cut one piece on its own (a file's tar record: its boundaries are kept)."""
@@ -254,44 +269,86 @@ class ChunkingWriter(io.RawIOBase):
     """Bytes written are buffered and cut by the chunker; every chunk but the last of a
     buffer is final, since a FastCDC cut depends only on the bytes from the chunk's start
     to at most its `max` size. The last one, cut only by the buffer's end, is kept as
-    the start of the next buffer, so the chunks equal those of reading the whole stream."""
+    the start of the next buffer, so the chunks equal those of reading the whole stream.
+
+    With `background`, each full block is cut in one worker thread while the next block
+    is written: at most one block is in flight (the writer waits for it before handing
+    over the next), blocks are cut in order, and a cut's error is raised by the next
+    `write`, `end_piece` or `finish`. A dump's producer (pg_dump's pipe) then never waits
+    on the sealing of a block, which otherwise stalled it for the whole of our CPU time."""
 
     def __init__(
-        self, payload: PayloadWriter, kind: str, on_progress: Callable[[int], None] | None
+        self,
+        payload: PayloadWriter,
+        kind: str,
+        on_progress: Callable[[int], None] | None,
+        *,
+        background: bool = False,
     ) -> None:
         super().__init__()
         self._payload = payload
         self._chunker = payload._store.chunker(kind)
         self._cut_at = max(CUT_EVERY, 2 * payload._store.config.chunker(kind).max)
-        self._buffer = bytearray()
+        self._incoming = bytearray()  # written, not yet handed to the cutter
+        self._buffer = bytearray()  # the cutter's: the start of the next chunk
         self._on_progress = on_progress
         self._cut_refs: list[ChunkRef] = []  # the chunks cut since the last `end_piece`
+        self._pool = ThreadPoolExecutor(1, "chunk-cutter") if background else None
+        self._pending: Future[None] | None = None
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
         size = len(data)
-        self._buffer += data
-        if len(self._buffer) >= self._cut_at:
-            self._cut(final=False)
+        if self._pool is not None:
+            self._payload._sha256.update(data)
+        self._incoming += data
+        if len(self._incoming) >= self._cut_at:
+            self._hand_over()
         if self._on_progress is not None:
             self._on_progress(size)
         return size
 
+    def _hand_over(self) -> None:
+        block, self._incoming = self._incoming, bytearray()
+        if self._pool is None:
+            self._absorb(block)
+            return
+        self._wait()
+        self._pending = self._pool.submit(self._absorb, block)
+
+    def _wait(self) -> None:
+        """The block in flight cut; its error, if it had one, raised here."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def _absorb(self, block: bytearray) -> None:
+        if self._buffer:
+            self._buffer += block
+        else:
+            self._buffer = block
+        self._cut(final=False)
+
     def _cut(self, *, final: bool) -> None:
         cuts = [(c.offset, c.length) for c in self._chunker.cut_buf(self._buffer)]
+        hashed = self._pool is not None
         if not final and cuts:
             cuts.pop()  # its end is the buffer's, not a boundary
         with memoryview(self._buffer) as view:
             for offset, length in cuts:
-                self._cut_refs.append(self._payload._add_chunk(view[offset : offset + length]))
+                ref = self._payload._add_chunk(view[offset : offset + length], hashed=hashed)
+                self._cut_refs.append(ref)
         done = cuts[-1][0] + cuts[-1][1] if cuts else 0
         del self._buffer[:done]
 
     def end_piece(self) -> list[ChunkRef]:
         """A boundary here: what is buffered is cut now, so the next byte starts a chunk.
         Returns the chunks cut since the last boundary."""
+        if self._incoming:
+            self._hand_over()
+        self._wait()
         if self._buffer:
             self._cut(final=True)
         refs, self._cut_refs = self._cut_refs, []
@@ -300,3 +357,12 @@ class ChunkingWriter(io.RawIOBase):
     def finish(self) -> None:
         """Cut what is left: the payload's last chunks."""
         self.end_piece()
+        self.stop()
+
+    def stop(self) -> None:
+        """Wait for the block in flight, whatever its outcome, and end the thread (the
+        payload writer's exit calls it first, before the open pack is discarded)."""
+        if self._pool is not None:
+            if self._pending is not None:
+                self._pending.exception()  # waits; a failure was or will be raised elsewhere
+            self._pool.shutdown(wait=True)

@@ -263,7 +263,7 @@ def _write_chunked(
             store.payload_writer(component.name, backup_id, payload=component.payload) as payload,
         ):
             writer = (
-                payload.stream_writer(kind, on_progress=advance)
+                payload.stream_writer(kind, on_progress=advance, background=kind == STREAM)
                 if cache is None
                 else RecordWriter(
                     payload, kind, cache, use_cache=not rt.settings.force_read, on_progress=advance

@@ -12,9 +12,9 @@ from cosmic_backup.format.store_config import FILE, STREAM
 from tests.unit.chunkstore import DB_ID, MiB, backup_id, make_store, payload, read
 
 
-@pytest.mark.parametrize("kind", [STREAM, FILE])
+@pytest.mark.parametrize(("kind", "background"), [(STREAM, False), (FILE, False), (STREAM, True)])
 def test_written_pieces_cut_as_the_whole_stream_does(
-    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, kind: str, background: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Cut every 9 MiB (at least twice a chunk's max): many buffer ends inside a payload.
     monkeypatch.setattr(writer_module, "CUT_EVERY", 9 * MiB)
@@ -24,7 +24,9 @@ def test_written_pieces_cut_as_the_whole_stream_does(
     progress: list[int] = []
     second = backup_id(2)
     with store.payload_writer("database", second) as payload_writer:
-        pushed = payload_writer.stream_writer(kind, on_progress=progress.append)
+        pushed = payload_writer.stream_writer(
+            kind, on_progress=progress.append, background=background
+        )
         for start in range(0, len(data), 65_521):  # odd-sized writes, as tar's and pg_dump's
             pushed.write(data[start : start + 65_521])
         pushed.finish()
