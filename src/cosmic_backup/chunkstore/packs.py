@@ -14,7 +14,7 @@ import hmac
 from cosmic_backup.chunkstore.layout import PartialFile, StoreLayout
 from cosmic_backup.clock import Clock, iso
 from cosmic_backup.errors import IntegrityError
-from cosmic_backup.format.cipher import Decryptor, Encryptor
+from cosmic_backup.format.cipher import Encryptor, decrypt_whole
 from cosmic_backup.format.index_text import ChunkPlace, PackRecord
 from cosmic_backup.format.objects import DataKey, aligned_member, gunzip_member
 from cosmic_backup.format.store_config import StoreConfig
@@ -81,7 +81,7 @@ class PackProblem(IntegrityError):
         self.what = what
 
 
-def read_pack(layout: StoreLayout, data_key: DataKey, config: StoreConfig, name: str) -> bytes:
+def read_pack(layout: StoreLayout, data_key: DataKey, config: StoreConfig, name: str) -> bytearray:
     """A pack's plaintext (its members), once the whole file's MAC matched its name."""
     path = layout.pack(name)
     try:
@@ -95,12 +95,13 @@ def read_pack(layout: StoreLayout, data_key: DataKey, config: StoreConfig, name:
             "fails its integrity check (its MAC does not match its name): it is damaged, "
             "truncated or another pack was put in its place",
         )
-    decryptor = Decryptor(data_key.passphrase, config.object_iterations)
-    return decryptor.update(stored) + decryptor.finalize()
+    return decrypt_whole(stored, data_key.passphrase, config.object_iterations)
 
 
-def cut_member(plaintext: bytes, offset: int, length: int) -> bytes:
-    """One chunk: its member cut out of the pack's plaintext and gunzipped."""
+def cut_member(plaintext: bytes | bytearray, offset: int, length: int) -> bytes:
+    """One chunk: its member cut out of the pack's plaintext (a view, not a copy) and
+    gunzipped."""
     if offset + length > len(plaintext):
         raise IntegrityError("a chunk's place lies outside its pack")
-    return gunzip_member(plaintext[offset : offset + length])
+    with memoryview(plaintext) as view:
+        return gunzip_member(view[offset : offset + length])

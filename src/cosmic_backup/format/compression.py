@@ -224,7 +224,7 @@ class Decompressor:
     def has_pending(self) -> bool:
         return bool(self._pending)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
         if self._inner.eof:

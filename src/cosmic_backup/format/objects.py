@@ -19,7 +19,7 @@ import secrets
 import struct
 
 from cosmic_backup.errors import IntegrityError, KeyProblem
-from cosmic_backup.format.cipher import Decryptor, Encryptor, KeySource, derive_key_iv
+from cosmic_backup.format.cipher import Encryptor, KeySource, decrypt_whole, derive_key_iv
 from cosmic_backup.format.compression import Decompressor, compressor
 from cosmic_backup.format.keys import FINGERPRINT_HEX_CHARS, Key, passphrase_from_text
 
@@ -106,7 +106,7 @@ def unseal(
     mac_key: bytes,
     expected_mac: str,
     derive: KeySource = derive_key_iv,
-) -> bytes:
+) -> bytearray:
     """The plaintext of a sealed object, once its MAC matched; nothing is decrypted before.
 
     `derive` gives the AES key and IV (see Decryptor): one started early may be passed."""
@@ -115,8 +115,7 @@ def unseal(
             "A stored object fails its integrity check (MAC mismatch): it is damaged, "
             "truncated or was replaced. Run `cosmic-backup verify` to see which backups it breaks."
         )
-    decryptor = Decryptor(passphrase, iterations, derive)
-    return decryptor.update(stored) + decryptor.finalize()
+    return decrypt_whole(stored, passphrase, iterations, derive)
 
 
 def gzip_member(data: bytes) -> bytes:
@@ -125,7 +124,7 @@ def gzip_member(data: bytes) -> bytes:
     return writer.compress(data) + writer.flush()
 
 
-def gunzip_member(member: bytes) -> bytes:
+def gunzip_member(member: bytes | bytearray | memoryview) -> bytes:
     reader = Decompressor()
     reader.feed(member)
     out = []

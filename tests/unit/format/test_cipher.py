@@ -7,6 +7,7 @@ pinned here were printed by it, so a change is caught even where openssl is miss
 from __future__ import annotations
 
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +18,7 @@ from cosmic_backup.format.cipher import (
     SALT_LEN,
     Decryptor,
     Encryptor,
+    decrypt_whole,
     derive_key_iv,
     read_salt,
 )
@@ -122,3 +124,34 @@ def test_a_wrong_passphrase_fails_the_padding_check() -> None:
     stored = encrypt(b"secret data")
     with pytest.raises(IntegrityError, match="another key"):
         decrypt(stored, passphrase=b"not the passphrase")
+
+
+@pytest.mark.parametrize("piece", [Decryptor.STEP - 1, Decryptor.STEP + 17, 5 * Decryptor.STEP])
+def test_reads_larger_than_the_decryptors_step_round_trip(piece: int) -> None:
+    """A pack is decrypted in one call, in steps of its own; the steps and the block held
+    back for the padding must meet exactly, wherever the reads are cut."""
+    plaintext = bytes(range(256)) * (10 * Decryptor.STEP // 256) + b"tail"
+    stored = encrypt(plaintext)
+    assert decrypt(stored, piece=piece) == plaintext
+    assert decrypt_whole(stored, PASSPHRASE, FAST) == plaintext
+
+
+@pytest.mark.parametrize("pad", [0, 17, 255])
+def test_a_final_block_with_impossible_padding_is_refused(pad: int) -> None:
+    """The padding is checked here, not by a library unpadder: a last byte of 0 or above
+    16 is refused, as is a last block whose pad bytes disagree."""
+    key, iv = derive_key_iv(PASSPHRASE, SALT, FAST)
+    encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    block = bytes(15) + bytes([pad]) if pad else bytes(16)
+    stored = MAGIC + SALT + encryptor.update(b"x" * 16 + block) + encryptor.finalize()
+    with pytest.raises(IntegrityError, match="another key"):
+        decrypt(stored)
+    uneven = (
+        MAGIC
+        + SALT
+        + Cipher(algorithms.AES(key), modes.CBC(iv))
+        .encryptor()
+        .update(b"y" * 16 + bytes(13) + b"\x01\x02\x03")
+    )
+    with pytest.raises(IntegrityError, match="another key"):
+        decrypt(uneven)
