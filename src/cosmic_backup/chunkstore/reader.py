@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import tempfile
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, BinaryIO
 
 from cosmic_backup.catalog import COMPONENTS
@@ -27,6 +29,12 @@ if TYPE_CHECKING:
     from cosmic_backup.chunkstore.store import ChunkStore
 
 READ_STEP = 1024 * 1024
+MiB = 1024 * 1024
+# Read ahead by the chunk-reading thread: chunks are handed over in batches of about
+# BATCH_BYTES (or BATCH_CHUNKS small ones), at most AHEAD_BYTES of plaintext in flight.
+BATCH_BYTES = 1 * MiB
+BATCH_CHUNKS = 256
+AHEAD_BYTES = 8 * MiB
 WHAT_TO_DO = (
     "Run `cosmic-backup verify` to see every backup it breaks, then restore another backup "
     "or pull the store from the off-site copy."
@@ -81,6 +89,11 @@ class ChunkReader:
             checked.add(pack)
 
     def read(self, ref: ChunkRef) -> bytes:
+        return self.check_id(ref, *self.cut(ref))
+
+    def cut(self, ref: ChunkRef) -> tuple[bytes, Location]:
+        """A chunk cut from its pack (whose MAC is checked first) and gunzipped; its id is
+        not checked yet: `check_id` does that before it is used."""
         location = self.locate(ref)
         if location.pack != self._pack_name:
             self._pack_name, self._pack_plaintext = None, b""
@@ -98,6 +111,9 @@ class ChunkReader:
             raise self._refused(
                 ref, f"cannot be cut from the pack {location.pack} ({exc.message})", location.pack
             ) from None
+        return data, location
+
+    def check_id(self, ref: ChunkRef, data: bytes, location: Location) -> bytes:
         if len(data) != ref.plain_length or len(data) != location.plain_length:
             raise self._refused(
                 ref, f"read from the pack {location.pack} has the wrong length", location.pack
@@ -169,7 +185,12 @@ class _EntryText:
         self._file.close()
 
 
-def read_payload(store: ChunkStore, record: ChunkListRecord, backup_id: str) -> Iterator[bytes]:
+def read_payload(
+    store: ChunkStore, record: ChunkListRecord, backup_id: str, *, read_ahead: bool = False
+) -> Iterator[bytes]:
+    """The payload's chunks in order, each checked. With `read_ahead`, one thread of its
+    own reads, checks and gunzips the packs and chunks while the caller uses the ones
+    before (a files restore: the tar is parsed and written while the next pack is MACed)."""
     chunk_list = open_chunk_list(store, record, backup_id)
     reader = ChunkReader(store, backup_id)
     entry_text = _EntryText(store, chunk_list, reader)
@@ -177,24 +198,75 @@ def read_payload(store: ChunkStore, record: ChunkListRecord, backup_id: str) -> 
         checked: set[str] = set()
         for entry in entry_text.entries():  # nothing is returned unless every pack is there
             reader.check_present(entry, checked)
-        yield from _checked_payload(reader, entry_text.entries(), record, backup_id)
+        entries = entry_text.entries()
+        chunks = _read_ahead(reader, entries) if read_ahead else map(reader.read, entries)
+        yield from _checked_payload(chunks, record, backup_id)
     finally:
         entry_text.close()
 
 
-def _checked_payload(
-    reader: ChunkReader, entries: Iterable[ChunkRef], record: ChunkListRecord, backup_id: str
-) -> Iterator[bytes]:
-    size, sha256 = 0, hashlib.sha256()
+def _cut_batch(reader: ChunkReader, batch: list[ChunkRef]) -> list[tuple[bytes, Location]]:
+    return [reader.cut(entry) for entry in batch]
+
+
+def _batches(entries: Iterable[ChunkRef]) -> Iterator[tuple[int, list[ChunkRef]]]:
+    batch: list[ChunkRef] = []
+    size = 0
     for entry in entries:
-        data = reader.read(entry)
-        size += len(data)
-        sha256.update(data)
-        yield data
+        batch.append(entry)
+        size += entry.plain_length
+        if size >= BATCH_BYTES or len(batch) >= BATCH_CHUNKS:
+            yield size, batch
+            batch, size = [], 0
+    if batch:
+        yield size, batch
+
+
+def _read_ahead(reader: ChunkReader, entries: Iterable[ChunkRef]) -> Iterator[bytes]:
+    """Chunks in order, cut from their packs by one worker thread at most AHEAD_BYTES
+    ahead of the caller, and checked against their ids here.
+
+    The checks are the reader's own and happen in the same order; a broken chunk is
+    raised here after every chunk before it and before any after it. The file reads,
+    HMACs and gunzip release the GIL, so the threads overlap on two cores: the worker
+    MACs, decrypts and gunzips the packs, this thread checks each chunk's id (and the
+    caller takes the payload's SHA-256), which balances the two."""
+    pool = ThreadPoolExecutor(1, "chunk-reader")
+    pending: deque[tuple[list[ChunkRef], Future[list[tuple[bytes, Location]]]]] = deque()
+    ahead = 0
+
+    def handed_over() -> Iterator[bytes]:
+        batch, future = pending.popleft()
+        for ref, (data, location) in zip(batch, future.result(), strict=True):
+            yield reader.check_id(ref, data, location)
+
+    try:
+        for size, batch in _batches(entries):
+            pending.append((batch, pool.submit(_cut_batch, reader, batch)))
+            ahead += size
+            while ahead > AHEAD_BYTES:
+                ahead -= sum(ref.plain_length for ref in pending[0][0])
+                yield from handed_over()
+        while pending:
+            yield from handed_over()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _checked_payload(
+    chunks: Iterable[bytes], record: ChunkListRecord, backup_id: str
+) -> Iterator[bytes]:
     # No SHA-256 is recorded when the writer named unchanged files' chunks unread; each
-    # chunk's id was checked above, and the MACed list gives their order.
+    # chunk's id was checked above, and the MACed list gives their order. Then only the
+    # size is checked, and no hash is taken that nothing would compare.
     expected = record.plaintext_sha256
-    if size != record.plaintext_size or expected not in (None, sha256.hexdigest()):
+    size, sha256 = 0, hashlib.sha256() if expected is not None else None
+    for data in chunks:
+        size += len(data)
+        if sha256 is not None:
+            sha256.update(data)
+        yield data
+    if size != record.plaintext_size or (sha256 is not None and sha256.hexdigest() != expected):
         raise IntegrityError(
             f"Backup {backup_id}'s payload does not have the size and SHA-256 its manifest "
             "records. Do not use what was read; restore another backup."

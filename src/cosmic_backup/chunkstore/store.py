@@ -108,8 +108,10 @@ class ChunkStore:
             writer.add_stream(stream, chunk_kind)
             return writer.finish()
 
-    def read_payload(self, record: ChunkListRecord, backup_id: str) -> Iterator[bytes]:
-        return reader.read_payload(self, record, backup_id)
+    def read_payload(
+        self, record: ChunkListRecord, backup_id: str, *, read_ahead: bool = False
+    ) -> Iterator[bytes]:
+        return reader.read_payload(self, record, backup_id, read_ahead=read_ahead)
 
     def chunks_of(self, record: ChunkListRecord, backup_id: str) -> Iterator[ChunkRef]:
         return reader.chunks_of(self, record, backup_id)

@@ -120,9 +120,15 @@ class PayloadReader(io.RawIOBase):
 def open_chunked(rt: Runtime, manifest: Manifest, key: Key) -> PayloadReader:
     """A reader of a format 2 backup's payload. The list's MAC is checked, and every pack
     it needs is checked to be there, before this returns: a missing pack is refused before
-    a restore starts; a damaged one when reached, before any of its bytes are returned."""
+    a restore starts; a damaged one when reached, before any of its bytes are returned.
+
+    Tars (files, config) are read ahead in a thread of their own; a database payload is
+    not: pg_restore, psql and the server keep both cores busy, and side by side a read-ahead
+    thread gained nothing there and raised the peak RSS by 56 MiB (f84ac7f)."""
     store = store_for(rt, manifest, key)
-    pieces = store.read_payload(chunk_list_record(manifest), manifest.id)
+    pieces = store.read_payload(
+        chunk_list_record(manifest), manifest.id, read_ahead=manifest.component != "database"
+    )
     first = next(pieces, b"")  # runs the checks that come before the first byte
 
     def everything() -> Iterator[bytes]:

@@ -40,8 +40,10 @@ def write(
     return store.write_payload(io.BytesIO(data), backup.split("-")[0], backup, **options)  # type: ignore[arg-type]
 
 
-def read(store: ChunkStore, record: ChunkListRecord, backup: str = DB_ID) -> bytes:
-    return b"".join(store.read_payload(record, backup))
+def read(
+    store: ChunkStore, record: ChunkListRecord, backup: str = DB_ID, *, read_ahead: bool = False
+) -> bytes:
+    return b"".join(store.read_payload(record, backup, read_ahead=read_ahead))
 
 
 def files_under(folder: Path) -> list[Path]:

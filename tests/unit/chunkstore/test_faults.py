@@ -24,12 +24,19 @@ def written(tmp_path: Path) -> tuple[ChunkStore, bytes, ChunkListRecord]:
 def read_until_refused(
     root: Path, record: ChunkListRecord, backup: str = DB_ID
 ) -> tuple[bytes, str]:
-    """What a fresh reader returned before it refused, and its sentence."""
-    returned = bytearray()
-    with pytest.raises(IntegrityError) as refused:
-        for piece in ChunkStore.open(root, KEY).read_payload(record, backup):
-            returned += piece
-    return bytes(returned), str(refused.value)
+    """What a fresh reader returned before it refused, and its sentence; the same with
+    the read-ahead thread (a files restore's reader): the same bytes, then the same
+    refusal, never a byte past the broken chunk."""
+    seen = []
+    for read_ahead in (False, True):
+        returned = bytearray()
+        with pytest.raises(IntegrityError) as refused:
+            store = ChunkStore.open(root, KEY)
+            for piece in store.read_payload(record, backup, read_ahead=read_ahead):
+                returned += piece
+        seen.append((bytes(returned), str(refused.value)))
+    assert seen[0] == seen[1]
+    return seen[0]
 
 
 def data_pack_in_the_middle(store: ChunkStore, record: ChunkListRecord) -> tuple[str, bytes, int]:
@@ -153,6 +160,8 @@ def test_valid_chunks_in_another_order_are_refused_by_the_payloads_check(
         other = writer.finish()
     assert other.new_chunks == 1  # the same chunks; only the entry text's part is new
     relisted = dataclasses.replace(other, plaintext_sha256=record.plaintext_sha256)
-    with pytest.raises(IntegrityError) as refused:
-        b"".join(ChunkStore.open(tmp_path, KEY).read_payload(relisted, DB_ID))
-    assert "does not have the size and SHA-256 its manifest records" in str(refused.value)
+    for read_ahead in (False, True):
+        reader = ChunkStore.open(tmp_path, KEY).read_payload(relisted, DB_ID, read_ahead=read_ahead)
+        with pytest.raises(IntegrityError) as refused:
+            b"".join(reader)
+        assert "does not have the size and SHA-256 its manifest records" in str(refused.value)

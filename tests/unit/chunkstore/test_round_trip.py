@@ -42,6 +42,22 @@ def test_fifty_megabytes_round_trip_in_default_packs(tmp_path: Path) -> None:
     assert record.new_packs == len(packs) >= 2  # 25 MiB of random bytes alone fill one
     assert 50 * MiB / (2 * MiB) <= record.chunks <= 50 * MiB / (128 * 1024)
     assert read(ChunkStore.open(tmp_path, KEY), record) == data
+    # Read ahead by its thread, several times AHEAD_BYTES: the same bytes in the same order.
+    assert read(ChunkStore.open(tmp_path, KEY), record, read_ahead=True) == data
+
+
+def test_the_read_ahead_hands_over_small_chunks_in_bounded_batches() -> None:
+    from cosmic_backup.chunkstore.reader import BATCH_BYTES, BATCH_CHUNKS, _batches
+    from cosmic_backup.format.chunk_list import ChunkRef
+
+    refs = [ChunkRef(bytes([n % 256]) * 32, 1 + n % 3000) for n in range(5000)]
+    refs += [ChunkRef(b"big" + bytes(29), 3 * BATCH_BYTES)]
+    batches = list(_batches(refs))
+    assert [ref for _, batch in batches for ref in batch] == refs  # all, in order
+    for size, batch in batches:
+        assert size == sum(ref.plain_length for ref in batch)
+        assert len(batch) <= BATCH_CHUNKS
+        assert size - batch[-1].plain_length < BATCH_BYTES  # it ends once it is full
 
 
 def test_many_small_payloads_each_read_back(tmp_path: Path) -> None:
