@@ -17,9 +17,22 @@ from pathlib import Path
 from cosmic_backup.chunkstore.layout import StoreLayout, write_object
 from cosmic_backup.clock import Clock, SystemClock, iso
 from cosmic_backup.errors import IntegrityError, KeyProblem
-from cosmic_backup.format.cipher import HEADER_LEN, KeySource, derive_key_iv, read_salt
-from cosmic_backup.format.keys import Key
-from cosmic_backup.format.objects import DataKey, mac_of, unseal, wrap_data_key, wrap_mac_key
+from cosmic_backup.format.cipher import (
+    HEADER_LEN,
+    KeySource,
+    derive_key_iv,
+    read_salt,
+    start_key_iv,
+)
+from cosmic_backup.format.keys import Key, start_master_secret
+from cosmic_backup.format.objects import (
+    WRAP_MAC_SALT,
+    DataKey,
+    mac_of,
+    unseal,
+    wrap_data_key,
+    wrap_mac_key,
+)
 from cosmic_backup.format.store_config import (
     PACK_TARGET,
     StoreConfig,
@@ -123,6 +136,30 @@ def _early_derivation(
         return future.result()
 
     return derive
+
+
+# More wraps than this (keys rotated often): the fingerprint must pick the wrap first.
+WRAPS_STARTED_BLIND = 2
+
+
+def start_derivations(layout: StoreLayout, user_key: Key) -> None:
+    """Begin, in the background, the full-count derivations that opening this store with
+    `user_key` will need: the master secret (the fingerprint, the manifests' MACs), the
+    wraps' MAC key and each wrap's AES key (format/kdf.py). The config and the salts are
+    read unchecked: they only say what to derive, and the open checks every MAC as before.
+    Anything missing or unreadable starts nothing; the open then says why."""
+    start_master_secret(user_key.passphrase)
+    try:
+        config, _ = read_config(layout)
+        wraps = _wraps(layout)
+        if len(wraps) > WRAPS_STARTED_BLIND:
+            wraps = [wrap for wrap in wraps if wrap[1] == user_key.fingerprint]
+        salts = [read_salt(path.read_bytes()[:HEADER_LEN]) for path, _fp, _mac in wraps]
+    except (OSError, IntegrityError):
+        return
+    start_key_iv(user_key.passphrase, WRAP_MAC_SALT, config.wrap_iterations)
+    for salt in salts:
+        start_key_iv(user_key.passphrase, salt, config.wrap_iterations)
 
 
 def wrap_fingerprints(layout: StoreLayout) -> list[str]:

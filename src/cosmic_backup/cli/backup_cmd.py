@@ -82,7 +82,7 @@ def backup(
         "db_jobs": _jobs(jobs),
         "force_read": True if force_read else None,  # None: the setting decides
     }
-    runtime = open_cli_runtime(ctx, settings_for(ctx, **flags))
+    runtime = open_cli_runtime(ctx, settings_for(ctx, **flags), opens_store=True)
     outcomes = backup_components(runtime, names, BackupRequest(mode=mode, tags=(tag,)))
     _report(ctx, outcomes, runtime.relative(runtime.log_file))
     exit_with(_exit_code(what, outcomes))

@@ -83,16 +83,23 @@ def _terminal_progress(description: str, total: int | None) -> Iterator[Advance]
         yield lambda n: progress.advance(task, n)
 
 
-def open_cli_runtime(ctx: typer.Context, settings: Settings) -> Runtime:
+def open_cli_runtime(
+    ctx: typer.Context, settings: Settings, *, opens_store: bool = False
+) -> Runtime:
+    """The command's runtime; `opens_store` (backup, restore, verify, prune, sync) starts
+    the chunk store's key derivations at once, so they overlap what comes before."""
     cli = state(ctx)
     # Both: under cron or a pipe of stdout, nothing decorative reaches the mail or the log.
     interactive = sys.stdout.isatty() and sys.stderr.isatty() and not cli.json
-    return open_runtime(
+    runtime = open_runtime(
         settings,
         say=say,
         progress=_terminal_progress if interactive else no_progress,
         wait=cli.wait or bool(settings.wait),
     )
+    if opens_store:
+        runtime.keys.start_derivations(runtime.catalog.root)
+    return runtime
 
 
 def emit_json(value: Any) -> None:

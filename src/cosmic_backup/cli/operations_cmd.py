@@ -69,7 +69,7 @@ def prune_command(
         "keep_weekly": keep_weekly,
         "keep_monthly": keep_monthly,
     }
-    runtime = open_cli_runtime(ctx, settings_for(ctx, **flags))
+    runtime = open_cli_runtime(ctx, settings_for(ctx, **flags), opens_store=True)
     policy = Policy.from_settings(runtime.settings)
     report = prune(runtime, [what] if what else list(COMPONENT_NAMES), policy, dry_run=dry_run)
     results = report.results

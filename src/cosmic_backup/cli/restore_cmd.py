@@ -128,7 +128,7 @@ def restore(
         from_other_database=from_other_database,
     )
     owner = False if no_restore_owner else None  # None: the setting decides
-    runtime = open_cli_runtime(ctx, settings_for(ctx, files_restore_owner=owner))
+    runtime = open_cli_runtime(ctx, settings_for(ctx, files_restore_owner=owner), opens_store=True)
     outcome = restore_component(
         runtime, what, selector, request, _confirmer(yes, from_other_database)
     )

@@ -47,7 +47,7 @@ def sync(
 ) -> None:
     """Upload every local backup missing off-site (or, with --pull, download the reverse)."""
     check_component(what)
-    runtime = open_cli_runtime(ctx, settings_for(ctx, remote=remote))
+    runtime = open_cli_runtime(ctx, settings_for(ctx, remote=remote), opens_store=True)
     components = [what] if what else list(COMPONENT_NAMES)
     if take_over:
         runtime.say(offsite_take_over(runtime))

@@ -66,7 +66,7 @@ def verify(
     if into is not None:
         raise UsageError("--into is for --restore-test; add --restore-test or leave it out.")
     check_component(what)
-    runtime = open_cli_runtime(ctx, settings_for(ctx))
+    runtime = open_cli_runtime(ctx, settings_for(ctx), opens_store=True)
     results, subset = verify_backups(runtime, what, selector, subset=read_data_subset)
     if state(ctx).json:
         emit_json([result.to_dict() for result in results])
@@ -108,7 +108,7 @@ def _restore_test(
         raise UsageError(
             "The whole-app drill tests the latest backups; name a component to test another one."
         )
-    runtime = open_cli_runtime(ctx, settings_for(ctx))
+    runtime = open_cli_runtime(ctx, settings_for(ctx), opens_store=True)
     report = restore_test(runtime, what, selector, into=into)
     if state(ctx).json:
         emit_json(report.to_dict())

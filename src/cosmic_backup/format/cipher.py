@@ -15,17 +15,33 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from cosmic_backup.errors import IntegrityError
+from cosmic_backup.format import kdf
 
 MAGIC = b"Salted__"
 SALT_LEN = 8
 HEADER_LEN = len(MAGIC) + SALT_LEN
 BLOCK_BITS = 128
 BLOCK_BYTES = BLOCK_BITS // 8
+KEY_IV_BYTES = 48  # AES-256 key, then the IV
+
+
+# From this count up a derivation is memoized and may be started early (kdf.py); the
+# store's objects use a low count under a full-entropy key, and are derived each time.
+MEMOIZED_FROM = 10_000
 
 
 def derive_key_iv(passphrase: bytes, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
-    material = hashlib.pbkdf2_hmac("sha256", passphrase, salt, iterations, dklen=48)
+    if iterations >= MEMOIZED_FROM:
+        material = kdf.pbkdf2(passphrase, salt, iterations, KEY_IV_BYTES)
+    else:
+        material = hashlib.pbkdf2_hmac("sha256", passphrase, salt, iterations, KEY_IV_BYTES)
     return material[:32], material[32:]
+
+
+def start_key_iv(passphrase: bytes, salt: bytes, iterations: int) -> None:
+    """Begin `derive_key_iv` for these inputs in the background (full counts only)."""
+    if iterations >= MEMOIZED_FROM:
+        kdf.start(passphrase, salt, iterations, KEY_IV_BYTES)
 
 
 class Encryptor:

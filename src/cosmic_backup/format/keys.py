@@ -15,16 +15,22 @@ import hmac
 import secrets
 
 from cosmic_backup.errors import KeyProblem
+from cosmic_backup.format import kdf
 
 MASTER_SALT = b"cosmic-backup/v1/master"
 MASTER_ITERATIONS = 600_000
+MASTER_BYTES = 32
 PASSPHRASE_BYTES = 32  # 256 random bits, written as 64 hex characters
 FINGERPRINT_HEX_CHARS = 16
 
 
-@functools.lru_cache(maxsize=16)
 def _master_secret(passphrase: bytes) -> bytes:
-    return hashlib.pbkdf2_hmac("sha256", passphrase, MASTER_SALT, MASTER_ITERATIONS, dklen=32)
+    return kdf.pbkdf2(passphrase, MASTER_SALT, MASTER_ITERATIONS, MASTER_BYTES)
+
+
+def start_master_secret(passphrase: bytes) -> None:
+    """Begin the master secret's derivation in the background (see kdf.py)."""
+    kdf.start(passphrase, MASTER_SALT, MASTER_ITERATIONS, MASTER_BYTES)
 
 
 class Key:

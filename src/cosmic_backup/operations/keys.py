@@ -81,6 +81,22 @@ class KeySource:
                 "run 'cosmic-backup key rotate' to replace it."
             )
 
+    def start_derivations(self, store_root: Path) -> None:
+        """Begin the key derivations a command that opens the chunk store under
+        `store_root` will need, in the background, when the current key can be had
+        (chunkstore/keys.py). A key that cannot be loaded starts nothing: the command
+        meets the same problem where it needs the key and says so there. A key from
+        BACKUP_KEY_COMMAND is not fetched early: the command runs once, where the key is
+        needed (inside the root's lock), as before."""
+        if self._loaded is None and self.settings.key_command and not self.settings.key:
+            return
+        key = self.current_if_any()
+        if key is not None:
+            from cosmic_backup.chunkstore.keys import start_derivations
+            from cosmic_backup.chunkstore.layout import StoreLayout
+
+            start_derivations(StoreLayout(store_root), key)
+
     def current_if_any(self) -> Key | None:
         """The current key, or None when none is configured (never creates one)."""
         try:

@@ -71,3 +71,35 @@ def test_no_store_is_one_sentence(tmp_path: Path) -> None:
 def test_chunker_seed_is_pinned_and_below_two_to_the_63() -> None:
     # Pinned: a change here moves every chunk boundary, and dedup with older backups ends.
     assert chunker_seed(DataKey(bytes(range(32)))) == 8055218678357888473
+
+
+def test_derivations_started_early_leave_the_open_nothing_to_derive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a backup or restore starts as soon as it has the key (the wrap's MAC key and
+    AES key, the master secret): the open that follows waits for them and derives
+    nothing itself, and with a wrong key the open still refuses."""
+    import hashlib
+    import threading
+
+    from cosmic_backup.chunkstore.keys import start_derivations
+    from cosmic_backup.format import kdf
+    from cosmic_backup.format.cipher import MEMOIZED_FROM
+    from cosmic_backup.format.keys import Key
+
+    key = Key(b"a key whose store is opened after an early start")
+    created = ChunkStore.open(tmp_path, key, wrap_iterations=MEMOIZED_FROM + 7)
+    kdf._derived.clear()  # as a new process: nothing derived yet
+    start_derivations(created.layout, key)
+    derivers = [t for t in threading.enumerate() if t.name == "key-derivation"]
+    for thread in derivers:
+        thread.join(30)
+    calls: list[int] = []
+    real = hashlib.pbkdf2_hmac
+    monkeypatch.setattr(hashlib, "pbkdf2_hmac", lambda *args: calls.append(args[3]) or real(*args))
+    reopened = ChunkStore.open(tmp_path, key)
+    assert reopened.data_key.fingerprint == created.data_key.fingerprint
+    assert [count for count in calls if count >= MEMOIZED_FROM] == []
+    assert len(derivers) == 3  # the master secret, the wrap's MAC key, its AES key
+    with pytest.raises(KeyProblem):
+        ChunkStore.open(tmp_path, Key(b"another key entirely, for the same store"))
