@@ -40,12 +40,32 @@ class PackWriter:
         self.chunks: dict[bytes, ChunkPlace] = {}  # this pack's chunks, found before commit
 
     def _emit(self, stored: bytes) -> None:
+        self.write_sealed(self._account(stored))
+
+    def _account(self, stored: bytes) -> bytes:
         self._mac.update(stored)
         self._stored_size += len(stored)
+        return stored
+
+    def write_sealed(self, stored: bytes) -> None:
+        """Write what `seal` returned, in the order it returned it (a sealing thread
+        seals; the caller's thread writes, so every write, fsync and rename of the store
+        stays on one thread, in one order)."""
         self._file.write(stored)
 
     def add(self, chunk_id: bytes, data: bytes | memoryview) -> ChunkPlace:
-        return self.add_member(chunk_id, aligned_member(bytes(data), self._alignment), len(data))
+        place, stored = self.seal(chunk_id, data)
+        self.write_sealed(stored)
+        return place
+
+    def seal(self, chunk_id: bytes, data: bytes | memoryview) -> tuple[ChunkPlace, bytes]:
+        """A chunk's member compressed, encrypted and MACed, not yet written."""
+        member = aligned_member(bytes(data), self._alignment)
+        place = ChunkPlace(chunk_id, self.plaintext_size, len(member), len(data))
+        stored = self._account(self._encryptor.update(member))
+        self.plaintext_size += len(member)
+        self.chunks[chunk_id] = place
+        return place, stored
 
     def add_member(self, chunk_id: bytes, member: bytes, plain_length: int) -> ChunkPlace:
         """Append an aligned member as it is (a repack copies members without recompressing)."""
