@@ -35,7 +35,7 @@ INDEX_EVERY_PACKS = 64
 INDEX_EVERY_SECONDS = 600.0
 ENTRY_SPOOL_MEMORY = 8 * 1024 * 1024  # entry text past this goes to a file in store/tmp
 CUT_EVERY = 16 * 1024 * 1024  # a pushed stream is cut once this much is buffered
-SEAL_AHEAD_BYTES = 16 * 1024 * 1024  # new chunks handed to the sealer, not yet sealed
+SEAL_AHEAD_BYTES = 8 * 1024 * 1024  # new chunks handed to the sealer, not yet sealed
 
 
 @dataclass(frozen=True)

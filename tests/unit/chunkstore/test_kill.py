@@ -92,7 +92,7 @@ def test_a_killed_writer_leaves_a_readable_store_and_its_packs_reused(
         assert not leftovers and len(list((root / "database").glob(".*.partial-*"))) == 1
     else:
         # The pack whose rename was refused, and perhaps the next ones, which the sealing
-        # thread may have begun (up to 16 MiB ahead: several of these 1 MiB packs).
+        # thread may have begun (up to 8 MiB ahead: several of these 1 MiB packs).
         assert leftovers and all(PARTIAL_MARK in path.name for path in leftovers)
 
     again = write(after, data, backup_id(2))
