@@ -36,6 +36,8 @@ INDEX_EVERY_SECONDS = 600.0
 ENTRY_SPOOL_MEMORY = 8 * 1024 * 1024  # entry text past this goes to a file in store/tmp
 CUT_EVERY = 16 * 1024 * 1024  # a pushed stream is cut once this much is buffered
 SEAL_AHEAD_BYTES = 8 * 1024 * 1024  # new chunks handed to the sealer, not yet sealed
+SEAL_BATCH_BYTES = 1024 * 1024  # new chunks go to the sealer in batches of this much
+SEAL_BATCH_CHUNKS = 256  # or of this many
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,10 @@ class ChunkSink:
         self._unindexed: list[PackRecord] = []
         self._last_index = time.monotonic()
         self._pool = ThreadPoolExecutor(1, "pack-sealer") if sealing_thread else None
-        self._in_flight: deque[tuple[int, Future[_Sealed]]] = deque()
+        self._in_flight: deque[tuple[int, Future[list[_Sealed]]]] = deque()
         self._in_flight_bytes = 0
+        self._batch: list[tuple[bytes, bytes]] = []  # new chunks not handed over yet
+        self._batch_bytes = 0
         self._sealing: set[bytes] = set()  # handed over, not in the index yet
         self.new_chunks = 0
         self.new_packs = 0
@@ -111,16 +115,31 @@ class ChunkSink:
         if self._pool is None:
             self._write(self._seal(ref.chunk_id, data))
             return ref
-        chunk = bytes(data)  # a view of the caller's buffer would change under the sealer
-        self._in_flight.append((len(chunk), self._pool.submit(self._seal, ref.chunk_id, chunk)))
-        self._in_flight_bytes += len(chunk)
+        # A copy: a view of the caller's buffer would change under the sealer. Small
+        # chunks (a file each) go over in batches: a hand-over per 2 KiB file cost more
+        # than sealing it.
+        self._batch.append((ref.chunk_id, bytes(data)))
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= SEAL_BATCH_BYTES or len(self._batch) >= SEAL_BATCH_CHUNKS:
+            self._hand_over()
+        return ref
+
+    def _hand_over(self) -> None:
+        assert self._pool is not None
+        batch, size = self._batch, self._batch_bytes
+        self._batch, self._batch_bytes = [], 0
+        self._in_flight.append((size, self._pool.submit(self._seal_batch, batch)))
+        self._in_flight_bytes += size
         while self._in_flight and (
             self._in_flight_bytes > SEAL_AHEAD_BYTES or self._in_flight[0][1].done()
         ):
-            size, future = self._in_flight.popleft()
-            self._in_flight_bytes -= size
-            self._write(future.result())
-        return ref
+            done, future = self._in_flight.popleft()
+            self._in_flight_bytes -= done
+            for sealed in future.result():
+                self._write(sealed)
+
+    def _seal_batch(self, batch: list[tuple[bytes, bytes]]) -> list[_Sealed]:
+        return [self._seal(chunk_id, data) for chunk_id, data in batch]
 
     def _seal(self, chunk_id: bytes, data: bytes | memoryview) -> _Sealed:
         """The sealer's part: no file is written here."""
@@ -165,8 +184,11 @@ class ChunkSink:
 
     def finish(self) -> None:
         """The open pack committed and every committed pack indexed: all durable."""
+        if self._batch:
+            self._hand_over()
         while self._in_flight:  # in order; the sealer is idle after the last
-            self._write(self._in_flight.popleft()[1].result())
+            for sealed in self._in_flight.popleft()[1].result():
+                self._write(sealed)
         self._in_flight_bytes = 0
         if self._pack is not None:
             pack, self._pack = self._pack, None

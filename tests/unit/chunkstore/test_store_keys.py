@@ -80,7 +80,6 @@ def test_derivations_started_early_leave_the_open_nothing_to_derive(
     AES key, the master secret): the open that follows waits for them and derives
     nothing itself, and with a wrong key the open still refuses."""
     import hashlib
-    import threading
 
     from cosmic_backup.chunkstore.keys import start_derivations
     from cosmic_backup.format import kdf
@@ -91,15 +90,15 @@ def test_derivations_started_early_leave_the_open_nothing_to_derive(
     created = ChunkStore.open(tmp_path, key, wrap_iterations=MEMOIZED_FROM + 7)
     kdf._derived.clear()  # as a new process: nothing derived yet
     start_derivations(created.layout, key)
-    derivers = [t for t in threading.enumerate() if t.name == "key-derivation"]
-    for thread in derivers:
-        thread.join(30)
+    started = list(kdf._derived.values())
+    for future in started:
+        future.result(30)
     calls: list[int] = []
     real = hashlib.pbkdf2_hmac
     monkeypatch.setattr(hashlib, "pbkdf2_hmac", lambda *args: calls.append(args[3]) or real(*args))
     reopened = ChunkStore.open(tmp_path, key)
     assert reopened.data_key.fingerprint == created.data_key.fingerprint
     assert [count for count in calls if count >= MEMOIZED_FROM] == []
-    assert len(derivers) == 3  # the master secret, the wrap's MAC key, its AES key
+    assert len(started) == 3  # the master secret, the wrap's MAC key, its AES key
     with pytest.raises(KeyProblem):
         ChunkStore.open(tmp_path, Key(b"another key entirely, for the same store"))
