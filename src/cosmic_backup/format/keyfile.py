@@ -7,12 +7,14 @@ finds its key by the fingerprint its manifest records.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
 
 from cosmic_backup.errors import KeyProblem
 from cosmic_backup.format.keys import Key, generate_passphrase, passphrase_from_text
+from cosmic_backup.storage.local import fsync_dir
 
 PRIVATE_FILE = 0o600
 PRIVATE_DIR = 0o700
@@ -63,14 +65,64 @@ def read_key_file(path: Path, *, allow_insecure: bool = False) -> tuple[Key, str
 
 
 def write_private_file(path: Path, data: bytes) -> None:
-    """Create `path` with mode 0600 from the start; refuse to replace an existing file."""
+    """Create `path` with mode 0600 from the start, whole or not at all; refuse to
+    replace an existing file (FileExistsError).
+
+    The bytes go to a temporary name first, are fsynced, then linked to `path` (a link
+    fails where a file exists, as O_EXCL does): a run killed half-way used to leave an
+    empty key file, and every backup after it failed with "the backup key is empty".
+    A temporary file of a run that died is removed by the next one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE)
+    _remove_dead_temporaries(path)
+    temporary = path.parent / f"{_temporary_prefix(path)}{os.getpid()}"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _link_or_create(temporary, path, data)
     finally:
-        os.close(fd)
+        temporary.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def _link_or_create(temporary: Path, path: Path, data: bytes) -> None:
+    try:
+        os.link(temporary, path)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
+            raise
+        # A filesystem without hard links: created in place, as before.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name.lstrip('.')}.new-"
+
+
+def _remove_dead_temporaries(path: Path) -> None:
+    prefix = _temporary_prefix(path)
+    for leftover in path.parent.glob(f"{prefix}*"):
+        pid = leftover.name[len(prefix) :]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+            leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def create_key_file(path: Path) -> Key:

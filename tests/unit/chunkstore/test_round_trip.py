@@ -99,11 +99,14 @@ def test_an_insertion_in_the_middle_reuses_all_but_a_few_chunks(tmp_path: Path) 
     second = write(store, changed, backup_id(2))
     old_ids = {ref.chunk_id for ref in store.chunks_of(first, backup_id(1))}
     new_ids = {ref.chunk_id for ref in store.chunks_of(second, backup_id(2))}
-    # 1 MiB new at 512 KiB chunks: ~2 chunks of it, the chunk it lands in is cut anew,
-    # then CDC resynchronises; plus the entry text's one part, which changed too.
+    # 1 MiB new at 512 KiB chunks: ~2 chunks of it (up to 8 at the 128 KiB minimum), the
+    # chunk it lands in is cut anew, then CDC resynchronises; plus the entry text's one
+    # part. Each store's chunker has its own seed, so the count varies from run to run
+    # (9 was seen, with the code of any day): the bound is the worst case, still a small
+    # fraction of the payload's chunks.
     assert first.chunks >= 15
-    assert len(new_ids - old_ids) == second.new_chunks <= 6
-    assert len(new_ids & old_ids) >= first.chunks - 3
+    assert len(new_ids - old_ids) == second.new_chunks <= 12
+    assert len(new_ids & old_ids) >= first.chunks - 4
     assert read(store, second, backup_id(2)) == changed
     assert read(store, first, backup_id(1)) == data
 

@@ -116,3 +116,47 @@ def test_an_insecure_keyring_file_is_refused_like_a_key_file(tmp_path: Path) -> 
     with pytest.raises(KeyProblem, match=f"chmod 600 {path}"):
         keyring.find(KEY.fingerprint)
     assert keyring.find(KEY.fingerprint, allow_insecure=True) is not None
+
+
+def test_a_creation_killed_half_way_leaves_no_key_file_and_the_next_one_succeeds(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL (strace) at the fsync of the new key's bytes: no empty or partial key file
+    is left (it would fail every later backup with "the backup key is empty"), and the
+    next creation makes a whole key and removes the dead run's temporary file."""
+    import subprocess
+    import sys
+
+    path = tmp_path / ".backup_key"
+    child = (
+        "import sys; from pathlib import Path; "
+        "from cosmic_backup.format.keyfile import create_key_file; "
+        "create_key_file(Path(sys.argv[1]))"
+    )
+    result = subprocess.run(
+        [
+            "strace",
+            "-qq",
+            "-f",
+            "-o",
+            os.devnull,
+            "-e",
+            "trace=fsync",
+            "-e",
+            "inject=fsync:signal=KILL:when=1",
+            sys.executable,
+            "-c",
+            child,
+            str(path),
+        ],
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True,
+        check=False,
+    )
+    assert result.returncode in (-9, 137), result.stderr
+    assert not path.exists()
+    leftovers = list(tmp_path.glob(".backup_key.new-*"))
+    assert len(leftovers) == 1 and mode(leftovers[0]) == 0o600
+    key = create_key_file(path)
+    assert path.read_bytes() == key.passphrase + b"\n" and len(key.passphrase) == 64
+    assert mode(path) == 0o600 and not list(tmp_path.glob(".backup_key.new-*"))
