@@ -260,6 +260,17 @@ def process_mark(pid: int | None = None) -> dict[str, Any]:
     return {"pid": pid, "started": process_start(pid)}
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process of that pid runs (one of another user counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def mark_alive(mark: object) -> bool:
     """Is the process a `process_mark` names still running (itself, not a reused pid)?"""
     if not isinstance(mark, dict):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cosmic_backup.errors import KeyProblem
 from cosmic_backup.format.keys import Key, generate_passphrase, passphrase_from_text
+from cosmic_backup.process import process_alive
 from cosmic_backup.storage.local import fsync_dir
 
 PRIVATE_FILE = 0o600
@@ -111,18 +112,8 @@ def _remove_dead_temporaries(path: Path) -> None:
     prefix = _temporary_prefix(path)
     for leftover in path.parent.glob(f"{prefix}*"):
         pid = leftover.name[len(prefix) :]
-        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+        if pid.isdigit() and (int(pid) == os.getpid() or not process_alive(int(pid))):
             leftover.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def create_key_file(path: Path) -> Key:

@@ -49,6 +49,7 @@ from cosmic_backup.operations.offsite_store import (
     upload_store_objects,
 )
 from cosmic_backup.operations.store import PayloadReader, open_chunked
+from cosmic_backup.process import process_alive
 from cosmic_backup.progress import Advance
 from cosmic_backup.settings import check_offsite_environment
 from cosmic_backup.states import Trust
@@ -217,13 +218,7 @@ def _uploading_now(item: dict[str, Any]) -> bool:
             return b"cosmic" in Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return False
-    try:  # no /proc here: whether the process lives must do
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return process_alive(pid)  # no /proc here: whether the process lives must do
 
 
 def _clear_pending(rt: Runtime, ids: set[str]) -> None:
