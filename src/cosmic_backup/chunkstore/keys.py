@@ -8,22 +8,14 @@ in its name only says which key it is for.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from cosmic_backup.chunkstore.layout import StoreLayout, write_object
 from cosmic_backup.clock import Clock, SystemClock, iso
 from cosmic_backup.errors import IntegrityError, KeyProblem
-from cosmic_backup.format.cipher import (
-    HEADER_LEN,
-    KeySource,
-    derive_key_iv,
-    read_salt,
-    start_key_iv,
-)
+from cosmic_backup.format.cipher import HEADER_LEN, read_salt, start_key_iv
 from cosmic_backup.format.keys import Key, start_master_secret
 from cosmic_backup.format.objects import (
     WRAP_MAC_SALT,
@@ -115,29 +107,6 @@ def _wraps(layout: StoreLayout) -> list[tuple[Path, str, str]]:
     return found
 
 
-def _early_derivation(
-    pool: ThreadPoolExecutor, wraps: list[tuple[Path, str, str]], user_key: Key, iterations: int
-) -> KeySource:
-    """The AES key and IV of the wraps named for `user_key`, started in `pool`; any
-    other salt is derived when asked for."""
-    started: dict[bytes, Future[tuple[bytes, bytes]]] = {}
-    for path, fingerprint, _mac in wraps:
-        if fingerprint == user_key.fingerprint:
-            try:
-                salt = read_salt(path.read_bytes()[:HEADER_LEN])
-            except (OSError, IntegrityError):
-                continue  # not openssl's header: its MAC check says so
-            started[salt] = pool.submit(derive_key_iv, user_key.passphrase, salt, iterations)
-
-    def derive(passphrase: bytes, salt: bytes, count: int) -> tuple[bytes, bytes]:
-        future = started.get(salt)
-        if future is None or count != iterations or passphrase != user_key.passphrase:
-            return derive_key_iv(passphrase, salt, count)
-        return future.result()
-
-    return derive
-
-
 # More wraps than this (keys rotated often): the fingerprint must pick the wrap first.
 WRAPS_STARTED_BLIND = 2
 
@@ -151,15 +120,25 @@ def start_derivations(layout: StoreLayout, user_key: Key) -> None:
     start_master_secret(user_key.passphrase)
     try:
         config, _ = read_config(layout)
-        wraps = _wraps(layout)
-        if len(wraps) > WRAPS_STARTED_BLIND:
-            wraps = [wrap for wrap in wraps if wrap[1] == user_key.fingerprint]
-        salts = [read_salt(path.read_bytes()[:HEADER_LEN]) for path, _fp, _mac in wraps]
     except (OSError, IntegrityError):
         return
-    start_key_iv(user_key.passphrase, WRAP_MAC_SALT, config.wrap_iterations)
-    for salt in salts:
-        start_key_iv(user_key.passphrase, salt, config.wrap_iterations)
+    _start_wrap_keys(_wraps(layout), user_key, config.wrap_iterations, blind=True)
+
+
+def _start_wrap_keys(
+    wraps: list[tuple[Path, str, str]], user_key: Key, iterations: int, *, blind: bool
+) -> None:
+    """Begin the wraps' MAC key and the AES keys of the wraps made for `user_key`; `blind`
+    (its fingerprint not derived yet): of every wrap, when there are only a few."""
+    if not blind or len(wraps) > WRAPS_STARTED_BLIND:
+        wraps = [wrap for wrap in wraps if wrap[1] == user_key.fingerprint]
+    start_key_iv(user_key.passphrase, WRAP_MAC_SALT, iterations)
+    for path, _fingerprint, _mac in wraps:
+        try:
+            salt = read_salt(path.read_bytes()[:HEADER_LEN])
+        except (OSError, IntegrityError):
+            continue  # not openssl's header: its MAC check says so
+        start_key_iv(user_key.passphrase, salt, iterations)
 
 
 def wrap_fingerprints(layout: StoreLayout) -> list[str]:
@@ -167,41 +146,22 @@ def wrap_fingerprints(layout: StoreLayout) -> list[str]:
     return sorted({fingerprint for _, fingerprint, _ in _wraps(layout)})
 
 
-# Wraps this process has opened: (SHA-256 of the passphrase, of the wrap's bytes, the
-# count) -> the data key. A backup opens the store twice (the backup, then prune's sweep),
-# and each open costs two full-count derivations (the wrap MAC key, then the wrap's own
-# salt): the same bytes under the same passphrase give the same key, so the second open
-# is free. In memory only, as the key itself is.
-_unwrapped: dict[tuple[bytes, bytes, int], DataKey] = {}
-
-
 def unwrap_with(layout: StoreLayout, user_key: Key, iterations: int) -> DataKey:
     """The data key, from the wrap whose MAC this key's wrap MAC key matches.
 
     Two full-count PBKDF2 runs are needed: the wrap MAC key (a fixed salt) and the AES key
-    of the wrap made for this key (its own salt). They run at once, in two threads
-    (hashlib releases the GIL), ~0.3 s instead of ~0.6 s before every restore and backup.
-    The salt is a stored byte: nothing is decrypted before the MAC matched."""
-    wraps = [
-        (path, path.read_bytes(), fingerprint, mac) for path, fingerprint, mac in _wraps(layout)
-    ]
-    secret = hashlib.sha256(user_key.passphrase).digest()
-    for _path, stored, _fingerprint, _mac in wraps:
-        known = _unwrapped.get((secret, hashlib.sha256(stored).digest(), iterations))
-        if known is not None:
-            return known
-    listed = [(path, fingerprint, mac) for path, _stored, fingerprint, mac in wraps]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        mac_future = pool.submit(wrap_mac_key, user_key, iterations)
-        early = _early_derivation(pool, listed, user_key, iterations)
-        mac_key = mac_future.result()
-        for _path, stored, _fingerprint, mac in wraps:
-            if hmac.compare_digest(mac_of(stored, mac_key), mac):
-                line = unseal(stored, user_key.passphrase, iterations, mac_key, mac, early)
-                data_key = DataKey.from_line(line)
-                _unwrapped[(secret, hashlib.sha256(stored).digest(), iterations)] = data_key
-                return data_key
-    made_for = ", ".join(sorted({fingerprint for _, _, fingerprint, _ in wraps})) or "none"
+    of the wrap made for this key (its own salt). Both are started at once (or were, by
+    `start_derivations`) and each is derived once per process (format/kdf.py), so a second
+    open in the same run (prune's sweep after a backup) derives nothing. The salt is a
+    stored byte: nothing is decrypted before the MAC matched."""
+    wraps = _wraps(layout)
+    _start_wrap_keys(wraps, user_key, iterations, blind=False)
+    mac_key = wrap_mac_key(user_key, iterations)
+    for path, _fingerprint, mac in wraps:
+        stored = path.read_bytes()
+        if hmac.compare_digest(mac_of(stored, mac_key), mac):
+            return DataKey.from_line(unseal(stored, user_key.passphrase, iterations, mac_key, mac))
+    made_for = ", ".join(sorted({fingerprint for _, fingerprint, _ in wraps})) or "none"
     raise KeyProblem(
         f"No data key wrap in {layout.keys} opens with the key {user_key.fingerprint} (wraps "
         f"there are for the keys: {made_for}): use the key the store was made with."

@@ -232,20 +232,21 @@ def _read_ahead(reader: ChunkReader, entries: Iterable[ChunkRef]) -> Iterator[by
     MACs, decrypts and gunzips the packs, this thread checks each chunk's id (and the
     caller takes the payload's SHA-256), which balances the two."""
     pool = ThreadPoolExecutor(1, "chunk-reader")
-    pending: deque[tuple[list[ChunkRef], Future[list[tuple[bytes, Location]]]]] = deque()
+    pending: deque[tuple[int, list[ChunkRef], Future[list[tuple[bytes, Location]]]]] = deque()
     ahead = 0
 
     def handed_over() -> Iterator[bytes]:
-        batch, future = pending.popleft()
+        nonlocal ahead
+        size, batch, future = pending.popleft()
+        ahead -= size
         for ref, (data, location) in zip(batch, future.result(), strict=True):
             yield reader.check_id(ref, data, location)
 
     try:
         for size, batch in _batches(entries):
-            pending.append((batch, pool.submit(_cut_batch, reader, batch)))
+            pending.append((size, batch, pool.submit(_cut_batch, reader, batch)))
             ahead += size
             while ahead > AHEAD_BYTES:
-                ahead -= sum(ref.plain_length for ref in pending[0][0])
                 yield from handed_over()
         while pending:
             yield from handed_over()

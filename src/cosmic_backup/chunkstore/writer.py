@@ -71,17 +71,17 @@ class ChunkListRecord:
 class ChunkSink:
     """Puts chunks into packs once each: a chunk already in a present pack is only named.
 
-    A chunk's id is taken on the caller's thread, which decides what is new; with
-    `sealing_thread`, the new chunks are compressed, encrypted and MACed by one thread
-    of its own, at most SEAL_AHEAD_BYTES ahead of the caller (a files backup ran all of
-    it on one core: gzip, AES and the pack MAC were half its CPU). The caller's thread
-    writes what the sealer returns, in order, and commits and indexes the packs: every
-    write, fsync and rename of the store happens on that one thread, in the same order
-    as without the sealer, and only that thread touches the index. A chunk counts as
+    A chunk's id is taken on the caller's thread, which decides what is new; the new
+    chunks are compressed, encrypted and MACed by one thread of its own, at most
+    SEAL_AHEAD_BYTES ahead of the caller (a files backup ran all of it on one core: gzip,
+    AES and the pack MAC were half its CPU). The caller's thread writes what the sealer
+    returns, in order, and commits and indexes the packs: every write, fsync and rename
+    of the store happens on that one thread, in the same order as when all of it ran
+    inline, and only that thread touches the index. A chunk counts as
     known from the moment it is handed over; a sealing error is raised by a later `put`
     or by `finish`."""
 
-    def __init__(self, store: ChunkStore, index_every: int, *, sealing_thread: bool = True) -> None:
+    def __init__(self, store: ChunkStore, index_every: int) -> None:
         self._store = store
         self._loaded = store.loaded_index
         self._index_every = index_every
@@ -89,7 +89,7 @@ class ChunkSink:
         self._uncommitted: list[PackWriter] = []  # open or full, not committed yet
         self._unindexed: list[PackRecord] = []
         self._last_index = time.monotonic()
-        self._pool = ThreadPoolExecutor(1, "pack-sealer") if sealing_thread else None
+        self._pool = ThreadPoolExecutor(1, "pack-sealer")
         self._in_flight: deque[tuple[int, Future[list[_Sealed]]]] = deque()
         self._in_flight_bytes = 0
         self._batch: list[tuple[bytes, bytes]] = []  # new chunks not handed over yet
@@ -112,9 +112,6 @@ class ChunkSink:
             return ref
         self.new_chunks += 1
         self._sealing.add(ref.chunk_id)
-        if self._pool is None:
-            self._write(self._seal(ref.chunk_id, data))
-            return ref
         # A copy: a view of the caller's buffer would change under the sealer. Small
         # chunks (a file each) go over in batches: a hand-over per 2 KiB file cost more
         # than sealing it.
@@ -125,7 +122,6 @@ class ChunkSink:
         return ref
 
     def _hand_over(self) -> None:
-        assert self._pool is not None
         batch, size = self._batch, self._batch_bytes
         self._batch, self._batch_bytes = [], 0
         self._in_flight.append((size, self._pool.submit(self._seal_batch, batch)))
@@ -141,7 +137,7 @@ class ChunkSink:
     def _seal_batch(self, batch: list[tuple[bytes, bytes]]) -> list[_Sealed]:
         return [self._seal(chunk_id, data) for chunk_id, data in batch]
 
-    def _seal(self, chunk_id: bytes, data: bytes | memoryview) -> _Sealed:
+    def _seal(self, chunk_id: bytes, data: bytes) -> _Sealed:
         """The sealer's part: no file is written here."""
         if self._pack is None:
             store = self._store
@@ -198,8 +194,7 @@ class ChunkSink:
     def abort(self) -> None:
         """Stop the sealer (what it is doing ends; nothing queued starts) and discard
         every pack not committed."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
         for pack in self._uncommitted:
             pack.discard()
         self._uncommitted = []

@@ -156,13 +156,10 @@ class Decryptor:
 
 
 def decrypt_whole(
-    stored: bytes | bytearray | memoryview,
-    passphrase: bytes,
-    iterations: int,
-    derive: KeySource = derive_key_iv,
+    stored: bytes | bytearray | memoryview, passphrase: bytes, iterations: int
 ) -> bytearray:
     """The plaintext of a whole openssl object held in memory, in one buffer."""
-    decryptor = Decryptor(passphrase, iterations, derive)
+    decryptor = Decryptor(passphrase, iterations)
     plaintext = decryptor.update(stored)
     plaintext += decryptor.finalize()
     return plaintext

@@ -21,7 +21,6 @@ import struct
 from cosmic_backup.errors import IntegrityError, KeyProblem
 from cosmic_backup.format.cipher import (
     Encryptor,
-    KeySource,
     decrypt_whole,
     derive_key_iv,
     start_key_iv,
@@ -111,17 +110,14 @@ def unseal(
     iterations: int,
     mac_key: bytes,
     expected_mac: str,
-    derive: KeySource = derive_key_iv,
 ) -> bytearray:
-    """The plaintext of a sealed object, once its MAC matched; nothing is decrypted before.
-
-    `derive` gives the AES key and IV (see Decryptor): one started early may be passed."""
+    """The plaintext of a sealed object, once its MAC matched; nothing is decrypted before."""
     if not hmac.compare_digest(mac_of(stored, mac_key), expected_mac):
         raise IntegrityError(
             "A stored object fails its integrity check (MAC mismatch): it is damaged, "
             "truncated or was replaced. Run `cosmic-backup verify` to see which backups it breaks."
         )
-    return decrypt_whole(stored, passphrase, iterations, derive)
+    return decrypt_whole(stored, passphrase, iterations)
 
 
 def gzip_member(data: bytes) -> bytes:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 
 from cosmic_backup.chunkstore import ChunkStore
 from cosmic_backup.chunkstore.layout import PARTIAL_MARK
+from tests.strace import killed_at
 from tests.unit.chunkstore import KEY, MiB, backup_id, make_store, payload, read, write
 
 REPO = Path(__file__).resolve().parents[3]
@@ -31,28 +31,12 @@ with open(sys.argv[2], "rb") as stream:
 
 def killed_writer(root: Path, source: Path, backup: str, at_rename: int) -> None:
     """Run the writer in a child process that strace kills at its `at_rename`-th rename."""
-    result = subprocess.run(
-        [
-            "strace",
-            "-qq",
-            "-f",
-            "-o",
-            os.devnull,
-            "-e",
-            "trace=rename",
-            "-e",
-            f"inject=rename:signal=KILL:when={at_rename}",
-            sys.executable,
-            "-c",
-            CHILD,
-            str(root),
-            str(source),
-            backup,
-        ],
+    result = killed_at(
+        "rename",
+        at_rename,
+        [sys.executable, "-c", CHILD, str(root), str(source), backup],
         cwd=REPO,
         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},  # no .pyc renames to count
-        capture_output=True,
-        check=False,
     )
     assert result.returncode in (-9, 137), result.stderr.decode(errors="replace")
 

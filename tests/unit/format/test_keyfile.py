@@ -124,8 +124,9 @@ def test_a_creation_killed_half_way_leaves_no_key_file_and_the_next_one_succeeds
     """SIGKILL (strace) at the fsync of the new key's bytes: no empty or partial key file
     is left (it would fail every later backup with "the backup key is empty"), and the
     next creation makes a whole key and removes the dead run's temporary file."""
-    import subprocess
     import sys
+
+    from tests.strace import killed_at
 
     path = tmp_path / ".backup_key"
     child = (
@@ -133,25 +134,11 @@ def test_a_creation_killed_half_way_leaves_no_key_file_and_the_next_one_succeeds
         "from cosmic_backup.format.keyfile import create_key_file; "
         "create_key_file(Path(sys.argv[1]))"
     )
-    result = subprocess.run(
-        [
-            "strace",
-            "-qq",
-            "-f",
-            "-o",
-            os.devnull,
-            "-e",
-            "trace=fsync",
-            "-e",
-            "inject=fsync:signal=KILL:when=1",
-            sys.executable,
-            "-c",
-            child,
-            str(path),
-        ],
+    result = killed_at(
+        "fsync",
+        1,
+        [sys.executable, "-c", child, str(path)],
         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
-        capture_output=True,
-        check=False,
     )
     assert result.returncode in (-9, 137), result.stderr
     assert not path.exists()
