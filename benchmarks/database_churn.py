@@ -49,21 +49,25 @@ from cosmic_backup.settings import MIN_KDF_ITERATIONS
 PHASES = ("full", "same", "churn")
 
 
-def churn_statements(mib: int) -> list[Statement]:
-    """Issue 19's day: 0.1% of users updated, 0.01% of posts deleted, 1% new posts."""
+def churn_statements(mib: int, day: int = 0) -> list[Statement]:
+    """Issue 19's day: 0.1% of users updated, 0.01% of posts deleted, 1% new posts.
+
+    Day `day` (0, 1, ...) updates and deletes other rows than the days before it, and its
+    new posts follow theirs, so the churn can repeat (thirty_days.py)."""
     posts, users = mib * POSTS_PER_MIB, mib * USERS_PER_MIB
+    first_new = posts + 1 + day * (posts // 100)
     return [
         (
             "UPDATE users SET name = name || ' (edited)', profile = profile || "
-            "'{\"score\": 1}' WHERE id %% 1000 = 7 AND id <= %s",
-            (users,),
+            "'{\"score\": 1}' WHERE id %% 1000 = %s AND id <= %s",
+            ((7 + day) % 1000, users),
         ),
-        ("DELETE FROM posts WHERE id %% 10000 = 3 AND id <= %s", (posts,)),
+        ("DELETE FROM posts WHERE id %% 10000 = %s AND id <= %s", ((3 + day) % 10000, posts)),
         ("VACUUM users, posts", ()),
         (
             "INSERT INTO posts SELECT g, 1 + g %% %s, 'Post ' || g, 'new post #' || "
             "left(md5(g::text), 16), g %% 311, now() FROM generate_series(%s, %s) g",
-            (users, posts + 1, posts + posts // 100),
+            (users, first_new, first_new + posts // 100 - 1),
         ),
     ]
 
