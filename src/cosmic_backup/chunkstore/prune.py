@@ -161,7 +161,7 @@ def _manifest_record(path: Path) -> ChunkListRecord | None:
         return ChunkListRecord(
             **{key: chunk_list[key] for key in LIST_FIELDS},
             plaintext_size=int(body["plaintext_size"]),
-            plaintext_sha256=str(body["plaintext_sha256"]),
+            plaintext_sha256=body.get("plaintext_sha256"),
             added_bytes=int(body.get("stored_size") or 0),
         )
     except (ValueError, TypeError, KeyError) as exc:

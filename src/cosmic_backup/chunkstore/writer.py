@@ -8,7 +8,6 @@ them), perhaps a list that no manifest names, and `.partial-` files in `store/tm
 
 from __future__ import annotations
 
-import hashlib
 import io
 import tempfile
 import time
@@ -43,7 +42,7 @@ SEAL_BATCH_CHUNKS = 256  # or of this many
 @dataclass(frozen=True)
 class ChunkListRecord:
     """What the format 2 manifest carries of a backup's chunks (its `chunk_list` field),
-    with the payload's size and SHA-256 and the bytes the backup added to the store."""
+    with the payload's size and the bytes the backup added to the store."""
 
     name: str
     mac: str
@@ -52,8 +51,10 @@ class ChunkListRecord:
     new_chunks: int  # chunks this backup stored, the entry text's parts included
     new_packs: int
     plaintext_size: int
-    # None when the writer named chunks it did not read (a file unchanged since the files
-    # cache recorded it): each chunk's keyed id and the MACed list still bind every byte.
+    # None for every backup written now: each chunk's keyed id, checked on every read, and
+    # the MACed list's order and sizes bind every byte (docs/format.md). Earlier format 2
+    # backups recorded the whole payload's SHA-256 when every byte was read; a reader
+    # still checks it when it is there.
     plaintext_sha256: str | None
     added_bytes: int  # new packs, index objects and the list: the manifest's stored_size
 
@@ -236,8 +237,6 @@ class PayloadWriter:
         )
         self._entry_count = 0
         self._size = 0
-        self._sha256 = hashlib.sha256()
-        self._read_every_byte = True  # False once a chunk was named without its bytes
         self._writers: list[ChunkingWriter] = []
 
     def __enter__(self) -> PayloadWriter:
@@ -249,11 +248,7 @@ class PayloadWriter:
         self._sink.abort()
         self._entries.close()
 
-    def _add_chunk(self, data: memoryview, *, hashed: bool = False) -> ChunkRef:
-        """`hashed`: the payload's SHA-256 already took these bytes (a background writer
-        hashes them as they are written, on the producer's thread, which mostly waits)."""
-        if not hashed:
-            self._sha256.update(data)
+    def _add_chunk(self, data: memoryview) -> ChunkRef:
         ref = self._sink.put(data)
         self._add_entry(ref)
         return ref
@@ -267,12 +262,9 @@ class PayloadWriter:
         return all(self._sink.known(ref.chunk_id) for ref in refs)
 
     def add_stored(self, refs: list[ChunkRef]) -> None:
-        """Name chunks already stored (`all_stored`), without their bytes: the payload's
-        SHA-256 is then unknown, and the manifest records none."""
+        """Name chunks already stored (`all_stored`), without their bytes."""
         for ref in refs:
             self._add_entry(ref)
-        if refs:
-            self._read_every_byte = False
 
     def add_stream(self, stream: BinaryIO, kind: str) -> None:
         """Cut a stream as it comes (a dump: one stream; it is read to its end)."""
@@ -333,7 +325,7 @@ class PayloadWriter:
             new_chunks=self._sink.new_chunks,
             new_packs=self._sink.new_packs,
             plaintext_size=self._size,
-            plaintext_sha256=self._sha256.hexdigest() if self._read_every_byte else None,
+            plaintext_sha256=None,  # each chunk's keyed id and the MACed list stand for it
             added_bytes=self._sink.added_bytes + len(stored),
         )
 
@@ -361,7 +353,8 @@ class ChunkingWriter(io.RawIOBase):
         super().__init__()
         self._payload = payload
         self._chunker = payload._store.chunker(kind)
-        self._cut_at = max(CUT_EVERY, 2 * payload._store.config.chunker(kind).max)
+        self._max = payload._store.config.chunker(kind).max
+        self._cut_at = max(CUT_EVERY, 2 * self._max)
         self._incoming = bytearray()  # written, not yet handed to the cutter
         self._buffer = bytearray()  # the cutter's: the start of the next chunk
         self._on_progress = on_progress
@@ -374,8 +367,6 @@ class ChunkingWriter(io.RawIOBase):
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
         size = len(data)
-        if self._pool is not None:
-            self._payload._sha256.update(data)
         self._incoming += data
         if len(self._incoming) >= self._cut_at:
             self._hand_over()
@@ -398,23 +389,47 @@ class ChunkingWriter(io.RawIOBase):
             pending.result()
 
     def _absorb(self, block: bytearray) -> None:
-        if self._buffer:
+        start = self._cut_carried(block) if self._buffer else 0
+        if start < 0:  # a block shorter than a chunk: joined as it is
             self._buffer += block
+            start = 0
         else:
             self._buffer = block
-        self._cut(final=False)
+        self._cut(final=False, start=start)
 
-    def _cut(self, *, final: bool) -> None:
-        cuts = [(c.offset, c.length) for c in self._chunker.cut_buf(self._buffer)]
-        hashed = self._pool is not None
-        if not final and cuts:
-            cuts.pop()  # its end is the buffer's, not a boundary
-        with memoryview(self._buffer) as view:
+    def _cut_carried(self, block: bytearray) -> int:
+        """Cut the carried-over chunk, which ends in `block`'s first `max` bytes (a chunk
+        is at most `max` long, and no cut lies before the block: the carried bytes held
+        none), from the two joined up to there, instead of copying all of `block` behind
+        it. Returns where in `block` the next chunk starts, or -1 when `block` is too
+        short to be sure of the cut."""
+        carried = len(self._buffer)
+        if len(block) <= self._max:
+            return -1
+        with memoryview(block) as view:
+            head = self._buffer + view[: self._max]
+        first = next(iter(self._chunker.cut_buf(head)))
+        if first.length < carried:  # cannot happen (see above); the safe way if it did
+            return -1
+        with memoryview(head) as view:
+            self._add(view[: first.length])
+        self._buffer = bytearray()
+        return first.length - carried
+
+    def _cut(self, *, final: bool, start: int = 0) -> None:
+        """Cut the buffer from `start` (what lies before it is already cut) and keep the
+        rest, which the buffer's end cut, as the start of the next chunk."""
+        with memoryview(self._buffer) as whole, whole[start:] as view:
+            cuts = [(c.offset, c.length) for c in self._chunker.cut_buf(view)]
+            if not final and cuts:
+                cuts.pop()  # its end is the buffer's, not a boundary
             for offset, length in cuts:
-                ref = self._payload._add_chunk(view[offset : offset + length], hashed=hashed)
-                self._cut_refs.append(ref)
-        done = cuts[-1][0] + cuts[-1][1] if cuts else 0
+                self._add(view[offset : offset + length])
+        done = start + (cuts[-1][0] + cuts[-1][1] if cuts else 0)
         del self._buffer[:done]
+
+    def _add(self, chunk: memoryview) -> None:
+        self._cut_refs.append(self._payload._add_chunk(chunk))
 
     def end_piece(self) -> list[ChunkRef]:
         """A boundary here: what is buffered is cut now, so the next byte starts a chunk.

@@ -195,7 +195,7 @@ class StoredPayload:
     """Where a backup's payload went and its figures: the manifest fields of its format."""
 
     plaintext_size: int
-    plaintext_sha256: str | None  # format 2: None when unchanged files were not read
+    plaintext_sha256: str | None  # format 2: None (the chunk ids and the MACed list bind it)
     stored_size: int  # format 1: the artifact; format 2: the bytes added to the store
     kdf: dict[str, Any]
     format_version: int = FORMAT_VERSION

