@@ -14,6 +14,10 @@ from cosmic_backup.format.objects import DataKey, open_object, seal_object
 from cosmic_backup.format.store_config import StoreConfig
 
 INDEX_MAC = "index-mac"
+# An object's records are held as Python objects while it is written and while it is
+# parsed (~450 bytes a chunk with its text): 32 k chunks keep that near 15 MB, whatever
+# the store's size, and make ~1.8 MB objects. Writers close an object at that count.
+INDEX_CHUNKS_PER_OBJECT = 32_768
 OBJECT_NAME = re.compile(r"[0-9a-f]{64}")
 
 

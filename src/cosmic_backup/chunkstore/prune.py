@@ -23,6 +23,7 @@ from pathlib import Path
 from cosmic_backup.catalog import COMPONENTS, MANIFEST_SUFFIX
 from cosmic_backup.chunkstore.index import ChunkIndex
 from cosmic_backup.chunkstore.index_objects import (
+    INDEX_CHUNKS_PER_OBJECT,
     OBJECT_NAME,
     LoadedIndex,
     present_packs,
@@ -47,9 +48,6 @@ GRACE = timedelta(hours=24)
 REPACK_DEAD_SHARE = 0.20  # a pack more dead than this is rewritten with its live chunks
 PREFIX_BYTES = 8
 MERGE_AT = 65_536  # new prefixes held in a set before they are merged into the array
-# An object's records are held as Python objects until it is written (~300 bytes a chunk):
-# 32 k chunks keep that near 10 MB, and make ~1.8 MB objects.
-INDEX_CHUNKS_PER_OBJECT = 32_768
 CIPHER_BLOCK = 16
 NOTHING_DELETED = "Nothing was deleted from the chunk store"
 # The manifest's `chunk_list` field (ChunkListRecord.manifest_field).

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from cosmic_backup.chunkstore.index_objects import write_index_object
+from cosmic_backup.chunkstore.index_objects import INDEX_CHUNKS_PER_OBJECT, write_index_object
 from cosmic_backup.chunkstore.packs import PackWriter
 from cosmic_backup.clock import iso
 from cosmic_backup.format.chunk_list import ChunkList, ChunkRef, entry_line, render_chunk_list
@@ -89,6 +89,7 @@ class ChunkSink:
         self._pack: PackWriter | None = None  # the one being filled (by the sealer)
         self._uncommitted: list[PackWriter] = []  # open or full, not committed yet
         self._unindexed: list[PackRecord] = []
+        self._unindexed_chunks = 0
         self._last_index = time.monotonic()
         self._pool = ThreadPoolExecutor(1, "pack-sealer")
         self._in_flight: deque[tuple[int, Future[list[_Sealed]]]] = deque()
@@ -162,10 +163,12 @@ class ChunkSink:
         self._loaded.present.add(pack.name)
         self._sealing.difference_update(place.chunk_id for place in pack.chunks)
         self._unindexed.append(pack)
+        self._unindexed_chunks += len(pack.chunks)
         self.new_packs += 1
         self.added_bytes += pack.stored_size
         overdue = time.monotonic() - self._last_index >= INDEX_EVERY_SECONDS
-        if len(self._unindexed) >= self._index_every or overdue:
+        full = self._unindexed_chunks >= INDEX_CHUNKS_PER_OBJECT  # bounded to parse, too
+        if len(self._unindexed) >= self._index_every or full or overdue:
             self._write_index()
 
     def _write_index(self) -> None:
@@ -175,7 +178,7 @@ class ChunkSink:
             name, size = write_index_object(store.layout, store.data_key, store.config, text)
             self._loaded.objects.append(name)
             self.added_bytes += size
-            self._unindexed = []
+            self._unindexed, self._unindexed_chunks = [], 0
         self._loaded.index.merge_fresh()
         self._last_index = time.monotonic()
 

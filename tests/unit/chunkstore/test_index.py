@@ -91,3 +91,33 @@ def test_places_by_pack_gives_every_chunk_of_the_named_packs_fresh_or_merged() -
     assert sorted(p.chunk_id for p in found["a" * 64]) == ids[:10]
     assert sorted(p.chunk_id for p in found["b" * 64]) == ids[10:20]
     assert found["d" * 64] == [] and "c" * 64 not in found
+
+
+def test_a_backup_of_many_small_chunks_writes_index_objects_of_bounded_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An index object is parsed whole, so its chunk count bounds a load's memory: a
+    writer closes one at INDEX_CHUNKS_PER_OBJECT chunks (here 50), not only every 64
+    packs, and the next process finds every chunk through them."""
+    from cosmic_backup.chunkstore import writer as writer_module
+    from cosmic_backup.chunkstore.index_objects import read_index_object
+    from cosmic_backup.chunkstore.store import ChunkStore
+    from tests.unit.chunkstore import KEY, backup_id, read
+
+    monkeypatch.setattr(writer_module, "INDEX_CHUNKS_PER_OBJECT", 50)
+    store = make_store(tmp_path, pack_target=16 * 1024)
+    pieces = [os.urandom(1024) for _ in range(400)]
+    with store.payload_writer("files", backup_id(1, "files")) as writer:
+        for piece in pieces:  # each piece its own chunk, ~16 to a pack
+            writer.add_piece(piece, "file")
+        record = writer.finish()
+    objects = sorted(store.layout.index.iterdir())
+    counts = [
+        sum(len(pack.chunks) for pack in text.packs)
+        for text in (
+            read_index_object(store.layout, store.data_key, store.config, o.name) for o in objects
+        )
+    ]
+    assert sum(counts) >= 400 and len(objects) >= 400 // 70
+    assert max(counts) < 50 + 20  # closed at the first pack past the bound
+    assert read(ChunkStore.open(tmp_path, KEY), record, backup_id(1, "files")) == b"".join(pieces)
