@@ -40,6 +40,15 @@ def tree_bytes(path: Path) -> int:
     )
 
 
+def root_bytes(backups: Path) -> int:
+    """What a backup root stores: its files without `store/cache`, which is local and
+    never stored or uploaded (as restic's cache lives outside its repository)."""
+    if not backups.exists():
+        return 0
+    cache = backups / "store" / "cache"
+    return tree_bytes(backups) - (tree_bytes(cache) if cache.exists() else 0)
+
+
 def _version(name: str) -> str:
     argv = [name, "--version"] if name == "borg" else [name, "version"]
     result = subprocess.run(argv, capture_output=True, text=True, check=False)

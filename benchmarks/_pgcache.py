@@ -208,6 +208,23 @@ def _drop_leftovers(server: ThrowawayServer) -> None:
             server.drop_database(name)
 
 
+BENCH_KEY = "bench key " * 4  # the throwaway roots' passphrase, not a secret
+
+
+def client_env(server: ThrowawayServer, database: str) -> dict[str, str]:
+    """The environment of ours and the plain tools for `database`: the password in the
+    environment (libpq's PGPASSWORD), never in argv."""
+    return {
+        **os.environ,
+        "PGHOST": "127.0.0.1",
+        "PGPORT": str(server.port),
+        "PGUSER": "postgres",
+        "PGPASSWORD": server.password,
+        "BACKUP_KEY": BENCH_KEY,
+        "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{server.port}/{database}",
+    }
+
+
 @contextmanager
 def bench_server(
     folder: Path, mib: int, refill: bool = False

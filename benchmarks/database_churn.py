@@ -36,7 +36,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _peers import Peer, available, machine, pipeline, tree_bytes
-from _pgcache import POSTS_PER_MIB, USERS_PER_MIB, Statement, bench_server, default_cache
+from _pgcache import (
+    POSTS_PER_MIB,
+    USERS_PER_MIB,
+    Statement,
+    bench_server,
+    client_env,
+    default_cache,
+)
 from database_throughput import DEFAULT_MIB, timed
 
 from cosmic_backup.chunkstore import keys as store_keys
@@ -84,15 +91,7 @@ class Run:
 
     @property
     def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            "PGHOST": "127.0.0.1",
-            "PGPORT": str(self.server.port),
-            "PGUSER": "postgres",
-            "PGPASSWORD": self.server.password,
-            "BACKUP_KEY": "bench key " * 4,
-            "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{self.server.port}/{self.database}",
-        }
+        return client_env(self.server, self.database)
 
     @property
     def raw(self) -> str:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _peers import machine, pipeline
-from _pgcache import bench_server, default_cache
+from _pgcache import bench_server, client_env, default_cache
 from database_throughput import DEFAULT_MIB, timed
 
 from cosmic_backup.components.database.throwaway import ThrowawayServer
@@ -42,15 +42,7 @@ Variant = Callable[[], tuple[float, float, int]]  # seconds, CPU seconds, peak R
 def variants(
     server: ThrowawayServer, source: str, folder: Path, befores: list[Path]
 ) -> dict[str, Variant]:
-    env = {
-        **os.environ,
-        "PGHOST": "127.0.0.1",
-        "PGPORT": str(server.port),
-        "PGUSER": "postgres",
-        "PGPASSWORD": server.password,
-        "BACKUP_KEY": "bench key " * 4,
-        "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{server.port}/{source}",
-    }
+    env = client_env(server, source)
     raw = f"{shlex.quote(str(server.bin_dir / 'pg_dump'))} -Fc -Z0 {shlex.quote(source)}"
 
     def floor() -> tuple[float, float, int]:

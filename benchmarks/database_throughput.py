@@ -64,6 +64,7 @@ from _pgcache import (
     POSTS_PER_MIB,
     USERS_PER_MIB,
     bench_server,
+    client_env,
     default_cache,
 )
 
@@ -135,15 +136,7 @@ class Bench:
     @property
     def env(self) -> dict[str, str]:
         """Ours and the plain tools: the password in the environment, never in argv."""
-        return {
-            **os.environ,
-            "PGHOST": "127.0.0.1",
-            "PGPORT": str(self.server.port),
-            "PGUSER": "postgres",
-            "PGPASSWORD": self.server.password,
-            "BACKUP_KEY": "bench key " * 4,
-            "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{self.server.port}/{self.source}",
-        }
+        return client_env(self.server, self.source)
 
     def tool(self, name: str) -> str:
         return shlex.quote(str(self.server.bin_dir / name))

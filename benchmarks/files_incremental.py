@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _peers import files_peers, machine, tree_bytes
+from _peers import files_peers, machine, root_bytes, tree_bytes
 from files_throughput import PASSPHRASE, check_restored, make_uploads, run
 
 MiB = 1024 * 1024
@@ -75,18 +75,12 @@ def ours(project: Path, base: Path, single_file: bool = False) -> Tool:
     }
     cli = [sys.executable, "-m", "cosmic_backup", "-C", str(project)]
 
-    def stored() -> int:
-        if not backups.exists():
-            return 0
-        cache = backups / "store" / "cache"
-        return tree_bytes(backups) - (tree_bytes(cache) if cache.exists() else 0)
-
     return Tool(
         label,
         lambda: shutil.rmtree(backups, ignore_errors=True),
         [*cli, "backup", "files"],
         lambda out: [*cli, "restore", "files", "latest", "--target-dir", str(out)],
-        stored,
+        lambda: root_bytes(backups),
         env,
     )
 

@@ -19,7 +19,6 @@ database must configure it.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import measure
+from _pgcache import client_env
 
 from cosmic_backup.components.database.throwaway import (
     ThrowawayServer,
@@ -77,16 +77,7 @@ def allow_locks(server: ThrowawayServer, tables: int) -> None:
 
 def environment(server: ThrowawayServer, database: str) -> dict[str, str]:
     """The password in the environment, never in argv."""
-    return {
-        **os.environ,
-        "PGHOST": "127.0.0.1",
-        "PGPORT": str(server.port),
-        "PGUSER": "postgres",
-        "PGPASSWORD": server.password,
-        "PGDATABASE": database,
-        "BACKUP_KEY": "bench key " * 4,
-        "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{server.port}/{database}",
-    }
+    return {**client_env(server, database), "PGDATABASE": database}
 
 
 def time_pg_dump(server: ThrowawayServer, env: dict[str, str], scratch: Path) -> float:

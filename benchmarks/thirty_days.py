@@ -43,11 +43,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _peers import Peer, available, machine, pipeline, tree_bytes
-from _pgcache import bench_server, default_cache
+from _peers import Peer, available, machine, pipeline, root_bytes
+from _pgcache import bench_server, client_env, default_cache
 from database_churn import churn_statements
 from database_throughput import DEFAULT_MIB
 from files_throughput import PASSPHRASE, make_uploads, run
+
+from cosmic_backup.components.database.throwaway import ThrowawayServer
 
 MiB = 1024 * 1024
 AHEAD = timedelta(days=400)  # Month.cli says why
@@ -154,9 +156,7 @@ class Month:
         return run(argv, self.restic_env)[0]
 
     def stored(self) -> tuple[int, int]:
-        cache = self.backups / "store" / "cache"
-        ours = tree_bytes(self.backups) - (tree_bytes(cache) if cache.exists() else 0)
-        return ours, tree_bytes(self.restic.repo)
+        return root_bytes(self.backups), self.restic.stored()
 
     def kept(self, at: datetime) -> tuple[dict[str, int], int]:
         argv = self.cli(at, "list", "--json")
@@ -164,8 +164,8 @@ class Month:
             subprocess.run(argv, env=self.env, capture_output=True, text=True, check=True).stdout
         )
         ours: dict[str, int] = {}
-        for entry in _backups(listed):
-            if entry.get("status") == "ok":
+        for entry in listed:
+            if entry["status"] == "ok":
                 ours[entry["component"]] = ours.get(entry["component"], 0) + 1
         snapshots = subprocess.run(
             ["restic", "--repo", str(self.restic.repo), "snapshots", "--json"],
@@ -180,12 +180,6 @@ class Month:
         argv = self.cli(at, "status", "--json")
         done = subprocess.run(argv, env=self.env, capture_output=True, text=True, check=False)
         return json.loads(done.stdout) if done.stdout.strip() else {}
-
-
-def _backups(listed: object) -> list[dict[str, object]]:
-    if isinstance(listed, dict):
-        return [e for v in listed.values() if isinstance(v, list) for e in v]
-    return [e for e in listed if isinstance(e, dict)] if isinstance(listed, list) else []
 
 
 def main() -> None:
@@ -208,17 +202,9 @@ def main() -> None:
             server.drop_database(database)
 
 
-def simulate(base: Path, server, database: str, args: argparse.Namespace) -> None:
-    env = {
-        **os.environ,
-        "PGHOST": "127.0.0.1",
-        "PGPORT": str(server.port),
-        "PGUSER": "postgres",
-        "PGPASSWORD": server.password,
-        "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{server.port}/{database}",
-    }
+def simulate(base: Path, server: ThrowawayServer, database: str, args: argparse.Namespace) -> None:
     dump = f"{shlex.quote(str(server.bin_dir / 'pg_dump'))} -Fc -Z0 {database}"
-    month = Month(base, env, dump, args.retention)
+    month = Month(base, client_env(server, database), dump, args.retention)
     uploads = month.project / "uploads"
     make_uploads(uploads, args.files_mib)
     churn = WeeklyChurn(uploads)
