@@ -232,7 +232,47 @@ def _count(stats: ExtractStats, member: tarfile.TarInfo) -> None:
 
 
 def _read_stream(source: BinaryIO) -> tarfile.TarFile:
-    return tarfile.open(fileobj=source, mode="r|")
+    return tarfile.open(fileobj=_ForwardReader(source), mode="r:")  # type: ignore[call-overload]
+
+
+class _ForwardReader:
+    """A tar stream as tarfile's "r:" mode reads it: `read(n)` returns all `n` bytes unless
+    the stream ends, and `seek` only goes forward, by reading.
+
+    tarfile's stream mode ("r|") reads its input in 10 KiB records that it joins and
+    slices, which cost the extracting thread 1 s per GiB (a third of a restore's thread);
+    "r:" reads each file's content in one call. Seeking back is a bug, never skipped over.
+    """
+
+    def __init__(self, source: BinaryIO) -> None:
+        self._source = source
+        self._position = 0
+
+    def tell(self) -> int:
+        return self._position
+
+    def seekable(self) -> bool:
+        return False
+
+    def seek(self, position: int, whence: int = os.SEEK_SET) -> int:
+        if whence != os.SEEK_SET or position < self._position:
+            raise tarfile.ReadError("the archive reader tried to go back in the stream")
+        while self._position < position and self.read(min(COPY_CHUNK, position - self._position)):
+            pass
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            return b"".join(iter(partial(self.read, COPY_CHUNK), b""))
+        buffer = bytearray(size)
+        with memoryview(buffer) as view:
+            filled = 0
+            # Every source here is an io object with readinto (BinaryIO does not say so).
+            while filled < size and (count := self._source.readinto(view[filled:])):  # type: ignore[attr-defined]
+                filled += count
+        self._position += filled
+        del buffer[filled:]
+        return bytes(buffer)
 
 
 def _damaged(exc: tarfile.TarError) -> IntegrityError:
