@@ -20,6 +20,7 @@ from typing import Annotated
 import typer
 
 from cosmic_backup import __version__
+from cosmic_backup.cli.allocator import keep_freed_memory
 from cosmic_backup.cli.common import CliState, stderr
 from cosmic_backup.errors import CosmicError, ExitCode, Interrupted
 from cosmic_backup.logs import log_failure
@@ -175,6 +176,7 @@ def run() -> None:
     Usage errors are rendered by typer itself (exit code 2). Interrupts become our own
     `Interrupted` error so they get exit code 130 and the clean-up of every `finally`.
     """
+    keep_freed_memory()
     args = hoist_global_options(sys.argv[1:])
     register_commands(args)
     debug = "--debug" in args
