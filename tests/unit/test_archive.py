@@ -18,6 +18,7 @@ import pytest
 
 from cosmic_backup.components.archive import (
     TarWriter,
+    UnsafeArchive,
     _ExactReader,
     _ForwardReader,
     list_members,
@@ -275,6 +276,49 @@ def test_a_damaged_stream_is_an_integrity_error(tmp_path: Path) -> None:
     data, _ = archive_of(source)
     with pytest.raises(IntegrityError, match="damaged"):
         list_members(io.BytesIO(data[:3000]))
+
+
+def _two_members(first_size_field: bytes | None = None) -> bytearray:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, content in (("tree/x", b"abc"), ("tree/y", b"def")):
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    data = bytearray(out.getvalue())
+    if first_size_field is not None:
+        data[124:136] = first_size_field
+        data[148:156] = b" " * 8
+        data[148:156] = b"%06o\0 " % sum(data[:512])
+    return data
+
+
+@pytest.mark.parametrize("reader", ["extract", "list"])
+def test_a_header_that_cannot_be_parsed_mid_archive_is_damage_not_the_end(
+    tmp_path: Path, reader: str
+) -> None:
+    # tarfile ends its iteration silently at such a header: without the check of what
+    # follows, the restore reported one file where the archive holds two.
+    data = _two_members()
+    data[1024 + 148] ^= 0x01  # the second header's checksum
+    with pytest.raises(IntegrityError, match="data after its end marker"):
+        if reader == "extract":
+            safe_extract(io.BytesIO(bytes(data)), tmp_path / "out")
+        else:
+            list_members(io.BytesIO(bytes(data)))
+    intact = _two_members()
+    assert list_members(io.BytesIO(bytes(intact))).files == 2
+
+
+def test_a_negative_size_is_refused(tmp_path: Path) -> None:
+    # Base-256 size fields can say -1: stream mode looped on it for ever, and "r:" mode
+    # read the content as the next header and stopped.
+    data = bytes(_two_members(first_size_field=b"\xff" * 12))
+    with pytest.raises(UnsafeArchive, match="size is negative"):
+        safe_extract(io.BytesIO(data), tmp_path / "out")
+    with pytest.raises(UnsafeArchive, match="size is negative"):
+        list_members(io.BytesIO(data))
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_a_full_disk_while_extracting_is_one_sentence(tmp_path: Path) -> None:

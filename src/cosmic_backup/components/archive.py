@@ -115,6 +115,8 @@ def _safe_relative(name: str) -> PurePosixPath:
 def check_member(member: tarfile.TarInfo) -> PurePosixPath:
     """Everything that can be said of a member on its own: path, kind, link target."""
     relative = _safe_relative(member.name)
+    if member.size < 0:  # base-256 allows it; tarfile would step back into the headers
+        raise _refuse(member.name, "its size is negative")
     if member.issym():
         if link_leaves_root(relative, member.linkname):
             raise _refuse(member.name, f"it is a link to '{_shown(member.linkname)}', outside")
@@ -275,6 +277,15 @@ class _ForwardReader:
         return bytes(buffer)
 
 
+def _read_past_the_end(source: BinaryIO) -> None:
+    """Read the stream to its end, so that its own checks run, and refuse anything but the
+    zeros that pad a tar. tarfile ends its iteration without a word at a header it cannot
+    parse, so data there is an archive whose members were not all read, not padding."""
+    while block := source.read(COPY_CHUNK):
+        if block.count(0) != len(block):
+            raise tarfile.ReadError("there is data after its end marker")
+
+
 def _damaged(exc: tarfile.TarError) -> IntegrityError:
     return IntegrityError(f"The archive is damaged ({exc}); pick another backup.")
 
@@ -289,6 +300,7 @@ def list_members(source: BinaryIO) -> ExtractStats:
                 names.admit(member)
                 _count(stats, member)
                 tar.members.clear()  # streamed: do not keep every member in memory
+        _read_past_the_end(source)
     except tarfile.TarError as exc:
         raise _damaged(exc) from exc
     names.check_links()
@@ -327,8 +339,7 @@ def safe_extract(
             raise
         extractor.writes.drain()
         extractor.finish()
-        while source.read(COPY_CHUNK):  # read to the end, so the stream's checks run
-            pass
+        _read_past_the_end(source)
     except tarfile.TarError as exc:
         raise _damaged(exc) from exc
     except OSError as exc:
